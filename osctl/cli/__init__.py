@@ -1,0 +1,95 @@
+"""The ``osctl`` command line: composes one Typer app per command group and maps errors to exit codes.
+
+Exit codes: 0 success; 1 the command ran and found a problem (invalid data, failed check); 2 usage or
+configuration error. Errors print one sentence (and a hint) without a traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from osctl import __version__
+from osctl.cli import plugins as plugins_cli
+from osctl.cli import recipe as recipe_cli
+from osctl.cli._output import debug_enabled, error
+from osctl.errors import OsctlError
+
+
+class OsctlGroup(TyperGroup):
+    """The root group: the single error boundary of every command."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OsctlError as exc:
+            if debug_enabled():
+                raise
+            error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if debug_enabled() or type(exc).__module__.startswith(("click", "typer")):
+                raise
+            error(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug for the traceback.")
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    name="osctl",
+    cls=OsctlGroup,
+    help="Train and sample Open-Sora-Plan v1.3 style text-to-video diffusion models.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"osctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+) -> None:
+    """osctl: one command suite for data checks, training, sampling and checkpoints.
+
+    Example: [bold]osctl plugins list --kind sampler[/]
+    """
+    if debug:
+        os.environ["OSCTL_DEBUG"] = "1"
+
+
+app.add_typer(plugins_cli.app, name="plugins")
+app.add_typer(recipe_cli.app, name="recipe")
+
+
+def _plugin_commands() -> None:
+    """Let plugins add commands through the ``register_commands`` hook."""
+    from osctl.plugin_manager import default_plugin_manager
+
+    try:
+        default_plugin_manager().hook.register_commands(app=app)
+    except OsctlError as exc:
+        error(exc.message, exc.hint)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _plugin_commands()
+    app(prog_name="osctl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

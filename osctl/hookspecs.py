@@ -1,0 +1,102 @@
+"""Every extension point of osctl: the table of contents for plugin authors.
+
+A plugin is a module (or object) with functions decorated by ``osctl.hookimpl`` and named after the
+hooks below. It is found through the ``osctl`` entry-point group; the built-ins in
+``plugins/osctl_builtin`` register exactly that way. Registry hooks receive a ``register`` callback
+taking an ``osctl.ComponentSpec``; the core owns the registries, so duplicates and unknown names are
+reported in one place. The kind of a component is the hook it was registered through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "osctl"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: registry kind -> the hook that fills it
+KIND_HOOKS: dict[str, str] = {
+    "model": "register_models",
+    "autoencoder": "register_autoencoders",
+    "text_encoder": "register_text_encoders",
+    "sampler": "register_samplers",
+    "refiner": "register_refiners",
+    "strategy": "register_strategies",
+    "reader": "register_readers",
+}
+
+
+@hookspec
+def register_models(register: Any) -> None:
+    """Register diffusion transformers (kind ``model``).
+
+    :param register: call ``register(ComponentSpec(...))`` once per model. The spec's ``factory`` is
+        called as ``factory(config, **runtime)`` and returns a ``torch.nn.Module`` that follows
+        ``osctl.protocols.DiffusionModel``.
+    """
+
+
+@hookspec
+def register_autoencoders(register: Any) -> None:
+    """Register autoencoders that map pixels to latents and back (kind ``autoencoder``).
+
+    :param register: call ``register(ComponentSpec(...))`` once per autoencoder; the factory returns
+        an object following ``osctl.protocols.Autoencoder``.
+    """
+
+
+@hookspec
+def register_text_encoders(register: Any) -> None:
+    """Register text encoders with their tokenizers (kind ``text_encoder``).
+
+    :param register: call ``register(ComponentSpec(...))`` once per text encoder; the factory returns
+        an object following ``osctl.protocols.TextEncoder``.
+    """
+
+
+@hookspec
+def register_samplers(register: Any) -> None:
+    """Register noise schedulers used for sampling (kind ``sampler``).
+
+    :param register: call ``register(ComponentSpec(...))`` once per sampler; the factory returns a
+        diffusers-compatible scheduler (``set_timesteps``, ``scale_model_input``, ``step``).
+    """
+
+
+@hookspec
+def register_refiners(register: Any) -> None:
+    """Register caption refiners that rewrite a prompt before encoding (kind ``refiner``).
+
+    :param register: call ``register(ComponentSpec(...))`` once per refiner; the factory returns a
+        callable ``refine(prompts: list[str]) -> list[str]``.
+    """
+
+
+@hookspec
+def register_strategies(register: Any) -> None:
+    """Register parallel training strategies (kind ``strategy``): single, DDP, FSDP, DeepSpeed, ...
+
+    :param register: call ``register(ComponentSpec(...))`` once per strategy; the factory returns an
+        object following ``osctl.protocols.Strategy``.
+    """
+
+
+@hookspec
+def register_readers(register: Any) -> None:
+    """Register media readers that decode video or image files (kind ``reader``).
+
+    :param register: call ``register(ComponentSpec(...))`` once per reader.
+    """
+
+
+@hookspec
+def register_commands(app: Any) -> None:
+    """Add command groups or commands to the ``osctl`` command line.
+
+    :param app: the root ``typer.Typer`` application; call ``app.add_typer(...)`` or
+        ``app.command()(...)`` on it.
+    """

@@ -1,0 +1,75 @@
+"""The contracts plugins implement. The core only ever talks to components through these.
+
+Tensor layouts: videos are ``B x C x T x H x W`` with pixel values in [-1, 1]; latents are
+``B x C_lat x T_lat x H_lat x W_lat`` already normalised by the autoencoder (shift/scale applied).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+
+@runtime_checkable
+class DiffusionModel(Protocol):
+    """A diffusion transformer (a ``torch.nn.Module``) predicting noise/velocity from noisy latents.
+
+    ``forward(hidden_states, timestep, encoder_hidden_states, attention_mask=None,
+    encoder_attention_mask=None, return_dict=False)`` takes latents ``B x C x T x H x W``,
+    timesteps ``B``, text states ``B x 1 x L x D`` (or ``B x L x D``), a latent validity mask
+    ``B x T x H x W`` and a text mask ``B x 1 x L``; it returns a tuple whose first element has the
+    latents' shape.
+    """
+
+    config: Any
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
+                return_dict: bool = False) -> Any: ...
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None: ...
+
+
+@runtime_checkable
+class Autoencoder(Protocol):
+    """Maps pixel videos to normalised latents and back.
+
+    Strides: ``T_lat = (T - 1) // temporal_stride + 1`` (causal first frame), ``H_lat = H // spatial_stride``.
+    """
+
+    latent_channels: int
+    temporal_stride: int
+    spatial_stride: int
+
+    def encode(self, video: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalised latents of ``video`` (posterior sample, or mean when ``sample`` is False)."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixel video in about [-1, 1] from normalised latents (inverse of the normalisation)."""
+        ...
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """A frozen text encoder with its tokenizer."""
+
+    hidden_size: int
+    max_length: int
+
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` (``B x L``), padded and truncated to ``max_length``."""
+        ...
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states ``B x L x hidden_size`` computed with the attention mask, no grad."""
+        ...
+
+
+@runtime_checkable
+class Refiner(Protocol):
+    """Rewrites prompts before they are encoded."""
+
+    def __call__(self, prompts: list[str]) -> list[str]: ...

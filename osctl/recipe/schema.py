@@ -1,0 +1,277 @@
+"""The typed schema of a YAML recipe.
+
+Fixed sections (``data``, ``diffusion``, ``train``, ``parallel``, ``sample``) are strict pydantic
+models: unknown keys are errors. Component sections (``model``, ``autoencoder``, ``text_encoder``,
+``refiner``) name a plugin with ``name`` and pass every other key to that plugin's own config model,
+which is just as strict (checked by ``osctl.recipe.validate``). Field descriptions here are the one
+place recipe keys are documented; ``osctl recipe show --schema`` prints them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class Section(BaseModel):
+    """Base of every fixed recipe section: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ComponentSection(BaseModel):
+    """A plugin choice: ``name`` selects the plugin, the other keys are the plugin's options."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    name: str = Field(description="registered plugin name (see `osctl plugins list`)")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The plugin-specific keys of this section."""
+        return dict(self.model_extra or {})
+
+
+class DataFilters(Section):
+    """Thresholds on the optional quality scores of a record (records without the score pass)."""
+
+    min_aesthetic: float | None = Field(None, description="drop records whose `aesthetic` is below this")
+    min_tech: float | None = Field(None, description="drop records whose `tech` score is below this")
+    min_motion: float | None = Field(None, description="drop records whose `motion` score is below this")
+    max_motion: float | None = Field(None, description="drop records whose `motion` score is above this")
+
+
+class CaptionSettings(Section):
+    """How captions are turned into training text (reference §1.4)."""
+
+    cfg: float = Field(0.1, ge=0.0, le=1.0, description="probability of replacing the caption by '' (CFG dropout)")
+    clean: bool = Field(True, description="apply the reference caption cleaner (lower-casing, URL/HTML removal, ...)")
+    support_chinese: bool = Field(True, description="keep CJK ideographs when cleaning (the mT5 setting)")
+    aesthetic_high: float = Field(5.75, description="score at or above which a high-aesthetic sentence is added")
+    aesthetic_low: float = Field(4.25, description="score at or below which a low-aesthetic sentence is added")
+
+
+class DataSection(Section):
+    """Where the data is and the frame / resolution rules that bucket it (reference §2-4)."""
+
+    data: Path | None = Field(None, description="data.txt listing `DATA_ROOT,ANNOTATION` lines (seed flag --data)")
+    index_dir: Path | None = Field(
+        None, description="folder of the sample index written by `osctl data bucket` (default: <output_dir>/index)"
+    )
+    num_frames: int = Field(93, ge=1, description="frames per training clip; must be 4k+1")
+    train_fps: float = Field(24.0, gt=0, description="fps clips are resampled to")
+    speed_factor: float = Field(1.0, ge=1.0, description="compress up to this much more source time into a clip")
+    drop_short_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="probability of dropping a clip shorter than num_frames (1 = fixed length)"
+    )
+    min_frames: int = Field(29, ge=1, description="fewest frames a video sample may have after snapping to 4k+1")
+    too_long_factor: float = Field(
+        5.0, gt=0, description="drop a clip longer than this many times the source span a sample needs"
+    )
+    force_resolution: bool = Field(False, description="every sample exactly max_height x max_width (crop + resize)")
+    resolution_mode: Literal["force", "area", "absolute"] | None = Field(
+        None,
+        description="force, area (max_hxw/min_hxw) or absolute (max/min height/width); default: force if "
+        "force_resolution, area if max_hxw is set, else absolute",
+    )
+    max_height: int | None = Field(320, gt=0, description="force: target height; absolute: bounding-box height")
+    max_width: int | None = Field(240, gt=0, description="force: target width; absolute: bounding-box width")
+    min_height: int | None = Field(None, gt=0, description="absolute mode: drop samples smaller than this height")
+    min_width: int | None = Field(None, gt=0, description="absolute mode: drop samples smaller than this width")
+    max_hxw: int | None = Field(None, gt=0, description="area mode: largest pixel area (height x width)")
+    min_hxw: int | None = Field(None, gt=0, description="area mode: smallest pixel area (default max_hxw // 4)")
+    hw_stride: int = Field(32, gt=0, description="height and width are floored to multiples of this")
+    max_aspect: float = Field(2.0, ge=1.0, description="drop samples whose h/w or w/h exceeds this")
+    group_data: bool = Field(False, description="batches hold one bucket shape (needed for variable shapes)")
+    min_bucket_batches: float = Field(
+        4.0, ge=0.0, description="drop buckets holding fewer samples than this many global batches (0 keeps all)"
+    )
+    seed: int = Field(42, description="seed of the data decisions (short-clip drops, order) shared by every rank")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
+    filters: DataFilters = Field(default_factory=DataFilters)
+    captions: CaptionSettings = Field(default_factory=CaptionSettings)
+
+    @property
+    def effective_resolution_mode(self) -> str:
+        """The resolution mode after applying the default rule."""
+        if self.resolution_mode is not None:
+            return self.resolution_mode
+        if self.force_resolution:
+            return "force"
+        return "area" if self.max_hxw is not None else "absolute"
+
+    @property
+    def effective_min_hxw(self) -> int | None:
+        """``min_hxw``, defaulting to ``max_hxw // 4`` as the reference does."""
+        if self.min_hxw is not None or self.max_hxw is None:
+            return self.min_hxw
+        return self.max_hxw // 4
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> DataSection:
+        if (self.num_frames - 1) % 4:
+            lower = self.num_frames - (self.num_frames - 1) % 4
+            raise ValueError(
+                f"num_frames must be 4k+1 (the autoencoder compresses time 4x with a causal first frame), "
+                f"got {self.num_frames}; use {lower} or {lower + 4}"
+            )
+        mode = self.effective_resolution_mode
+        if mode == "force" and (self.max_height is None or self.max_width is None):
+            raise ValueError("force resolution needs max_height and max_width")
+        if mode == "area" and self.max_hxw is None:
+            raise ValueError("area resolution mode needs max_hxw")
+        if mode == "absolute" and (self.max_height is None or self.max_width is None):
+            raise ValueError(
+                "absolute resolution mode needs max_height and max_width (or set max_hxw for area mode, "
+                "or force_resolution: true)"
+            )
+        min_hxw = self.effective_min_hxw
+        if self.max_hxw is not None and min_hxw is not None and self.max_hxw < min_hxw:
+            raise ValueError(f"max_hxw ({self.max_hxw}) must be >= min_hxw ({min_hxw})")
+        for low, high in (("min_height", "max_height"), ("min_width", "max_width")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"{low} ({lo}) must be <= {high} ({hi})")
+        return self
+
+
+class DiffusionSection(Section):
+    """The training objective and noise schedule (reference §5.4); samplers inherit it."""
+
+    objective: Literal["ddpm", "flow_matching"] = Field("ddpm", description="DDPM noise prediction or rectified flow")
+    num_train_timesteps: int = Field(1000, gt=0)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0)
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    rescale_betas_zero_snr: bool = Field(False, description="rescale betas to zero terminal SNR")
+    snr_gamma: float | None = Field(None, gt=0, description="min-SNR loss weighting gamma (5.0 in the release)")
+    noise_offset: float = Field(0.0, ge=0.0)
+    stratified_timesteps: bool = Field(True, description="per-rank stratified timestep draws (reference v1.3.1)")
+    weighting_scheme: Literal["logit_normal", "sigma_sqrt", "mode", "cosmap", "none"] = Field(
+        "logit_normal", description="flow matching only: timestep density"
+    )
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+
+
+class TrainSection(Section):
+    """Optimisation, precision, EMA, checkpoints and logging (reference §5)."""
+
+    output_dir: Path = Field(Path("out"), description="where checkpoints, logs and the index go")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps to train (seed: max_train_steps)")
+    num_epochs: int | None = Field(None, gt=0, description="passes over the data when max_steps is not set")
+    train_batch_size: int = Field(1, gt=0, description="samples per rank per micro-step")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    optimizer: str = Field("adamw", description="adamw or any torch.optim class name")
+    learning_rate: float = Field(1e-4, gt=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_weight_decay: float = Field(1e-2, ge=0)
+    adam_epsilon: float = Field(1e-15, gt=0, description="the reference's unusually small epsilon")
+    lr_scheduler: str = Field("constant", description="a diffusers scheduler name (constant, cosine, linear, ...)")
+    lr_warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Precision = "bf16"
+    vae_fp32: bool = Field(False, description="keep the autoencoder in fp32")
+    gradient_checkpointing: bool = False
+    use_ema: bool = True
+    ema_decay: float = Field(0.9999, gt=0, lt=1)
+    ema_start_step: int = Field(0, ge=0)
+    offload_ema: bool = False
+    checkpointing_steps: int = Field(500, gt=0)
+    checkpoints_total_limit: int | None = Field(None, gt=0)
+    pretrained: str | None = Field(None, description="weights to start from (.safetensors, diffusers folder, .pt)")
+    resume_from_checkpoint: str | None = Field(None, description="'latest' or a checkpoint-N path; wins over pretrained")
+    log_interval: int = Field(10, gt=0)
+    seed: int = Field(1234, description="seed of model init, noise and timesteps")
+    validation_steps: int | None = Field(None, gt=0, description="sample validation prompts every N steps")
+    validation_prompts: list[str] = Field(default_factory=list)
+
+
+class ParallelSection(Section):
+    """How training is spread over processes (reference §5.8, §5.11)."""
+
+    strategy: str = Field("auto", description="strategy plugin: auto (single or ddp), single, ddp, fsdp, deepspeed")
+    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    sp_size: int = Field(1, ge=1, description="sequence-parallel group size (Ulysses)")
+    train_sp_batch_size: int = Field(1, ge=1, description="micro-batch inside a sequence-parallel group")
+    nproc_per_node: int | None = Field(None, ge=1, description="processes per node when osctl launches itself")
+    nnodes: int = Field(1, ge=1)
+    timeout_s: float = Field(600.0, gt=0, description="collective timeout; a stuck rank fails instead of hanging")
+
+    @model_validator(mode="after")
+    def _check_sp(self) -> ParallelSection:
+        if self.nproc_per_node is not None:
+            world = self.nproc_per_node * self.nnodes
+            if world % self.sp_size:
+                raise ValueError(f"sp_size ({self.sp_size}) must divide the world size ({world})")
+        return self
+
+
+class SampleSection(Section):
+    """Sampling defaults (reference §7)."""
+
+    prompts: list[str] = Field(default_factory=list)
+    prompts_file: Path | None = None
+    negative_prompt: str | None = Field(None, description="default: the reference's negative prompt")
+    num_frames: int = Field(93, ge=1)
+    height: int = Field(352, gt=0)
+    width: int = Field(640, gt=0)
+    fps: int = Field(18, gt=0, description="fps of the written mp4")
+    guidance_scale: float = Field(7.5, ge=0)
+    num_sampling_steps: int = Field(100, gt=0)
+    sample_method: str = Field("EulerAncestralDiscrete", description="sampler plugin name")
+    sampler_options: dict[str, Any] = Field(default_factory=dict, description="extra options for the sampler")
+    seed: int = 42
+    num_samples_per_prompt: int = Field(1, ge=1)
+    max_sequence_length: int = Field(512, gt=0)
+    sp: bool = Field(False, description="all ranks work on each sample (sequence parallel)")
+    dtype: Precision = "bf16"
+    enable_tiling: bool = False
+    cpu_offload: bool = False
+    clean_captions: bool = Field(False, description="apply the training caption cleaner to prompts")
+    output_dir: Path = Path("samples")
+
+    @model_validator(mode="after")
+    def _check_frames(self) -> SampleSection:
+        if (self.num_frames - 1) % 4:
+            raise ValueError(f"num_frames must be 4k+1, got {self.num_frames}")
+        return self
+
+
+class Recipe(Section):
+    """A whole recipe; ``extends`` is resolved by the loader before validation."""
+
+    seed: int | None = Field(None, description="shortcut: sets train.seed when given")
+    model: ComponentSection = Field(default_factory=lambda: ComponentSection(name="opensora_v1_3"))
+    autoencoder: ComponentSection = Field(default_factory=lambda: ComponentSection(name="wfvae"))
+    text_encoder: ComponentSection = Field(default_factory=lambda: ComponentSection(name="t5"))
+    refiner: ComponentSection = Field(default_factory=lambda: ComponentSection(name="none"))
+    data: DataSection = Field(default_factory=DataSection)
+    diffusion: DiffusionSection = Field(default_factory=DiffusionSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    parallel: ParallelSection = Field(default_factory=ParallelSection)
+    sample: SampleSection = Field(default_factory=SampleSection)
+
+    @model_validator(mode="after")
+    def _apply_seed(self) -> Recipe:
+        if self.seed is not None:
+            self.train.seed = self.seed
+        return self
+
+
+COMPONENT_SECTIONS: dict[str, str] = {
+    "model": "model",
+    "autoencoder": "autoencoder",
+    "text_encoder": "text_encoder",
+    "refiner": "refiner",
+}
+"""Recipe section -> registry kind of the plugin it names."""

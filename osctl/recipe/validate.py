@@ -1,0 +1,81 @@
+"""Check a loaded recipe against the plugins it names, collecting every problem before failing.
+
+Each component section (``model``, ``autoencoder``, ...) is validated by the config model of the
+plugin it names; rules that need facts from plugins (strides, patch sizes) are checked here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from osctl.errors import ConfigError, OsctlError
+from osctl.recipe.load import LoadedRecipe
+from osctl.recipe.schema import COMPONENT_SECTIONS
+from osctl.registry import Registry
+
+
+@dataclass
+class CheckedRecipe:
+    """A recipe whose component sections were validated by their plugins."""
+
+    loaded: LoadedRecipe
+    components: dict[str, BaseModel] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _component_fact(config: BaseModel, name: str) -> Any:
+    """A static fact a component config exposes (attribute or zero-argument method), else None."""
+    value = getattr(config, name, None)
+    return value() if callable(value) else value
+
+
+def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
+    """Validate plugin sections and cross-plugin rules; raise one ``ConfigError`` listing every problem."""
+    recipe = loaded.recipe
+    problems: list[str] = []
+    checked = CheckedRecipe(loaded=loaded)
+    for section, kind in COMPONENT_SECTIONS.items():
+        comp = getattr(recipe, section)
+        where = loaded.origin((section,))
+        try:
+            checked.components[section] = registry.make_config(kind, comp.name, comp.options, where=section)
+        except OsctlError as exc:
+            problems.append(f"{where}: {exc.message}" if where and not exc.message.startswith(where) else exc.message)
+    try:
+        registry.get("sampler", recipe.sample.sample_method)
+    except OsctlError as exc:
+        problems.append(f"sample.sample_method: {exc.message}")
+    if recipe.parallel.strategy != "auto":
+        try:
+            registry.get("strategy", recipe.parallel.strategy)
+        except OsctlError as exc:
+            problems.append(f"parallel.strategy: {exc.message}")
+
+    ae = checked.components.get("autoencoder")
+    model = checked.components.get("model")
+    if ae is not None and model is not None:
+        stride = _component_fact(ae, "spatial_stride")
+        patch = _component_fact(model, "spatial_patch_size")
+        if stride and patch and recipe.data.hw_stride % (stride * patch):
+            problems.append(
+                f"data.hw_stride: {recipe.data.hw_stride} must be a multiple of the autoencoder stride x patch "
+                f"size ({stride} x {patch} = {stride * patch})"
+            )
+        if stride and patch and recipe.data.effective_resolution_mode == "force":
+            for key in ("max_height", "max_width"):
+                value = getattr(recipe.data, key)
+                if value % (stride * patch):
+                    problems.append(
+                        f"data.{key}: {value} must be a multiple of {stride * patch} (autoencoder stride x patch size)"
+                    )
+    if recipe.train.pretrained and recipe.train.resume_from_checkpoint:
+        checked.warnings.append(
+            "both train.pretrained and train.resume_from_checkpoint are set: resuming restores the checkpoint's "
+            "weights, so pretrained is ignored when a checkpoint is found"
+        )
+    if problems:
+        raise ConfigError("; ".join(p.rstrip(".") for p in problems) + ".")
+    return checked

@@ -1,0 +1,1 @@
+"""Registration module (filled in by the component that lands here)."""

@@ -1,0 +1,100 @@
+"""The twelve samplers Open-Sora-Plan offers through ``--sample_method``, built on diffusers' schedulers.
+
+Construction follows the reference's ``get_scheduler`` rules: every scheduler gets the training
+``prediction_type`` and ``rescale_betas_zero_snr``, with ``trailing`` timestep spacing under zero
+terminal SNR and ``leading`` otherwise; DDIM and DDPM turn ``clip_sample`` off; PNDM and DEIS do not
+support zero-SNR rescaling and ignore it; FlowMatchEulerDiscrete takes no DDPM arguments at all.
+Betas are passed only when they differ from diffusers' linear 1e-4..0.02 default, so the built
+scheduler equals the reference's (CogVideoX keeps its own schedule unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Literal
+
+from pydantic import Field
+
+import osctl
+from osctl.registry import ComponentConfig
+
+DEFAULT_BETAS = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
+
+
+class SamplerConfig(ComponentConfig):
+    """Options shared by every diffusers-backed sampler (normally inherited from ``diffusion``)."""
+
+    prediction_type: Literal["epsilon", "v_prediction", "sample", "flow"] = "epsilon"
+    rescale_betas_zero_snr: bool = False
+    timestep_spacing: Literal["auto", "leading", "trailing", "linspace"] = Field(
+        "auto", description="auto: trailing under zero-SNR, else leading (the reference rule)"
+    )
+    num_train_timesteps: int = Field(1000, gt=0)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0)
+    v1_5_betas: bool = Field(False, description="Stable Diffusion 1.5 betas (scaled_linear 0.00085..0.012)")
+    extra: dict[str, Any] = Field(default_factory=dict, description="passed unchanged to the diffusers class")
+
+
+# name -> (diffusers class, kwargs added, whether zero-SNR/spacing kwargs are dropped)
+_TABLE: dict[str, tuple[str, dict[str, Any], bool, str]] = {
+    "DDIM": ("DDIMScheduler", {"clip_sample": False}, False, "DDIM, deterministic (eta 0)"),
+    "EulerDiscrete": ("EulerDiscreteScheduler", {}, False, "Euler, deterministic"),
+    "DDPM": ("DDPMScheduler", {"clip_sample": False}, False, "DDPM ancestral sampling"),
+    "DPMSolverMultistep": ("DPMSolverMultistepScheduler", {}, False, "DPM-Solver++ multistep"),
+    "DPMSolverSinglestep": ("DPMSolverSinglestepScheduler", {}, False, "DPM-Solver singlestep"),
+    "PNDM": ("PNDMScheduler", {}, True, "PNDM (ignores zero-SNR rescaling)"),
+    "HeunDiscrete": ("HeunDiscreteScheduler", {}, False, "Heun, second order"),
+    "EulerAncestralDiscrete": (
+        "EulerAncestralDiscreteScheduler", {}, False, "Euler ancestral (the reference default, 100 steps)"
+    ),
+    "DEISMultistep": ("DEISMultistepScheduler", {}, True, "DEIS multistep (ignores zero-SNR rescaling)"),
+    "KDPM2AncestralDiscrete": ("KDPM2AncestralDiscreteScheduler", {}, False, "KDPM2 ancestral"),
+    "CogVideoX": ("CogVideoXDDIMScheduler", {}, False, "CogVideoX DDIM schedule"),
+}
+FLOW_MATCH = "FlowMatchEulerDiscrete"
+
+
+def scheduler_kwargs(name: str, config: SamplerConfig) -> tuple[str, dict[str, Any]]:
+    """The diffusers class name and constructor kwargs the reference would use for ``name``."""
+    if name == FLOW_MATCH:
+        return "FlowMatchEulerDiscreteScheduler", dict(config.extra)
+    class_name, added, drops_zero_snr, _ = _TABLE[name]
+    kwargs: dict[str, Any] = {"prediction_type": config.prediction_type}
+    if not drops_zero_snr:
+        kwargs["rescale_betas_zero_snr"] = config.rescale_betas_zero_snr
+    spacing = config.timestep_spacing
+    if spacing == "auto":
+        spacing = "trailing" if config.rescale_betas_zero_snr else "leading"
+    kwargs["timestep_spacing"] = spacing
+    if config.v1_5_betas:
+        kwargs.update(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    else:
+        betas = {k: getattr(config, k) for k in DEFAULT_BETAS}
+        if betas != DEFAULT_BETAS:
+            kwargs.update(betas)
+    kwargs.update(added)
+    kwargs.update(config.extra)
+    return class_name, kwargs
+
+
+def _factory(name: str):
+    def build(config: SamplerConfig, **_: Any) -> Any:
+        class_name, kwargs = scheduler_kwargs(name, config)
+        diffusers = importlib.import_module("diffusers")
+        return getattr(diffusers, class_name)(**kwargs)
+
+    build.__doc__ = f"Build the {name} sampler from its config."
+    return build
+
+
+@osctl.hookimpl
+def register_samplers(register: Any) -> None:
+    """Register the twelve reference samplers."""
+    for name, (class_name, _, _, summary) in _TABLE.items():
+        register(osctl.ComponentSpec(name=name, summary=f"{summary} [diffusers {class_name}]",
+                                     factory=_factory(name), config=SamplerConfig))
+    register(osctl.ComponentSpec(name=FLOW_MATCH, summary="flow-matching Euler [diffusers FlowMatchEulerDiscreteScheduler]",
+                                 factory=_factory(FLOW_MATCH), config=SamplerConfig,
+                                 metadata={"objective": "flow_matching"}))
