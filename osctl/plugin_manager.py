@@ -166,6 +166,15 @@ def default_registry() -> Registry:
     return registry
 
 
+def reset_caches() -> None:
+    """Forget the cached plugin manager and registry (after installing or removing plugins)."""
+    import importlib as _importlib
+
+    _importlib.invalidate_caches()
+    default_plugin_manager.cache_clear()
+    default_registry.cache_clear()
+
+
 def plugin_hooks(pm: pluggy.PluginManager) -> dict[str, list[str]]:
     """Plugin name -> names of the hooks it implements, for ``osctl plugins list``."""
     table: dict[str, list[str]] = {}

@@ -47,3 +47,17 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("OSCTL_LOAD_PLUGINS", "OSCTL_DISABLE_PLUGINS", "OSCTL_TRACE_PLUGINS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+
+
+@pytest.fixture
+def hello_plugin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Install the out-of-tree ``osctl_hello`` plugin as a fake distribution for one test."""
+    from osctl.plugin_manager import reset_caches
+    from tests.plugin_helpers import FIXTURES, install_fake_distribution
+
+    root = install_fake_distribution(
+        monkeypatch, tmp_path / "site", "osctl-hello", {"osctl_hello": "osctl_hello"},
+        FIXTURES / "osctl_hello" / "osctl_hello.py",
+    )
+    yield root
+    reset_caches()

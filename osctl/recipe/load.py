@@ -217,6 +217,12 @@ def _describe_errors(exc: ValidationError, origins: Origins) -> str:
     messages = []
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "value_error":
+            # cross-field rules start their message with the key they are about: point at that key
+            first = msg.split(" ", 1)[0]
+            if first in _fields_of(loc):
+                loc, msg = (*loc, first), msg.split(" ", 1)[1]
         where = _origin_for(loc, origins)
         key = ".".join(loc) or "recipe"
         if err["type"] == "extra_forbidden":
@@ -225,7 +231,7 @@ def _describe_errors(exc: ValidationError, origins: Origins) -> str:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             text = f"{key}: unknown key{hint}"
         elif err["type"] == "value_error":
-            text = f"{key or 'recipe'}: {err['msg'].removeprefix('Value error, ')}"
+            text = f"{key}: {msg}"
         else:
             value = err.get("input")
             shown = "" if isinstance(value, dict | list) else f", got {value!r}"

@@ -131,11 +131,11 @@ class DataSection(Section):
             )
         min_hxw = self.effective_min_hxw
         if self.max_hxw is not None and min_hxw is not None and self.max_hxw < min_hxw:
-            raise ValueError(f"max_hxw ({self.max_hxw}) must be >= min_hxw ({min_hxw})")
+            raise ValueError(f"max_hxw must be >= min_hxw ({min_hxw}), got {self.max_hxw}")
         for low, high in (("min_height", "max_height"), ("min_width", "max_width")):
             lo, hi = getattr(self, low), getattr(self, high)
             if lo is not None and hi is not None and lo > hi:
-                raise ValueError(f"{low} ({lo}) must be <= {high} ({hi})")
+                raise ValueError(f"{low} must be <= {high} ({hi}), got {lo}")
         return self
 
 
@@ -212,7 +212,7 @@ class ParallelSection(Section):
         if self.nproc_per_node is not None:
             world = self.nproc_per_node * self.nnodes
             if world % self.sp_size:
-                raise ValueError(f"sp_size ({self.sp_size}) must divide the world size ({world})")
+                raise ValueError(f"sp_size must divide the world size ({world}), got {self.sp_size}")
         return self
 
 

@@ -26,10 +26,20 @@ class CheckedRecipe:
     warnings: list[str] = field(default_factory=list)
 
 
-def _component_fact(config: BaseModel, name: str) -> Any:
-    """A static fact a component config exposes (attribute or zero-argument method), else None."""
+def _component_fact(config: BaseModel, name: str, warnings: list[str]) -> Any:
+    """A static fact a component config exposes (attribute or zero-argument method), else None.
+
+    A fact that cannot be read yet (e.g. weights not downloaded) becomes a warning, not an error:
+    the recipe itself may still be right.
+    """
     value = getattr(config, name, None)
-    return value() if callable(value) else value
+    if not callable(value):
+        return value
+    try:
+        return value()
+    except OsctlError as exc:
+        warnings.append(exc.message)
+        return None
 
 
 def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
@@ -57,8 +67,8 @@ def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
     ae = checked.components.get("autoencoder")
     model = checked.components.get("model")
     if ae is not None and model is not None:
-        stride = _component_fact(ae, "spatial_stride")
-        patch = _component_fact(model, "spatial_patch_size")
+        stride = _component_fact(ae, "spatial_stride", checked.warnings)
+        patch = _component_fact(model, "spatial_patch_size", checked.warnings)
         if stride and patch and recipe.data.hw_stride % (stride * patch):
             problems.append(
                 f"data.hw_stride: {recipe.data.hw_stride} must be a multiple of the autoencoder stride x patch "

@@ -4,6 +4,8 @@ Construction follows the reference's ``get_scheduler`` rules: every scheduler ge
 ``prediction_type`` and ``rescale_betas_zero_snr``, with ``trailing`` timestep spacing under zero
 terminal SNR and ``leading`` otherwise; DDIM and DDPM turn ``clip_sample`` off; PNDM and DEIS do not
 support zero-SNR rescaling and ignore it; FlowMatchEulerDiscrete takes no DDPM arguments at all.
+Options a diffusers class does not accept (zero-SNR rescaling on Heun/KDPM2/DPM-Solver singlestep,
+timestep spacing on DPM-Solver singlestep) are dropped and listed in ``osctl_ignored_options``.
 Betas are passed only when they differ from diffusers' linear 1e-4..0.02 default, so the built
 scheduler equals the reference's (CogVideoX keeps its own schedule unless told otherwise).
 """
@@ -11,6 +13,7 @@ scheduler equals the reference's (CogVideoX keeps its own schedule unless told o
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Literal
 
 from pydantic import Field
@@ -82,8 +85,13 @@ def scheduler_kwargs(name: str, config: SamplerConfig) -> tuple[str, dict[str, A
 def _factory(name: str):
     def build(config: SamplerConfig, **_: Any) -> Any:
         class_name, kwargs = scheduler_kwargs(name, config)
-        diffusers = importlib.import_module("diffusers")
-        return getattr(diffusers, class_name)(**kwargs)
+        cls = getattr(importlib.import_module("diffusers"), class_name)
+        accepted = inspect.signature(cls.__init__).parameters
+        ignored = sorted(k for k in kwargs if k not in accepted and k not in config.extra)
+        scheduler = cls(**{k: v for k, v in kwargs.items() if k not in ignored})
+        # options this scheduler cannot honour (e.g. zero-SNR on Heun); `osctl sample` warns about them
+        scheduler.osctl_ignored_options = {k: kwargs[k] for k in ignored}
+        return scheduler
 
     build.__doc__ = f"Build the {name} sampler from its config."
     return build

@@ -1,0 +1,1 @@
+"""Sampling: the denoising pipeline shared by `osctl sample` and validation during training."""
