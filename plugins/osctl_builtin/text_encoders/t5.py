@@ -1,0 +1,432 @@
+"""T5-family text encoders (T5, mT5, UMT5) with their tokenizers, plus a tiny locally built mT5.
+
+The reference encodes prompts with the encoder half of ``google/mt5-xxl`` (4096-d, 512 tokens):
+the tokenizer pads to ``max_length``, truncates, appends ``</s>`` and returns an attention mask; the
+encoder's last hidden state, computed with that mask, is the text condition (reference §1.4, §6.4).
+:class:`T5TextEncoder` does exactly that and follows ``osctl.protocols.TextEncoder``.
+
+Loading goes through ``transformers``' ``from_pretrained``; with ``HF_HUB_OFFLINE`` (or
+``TRANSFORMERS_OFFLINE``) set only local files are used, and a model that is not available raises
+``osctl.ConfigError`` naming the id and the fix instead of a traceback or a hang.
+
+``tiny_t5`` builds a deterministic tiny mT5 encoder with a ``ByT5Tokenizer`` (which needs no
+vocabulary file) from a seed, saves it to a cache folder and loads it through the same path, so the
+demo and the tests run with no download. Nothing here imports torch or transformers at module level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from osctl import ConfigError
+from osctl.registry import ComponentConfig
+
+if TYPE_CHECKING:
+    import torch
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+#: Hidden sizes of well-known encoders, so recipes can be checked without loading 50 GB.
+KNOWN_HIDDEN_SIZES: dict[str, int] = {
+    "google/mt5-xxl": 4096,
+    "google/mt5-xl": 2048,
+    "google/mt5-large": 1024,
+    "google/mt5-base": 768,
+    "google/mt5-small": 512,
+    "DeepFloyd/t5-v1_1-xxl": 4096,
+    "google/t5-v1_1-xxl": 4096,
+    "google/umt5-xxl": 4096,
+}
+
+_ENCODER_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+_TRUE = {"1", "true", "yes", "on"}
+
+
+# ----------------------------------------------------------------------------------------------
+# configs
+# ----------------------------------------------------------------------------------------------
+
+
+class T5Config(ComponentConfig):
+    """Options of the ``t5`` text encoder (recipe section ``text_encoder``)."""
+
+    name_or_path: str = Field(
+        "google/mt5-xxl",
+        description="Hugging Face id or local folder of a T5/mT5/UMT5 model (the reference's --text_encoder_name_1)",
+    )
+    max_length: int = Field(512, gt=0, description="tokens per prompt: pad and truncate to this (with </s>)")
+    name_or_path_2: str | None = Field(
+        None, description="optional second T5-family encoder; its states are returned separately (text_encoder_2)"
+    )
+    dtype: Precision | None = Field(None, description="weights dtype; default: the command's dtype, else fp32")
+    cache_dir: str | None = Field(None, description="download cache (the reference's --cache_dir); default HF's")
+
+    def hidden_size(self) -> int | None:
+        """The encoder's output width when it can be known without loading weights (for recipe checks)."""
+        return _peek_hidden_size(self.name_or_path)
+
+
+class TinyT5Config(ComponentConfig):
+    """Options of ``tiny_t5``: a deterministic random tiny mT5 encoder built locally (demo, tests)."""
+
+    seed: int = Field(0, description="seed of the weights; same seed and sizes give identical weights")
+    d_model: int = Field(32, gt=0, description="hidden size; set it to the model's caption_channels")
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0, description="attention heads; must divide d_model")
+    max_length: int = Field(32, gt=0, description="tokens per prompt (ByT5: one token per UTF-8 byte, plus </s>)")
+    cache_dir: str | None = Field(
+        None, description="parent folder of the built model; default $XDG_CACHE_HOME/osctl or ~/.cache/osctl"
+    )
+    dtype: Precision | None = Field(None, description="weights dtype; default: the command's dtype, else fp32")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyT5Config:
+        if self.d_model % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
+        return self
+
+    def hidden_size(self) -> int:
+        """The encoder's output width (``d_model``)."""
+        return self.d_model
+
+
+# ----------------------------------------------------------------------------------------------
+# the encoder object
+# ----------------------------------------------------------------------------------------------
+
+
+class T5TextEncoder:
+    """A frozen T5-family encoder with its tokenizer (``osctl.protocols.TextEncoder``).
+
+    ``tokenize`` pads to ``max_length``, truncates and appends ``</s>`` exactly as the reference
+    pipeline does; ``encode`` returns the last hidden state computed with the mask, under no_grad.
+    ``text_encoder_2`` is the optional second encoder (another ``T5TextEncoder`` or None): a caller
+    that wants its states tokenizes and encodes with it separately, e.g.
+    ``enc.text_encoder_2.encode(**enc.text_encoder_2.tokenize(prompts))``.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_length: int, source: str,
+                 text_encoder_2: T5TextEncoder | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.source = source
+        self.text_encoder_2 = text_encoder_2
+        config = model.config
+        self.hidden_size = int(getattr(config, "d_model", None) or config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder's weights live; ``encode`` moves its inputs there."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the encoder's weights (and of its outputs)."""
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: Any = None, dtype: Any = None) -> T5TextEncoder:
+        """Move (and optionally cast) the encoder, and the second one if any; returns ``self``."""
+        self.model.to(device=device, dtype=_torch_dtype(dtype) if dtype is not None else None)
+        if self.text_encoder_2 is not None:
+            self.text_encoder_2.to(device, dtype)
+        return self
+
+    def tokenize(self, texts: Sequence[str] | str, max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` (``B x L`` int64), padded/truncated to ``max_length``."""
+        import torch
+
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        encoded = self.tokenizer(
+            batch,
+            padding="max_length",
+            max_length=int(max_length or self.max_length),
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return {
+            "input_ids": encoded["input_ids"].to(torch.int64),
+            "attention_mask": encoded["attention_mask"].to(torch.int64),
+        }
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states ``B x L x hidden_size`` computed with ``attention_mask``, without gradients."""
+        import torch
+
+        device = self.device
+        with torch.no_grad():
+            out = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+        return out.last_hidden_state
+
+    def encode_texts(self, texts: Sequence[str] | str, max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize and encode in one call: ``(states B x L x D, attention_mask B x L)``."""
+        tokens = self.tokenize(texts, max_length)
+        return self.encode(tokens["input_ids"], tokens["attention_mask"]), tokens["attention_mask"]
+
+    def __repr__(self) -> str:
+        return (f"T5TextEncoder(source={self.source!r}, hidden_size={self.hidden_size}, "
+                f"max_length={self.max_length}, second={self.text_encoder_2 is not None})")
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------
+
+
+def offline_mode() -> bool:
+    """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` asks for local files only."""
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (``org/name`` or ``name``)."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def resolve_pretrained(name_or_path: str, *, key: str) -> tuple[str, bool]:
+    """``(source, local_files_only)`` for ``from_pretrained``; a missing local folder is a ``ConfigError``.
+
+    ``key`` is the recipe key the value came from, used in the message.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if _looks_like_path(name_or_path) or path.exists():
+        raise ConfigError(
+            f"{key}: {name_or_path!r} is not a folder; point {key} to a folder holding config.json and the "
+            "weights, or to a Hugging Face id."
+        )
+    return name_or_path, offline_mode()
+
+
+def unavailable(name_or_path: str, *, key: str, local_only: bool, exc: BaseException) -> ConfigError:
+    """The one-sentence ``ConfigError`` for weights that could not be loaded from ``name_or_path``."""
+    if Path(name_or_path).expanduser().is_dir():
+        return ConfigError(
+            f"{key}: the folder {name_or_path!r} could not be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no details'}); it must hold a transformers model "
+            "saved with save_pretrained (config.json, weights, tokenizer files)."
+        )
+    how = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if local_only
+           else "it could not be downloaded")
+    return ConfigError(
+        f"{key}: {name_or_path!r} is not available ({how}); download it first "
+        f"(`hf download {name_or_path}`, online) or set {key} to a local folder holding the model."
+    )
+
+
+def _torch_dtype(value: Any) -> Any:
+    """A ``torch.dtype`` from a precision name (fp32/bf16/fp16), a dtype name, or a dtype."""
+    import torch
+
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if str(value) not in names:
+        raise ConfigError(f"dtype: unknown precision {value!r}; use fp32, bf16 or fp16.")
+    return names[str(value)]
+
+
+def _pick_dtype(configured: str | None, runtime: Any) -> Any:
+    """The configured dtype, else the command's runtime dtype, else float32."""
+    import torch
+
+    return _torch_dtype(configured) or _torch_dtype(runtime) or torch.float32
+
+
+def load_t5_encoder(name_or_path: str, *, max_length: int, dtype: Any = None, device: Any = None,
+                    cache_dir: str | None = None, key: str = "text_encoder.name_or_path") -> T5TextEncoder:
+    """Load a frozen T5/mT5/UMT5 encoder and its tokenizer from a hub id or a local folder.
+
+    The encoder class follows the checkpoint's ``model_type`` (``t5`` -> ``T5EncoderModel``, ``mt5`` ->
+    ``MT5EncoderModel``, ``umt5`` -> ``UMT5EncoderModel``; anything else through
+    ``AutoModelForTextEncoding``), rather than the reference's "path contains mt5" test. Weights that
+    are not available raise ``ConfigError`` naming ``key``.
+    """
+    import transformers
+
+    source, local_only = resolve_pretrained(name_or_path, key=key)
+    common: dict[str, Any] = {"local_files_only": local_only}
+    if cache_dir is not None:
+        common["cache_dir"] = cache_dir
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **common)
+    except (OSError, ValueError) as exc:
+        raise unavailable(name_or_path, key=key, local_only=local_only, exc=exc) from None
+    model_type = getattr(config, "model_type", "")
+    if not hasattr(config, "d_model") and model_type not in _ENCODER_CLASSES:
+        raise ConfigError(
+            f"{key}: {name_or_path!r} is a {model_type or 'unknown'} model, not a T5-family encoder; "
+            "use a T5, mT5 or UMT5 checkpoint (e.g. google/mt5-xxl)."
+        )
+    cls = getattr(transformers, _ENCODER_CLASSES.get(model_type, "AutoModelForTextEncoding"))
+    try:
+        model = cls.from_pretrained(source, dtype=_pick_dtype(None, dtype), **common)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+    except (OSError, ValueError) as exc:
+        raise unavailable(name_or_path, key=key, local_only=local_only, exc=exc) from None
+    model.eval()
+    model.requires_grad_(False)
+    if device is not None:
+        model.to(device)
+    return T5TextEncoder(model, tokenizer, max_length=max_length, source=source)
+
+
+def build_t5(config: T5Config, **runtime: Any) -> T5TextEncoder:
+    """Factory of ``t5``: the configured encoder (and the optional second one), frozen, on ``device``."""
+    dtype = _pick_dtype(config.dtype, runtime.get("dtype"))
+    device = runtime.get("device")
+    encoder = load_t5_encoder(config.name_or_path, max_length=config.max_length, dtype=dtype, device=device,
+                              cache_dir=config.cache_dir, key="text_encoder.name_or_path")
+    if config.name_or_path_2:
+        encoder.text_encoder_2 = load_t5_encoder(
+            config.name_or_path_2, max_length=config.max_length, dtype=dtype, device=device,
+            cache_dir=config.cache_dir, key="text_encoder.name_or_path_2",
+        )
+    return encoder
+
+
+def _peek_hidden_size(name_or_path: str) -> int | None:
+    """``d_model`` from a local ``config.json`` or the table of known ids; None when unknown."""
+    config_file = Path(name_or_path).expanduser() / "config.json"
+    if config_file.is_file():
+        try:
+            data = json.loads(config_file.read_text())
+        except (OSError, ValueError):
+            return None
+        value = data.get("d_model", data.get("hidden_size"))
+        return int(value) if isinstance(value, int) else None
+    return KNOWN_HIDDEN_SIZES.get(name_or_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# tiny_t5
+# ----------------------------------------------------------------------------------------------
+
+#: Bumped whenever the tiny model's construction changes, so old cache folders are not reused.
+TINY_T5_FORMAT = 1
+_BYT5_VOCAB = 384  # 3 special tokens + 256 byte values + 125 <extra_id_N>, as ByT5Tokenizer has
+
+
+def fill_parameters_deterministically(model: Any, seed: int) -> None:
+    """Overwrite every parameter from a seeded CPU generator, in ``named_parameters`` order.
+
+    Independent of the library's own initialisers (which change between versions): norm weights
+    are ``1 + 0.1 * randn`` (as in the golden tiny mT5), other vectors are zero, matrices are
+    ``randn / sqrt(fan_in)`` and embedding tables ``randn`` (T5 scales them by nothing else).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            lowered = name.lower()
+            if "norm" in lowered or lowered.endswith(("ln_f.weight", "ln_1.weight", "ln_2.weight")):
+                value = 1.0 + 0.1 * noise if param.ndim == 1 and lowered.endswith("weight") else torch.zeros_like(noise)
+            elif param.ndim == 1:
+                value = torch.zeros_like(noise)
+            elif "embed" in lowered or lowered.startswith("shared") or "wte" in lowered or "wpe" in lowered:
+                value = noise
+            elif "relative_attention_bias" in lowered:
+                value = 0.1 * noise
+            else:
+                value = noise / float(param.shape[-1]) ** 0.5
+            param.copy_(value.to(param.dtype))
+
+
+def tiny_t5_settings(*, seed: int, d_model: int, num_layers: int = 2, num_heads: int = 4) -> dict[str, Any]:
+    """The full description of a tiny mT5 (its hash names the cache folder)."""
+    if d_model % num_heads:
+        raise ConfigError(f"text_encoder.num_heads: {num_heads} must divide d_model ({d_model}).")
+    return {
+        "format": TINY_T5_FORMAT,
+        "seed": int(seed),
+        "vocab_size": _BYT5_VOCAB,
+        "d_model": int(d_model),
+        "d_kv": int(d_model) // int(num_heads),
+        "d_ff": 2 * int(d_model),
+        "num_layers": int(num_layers),
+        "num_heads": int(num_heads),
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "dropout_rate": 0.0,
+        "layer_norm_epsilon": 1e-6,
+        "feed_forward_proj": "gated-gelu",
+        "tie_word_embeddings": False,
+    }
+
+
+def build_tiny_t5(folder: str | os.PathLike[str], *, seed: int = 0, d_model: int = 32, num_layers: int = 2,
+                  num_heads: int = 4) -> Path:
+    """Write a deterministic random tiny mT5 encoder and a ``ByT5Tokenizer`` into ``folder``.
+
+    Same arguments give bit-identical weights on any machine (see
+    :func:`fill_parameters_deterministically`). Sizes follow the golden tiny mT5 (vocab 384, gated
+    GELU, ``d_kv = d_model / num_heads``, ``d_ff = 2 * d_model``). The folder is written atomically
+    (a temporary sibling renamed into place); an existing complete folder is kept as is. Returns
+    the folder, which the ``t5`` encoder (``name_or_path``) loads like any saved model.
+    """
+    settings = tiny_t5_settings(seed=seed, d_model=d_model, num_layers=num_layers, num_heads=num_heads)
+    target = Path(folder).expanduser()
+    if (target / "osctl_tiny_t5.json").is_file():
+        return target
+    import transformers
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        fields = {k: v for k, v in settings.items() if k not in ("format", "seed")}
+        config = transformers.MT5Config(**fields, is_encoder_decoder=False, use_cache=False,
+                                        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        model = transformers.MT5EncoderModel(config)
+        fill_parameters_deterministically(model, seed)
+        model.save_pretrained(staging)
+        transformers.ByT5Tokenizer().save_pretrained(staging)
+        (staging / "osctl_tiny_t5.json").write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "osctl_tiny_t5.json").is_file():
+                raise
+            # another process finished the same build first: keep theirs
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def default_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/osctl``, else ``~/.cache/osctl``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "osctl"
+
+
+def tiny_t5_folder(config: TinyT5Config) -> Path:
+    """The cache folder of ``config``'s tiny model: ``<cache_dir>/tiny_t5-<hash of its settings>``."""
+    settings = tiny_t5_settings(seed=config.seed, d_model=config.d_model, num_layers=config.num_layers,
+                                num_heads=config.num_heads)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_root()
+    return root / f"tiny_t5-{digest}"
+
+
+def build_tiny_t5_encoder(config: TinyT5Config, **runtime: Any) -> T5TextEncoder:
+    """Factory of ``tiny_t5``: build (once, cached) and load through the same path as ``t5``."""
+    folder = build_tiny_t5(tiny_t5_folder(config), seed=config.seed, d_model=config.d_model,
+                           num_layers=config.num_layers, num_heads=config.num_heads)
+    return load_t5_encoder(str(folder), max_length=config.max_length,
+                           dtype=_pick_dtype(config.dtype, runtime.get("dtype")), device=runtime.get("device"),
+                           key="text_encoder.cache_dir")
