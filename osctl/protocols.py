@@ -73,3 +73,59 @@ class Refiner(Protocol):
     """Rewrites prompts before they are encoded."""
 
     def __call__(self, prompts: list[str]) -> list[str]: ...
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """A parallel training strategy: wraps model and optimizer, backward, step and state saving.
+
+    The training loop only talks to this interface, so single-process, DDP, FSDP and DeepSpeed runs
+    share one loop. ``prepare`` is called once; afterwards ``model`` is what the loop calls forward
+    on and ``module`` is the unwrapped model (for configs and exporting).
+    """
+
+    name: str
+    model: Any
+    module: Any
+    optimizer: Any
+    lr_scheduler: Any
+
+    def prepare(self, model: Any, *, optimizer_factory: Any, lr_scheduler_factory: Any) -> None:
+        """Wrap ``model`` and build the optimizer and LR scheduler from the factories."""
+        ...
+
+    def autocast(self) -> Any:
+        """Context manager for the forward pass in the configured mixed precision."""
+        ...
+
+    def no_sync(self, sync: bool) -> Any:
+        """Context manager for one micro-step; gradients are synchronised only when ``sync``."""
+        ...
+
+    def backward(self, loss: Any) -> None:
+        """Back-propagate ``loss`` (scaled when the precision needs it)."""
+        ...
+
+    def clip_grad_norm(self, max_norm: float | None) -> float | None:
+        """Clip the global gradient norm; returns the norm before clipping."""
+        ...
+
+    def optimizer_step(self) -> None:
+        """Optimizer step, LR-scheduler step and gradient reset."""
+        ...
+
+    def local_parameters(self) -> list[tuple[str, Any]]:
+        """(name, tensor) of the trainable parameters this rank holds, in a fixed order (for EMA)."""
+        ...
+
+    def full_state_dict(self, local: list[tuple[str, Any]] | None = None) -> dict[str, Any] | None:
+        """The full model state dict on rank 0 (None elsewhere); ``local`` replaces parameter values."""
+        ...
+
+    def save_state(self, folder: Any) -> None:
+        """Write optimizer/scheduler/engine state into ``folder`` (every rank calls it)."""
+        ...
+
+    def load_state(self, folder: Any) -> None:
+        """Restore what ``save_state`` wrote."""
+        ...

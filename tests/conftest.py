@@ -32,7 +32,7 @@ def golden_dir() -> Path:
     return shared if shared.is_dir() else VENDORED_GOLDEN
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def golden() -> Path:
     """Path of the golden fixtures; tests that need them fail loudly if the folder is missing."""
     path = golden_dir()

@@ -1,0 +1,78 @@
+"""Recipe -> components: the one place (with recipe validation) that looks plugins up and builds them.
+
+Training and sampling both call these, so a checkpoint's model is built the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from osctl.recipe.validate import CheckedRecipe
+from osctl.registry import Registry
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_model(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu",
+                dtype: torch.dtype | None = None, meta: bool = False) -> Any:
+    """The diffusion transformer named by the recipe's ``model`` section."""
+    section = checked.loaded.recipe.model
+    return registry.build("model", section.name, checked.components["model"], device=device, dtype=dtype, meta=meta)
+
+
+def build_autoencoder(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu",
+                      dtype: torch.dtype | None = None) -> Any:
+    """The frozen autoencoder named by the recipe's ``autoencoder`` section (eval, no grad)."""
+    section = checked.loaded.recipe.autoencoder
+    ae = registry.build("autoencoder", section.name, checked.components["autoencoder"], device=device, dtype=dtype)
+    _freeze(ae)
+    return ae
+
+
+def build_text_encoder(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu",
+                       dtype: torch.dtype | None = None) -> Any:
+    """The frozen text encoder named by the recipe's ``text_encoder`` section."""
+    section = checked.loaded.recipe.text_encoder
+    return registry.build("text_encoder", section.name, checked.components["text_encoder"], device=device, dtype=dtype)
+
+
+def build_refiner(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu") -> Any:
+    """The caption refiner named by the recipe's ``refiner`` section."""
+    section = checked.loaded.recipe.refiner
+    return registry.build("refiner", section.name, checked.components["refiner"], device=device)
+
+
+def sampler_options(recipe: Any, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Sampler options: the training noise settings (recorded in a checkpoint, else the recipe's
+    ``diffusion`` section) overridden by ``sample.sampler_options``."""
+    diffusion = recorded or recipe.diffusion.model_dump()
+    options = {key: diffusion[key] for key in ("prediction_type", "rescale_betas_zero_snr", "num_train_timesteps",
+                                                "beta_schedule", "beta_start", "beta_end") if key in diffusion}
+    if diffusion.get("objective") == "flow_matching":
+        options["prediction_type"] = "flow"
+    options.update(recipe.sample.sampler_options)
+    return options
+
+
+def build_sampler(recipe: Any, registry: Registry, name: str | None = None,
+                  recorded: dict[str, Any] | None = None) -> Any:
+    """The sampler (noise scheduler) named by ``sample.sample_method`` (or ``name``)."""
+    return registry.build("sampler", name or recipe.sample.sample_method, sampler_options(recipe, recorded))
+
+
+def build_strategy(recipe: Any, registry: Registry, *, world_size: int, device: torch.device) -> Any:
+    """The parallel strategy: ``auto`` means ``single`` for one process and ``ddp`` otherwise."""
+    name = recipe.parallel.strategy
+    if name == "auto":
+        name = "ddp" if world_size > 1 else "single"
+    return registry.build("strategy", name, None, mixed_precision=recipe.train.mixed_precision, device=device,
+                          parallel=recipe.parallel, train=recipe.train)
+
+
+def _freeze(component: Any) -> None:
+    module = component if isinstance(component, torch.nn.Module) else getattr(component, "module", None)
+    if isinstance(module, torch.nn.Module):
+        module.eval()
+        module.requires_grad_(False)

@@ -1,0 +1,143 @@
+"""`osctl sample`: text-to-video sampling on one process, many (prompts spread) or all on one video (--sp)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from osctl.cli._options import SetOpt
+from osctl.cli._output import console, err_console, warn
+from osctl.errors import UsageError
+
+Opt = typer.Option
+
+
+def sample(
+    recipe: Annotated[Path | None, Opt("--recipe", "-r", help="YAML recipe (components and `sample` defaults).")] = None,
+    overrides: SetOpt = None,
+    checkpoint: Annotated[Path | None, Opt("--checkpoint", help="A training checkpoint-N folder: its model_ema and recipe.")] = None,
+    no_ema: Annotated[bool, Opt("--no-ema", help="With --checkpoint, use model/ instead of model_ema/.")] = False,
+    model_path: Annotated[str | None, Opt("--model-path", help="Diffusers model folder (seed: --model_path).")] = None,
+    ae_path: Annotated[str | None, Opt("--ae-path", help="Autoencoder folder (seed: --ae_path).")] = None,
+    text_encoder_name_1: Annotated[str | None, Opt("--text-encoder-name-1", help="Text encoder id or folder.")] = None,
+    caption_refiner: Annotated[str | None, Opt("--caption-refiner", help="Local refiner LM folder (enables `llm`).")] = None,
+    prompt: Annotated[list[str] | None, Opt("--prompt", "-p", help="A prompt (repeatable).")] = None,
+    prompts: Annotated[Path | None, Opt("--prompts", help="Prompt file: .txt one per line, or .jsonl with overrides.")] = None,
+    negative_prompt: Annotated[str | None, Opt("--negative-prompt", help="Default: the reference negative prompt.")] = None,
+    num_frames: Annotated[int | None, Opt("--num-frames", help="Frames (4k+1).")] = None,
+    height: Annotated[int | None, Opt("--height")] = None,
+    width: Annotated[int | None, Opt("--width")] = None,
+    num_sampling_steps: Annotated[int | None, Opt("--num-sampling-steps", help="Default 100.")] = None,
+    guidance_scale: Annotated[float | None, Opt("--guidance-scale", help="Default 7.5.")] = None,
+    sample_method: Annotated[str | None, Opt("--sample-method", help="Sampler plugin; default EulerAncestralDiscrete.")] = None,
+    seed: Annotated[int | None, Opt("--seed")] = None,
+    num_samples_per_prompt: Annotated[int | None, Opt("--num-samples-per-prompt")] = None,
+    fps: Annotated[int | None, Opt("--fps", help="Frame rate of written MP4s.")] = None,
+    dtype: Annotated[str | None, Opt("--dtype", help="fp32, bf16 or fp16.")] = None,
+    output_dir: Annotated[Path | None, Opt("--output-dir", "-o", help="Where videos and sidecars go.")] = None,
+    grid: Annotated[bool, Opt("--grid", help="Also write one grid video of all samples.")] = False,
+    enable_tiling: Annotated[bool, Opt("--enable-tiling", help="Autoencoder temporal tiling (long clips).")] = False,
+    sp: Annotated[bool, Opt("--sp", help="All processes work on each sample (sequence parallel).")] = False,
+    nproc_per_node: Annotated[int | None, Opt("--nproc-per-node", help="Start this many processes.")] = None,
+    nnodes: Annotated[int, Opt("--nnodes")] = 1,
+    node_rank: Annotated[int, Opt("--node-rank")] = 0,
+    rdzv_endpoint: Annotated[str | None, Opt("--rdzv-endpoint", help="HOST:PORT shared by all nodes.")] = None,
+) -> None:
+    """Sample videos from text prompts.
+
+    Examples:
+
+      [bold]osctl sample --model-path ckpt/any93x640x640 --ae-path ckpt/vae --text-encoder-name-1 google/mt5-xxl --prompt "a corgi on the beach" --num-frames 93 --height 352 --width 640[/]
+
+      [bold]osctl sample --recipe recipes/sample-v1.3.yaml --prompts prompts.txt --nproc-per-node 8[/]
+
+      [bold]osctl sample --checkpoint out/checkpoint-2000 --prompts prompts.txt[/]
+    """
+    from osctl.parallel.launch import LaunchOptions, relaunch
+
+    launch = LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+    if launch.wanted:
+        raise typer.Exit(relaunch(launch))
+
+    from osctl.plugin_manager import default_registry
+    from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import check_recipe
+    from osctl.sample.run import SampleRequest, run_sampling
+
+    sets = list(overrides or [])
+    recorded = None
+    source: dict[str, object] = {}
+    if checkpoint is not None:
+        recipe_file, weights, recorded = _checkpoint_inputs(checkpoint, no_ema)
+        recipe = recipe or recipe_file
+        sets = [f"model.path={weights}", *sets]
+        source = {"checkpoint": str(checkpoint), "weights": str(weights)}
+    flag_sets = {
+        "model.path": model_path, "autoencoder.path": ae_path, "text_encoder.name_or_path": text_encoder_name_1,
+        "sample.negative_prompt": negative_prompt, "sample.num_frames": num_frames, "sample.height": height,
+        "sample.width": width, "sample.num_sampling_steps": num_sampling_steps,
+        "sample.guidance_scale": guidance_scale, "sample.sample_method": sample_method, "sample.seed": seed,
+        "sample.num_samples_per_prompt": num_samples_per_prompt, "sample.fps": fps, "sample.dtype": dtype,
+        "sample.output_dir": output_dir,
+    }
+    sets += [f"{key}={_quote(value)}" for key, value in flag_sets.items() if value is not None]
+    if caption_refiner is not None:
+        sets += ["refiner.name=llm", f"refiner.path={_quote(caption_refiner)}"]
+    if enable_tiling:
+        sets.append("sample.enable_tiling=true")
+    if sp:
+        sets.append("sample.sp=true")
+    registry = default_registry()
+    checked = check_recipe(load_recipe(recipe, sets), registry)
+    for message in checked.warnings:
+        warn(message)
+    cfg = checked.loaded.recipe.sample
+    if cfg.sp and cfg.num_frames == 1:
+        raise UsageError("--sp splits the time axis and needs --num-frames > 1; drop --sp for images.")
+    request = SampleRequest(prompts=list(prompt or []), prompts_file=prompts, grid=grid,
+                            recorded_diffusion=recorded, source=source)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from osctl.parallel.dist import shutdown
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        records = run_sampling(checked, registry, request, progress=progress)
+    for record in records:
+        if record["file"]:
+            console.print(f"wrote {Path(cfg.output_dir) / record['file']}  (seed {record['seed']})")
+    shutdown()
+
+
+def _quote(value: object) -> str:
+    """A ``--set`` value that YAML reads back as the same string/number."""
+    if isinstance(value, str | Path):
+        import json
+
+        return json.dumps(str(value))
+    return str(value)
+
+
+def _checkpoint_inputs(folder: Path, no_ema: bool) -> tuple[Path, Path, dict[str, object] | None]:
+    """The recipe, the weights folder and the recorded diffusion settings of a training checkpoint."""
+    import yaml
+
+    recipe_file = folder / "recipe.yaml"
+    weights = folder / ("model" if no_ema else "model_ema")
+    if not weights.is_dir() and not no_ema and (folder / "model").is_dir():
+        warn(f"{folder} has no model_ema/ (trained without EMA); using model/.")
+        weights = folder / "model"
+    if not weights.is_dir():
+        raise UsageError(f"--checkpoint {folder} has no {weights.name}/ folder; is it an osctl checkpoint-N folder?")
+    if not recipe_file.is_file():
+        raise UsageError(f"--checkpoint {folder} has no recipe.yaml; pass --recipe with the training recipe.")
+    recorded = (yaml.safe_load(recipe_file.read_text()) or {}).get("diffusion")
+    return recipe_file, weights, recorded
+
+
+def register(app: typer.Typer) -> None:
+    """Add `osctl sample` to the root app."""
+    app.command("sample")(sample)

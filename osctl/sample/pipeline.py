@@ -1,0 +1,161 @@
+"""The text-to-video denoising pipeline, with diffusers' vocabulary.
+
+``check_inputs`` -> ``encode_prompt`` -> ``prepare_latents`` -> the denoising loop with
+classifier-free guidance in one batched forward ([negative; positive], as the reference) ->
+``decode_latents`` -> uint8 frames. The same object serves `osctl sample` and validation during
+training, so both see identical numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from osctl.errors import UsageError
+from osctl.sample import scheduling
+
+
+@dataclass
+class PipelineOutput:
+    """What one pipeline call returns: uint8 videos ``B x T x H x W x 3`` and the final latents."""
+
+    videos: torch.Tensor | None
+    latents: torch.Tensor
+
+
+class VideoPipeline:
+    """Text-to-video sampling over any model, autoencoder, text encoder and scheduler plugin."""
+
+    def __init__(self, model: Any, autoencoder: Any, text_encoder: Any, scheduler: Any, *,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 sequence_parallel: Any = None) -> None:
+        self.model = model
+        self.autoencoder = autoencoder
+        self.text_encoder = text_encoder
+        self.scheduler = scheduler
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.sequence_parallel = sequence_parallel
+
+    # 1. inputs -----------------------------------------------------------------------------------
+    def check_inputs(self, num_frames: int, height: int, width: int) -> None:
+        """Refuse sizes the autoencoder and the model cannot represent, naming the value and a fix."""
+        t_stride = self.autoencoder.temporal_stride
+        if num_frames < 1 or (num_frames - 1) % t_stride:
+            lower = max(1, num_frames - (num_frames - 1) % t_stride)
+            raise UsageError(
+                f"--num-frames {num_frames} is not {t_stride}k+1 (the autoencoder compresses time "
+                f"{t_stride}x with a causal first frame); use {lower} or {lower + t_stride}."
+            )
+        multiple = self.spatial_multiple
+        for flag, value in (("--height", height), ("--width", width)):
+            if value <= 0 or value % multiple:
+                lower = value - value % multiple
+                raise UsageError(
+                    f"{flag} {value} is not a multiple of {multiple} (autoencoder stride x patch size); "
+                    f"use {max(lower, multiple)} or {lower + multiple}."
+                )
+
+    @property
+    def spatial_multiple(self) -> int:
+        """Pixel sizes must be multiples of this: autoencoder spatial stride x model patch size."""
+        patch = int(getattr(getattr(self.model, "config", None), "patch_size", 1) or 1)
+        return int(self.autoencoder.spatial_stride) * patch
+
+    # 2. text ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text states ``B x L x D`` and masks ``B x L`` for ``prompts``."""
+        tokens = self.text_encoder.tokenize(prompts, max_length=max_length)
+        ids = tokens["input_ids"].to(self.device)
+        mask = tokens["attention_mask"].to(self.device)
+        states = self.text_encoder.encode(ids, mask)
+        return states.to(self.dtype), mask
+
+    # 3. latents ------------------------------------------------------------------------------------
+    def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        """Latent shape for a video of ``num_frames x height x width``."""
+        ae = self.autoencoder
+        return (batch, ae.latent_channels, (num_frames - 1) // ae.temporal_stride + 1,
+                height // ae.spatial_stride, width // ae.spatial_stride)
+
+    def prepare_latents(self, shape: tuple[int, ...], generator: torch.Generator | None,
+                        latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Initial latents (drawn on CPU from ``generator`` so every device gives the same numbers)."""
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        elif tuple(latents.shape) != tuple(shape):
+            raise UsageError(f"given latents have shape {tuple(latents.shape)}, expected {tuple(shape)}.")
+        return latents.to(self.device, torch.float32) * scheduling.init_noise_sigma(self.scheduler)
+
+    # 4. loop ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] = "",
+        *,
+        num_frames: int,
+        height: int,
+        width: int,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 7.5,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
+        eta: float = 0.0,
+        output_type: str = "uint8",
+        callback: Callable[[int, int], None] | None = None,
+    ) -> PipelineOutput:
+        """Sample videos for ``prompt``; ``output_type`` is ``uint8``, ``float`` or ``latent``."""
+        self.check_inputs(num_frames, height, width)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        do_cfg = guidance_scale > 1.0
+        states, mask = self.encode_prompt(prompts, max_sequence_length)
+        if do_cfg:
+            neg_states, neg_mask = self.encode_prompt(negatives, max_sequence_length)
+            states = torch.cat([neg_states, states])
+            mask = torch.cat([neg_mask, mask])
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        x = self.prepare_latents(self.latent_shape(len(prompts), num_frames, height, width), generator, latents)
+        text_states = states.unsqueeze(1)  # B x 1 x L x D, as the model expects
+        text_mask = mask.unsqueeze(1)
+        batch_cfg = text_states.shape[0]
+        latent_mask = torch.ones((batch_cfg, *x.shape[2:]), device=self.device, dtype=self.dtype)
+        timesteps = self.scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            model_input = torch.cat([x, x]) if do_cfg else x
+            model_input = scheduling.scale_model_input(self.scheduler, model_input, t)
+            t_batch = t.expand(batch_cfg).to(self.device, model_input.dtype)
+            prediction = self.model(
+                model_input.to(self.dtype), t_batch, text_states, attention_mask=latent_mask,
+                encoder_attention_mask=text_mask, return_dict=False,
+            )[0].float()
+            if do_cfg:
+                uncond, cond = prediction.chunk(2)
+                prediction = uncond + guidance_scale * (cond - uncond)
+            x = scheduling.step(self.scheduler, prediction, t, x, generator=generator, eta=eta)
+            if callback is not None:
+                callback(i + 1, len(timesteps))
+        if output_type == "latent":
+            return PipelineOutput(videos=None, latents=x)
+        video = self.decode_latents(x)
+        if output_type == "float":
+            return PipelineOutput(videos=video, latents=x)
+        return PipelineOutput(videos=to_uint8(video)[:, :num_frames, :height, :width], latents=x)
+
+    # 5. pixels -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixel video ``B x C x T x H x W`` (about [-1, 1]) from final latents."""
+        return self.autoencoder.decode(latents.to(self.device)).float()
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """``B x C x T x H x W`` in [-1, 1] -> ``B x T x H x W x C`` uint8, truncating like the reference."""
+    frames = ((video / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
+    return frames.permute(0, 2, 3, 4, 1).contiguous()

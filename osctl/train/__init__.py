@@ -1,0 +1,1 @@
+"""Training: objective, EMA, checkpoints, state and the loop behind `osctl train`."""

@@ -1,0 +1,70 @@
+"""Write a diffusers-style model folder (``config.json`` + safetensors) from a state dict.
+
+The folder loads with the model class's ``from_pretrained`` (ours and the reference's). Large
+state dicts are sharded with an index file, as diffusers does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+
+
+def save_model_folder(folder: Path, config: dict[str, Any], state_dict: dict[str, torch.Tensor], *,
+                      dtype: torch.dtype | None = None, max_shard_bytes: int = 10 * 1024**3,
+                      extra_files: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``config.json`` and the weights (sharded above ``max_shard_bytes``); returns written files."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+               for k, v in state_dict.items()}
+    written = []
+    config_path = folder / "config.json"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True, default=_json_default) + "\n")
+    written.append(config_path)
+    split = split_torch_state_dict_into_shards(
+        tensors, filename_pattern="diffusion_pytorch_model{suffix}.safetensors", max_shard_size=max_shard_bytes
+    )
+    for filename, names in split.filename_to_tensors.items():
+        shard = {name: tensors[name] for name in names}
+        save_file(shard, folder / filename, metadata={"format": "pt"})
+        written.append(folder / filename)
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                 "weight_map": split.tensor_to_filename}
+        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        written.append(folder / INDEX_NAME)
+    for name, payload in (extra_files or {}).items():
+        path = folder / name
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+        written.append(path)
+    return written
+
+
+def model_config(module: Any) -> dict[str, Any]:
+    """The diffusers config of ``module`` (``_class_name`` included), as written by ``save_pretrained``."""
+    config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
+    config["_class_name"] = type(module).__name__
+    try:
+        import diffusers
+
+        config["_diffusers_version"] = diffusers.__version__
+    except ImportError:  # pragma: no cover - diffusers is a dependency
+        pass
+    return config
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -1,0 +1,224 @@
+"""The training loop, read top to bottom: micro-steps -> clip/step/EMA -> log -> checkpoint -> stop.
+
+Everything engine-specific goes through the strategy (``osctl.protocols.Strategy``); everything
+random comes from the run's own generators (``TrainState``), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from osctl.parallel import dist as pdist
+from osctl.train import checkpoint as ckpt
+from osctl.train.ema import EMA
+from osctl.train.export import model_config, save_model_folder
+from osctl.train.state import TrainState
+
+
+class BatchSource(Protocol):
+    """The data stream: an endless iterator of batches over epochs, with a resumable position."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainParts:
+    """Everything the loop needs, built by ``osctl.train.run`` from a recipe."""
+
+    recipe: Any
+    dist: pdist.DistInfo
+    strategy: Any
+    objective: Any
+    autoencoder: Any
+    text_encoder: Any
+    data: BatchSource
+    state: TrainState
+    output_dir: Path
+    max_steps: int
+    ema: EMA | None = None
+    fingerprint: str = ""
+    recipe_yaml: str = ""
+    log: Callable[[dict[str, Any]], None] = lambda record: None
+    on_step: Callable[[int, dict[str, Any]], None] | None = None
+    validate: Callable[[int], None] | None = None
+    save_fp_dtype: torch.dtype | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """How the run ended."""
+
+    final_step: int
+    losses: list[float]
+    checkpoints: list[Path]
+    interrupted: bool = False
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into "finish this step, save, exit" instead of dying mid-write."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second signal: give up at once
+            signal.default_int_handler(signum, frame)
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, device: torch.device) -> bool:
+        """True on every rank once any rank was asked to stop."""
+        if not torch.distributed.is_initialized():
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def micro_step(parts: TrainParts, batch: dict[str, Any], *, sync: bool, scale: float) -> float:
+    """Encode a batch, noise it, run the model and back-propagate; returns the unscaled loss."""
+    device = parts.dist.device
+    with torch.no_grad():
+        pixels = batch["pixel_values"].to(device)
+        latents = parts.autoencoder.encode(pixels, sample=True, generator=parts.state.noise_generator).float()
+        text = parts.text_encoder.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    text_mask = batch["attention_mask"].to(device)
+    latent_mask = batch.get("latent_mask")
+    latent_mask = latent_mask.to(device) if latent_mask is not None else None
+    timesteps = parts.objective.sample_timesteps(
+        latents.shape[0], parts.state.timestep_rng, parts.dist.rank, parts.dist.world_size
+    ).to(device)
+    noise = parts.objective.sample_noise(latents, parts.state.noise_generator)
+    noised = parts.objective.add_noise(latents, noise, timesteps)
+    model_mask = latent_mask if latent_mask is not None else torch.ones(
+        (latents.shape[0], *latents.shape[2:]), device=device)
+    with parts.strategy.no_sync(sync), parts.strategy.autocast():
+        prediction = parts.strategy.model(
+            noised.noisy, noised.timesteps, text.unsqueeze(1), attention_mask=model_mask,
+            encoder_attention_mask=text_mask.unsqueeze(1), return_dict=False,
+        )[0]
+        loss = parts.objective.loss(prediction, noised, latent_mask)
+        parts.strategy.backward(loss * scale)
+    return float(loss.detach())
+
+
+def save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any]) -> Path | None:
+    """Write ``checkpoint-N`` atomically (every rank takes part; rank 0 commits)."""
+    step = parts.state.step
+    if parts.dist.is_main:
+        ckpt.prepare_partial(parts.output_dir, step)
+    pdist.barrier()
+    folder = ckpt.partial_dir(parts.output_dir, step)
+    module = parts.strategy.module
+    config = model_config(module)
+    full = parts.strategy.full_state_dict()
+    ema_full = None
+    if parts.ema is not None:
+        names = [name for name, _ in parts.strategy.local_parameters()]
+        ema_full = parts.strategy.full_state_dict(list(zip(names, parts.ema.shadow, strict=True)))
+    if parts.dist.is_main:
+        save_model_folder(folder / "model", config, full, dtype=parts.save_fp_dtype)
+        if ema_full is not None and parts.ema is not None:
+            save_model_folder(folder / "model_ema", config, ema_full, dtype=parts.save_fp_dtype,
+                              extra_files={"ema.json": {"decay": parts.ema.decay, "start_step": parts.ema.start_step,
+                                                        "optimization_step": parts.ema.optimization_step}})
+    state_dir = folder / "training_state"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    parts.strategy.save_state(state_dir)
+    if parts.ema is not None and (parts.dist.is_main or getattr(parts.strategy, "shards_parameters", False)):
+        torch.save(parts.ema.state_dict(), state_dir / f"ema-rank-{parts.dist.rank}.pt")
+    parts.state.save(folder / "rng")
+    (folder / "data").mkdir(exist_ok=True)
+    ckpt.write_json(folder / "data" / f"rank-{parts.dist.rank}.json", parts.data.state_dict())
+    if parts.dist.is_main:
+        (folder / "recipe.yaml").write_text(parts.recipe_yaml)
+        ckpt.write_json(folder / ckpt.TRAINER_STATE, {
+            "step": step, "world_size": parts.dist.world_size, "strategy": parts.strategy.name,
+            "recipe_fingerprint": parts.fingerprint, "versions": parts.versions, **epoch_info,
+        })
+    pdist.barrier()
+    final = None
+    if parts.dist.is_main:
+        final = ckpt.commit(parts.output_dir, step)
+        ckpt.purge(parts.output_dir, parts.recipe.train.checkpoints_total_limit)
+    pdist.barrier()
+    return final or parts.output_dir / ckpt.checkpoint_name(step)
+
+
+def train(parts: TrainParts) -> TrainResult:
+    """Run optimizer steps until ``max_steps`` (or a stop signal), checkpointing on the way and at the end."""
+    train_cfg = parts.recipe.train
+    accumulation = train_cfg.gradient_accumulation_steps
+    losses: list[float] = []
+    saved: list[Path] = []
+    batches = iter(parts.data)
+    interrupted = False
+    window: list[float] = []
+    started = time.perf_counter()
+    with StopRequest() as stop:
+        while parts.state.step < parts.max_steps:
+            # 1. micro-steps: gradients accumulate locally and synchronise on the last one
+            step_loss = 0.0
+            for micro in range(accumulation):
+                batch = next(batches)
+                step_loss += micro_step(parts, batch, sync=micro == accumulation - 1, scale=1.0 / accumulation)
+            step_loss /= accumulation
+            # 2. clip, optimizer step, EMA
+            grad_norm = parts.strategy.clip_grad_norm(train_cfg.max_grad_norm)
+            parts.strategy.optimizer_step()
+            parts.state.step += 1
+            if parts.ema is not None:
+                parts.ema.update(p for _, p in parts.strategy.local_parameters())
+            # 3. log: mean loss over ranks; rank 0 writes
+            mean_loss = pdist.all_reduce_mean(step_loss, parts.dist.device)
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"loss became {mean_loss} at step {parts.state.step}")
+            losses.append(mean_loss)
+            window.append(mean_loss)
+            record = {"step": parts.state.step, "loss": mean_loss, "lr": parts.strategy.lr_scheduler.get_last_lr()[0],
+                      "grad_norm": grad_norm, "elapsed_s": time.perf_counter() - started}
+            if parts.on_step is not None:
+                parts.on_step(parts.state.step, record)
+            if parts.state.step % train_cfg.log_interval == 0 or parts.state.step == parts.max_steps:
+                record["loss_avg"] = sum(window) / len(window)
+                window.clear()
+                parts.log(record)
+            # 4. checkpoint and validation on schedule
+            if parts.state.step % train_cfg.checkpointing_steps == 0 and parts.state.step < parts.max_steps:
+                saved.append(save_checkpoint(parts, {"reason": "schedule"}))
+            if parts.validate is not None and train_cfg.validation_steps and \
+                    parts.state.step % train_cfg.validation_steps == 0:
+                parts.validate(parts.state.step)
+            # 5. stop when asked (SIGINT/SIGTERM on any rank)
+            if stop.agreed(parts.dist.device):
+                interrupted = True
+                break
+        # 6. always end with a checkpoint (unless one was just written for this step)
+        if not saved or saved[-1].name != ckpt.checkpoint_name(parts.state.step):
+            saved.append(save_checkpoint(parts, {"reason": "interrupted" if interrupted else "end"}))
+    return TrainResult(final_step=parts.state.step, losses=losses, checkpoints=saved, interrupted=interrupted)

@@ -1,0 +1,255 @@
+"""`osctl train` behind the command line: build everything from the recipe, resume, run the loop.
+
+    osctl train --recipe recipes/480p.yaml                       # one process
+    osctl train --recipe recipes/480p.yaml --nproc-per-node 8    # osctl starts torchrun itself
+    torchrun --nproc-per-node 8 -m osctl train --recipe ...      # or under any launcher
+
+Order: process group -> data index and stream -> frozen autoencoder and text encoder -> model
+(+ pretrained weights unless resuming) -> strategy (optimizer, LR schedule) -> EMA -> resume ->
+plan -> loop. Resume wins over ``pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from osctl import __version__
+from osctl.build import DTYPES, build_autoencoder, build_model, build_strategy, build_text_encoder
+from osctl.errors import ConfigError, UsageError
+from osctl.parallel import dist as pdist
+from osctl.recipe.load import recipe_hash
+from osctl.recipe.validate import CheckedRecipe
+from osctl.registry import Registry
+from osctl.train import checkpoint as ckpt
+from osctl.train.ema import EMA
+from osctl.train.loop import BatchSource, TrainParts, TrainResult, train
+from osctl.train.objective import build_objective
+from osctl.train.optim import build_lr_scheduler, build_optimizer
+from osctl.train.state import TrainState
+from osctl.train.weights import load_into
+
+# Recipe keys that change what is learned from which data: resuming with a different value needs
+# --allow-recipe-change. Everything else (learning rate, logging, checkpoint cadence...) may change.
+SHAPING_PREFIXES = ("model.", "autoencoder.", "text_encoder.", "diffusion.", "data.", "train.train_batch_size",
+                    "train.gradient_accumulation_steps", "parallel.sp_size", "parallel.train_sp_batch_size",
+                    "train.seed")
+IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir")
+
+
+@dataclass
+class TrainOptions:
+    """Command-line choices that are not recipe keys."""
+
+    dry_run: bool = False
+    allow_recipe_change: bool = False
+    data_source: Any = None  # tests may inject a BatchSource; normally built from the sample index
+    log: Any = None
+    on_step: Any = None
+
+
+@dataclass
+class Plan:
+    """What a run will do, printed at start (and alone with --dry-run)."""
+
+    lines: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, key: str, value: Any) -> None:
+        self.lines.append((key, str(value)))
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.lines)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(shaping, harmless) differences between two resolved recipes, as ``key: old -> new`` lines."""
+    a, b = flatten(old), flatten(new)
+    shaping, harmless = [], []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) == b.get(key):
+            continue
+        line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        is_shaping = key.startswith(SHAPING_PREFIXES) and not key.startswith(IGNORED_FOR_SHAPING)
+        (shaping if is_shaping else harmless).append(line)
+    return shaping, harmless
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def memory_estimate_gb(trainable: int, total: int, use_ema: bool, strategy: str, world: int) -> float:
+    """Rough per-process bytes of weights + grads + AdamW moments (+ EMA), before activations."""
+    per_param = 4 + 4 + 8 + (4 if use_ema else 0)
+    sharded = strategy in ("fsdp", "deepspeed")
+    state = trainable * per_param / (world if sharded else 1)
+    frozen = (total - trainable) * 4
+    return (state + frozen) / 1024**3
+
+
+def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> TrainResult | Plan:
+    """Train as the recipe says; returns the plan alone with ``dry_run``."""
+    recipe = checked.loaded.recipe
+    train_cfg = recipe.train
+    info = pdist.init_distributed(recipe.parallel.timeout_s)
+    if info.world_size % recipe.parallel.sp_size:
+        raise ConfigError(
+            f"parallel.sp_size {recipe.parallel.sp_size} does not divide the world size {info.world_size}; "
+            "change sp_size or --nproc-per-node."
+        )
+    output_dir = Path(train_cfg.output_dir)
+    resolved = checked.loaded.resolved()
+    fingerprint = recipe_hash(resolved)
+    torch.manual_seed(train_cfg.seed)
+
+    # 1. data stream (the sample index is built or checked here)
+    source: BatchSource = options.data_source
+    data_summary: dict[str, Any] = {}
+    if source is None:
+        from osctl.data.loader import build_batch_source
+
+        source, data_summary = build_batch_source(checked, registry, info)
+    steps_per_epoch = getattr(source, "steps_per_epoch", None)
+    if train_cfg.max_steps is not None:
+        max_steps = train_cfg.max_steps
+    elif train_cfg.num_epochs is not None and steps_per_epoch:
+        max_steps = train_cfg.num_epochs * steps_per_epoch // train_cfg.gradient_accumulation_steps
+    else:
+        raise ConfigError("train.max_steps or train.num_epochs must be set to know when to stop.")
+
+    # 2. frozen components and the model
+    precision = DTYPES[train_cfg.mixed_precision]
+    ae = build_autoencoder(checked, registry, device=info.device,
+                           dtype=torch.float32 if train_cfg.vae_fp32 else precision)
+    text_encoder = build_text_encoder(checked, registry, device=info.device, dtype=precision)
+    model = build_model(checked, registry, device="cpu", dtype=torch.float32)
+    if train_cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
+        model.enable_gradient_checkpointing()
+    model.train()
+
+    # 3. weights: a checkpoint to resume wins over `pretrained`
+    resume_dir = ckpt.resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
+    notes: list[str] = []
+    if resume_dir is not None:
+        report = load_into(model, resume_dir / "model")
+        if report.missing or report.unexpected or report.mismatched:
+            raise ConfigError(f"{resume_dir}/model does not match this model ({report.summary()}); "
+                              "resume with the recipe it was trained with.")
+        _check_recipe_change(resume_dir, resolved, options.allow_recipe_change, notes)
+        if train_cfg.pretrained:
+            notes.append(f"resuming from {resume_dir}: train.pretrained ({train_cfg.pretrained}) is ignored")
+    elif train_cfg.pretrained:
+        report = load_into(model, Path(train_cfg.pretrained))
+        notes.append(report.summary())
+        notes.extend(report.details()[:20])
+    elif train_cfg.resume_from_checkpoint == "latest":
+        notes.append(f"no checkpoint in {output_dir} yet: starting from step 0")
+
+    # 4. strategy wraps model, optimizer and LR schedule
+    strategy = build_strategy(recipe, registry, world_size=info.world_size, device=info.device)
+    strategy.prepare(model, optimizer_factory=lambda params: build_optimizer(params, train_cfg),
+                     lr_scheduler_factory=lambda opt: build_lr_scheduler(opt, train_cfg, max_steps))
+    ema = None
+    if train_cfg.use_ema:
+        ema = EMA((p for _, p in strategy.local_parameters()), decay=train_cfg.ema_decay,
+                  start_step=train_cfg.ema_start_step, offload=train_cfg.offload_ema)
+    state = TrainState(seed=train_cfg.seed, rank=info.rank)
+
+    # 5. resume the full training state
+    if resume_dir is not None:
+        _restore(resume_dir, strategy, ema, state, source, info)
+
+    total, trainable = parameter_counts(strategy.module)
+    plan = Plan()
+    plan.add("model", f"{recipe.model.name}: {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)")
+    plan.add("objective", f"{recipe.diffusion.objective} / {recipe.diffusion.prediction_type}"
+             f"{' zero-SNR' if recipe.diffusion.rescale_betas_zero_snr else ''}"
+             f"{f' min-SNR {recipe.diffusion.snr_gamma:g}' if recipe.diffusion.snr_gamma else ''}")
+    plan.add("precision", f"{train_cfg.mixed_precision} (autoencoder {'fp32' if train_cfg.vae_fp32 else train_cfg.mixed_precision})")
+    plan.add("strategy", f"{strategy.name}, world {info.world_size}, sp_size {recipe.parallel.sp_size}")
+    effective = train_cfg.train_batch_size * info.world_size * train_cfg.gradient_accumulation_steps
+    plan.add("batch", f"{train_cfg.train_batch_size} per rank x {info.world_size} ranks x "
+             f"{train_cfg.gradient_accumulation_steps} accumulation = {effective} per optimizer step")
+    for key, value in data_summary.items():
+        plan.add(f"data {key}", value)
+    if steps_per_epoch:
+        plan.add("steps per epoch", steps_per_epoch)
+    plan.add("steps", f"{state.step} -> {max_steps}")
+    plan.add("memory estimate", f"{memory_estimate_gb(trainable, total, train_cfg.use_ema, strategy.name, info.world_size):.2f} "
+             "GB per process for weights, grads, optimizer and EMA (activations extra)")
+    plan.add("output", str(output_dir))
+    for note in notes:
+        plan.add("note", note)
+    if options.dry_run:
+        return plan
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "plan.json").write_text(json.dumps(plan.as_dict(), indent=2))
+    parts = TrainParts(
+        recipe=recipe, dist=info, strategy=strategy, objective=build_objective(recipe.diffusion), autoencoder=ae,
+        text_encoder=text_encoder, data=source, state=state, output_dir=output_dir, max_steps=max_steps, ema=ema,
+        fingerprint=fingerprint, recipe_yaml=yaml.safe_dump(resolved, sort_keys=False),
+        log=options.log or (lambda record: None), on_step=options.on_step,
+        versions={"osctl": __version__, "torch": torch.__version__},
+    )
+    parts.plan = plan  # type: ignore[attr-defined]
+    return train(parts)
+
+
+def _check_recipe_change(resume_dir: Path, resolved: dict[str, Any], allow: bool, notes: list[str]) -> None:
+    saved_path = resume_dir / "recipe.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    shaping, harmless = recipe_changes(saved, resolved)
+    for line in harmless:
+        notes.append(f"recipe changed since the checkpoint: {line}")
+    if shaping and not allow:
+        raise UsageError(
+            f"the recipe changed since {resume_dir.name} in ways that change the data or the model "
+            f"({'; '.join(shaping[:5])}{' ...' if len(shaping) > 5 else ''}); pass --allow-recipe-change to resume anyway."
+        )
+    for line in shaping:
+        notes.append(f"recipe changed (allowed): {line}")
+
+
+def _restore(folder: Path, strategy: Any, ema: EMA | None, state: TrainState, source: BatchSource,
+             info: pdist.DistInfo) -> None:
+    trainer = ckpt.read_json(folder / ckpt.TRAINER_STATE)
+    if trainer.get("world_size") != info.world_size and not getattr(strategy, "supports_resharding", False):
+        raise UsageError(
+            f"{folder.name} was saved by {trainer.get('world_size')} processes and this run has {info.world_size}; "
+            f"the {strategy.name} strategy cannot re-shard its state — resume with the same world size."
+        )
+    strategy.load_state(folder / "training_state")
+    if ema is not None:
+        ema_file = folder / "training_state" / f"ema-rank-{info.rank}.pt"
+        if not ema_file.exists():
+            ema_file = folder / "training_state" / "ema-rank-0.pt"
+        if ema_file.exists():
+            ema.load_state_dict(torch.load(ema_file, weights_only=True))
+    state.step = int(trainer["step"])
+    state.load(folder / "rng")
+    data_file = folder / "data" / f"rank-{info.rank}.json"
+    if data_file.exists():
+        source.load_state_dict(ckpt.read_json(data_file))
