@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 from osctl import __version__
 from osctl.cli import plugins as plugins_cli
 from osctl.cli import recipe as recipe_cli
+from osctl.cli import sample as sample_cli
 from osctl.cli._output import debug_enabled, error
 from osctl.errors import OsctlError
 
@@ -31,7 +32,7 @@ class OsctlGroup(TyperGroup):
                 raise
             error(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):
             raise
         except Exception as exc:
             if debug_enabled() or type(exc).__module__.startswith(("click", "typer")):
@@ -72,6 +73,7 @@ def root(
 
 app.add_typer(plugins_cli.app, name="plugins")
 app.add_typer(recipe_cli.app, name="recipe")
+sample_cli.register(app)
 
 
 def _plugin_commands() -> None:
@@ -87,7 +89,12 @@ def _plugin_commands() -> None:
 def main() -> None:
     """Console-script entry point."""
     _plugin_commands()
-    app(prog_name="osctl")
+    try:
+        app(prog_name="osctl")
+    except BrokenPipeError:  # e.g. `osctl ... | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,8 +17,16 @@ from typing import Any
 import torch
 
 from osctl import __version__
-from osctl.build import DTYPES, build_autoencoder, build_model, build_refiner, build_sampler, build_text_encoder
+from osctl.build import (
+    DTYPES,
+    build_autoencoder,
+    build_model,
+    build_refiner,
+    build_sampler,
+    build_text_encoder,
+)
 from osctl.parallel import dist as pdist
+from osctl.quiet import quiet_libraries
 from osctl.recipe.validate import CheckedRecipe
 from osctl.registry import Registry
 from osctl.sample.pipeline import VideoPipeline
@@ -56,6 +64,7 @@ def _identity(component: Any, path: str | None) -> dict[str, Any]:
 def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequest, *,
                  progress: Any = None) -> list[dict[str, Any]]:
     """Sample every job assigned to this rank; returns the sidecar records this rank wrote."""
+    quiet_libraries()
     recipe = checked.loaded.recipe
     cfg = recipe.sample
     info = pdist.init_distributed(recipe.parallel.timeout_s)

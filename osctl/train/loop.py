@@ -6,6 +6,7 @@ random comes from the run's own generators (``TrainState``), so a resumed run co
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -76,10 +77,8 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread (e.g. a test runner thread)
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside a test runner thread)
-                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:

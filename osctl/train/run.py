@@ -23,6 +23,7 @@ from osctl import __version__
 from osctl.build import DTYPES, build_autoencoder, build_model, build_strategy, build_text_encoder
 from osctl.errors import ConfigError, UsageError
 from osctl.parallel import dist as pdist
+from osctl.quiet import quiet_libraries
 from osctl.recipe.load import recipe_hash
 from osctl.recipe.validate import CheckedRecipe
 from osctl.registry import Registry
@@ -109,6 +110,7 @@ def memory_estimate_gb(trainable: int, total: int, use_ema: bool, strategy: str,
 
 def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> TrainResult | Plan:
     """Train as the recipe says; returns the plan alone with ``dry_run``."""
+    quiet_libraries()
     recipe = checked.loaded.recipe
     train_cfg = recipe.train
     info = pdist.init_distributed(recipe.parallel.timeout_s)

@@ -80,7 +80,7 @@ def test_changed_recipe_is_refused_on_resume(tmp_path):
 
     out = tmp_path / "out"
     _run(tmp_path, out, ["train.max_steps=3"])
-    with pytest.raises(UsageError, match="diffusion.snr_gamma"):
+    with pytest.raises(UsageError, match=r"diffusion\.snr_gamma"):
         _run(tmp_path, out, ["train.resume_from_checkpoint=latest", "diffusion.snr_gamma=2.0"])
     result = _run(tmp_path, out, ["train.resume_from_checkpoint=latest", "train.learning_rate=5e-4"])
     assert result.final_step == 6

@@ -1,1 +1,78 @@
-"""Registration module (filled in by the component that lands here)."""
+"""Registers ``wfvae`` (alias ``WFVAEModel_D8_4x8x8``), Open-Sora-Plan v1.3's WF-VAE, as an autoencoder.
+
+Kept light: torch and diffusers are imported only when the factory runs, so every ``osctl`` command
+(and recipe validation, which reads the strides from the config) stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+import osctl
+from osctl.registry import ComponentConfig
+
+LATENT_CHANNELS = 8
+TEMPORAL_STRIDE = 4
+SPATIAL_STRIDE = 8
+
+
+class WFVAEConfig(ComponentConfig):
+    """Options of the ``wfvae`` autoencoder (recipe section ``autoencoder``)."""
+
+    path: str | None = Field(None, description="VAE folder: config.json + diffusion_pytorch_model.safetensors "
+                                               "(or a *.ckpt); the --ae_path flag")
+    preset: Literal["tiny", "released"] | None = Field(
+        None, description="build random weights of this size instead of loading path (tests, demos)")
+    seed: int = Field(0, description="seed of the random weights of a preset")
+    enable_tiling: bool = Field(False, description="encode/decode in temporal chunks with causal caches")
+    t_chunk_enc: int = Field(16, ge=2, multiple_of=2, description="wavelet frames per encoder chunk (even)")
+    t_chunk_dec: int = Field(4, ge=1, description="latent frames per decoder chunk")
+
+    @model_validator(mode="after")
+    def _path_or_preset(self) -> WFVAEConfig:
+        if self.path and self.preset:
+            raise ValueError("set either path (load weights) or preset (random weights), not both")
+        return self
+
+    def spatial_stride(self) -> int:
+        """Pixels per latent position along height and width (8)."""
+        return SPATIAL_STRIDE
+
+    def temporal_stride(self) -> int:
+        """Frames per latent frame after the causal first frame (4)."""
+        return TEMPORAL_STRIDE
+
+    def latent_channels(self) -> int:
+        """Channels of the latents (8 for the D8 VAE)."""
+        return LATENT_CHANNELS
+
+
+def build(config: WFVAEConfig, *, device: Any = None, dtype: Any = None, **_: Any) -> Any:
+    """Load (or, with ``preset``, randomly build) the WF-VAE behind the osctl ``Autoencoder`` protocol."""
+    from osctl_builtin.autoencoders.wfvae.wrapper import WFVAEAutoencoder
+
+    if config.preset:
+        ae = WFVAEAutoencoder.from_preset(config.preset, seed=config.seed, dtype=dtype, device=device)
+    else:
+        ae = WFVAEAutoencoder.from_pretrained(config.path, dtype=dtype, device=device)  # type: ignore[arg-type]
+    if config.enable_tiling:
+        ae.enable_tiling(t_chunk_enc=config.t_chunk_enc, t_chunk_dec=config.t_chunk_dec)
+    else:
+        ae.vae.t_chunk_enc, ae.vae.t_chunk_dec = config.t_chunk_enc, config.t_chunk_dec
+    return ae
+
+
+@osctl.hookimpl
+def register_autoencoders(register: Any) -> None:
+    """Register the WF-VAE."""
+    register(osctl.ComponentSpec(
+        name="wfvae",
+        aliases=("WFVAEModel_D8_4x8x8",),
+        summary="WF-VAE of Open-Sora-Plan v1.3: 8 latent channels, 4x time (causal) / 8x8 space compression",
+        factory=build,
+        config=WFVAEConfig,
+        metadata={"latent_channels": LATENT_CHANNELS, "temporal_stride": TEMPORAL_STRIDE,
+                  "spatial_stride": SPATIAL_STRIDE},
+    ))

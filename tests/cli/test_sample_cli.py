@@ -1,0 +1,127 @@
+"""`osctl sample` end to end on a tiny trained checkpoint: files, sidecars, seeds, errors, processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from osctl.cli import app
+from osctl.media.read import read_video_frames
+from osctl.plugin_manager import default_registry
+from osctl.recipe.load import load_recipe
+from osctl.recipe.validate import check_recipe
+from osctl.train.run import TrainOptions, run_training
+from tests.train_helpers import SyntheticClips, write_tiny_recipe
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny model trained for 6 steps; its checkpoint-6 folder."""
+    tmp = tmp_path_factory.mktemp("trained")
+    recipe = write_tiny_recipe(tmp, tmp / "out", tmp / "cache")
+    registry = default_registry()
+    checked = check_recipe(load_recipe(recipe), registry)
+    text_encoder = registry.build("text_encoder", "tiny_t5", checked.components["text_encoder"])
+    run_training(checked, registry, TrainOptions(data_source=SyntheticClips(text_encoder.tokenize)))
+    return tmp / "out" / "checkpoint-6"
+
+
+def sample(args: list[str]):
+    return runner.invoke(app, ["sample", *args])
+
+
+def test_sample_from_checkpoint_writes_videos_and_sidecars(checkpoint, tmp_path):
+    out = tmp_path / "s"
+    result = sample(["--checkpoint", str(checkpoint), "-p", "clip number 1", "-p", "clip number 2",
+                     "--num-samples-per-prompt", "2", "-o", str(out), "--grid", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    videos = sorted(out.glob("0*.mp4"))
+    assert [v.name for v in videos] == ["0000-00-clip-number-1.mp4", "0000-01-clip-number-1.mp4",
+                                        "0001-00-clip-number-2.mp4", "0001-01-clip-number-2.mp4"]
+    frames = read_video_frames(videos[0])
+    assert frames.shape == (5, 16, 16, 3)
+    sidecar = json.loads(videos[0].with_suffix(".json").read_text())
+    for key in ("prompt", "refined_prompt", "negative_prompt", "seed", "sampler", "steps", "guidance_scale",
+                "num_frames", "height", "width", "components", "osctl_version"):
+        assert key in sidecar, key
+    assert sidecar["sampler"] == "EulerAncestralDiscrete" and sidecar["steps"] == 3
+    assert sidecar["source"]["weights"].endswith("model_ema")
+    assert (out / "grid-EulerAncestralDiscrete-gs7.5-s3.mp4").is_file()
+
+
+def test_same_seed_same_video_and_seeds_independent_of_order(checkpoint, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert sample(["--checkpoint", str(checkpoint), "-p", "clip number 3", "-o", str(a)]).exit_code == 0
+    assert sample(["--checkpoint", str(checkpoint), "-p", "clip number 3", "-p", "other", "-o", str(b)]).exit_code == 0
+    first, second = a / "0000-00-clip-number-3.mp4", b / "0000-00-clip-number-3.mp4"
+    assert np.array_equal(read_video_frames(first), read_video_frames(second))
+    assert json.loads(first.with_suffix(".json").read_text())["seed"] == \
+        json.loads(second.with_suffix(".json").read_text())["seed"]
+
+
+def test_template_refiner_and_jsonl_overrides_are_recorded(checkpoint, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a red circle", "seed": 11, "num_frames": 1}\n# skipped\n\n{"prompt": "a cat"}\n')
+    out = tmp_path / "s"
+    result = sample(["--checkpoint", str(checkpoint), "--prompts", str(prompts), "-o", str(out),
+                     "--set", "refiner.name=template"])
+    assert result.exit_code == 0, result.output
+    image = json.loads((out / "0000-00-a-red-circle.json").read_text())
+    assert image["seed"] == 11 and image["num_frames"] == 1 and image["refiner"] == "template"
+    assert "high quality, high aesthetic, a red circle" in image["refined_prompt"]
+    assert (out / "0000-00-a-red-circle.png").is_file()
+    assert (out / "0001-00-a-cat.mp4").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-frames", "6"], "sample.num_frames: must be 4k+1, got 6"),
+        (["--height", "18"], "--height 18 is not a multiple of 8"),
+        (["--model-path", "/nonexistent/model"], "/nonexistent/model"),
+        (["--prompts", "EMPTY"], "has no prompts"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_sentence(checkpoint, tmp_path, args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    args = [str(empty) if a == "EMPTY" else a for a in args]
+    base = ["--checkpoint", str(checkpoint), "-o", str(tmp_path / "s")]
+    if "--prompts" not in args:
+        base += ["-p", "x"]
+    result = sample(base + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_no_prompt_is_a_usage_error(checkpoint, tmp_path):
+    result = sample(["--checkpoint", str(checkpoint), "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "no prompts to sample" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_three_prompts_over_two_processes_match_one_process(checkpoint, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--checkpoint", str(checkpoint), "-p", "clip number 1", "-p", "clip number 2", "-p", "clip number 3"]
+    subprocess.run([sys.executable, "-m", "osctl", "sample", *common, "-o", str(one)], check=True, env=env,
+                   capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "osctl", "sample", *common, "-o", str(two), "--grid",
+                           "--nproc-per-node", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in one.glob("0*.mp4"))
+    assert names == sorted(p.name for p in two.glob("0*.mp4")) and len(names) == 3
+    for name in names:
+        assert np.array_equal(read_video_frames(one / name), read_video_frames(two / name)), name
+    assert (two / "grid-EulerAncestralDiscrete-gs7.5-s3.mp4").is_file()
