@@ -69,5 +69,5 @@ def test_config_errors_name_the_key_and_suggest():
 
 def test_registering_something_else_than_a_spec_is_refused():
     reg = Registry(["model"])
-    with pytest.raises(PluginError, match="pass an osctl.ComponentSpec"):
+    with pytest.raises(PluginError, match=r"pass an osctl\.ComponentSpec"):
         reg.add("model", {"name": "x"}, A)  # type: ignore[arg-type]

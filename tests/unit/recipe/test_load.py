@@ -53,7 +53,7 @@ def test_parse_override_forms():
     assert parse_override("a.b=3") == (("a", "b"), 3)
     assert parse_override("a.b=[1, 2]") == (("a", "b"), [1, 2])
     assert parse_override("a=") == (("a",), "")
-    with pytest.raises(ConfigError, match="must look like section.key=value"):
+    with pytest.raises(ConfigError, match=r"must look like section\.key=value"):
         parse_override("novalue")
 
 
