@@ -8,7 +8,11 @@ resume would pick):
 checkpoint-N/
   model/                 diffusers folder (config.json + diffusion_pytorch_model.safetensors)
   model_ema/             the same for the EMA weights (when train.use_ema)
-  training_state/        strategy-owned: optimizer, LR scheduler, grad scaler, EMA shadow, engine files
+  training_state/        strategy-owned engine state:
+    optimizer.pt, lr_scheduler.pt, scaler.pt      single / ddp (torch.save, read with weights_only=True)
+    dcp/                                          fsdp: torch.distributed.checkpoint (sharded) + lr_scheduler.pt
+    deepspeed/                                    deepspeed: the engine's own folder (`latest`, global_stepN/...)
+    ema-rank-R.pt                                 EMA shadow (rank 0 only unless the strategy shards parameters)
   rng/rank-R.pt          RNG states of rank R (torch generators, python random)
   data/rank-R.json       the data stream position of rank R (epoch, batches consumed, sampler RNG)
   trainer_state.json     step, epoch, world size, strategy, recipe fingerprint, osctl version
