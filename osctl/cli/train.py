@@ -1,0 +1,128 @@
+"""`osctl train`: diffusion training from a recipe, on one process or many."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from osctl.cli._options import SetOpt
+from osctl.cli._output import console, print_json, warn
+
+Opt = typer.Option
+
+
+def train(
+    recipe: Annotated[Path, Opt("--recipe", "-r", help="YAML recipe.", show_default=False)],
+    overrides: SetOpt = None,
+    resume_from_checkpoint: Annotated[
+        str | None, Opt("--resume-from-checkpoint", help="'latest' or a checkpoint-N path (wins over pretrained).")
+    ] = None,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Print the plan (model, data, batches, memory) and exit.")] = False,
+    allow_recipe_change: Annotated[
+        bool, Opt("--allow-recipe-change", help="Resume even if data- or model-shaping recipe keys changed.")
+    ] = False,
+    as_json: Annotated[bool, Opt("--json", help="With --dry-run: print the plan as JSON.")] = False,
+    nproc_per_node: Annotated[int | None, Opt("--nproc-per-node", help="Start this many processes on this node.")] = None,
+    nnodes: Annotated[int, Opt("--nnodes", help="Number of nodes.")] = 1,
+    node_rank: Annotated[int, Opt("--node-rank", help="This node's rank.")] = 0,
+    rdzv_endpoint: Annotated[str | None, Opt("--rdzv-endpoint", help="HOST:PORT shared by all nodes.")] = None,
+) -> None:
+    """Train a text-to-video diffusion model as the recipe says.
+
+    Examples:
+
+      [bold]osctl train --recipe recipes/480p.yaml --set train.max_steps=2000[/]
+
+      [bold]osctl train --recipe recipes/480p.yaml --resume-from-checkpoint latest[/]
+
+      [bold]osctl train --recipe recipes/480p.yaml --nproc-per-node 8[/]
+
+      [bold]osctl train --recipe recipes/480p.yaml --dry-run[/]
+    """
+    from osctl.parallel.launch import LaunchOptions, relaunch
+
+    launch = LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+    if launch.wanted and not dry_run:
+        raise typer.Exit(relaunch(launch))
+
+    from osctl.parallel.dist import shutdown
+    from osctl.plugin_manager import default_registry
+    from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import check_recipe
+    from osctl.train.run import Plan, TrainOptions, run_training
+
+    sets = list(overrides or [])
+    if resume_from_checkpoint is not None:
+        sets.append(f"train.resume_from_checkpoint={resume_from_checkpoint}")
+    registry = default_registry()
+    checked = check_recipe(load_recipe(recipe, sets), registry)
+    for message in checked.warnings:
+        warn(message)
+    logger = _MetricsLogger(Path(checked.loaded.recipe.train.output_dir))
+    options = TrainOptions(dry_run=dry_run, allow_recipe_change=allow_recipe_change, log=logger.log)
+    try:
+        outcome = run_training(checked, registry, options)
+    finally:
+        logger.close()
+    if isinstance(outcome, Plan):
+        if as_json:
+            print_json(outcome.as_dict())
+        else:
+            _print_plan(outcome)
+        shutdown()
+        return
+    last = outcome.checkpoints[-1] if outcome.checkpoints else None
+    if _is_main():
+        status = "stopped by signal at" if outcome.interrupted else "finished at"
+        console.print(f"{status} step {outcome.final_step}; last checkpoint: {last}")
+    shutdown()
+
+
+class _MetricsLogger:
+    """Rank 0 appends one JSON line per logged step to <output_dir>/logs/metrics.jsonl and prints it."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.path = output_dir / "logs" / "metrics.jsonl"
+        self.handle: Any = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not _is_main():
+            return
+        import json
+
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = self.path.open("a", encoding="utf-8")
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+        grad = f" grad {record['grad_norm']:.3f}" if record.get("grad_norm") is not None else ""
+        console.print(f"step {record['step']:>6}  loss {record['loss']:.4f} (avg {record['loss_avg']:.4f})  "
+                      f"lr {record['lr']:.2e}{grad}  {record['elapsed_s']:.1f}s")
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _print_plan(plan: Any) -> None:
+    table = Table(title="training plan", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in plan.lines:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `osctl train` to the root app."""
+    app.command("train")(train)
+
