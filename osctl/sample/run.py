@@ -154,6 +154,7 @@ def _sample_one(job: SampleJob, cfg: Any, checked: CheckedRecipe, registry: Regi
         "components": identities, "source": request.source, "osctl_version": __version__,
         "world_size": info.world_size, "sequence_parallel": bool(cfg.sp and info.world_size > 1),
         "seconds": round(time.perf_counter() - started, 3),
+        "frames_sha256": hashlib.sha256(result.videos[0].cpu().numpy().tobytes()).hexdigest(),
     }
     if sp_rank_writes:
         sidecar = out_dir / f"{stem}.json"

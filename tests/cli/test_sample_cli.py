@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -62,10 +61,9 @@ def test_same_seed_same_video_and_seeds_independent_of_order(checkpoint, tmp_pat
     a, b = tmp_path / "a", tmp_path / "b"
     assert sample(["--checkpoint", str(checkpoint), "-p", "clip number 3", "-o", str(a)]).exit_code == 0
     assert sample(["--checkpoint", str(checkpoint), "-p", "clip number 3", "-p", "other", "-o", str(b)]).exit_code == 0
-    first, second = a / "0000-00-clip-number-3.mp4", b / "0000-00-clip-number-3.mp4"
-    assert np.array_equal(read_video_frames(first), read_video_frames(second))
-    assert json.loads(first.with_suffix(".json").read_text())["seed"] == \
-        json.loads(second.with_suffix(".json").read_text())["seed"]
+    first = json.loads((a / "0000-00-clip-number-3.json").read_text())
+    second = json.loads((b / "0000-00-clip-number-3.json").read_text())
+    assert first["seed"] == second["seed"] and first["frames_sha256"] == second["frames_sha256"]
 
 
 def test_template_refiner_and_jsonl_overrides_are_recorded(checkpoint, tmp_path):
@@ -122,6 +120,8 @@ def test_three_prompts_over_two_processes_match_one_process(checkpoint, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in one.glob("0*.mp4"))
     assert names == sorted(p.name for p in two.glob("0*.mp4")) and len(names) == 3
-    for name in names:
-        assert np.array_equal(read_video_frames(one / name), read_video_frames(two / name)), name
+    for name in names:  # the generated frames are identical (the H.264 bytes may differ with encoder threads)
+        sidecar = name.replace(".mp4", ".json")
+        assert json.loads((one / sidecar).read_text())["frames_sha256"] == \
+            json.loads((two / sidecar).read_text())["frames_sha256"], name
     assert (two / "grid-EulerAncestralDiscrete-gs7.5-s3.mp4").is_file()
