@@ -72,6 +72,18 @@ class DataSection(Section):
     too_long_factor: float = Field(
         5.0, gt=0, description="drop a clip longer than this many times the source span a sample needs"
     )
+    default_fps: float | None = Field(
+        None, gt=0, description="fps assumed for a video whose annotation has none; unset drops such videos "
+        "(the reference assumes 24 when indexing and then fails when reading)"
+    )
+    crop_before_sizing: bool = Field(
+        True, description="size a record from its `crop` box; false sizes it from the full `resolution` as the "
+        "reference does, which mis-sizes cropped records outside force mode"
+    )
+    keep_empty_captions: bool = Field(
+        False, description="keep records whose caption is empty or blank (the reference keeps them and trains them "
+        "as unconditional samples); by default they are dropped"
+    )
     force_resolution: bool = Field(False, description="every sample exactly max_height x max_width (crop + resize)")
     resolution_mode: Literal["force", "area", "absolute"] | None = Field(
         None,
@@ -238,6 +250,7 @@ class SampleSection(Section):
     enable_tiling: bool = False
     cpu_offload: bool = False
     clean_captions: bool = Field(False, description="apply the training caption cleaner to prompts")
+    save_latents: bool = Field(False, description="also write each sample's final latents (.latents.safetensors)")
     output_dir: Path = Path("samples")
 
     @model_validator(mode="after")

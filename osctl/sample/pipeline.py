@@ -131,10 +131,7 @@ class VideoPipeline:
             model_input = torch.cat([x, x]) if do_cfg else x
             model_input = scheduling.scale_model_input(self.scheduler, model_input, t)
             t_batch = t.expand(batch_cfg).to(self.device, model_input.dtype)
-            prediction = self.model(
-                model_input.to(self.dtype), t_batch, text_states, attention_mask=latent_mask,
-                encoder_attention_mask=text_mask, return_dict=False,
-            )[0].float()
+            prediction = self._predict(model_input.to(self.dtype), t_batch, text_states, latent_mask, text_mask)
             if do_cfg:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (cond - uncond)
@@ -147,6 +144,26 @@ class VideoPipeline:
         if output_type == "float":
             return PipelineOutput(videos=video, latents=x)
         return PipelineOutput(videos=to_uint8(video)[:, :num_frames, :height, :width], latents=x)
+
+    def _predict(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, latent_mask: torch.Tensor,
+                 text_mask: torch.Tensor) -> torch.Tensor:
+        """One model call; under sequence parallelism each rank runs its time and text slice and the
+        full prediction is gathered, so the scheduler sees exactly what a single process would."""
+        group = self.sequence_parallel
+        if group is None:
+            return self.model(x, t, text, attention_mask=latent_mask, encoder_attention_mask=text_mask,
+                              return_dict=False)[0].float()
+        from osctl.parallel import ulysses
+
+        world = ulysses.group_size(group)
+        t_sizes = ulysses.shard_sizes(x.shape[2], world)
+        l_sizes = ulysses.shard_sizes(text.shape[2], world)
+        local = self.model(
+            ulysses.split_along_dim(x, 2, group, t_sizes), t, ulysses.split_along_dim(text, 2, group, l_sizes),
+            attention_mask=ulysses.split_along_dim(latent_mask, 1, group, t_sizes),
+            encoder_attention_mask=ulysses.split_along_dim(text_mask, 2, group, l_sizes), return_dict=False,
+        )[0].float()
+        return ulysses.gather_along_dim(local.contiguous(), 2, group, t_sizes)
 
     # 5. pixels -------------------------------------------------------------------------------------
     @torch.no_grad()

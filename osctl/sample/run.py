@@ -84,8 +84,7 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     refiner = build_refiner(checked, registry, device=device)
     sp_group = None
     if cfg.sp and info.world_size > 1:
-        sp_group = torch.distributed.group.WORLD
-        model.set_sequence_parallel(sp_group)
+        sp_group = _sequence_parallel_group(model, ae, cfg, info)
     identities = {
         "model": _identity(model, getattr(checked.components["model"], "path", None)),
         "autoencoder": _identity(ae, getattr(checked.components["autoencoder"], "path", None)),
@@ -96,7 +95,7 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     records = []
     for job in mine:
         records.append(_sample_one(job, cfg, checked, registry, request, model, ae, text_encoder, refiner,
-                                   info, dtype, out_dir, identities, progress, NEGATIVE_PROMPT))
+                                   info, dtype, out_dir, identities, progress, NEGATIVE_PROMPT, sp_group))
     pdist.barrier()
     if request.grid and info.is_main:
         write_grid(out_dir, jobs, cfg)
@@ -105,7 +104,8 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
 
 def _sample_one(job: SampleJob, cfg: Any, checked: CheckedRecipe, registry: Registry, request: SampleRequest,
                 model: Any, ae: Any, text_encoder: Any, refiner: Any, info: pdist.DistInfo, dtype: torch.dtype,
-                out_dir: Path, identities: dict[str, Any], progress: Any, default_negative: str) -> dict[str, Any]:
+                out_dir: Path, identities: dict[str, Any], progress: Any, default_negative: str,
+                sp_group: Any = None) -> dict[str, Any]:
     spec = job.prompt
     settings = {
         "num_frames": spec.overrides.get("num_frames", cfg.num_frames),
@@ -123,7 +123,8 @@ def _sample_one(job: SampleJob, cfg: Any, checked: CheckedRecipe, registry: Regi
 
         text = clean_caption(text, checked.loaded.recipe.data.captions.support_chinese)
     scheduler = build_sampler(checked.loaded.recipe, registry, recorded=request.recorded_diffusion)
-    pipeline = VideoPipeline(model, ae, text_encoder, scheduler, device=info.device, dtype=dtype)
+    pipeline = VideoPipeline(model, ae, text_encoder, scheduler, device=info.device, dtype=dtype,
+                             sequence_parallel=sp_group if settings["num_frames"] > 1 else None)
     generator = torch.Generator().manual_seed(job.seed)
     started = time.perf_counter()
     task = progress.add_task(f"[{spec.index}.{job.k}] {spec.text[:40]}", total=settings["num_sampling_steps"]) \
@@ -156,12 +157,34 @@ def _sample_one(job: SampleJob, cfg: Any, checked: CheckedRecipe, registry: Regi
         "seconds": round(time.perf_counter() - started, 3),
         "frames_sha256": hashlib.sha256(result.videos[0].cpu().numpy().tobytes()).hexdigest(),
     }
+    if cfg.save_latents and sp_rank_writes:
+        from safetensors.torch import save_file
+
+        save_file({"latents": result.latents[0].cpu().contiguous()}, out_dir / f"{stem}.latents.safetensors")
+        record["latents_file"] = f"{stem}.latents.safetensors"
     if sp_rank_writes:
         sidecar = out_dir / f"{stem}.json"
         tmp = sidecar.with_name(f".{sidecar.name}.tmp")
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
         tmp.replace(sidecar)
     return record
+
+
+def _sequence_parallel_group(model: Any, ae: Any, cfg: Any, info: pdist.DistInfo) -> Any:
+    """The whole world as one sequence-parallel group, after checking the sizes split over it."""
+    from osctl.errors import UsageError
+
+    heads = int(model.config.num_attention_heads)
+    latent_frames = (cfg.num_frames - 1) // ae.temporal_stride + 1
+    if heads % info.world_size:
+        raise UsageError(f"--sp over {info.world_size} processes needs the model's {heads} attention heads to divide "
+                         f"by {info.world_size}; use a process count that divides {heads}.")
+    if latent_frames < info.world_size:
+        raise UsageError(f"--sp over {info.world_size} processes needs at least {info.world_size} latent frames, "
+                         f"but {cfg.num_frames} frames give {latent_frames}; sample more frames or use fewer processes.")
+    group = torch.distributed.group.WORLD
+    model.set_sequence_parallel(group)
+    return group
 
 
 def write_grid(out_dir: Path, jobs: list[SampleJob], cfg: Any) -> Path | None:

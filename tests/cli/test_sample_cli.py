@@ -125,3 +125,24 @@ def test_three_prompts_over_two_processes_match_one_process(checkpoint, tmp_path
         assert json.loads((one / sidecar).read_text())["frames_sha256"] == \
             json.loads((two / sidecar).read_text())["frames_sha256"], name
     assert (two / "grid-EulerAncestralDiscrete-gs7.5-s3.mp4").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sequence_parallel_sampling_equals_one_process(checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--checkpoint", str(checkpoint), "-p", "clip number 1", "--set", "sample.save_latents=true"]
+    subprocess.run([sys.executable, "-m", "osctl", "sample", *common, "-o", str(one)], check=True, env=env,
+                   capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "osctl", "sample", *common, "-o", str(two), "--sp",
+                           "--nproc-per-node", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name = "0000-00-clip-number-1.latents.safetensors"
+    single, parallel = load_file(one / name)["latents"], load_file(two / name)["latents"]
+    assert (single - parallel).abs().max().item() < 1e-4
+    sidecar = json.loads((two / "0000-00-clip-number-1.json").read_text())
+    assert sidecar["sequence_parallel"] is True and sidecar["world_size"] == 2
+    assert not list(two.glob("*.tmp*"))
