@@ -130,7 +130,10 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     if source is None:
         from osctl.data.loader import build_batch_source
 
-        source, data_summary = build_batch_source(checked, registry, info)
+        # every rank of a sequence-parallel group reads the same batches: data is sharded over groups
+        sp = recipe.parallel.sp_size
+        source, data_summary = build_batch_source(checked, registry, info, dp_rank=info.rank // sp,
+                                                  dp_size=info.world_size // sp)
     steps_per_epoch = getattr(source, "steps_per_epoch", None)
     if train_cfg.max_steps is not None:
         max_steps = train_cfg.max_steps
