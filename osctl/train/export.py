@@ -52,7 +52,7 @@ def save_model_folder(folder: Path, config: dict[str, Any], state_dict: dict[str
 def model_config(module: Any) -> dict[str, Any]:
     """The diffusers config of ``module`` (``_class_name`` included), as written by ``save_pretrained``."""
     config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
-    config["_class_name"] = type(module).__name__
+    config["_class_name"] = model_class(module).__name__
     try:
         import diffusers
 
@@ -60,6 +60,15 @@ def model_config(module: Any) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - diffusers is a dependency
         pass
     return config
+
+
+def model_class(module: Any) -> type:
+    """The model's own class: FSDP2 swaps in a generated subclass (``FSDPOpenSoraT2V_v1_3``) that no
+    loader knows, so skip classes defined by torch.distributed."""
+    for cls in type(module).__mro__:
+        if not cls.__module__.startswith("torch.distributed"):
+            return cls
+    return type(module)
 
 
 def _json_default(value: Any) -> Any:
