@@ -19,8 +19,9 @@ import orjson
 _RESOLUTIONS = [(720, 1280), (1080, 1920), (480, 640), (480, 854), (360, 640), (1920, 1080), (512, 512),
                 (2160, 3840), (240, 320), (1024, 768)]
 _FPS = [24, 25, 30, 29.97, 60, 16, 23.976, 50]
-_WORDS = ("a the small large red blue person dog cat walks runs across street field river city night "
-          "morning camera pans slowly close shot of in on with under over mountain car people crowd").split()
+_WORDS = ["a", "the", "small", "large", "red", "blue", "person", "dog", "cat", "walks", "runs", "across",
+          "street", "field", "river", "city", "night", "morning", "camera", "pans", "slowly", "close",
+          "shot", "of", "in", "on", "with", "under", "over", "mountain", "car", "people", "crowd"]
 
 
 def generate(n: int, image_share: float = 0.0, seed: int = 0) -> list[dict]:

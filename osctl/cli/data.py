@@ -1,0 +1,252 @@
+"""`osctl data`: check annotation files and build the sample index that training reads.
+
+``validate`` JSON schema (``--json``), stable: ``{"schema": "osctl.data.validate/1", "data_txt", "ok",
+"probe", "totals": {"files", "records", "errors", "warnings", "by_code": {code: {severity: n}}},
+"files": [{"file", "format", "records", "problem"}], "findings": [{"severity", "code", "file", "index",
+"field", "message"}]}``.
+
+``bucket`` JSON schema, stable: ``{"schema": "osctl.data.bucket/1", "data_txt", "index", "report",
+"records", "kept", "reasons": {code: n}, "buckets": [{"key", "t", "h", "w", "count", "share",
+"latent_tokens", "batches", "lost"}], "minority": {"threshold", "rule", "buckets": [{"key", "count"}],
+"records"}, "batch": {"global_batch", "world_size", "train_batch_size", "grad_accum", "sp_size",
+"train_sp_batch_size", "group_data"}, "batches_per_epoch", "samples_lost", "resolution_mode",
+"fingerprint"}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from osctl.cli._options import JsonOpt, RecipeOpt, SetOpt
+from osctl.cli._output import console, print_json, warn
+from osctl.errors import DataError, UsageError
+
+app = typer.Typer(help="Check annotation files and build the sample index.", no_args_is_help=True)
+
+DataTxtArg = Annotated[Path, typer.Argument(help="data.txt listing DATA_ROOT,ANNOTATION_FILE lines.", show_default=False)]
+OptionalDataTxtArg = Annotated[
+    Path | None,
+    typer.Argument(help="data.txt listing DATA_ROOT,ANNOTATION_FILE lines (default: the recipe's data.data).",
+                   show_default=False),
+]
+EXAMPLES_PER_CHECK = 3
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@app.command("validate")
+def validate(
+    data_txt: DataTxtArg,
+    probe: Annotated[bool, typer.Option("--probe", help="Also open every media file (decord for video, Pillow for images).")] = False,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes for large files and parallel probes.")] = _default_workers(),
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every record of every annotation file and report all problems, not just the first.
+
+    Exits 0 when no error was found (warnings allowed), 1 when at least one error was found, and 2
+    when DATA_TXT itself cannot be read.
+
+    Example: [bold]osctl data validate data.txt --probe --workers 8[/]
+    """
+    from osctl.data.validate import checks_run, validate_data
+
+    report = validate_data(data_txt, probe=probe, workers=workers)
+    base = Path(data_txt).resolve().parent
+    if as_json:
+        from osctl.data.validate import display_name
+
+        print_json({
+            "schema": "osctl.data.validate/1",
+            "data_txt": str(data_txt),
+            "ok": report.errors == 0,
+            "probe": probe,
+            "totals": {"files": len(report.files), "records": report.n_records, "errors": report.errors,
+                       "warnings": report.warnings, "by_code": report.counts()},
+            "files": [{"file": display_name(item.source.annotation, base), "format": item.source.format,
+                       "records": item.n, "problem": item.problem.code if item.problem else None}
+                      for item in report.files],
+            "findings": [f.as_dict() for f in report.findings()],
+        })
+    else:
+        files = len(report.files)
+        console.print(f"Checked {files} annotation file{'s' if files != 1 else ''} with {report.n_records} records "
+                      f"listed in {data_txt}{' (media probed)' if probe else ''}.")
+        table = Table(show_lines=False, header_style="bold")
+        table.add_column("check")
+        table.add_column("severity")
+        table.add_column("count", justify="right")
+        table.add_column("examples (file:record field: message)", overflow="fold")
+        counts = report.counts()
+        for check in checks_run(probe):
+            found = counts.get(check.code, {})
+            total = sum(found.values())
+            if not total:
+                table.add_row(f"[dim]{check.code}[/]", f"[dim]{check.severity}[/]", "[green]0[/]", f"[dim]{check.title}[/]")
+                continue
+            severity = "/".join(s for s in ("error", "warning") if s in found)
+            colour = "red" if "error" in found else "yellow"
+            examples = "\n".join(f.short() for f in report.examples(check.code, EXAMPLES_PER_CHECK))
+            if total > EXAMPLES_PER_CHECK:
+                examples += f"\n... and {total - EXAMPLES_PER_CHECK} more"
+            table.add_row(f"[{colour}]{check.code}[/]", f"[{colour}]{severity}[/]", f"[{colour}]{total}[/]", examples)
+        console.print(table)
+        if report.errors:
+            console.print(f"[bold red]{report.errors} error(s)[/] and {report.warnings} warning(s); fix the errors "
+                          "(see the examples above, or rerun with --json for every finding).")
+        elif report.warnings:
+            console.print(f"[green]no errors[/], [yellow]{report.warnings} warning(s)[/].")
+        else:
+            console.print("[green]ok[/]: no problems found.")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def _latent_geometry(recipe: Any) -> dict[str, int]:
+    """Autoencoder strides and patch sizes from the recipe's components, when their plugins expose them.
+
+    Only static config facts are read (nothing is built). Any failure falls back to the v1.3 defaults
+    (temporal stride 4, spatial stride 8, patch 1x2x2): the values only scale the token counts and the
+    4k+1 rule, and recipe validation reports component problems properly.
+    """
+    facts: dict[str, int] = {}
+    try:
+        from osctl.plugin_manager import default_registry
+
+        registry = default_registry()
+        ae = registry.make_config("autoencoder", recipe.autoencoder.name, recipe.autoencoder.options, where="autoencoder")
+        model = registry.make_config("model", recipe.model.name, recipe.model.options, where="model")
+    except Exception:  # a missing or broken plugin must not stop indexing; defaults apply
+        return facts
+    for config, attr, key in ((ae, "temporal_stride", "stride_t"), (ae, "spatial_stride", "stride_hw"),
+                              (model, "temporal_patch_size", "patch_t"), (model, "spatial_patch_size", "patch_hw")):
+        try:
+            value = getattr(config, attr, None)
+            value = value() if callable(value) else value
+        except Exception:  # a fact that needs weights that are not there yet
+            value = None
+        if isinstance(value, int) and value > 0:
+            facts[key] = value
+    return facts
+
+
+@app.command("bucket")
+def bucket(
+    data_txt: OptionalDataTxtArg = None,
+    recipe: RecipeOpt = ...,  # type: ignore[assignment]
+    overrides: SetOpt = None,
+    world_size: Annotated[int | None, typer.Option(
+        "--world-size", min=1, help="Processes training will use (default: parallel.nproc_per_node x nnodes, else 1).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder for the index (default: data.index_dir, else <train.output_dir>/index).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write one JSON line per record (kept/dropped, reason, bucket, frames).")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes used to decode large annotation files.")] = _default_workers(),
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply the recipe's frame and resolution rules to every record and write the sample index.
+
+    Nothing is decoded: sizes and frame counts come from the annotations. Every dropped record is
+    counted under its reason; buckets smaller than data.min_bucket_batches x global batch are dropped
+    and reported. Exits 1 when an annotation file is unreadable or nothing survives, 2 on usage errors.
+
+    Example: [bold]osctl data bucket data.txt --recipe recipes/480p.yaml --world-size 8 --report drops.jsonl[/]
+    """
+    from osctl.data.annotations import read_annotations
+    from osctl.data.bucket import REASON_HELP, BucketSettings, Reason, build_buckets
+    from osctl.data.datatxt import load_data_txt
+    from osctl.data.index import write_index
+    from osctl.data.validate import display_name
+    from osctl.recipe.load import load_recipe
+
+    loaded_recipe = load_recipe(recipe, overrides or [])
+    rec = loaded_recipe.recipe
+    if data_txt is None:
+        if rec.data.data is None:
+            raise UsageError("no data.txt given: pass DATA_TXT or set data.data in the recipe.")
+        data_txt = Path(rec.data.data)
+    settings = BucketSettings.from_recipe(rec, world_size=world_size)
+    geometry = _latent_geometry(rec)
+    if "stride_t" in geometry:
+        settings = dataclasses.replace(settings, frames=dataclasses.replace(settings.frames, stride_t=geometry["stride_t"]))
+    sources = load_data_txt(data_txt)
+    loaded = read_annotations(sources, workers=workers)
+    base = Path(data_txt).resolve().parent
+    broken = [item for item in loaded if item.problem is not None]
+    if broken:
+        more = f" (and {len(broken) - 1} more file(s))" if len(broken) > 1 else ""
+        raise DataError(f"{broken[0].problem.message}{more}; no index was written.",  # type: ignore[union-attr]
+                        hint=f"run `osctl data validate {data_txt}` to see every problem.")
+    result = build_buckets(loaded, settings, latent=geometry)
+    names = [display_name(item.source.annotation, base) for item in loaded]
+    if report is not None:
+        from osctl.data.report import write_report
+
+        write_report(result, report, names)
+    out_dir = Path(out) if out is not None else Path(rec.data.index_dir or Path(rec.train.output_dir) / "index")
+    index_path = write_index(result, data_txt, out_dir)
+    reasons = result.reason_counts()
+    invalid = reasons.get(Reason.INVALID_RECORD.code, 0)
+    if invalid and not as_json:
+        warn(f"{invalid} record(s) have fields of the wrong type and were dropped; run `osctl data validate {data_txt}`.")
+    batch = settings.batch
+    threshold = settings.minority_threshold
+    minority_records = reasons.get(Reason.MINORITY_BUCKET.code, 0)
+    rule = (f"buckets with fewer than {settings.min_bucket_batches:g} x global batch {batch.global_batch} = "
+            f"{threshold} samples are dropped")
+    if as_json:
+        from osctl.data.index import read_meta
+
+        meta_fp = read_meta(index_path)["fingerprint"]["sha256"]
+        print_json({
+            "schema": "osctl.data.bucket/1", "data_txt": str(data_txt), "index": str(index_path),
+            "report": str(report) if report else None, "records": result.n_records, "kept": result.n_kept,
+            "reasons": reasons,
+            "buckets": [{"key": b.key, "t": b.t, "h": b.h, "w": b.w, "count": b.count, "share": round(b.share, 6),
+                         "latent_tokens": b.latent_tokens, "batches": b.batches, "lost": b.lost} for b in result.buckets],
+            "minority": {"threshold": threshold, "rule": rule, "records": minority_records,
+                         "buckets": [{"key": k, "count": c} for k, c in result.minority]},
+            "batch": {"global_batch": batch.global_batch, "world_size": batch.world_size,
+                      "train_batch_size": batch.train_batch_size, "grad_accum": batch.grad_accum,
+                      "sp_size": batch.sp_size, "train_sp_batch_size": batch.train_sp_batch_size,
+                      "group_data": settings.group_data},
+            "batches_per_epoch": result.batches_per_epoch, "samples_lost": result.samples_lost,
+            "resolution_mode": settings.resolution.mode, "fingerprint": meta_fp,
+        })
+        return
+    fr, rr = settings.frames, settings.resolution
+    console.print(f"Read {result.n_records} records from {len(loaded)} annotation file(s); kept "
+                  f"[bold]{result.n_kept}[/] samples in {len(result.buckets)} bucket(s).")
+    console.print(f"[dim]rules: {rr.mode} resolution, {fr.num_frames} frames at {fr.train_fps:g} fps, "
+                  f"drop_short_ratio {fr.drop_short_ratio:g}, sp_size {fr.sp_size}, min_frames {fr.min_frames}[/]")
+    table = Table(header_style="bold", title="buckets", title_justify="left")
+    for name, justify in (("T x H x W", "left"), ("samples", "right"), ("share", "right"), ("latent tokens", "right"),
+                          ("batches", "right"), ("lost to rounding", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for b in result.buckets:
+        table.add_row(b.key, str(b.count), f"{b.share:.1%}", str(b.latent_tokens), str(b.batches), str(b.lost))
+    console.print(table)
+    drops = Table(header_style="bold", title="records by outcome", title_justify="left")
+    drops.add_column("reason")
+    drops.add_column("records", justify="right")
+    drops.add_column("meaning")
+    for reason in Reason:
+        if reasons.get(reason.code):
+            style = "green" if reason == Reason.KEPT else "yellow"
+            drops.add_row(f"[{style}]{reason.code}[/]", str(reasons[reason.code]), REASON_HELP[reason])
+    console.print(drops)
+    console.print(f"minority rule: {rule}; {len(result.minority)} bucket(s) with {minority_records} record(s) dropped.")
+    accounting = "per bucket (group_data)" if settings.group_data else "over all samples"
+    console.print(f"batches per epoch: {result.batches_per_epoch} of {batch.global_batch} samples "
+                  f"({batch.train_batch_size} per rank x {batch.world_size} rank(s) x {batch.grad_accum} accumulation"
+                  f" // sp {batch.sp_size} x {batch.train_sp_batch_size}), counted {accounting}; "
+                  f"samples lost to rounding: {result.samples_lost}.")
+    if report is not None:
+        console.print(f"report: {report}")
+    console.print(f"[green]index written[/] to {index_path}")
