@@ -53,6 +53,10 @@ class CaptionSettings(Section):
     support_chinese: bool = Field(True, description="keep CJK ideographs when cleaning (the mT5 setting)")
     aesthetic_high: float = Field(5.75, description="score at or above which a high-aesthetic sentence is added")
     aesthetic_low: float = Field(4.25, description="score at or below which a low-aesthetic sentence is added")
+    high_video: list[str] | None = Field(None, description="high-aesthetic sentences for videos (default: the reference's)")
+    low_video: list[str] | None = Field(None, description="low-aesthetic sentences for videos (default: the reference's)")
+    high_image: list[str] | None = Field(None, description="high-aesthetic sentences for images (default: the reference's)")
+    low_image: list[str] | None = Field(None, description="low-aesthetic sentences for images (default: the reference's)")
 
 
 class DataSection(Section):
@@ -104,6 +108,16 @@ class DataSection(Section):
     )
     seed: int = Field(42, description="seed of the data decisions (short-clip drops, order) shared by every rank")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
+    leftover: Literal["drop", "pad"] = Field(
+        "drop", description="samples of a bucket that do not fill a global batch: dropped for that epoch, or padded "
+        "with duplicates from the same bucket"
+    )
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0, description="share of bad media above which training stops")
+    max_retries: int = Field(8, ge=0, description="replacement attempts per bad sample before the item fails")
+    decode_timeout_s: float | None = Field(60.0, gt=0, description="time limit for decoding one sample")
+    sampler_order: Literal["osctl", "reference"] = Field(
+        "osctl", description="reference: the reference sampler's order (for comparisons; shapes may differ across ranks)"
+    )
     filters: DataFilters = Field(default_factory=DataFilters)
     captions: CaptionSettings = Field(default_factory=CaptionSettings)
 
@@ -218,6 +232,10 @@ class ParallelSection(Section):
     nproc_per_node: int | None = Field(None, ge=1, description="processes per node when osctl launches itself")
     nnodes: int = Field(1, ge=1)
     timeout_s: float = Field(600.0, gt=0, description="collective timeout; a stuck rank fails instead of hanging")
+    deepspeed_config: dict[str, Any] = Field(
+        default_factory=dict, description="deepspeed strategy: engine config keys merged over osctl's (the reference's "
+        "zero2/zero3 settings), e.g. {zero_optimization: {stage3_param_persistence_threshold: 0}}"
+    )
 
     @model_validator(mode="after")
     def _check_sp(self) -> ParallelSection:
