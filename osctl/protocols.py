@@ -81,7 +81,12 @@ class Strategy(Protocol):
 
     The training loop only talks to this interface, so single-process, DDP, FSDP and DeepSpeed runs
     share one loop. ``prepare`` is called once; afterwards ``model`` is what the loop calls forward
-    on and ``module`` is the unwrapped model (for configs and exporting).
+    on and ``module`` is the unwrapped model (for configs, exporting and the sequence-parallel hook).
+
+    Optional attributes, read with ``getattr``: ``shards_parameters`` (each rank holds only part of
+    the weights, so every rank saves its own ``ema-rank-R.pt``), ``supports_resharding`` (resuming
+    on another world size works), and ``saves_ema`` with ``attach_ema(ema)`` (the strategy keeps
+    the EMA inside its own state, e.g. to re-shard it; no ``ema-rank-R.pt`` is written).
     """
 
     name: str

@@ -16,6 +16,11 @@ def quiet_libraries() -> None:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # FSDP2 and DeepSpeed call these collectives on every step; torch's deprecation notice repeats each time
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` "
+                            r"is deprecated", category=FutureWarning)
     try:
         import huggingface_hub.utils
 

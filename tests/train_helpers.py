@@ -63,22 +63,38 @@ class SyntheticClips:
     """A fixed set of coloured clips with captions, served in a seeded order, epoch after epoch.
 
     The position (epoch, batches consumed) is the whole state, so a resumed stream continues with
-    exactly the batches an uninterrupted one would have produced.
+    exactly the batches an uninterrupted one would have produced. With ``dp_size`` replicas, each
+    global batch of ``batch_size * dp_size`` clips is cut into ``dp_size`` consecutive parts and
+    replica ``dp_rank`` gets its part, so one process with ``dp_size=1`` and the doubled batch sees
+    the union of what the replicas see, in the same order.
+
+    ``invalid_tail`` (cycled over clips) marks that many trailing latent frames of each clip as padding
+    in a ``latent_mask`` of shape ``latent_shape`` (``T_lat x H_lat x W_lat``).
     """
 
     def __init__(self, tokenize: Any, *, num_clips: int = 8, batch_size: int = 2, frames: int = 5, size: int = 16,
-                 seed: int = 0) -> None:
+                 seed: int = 0, dp_rank: int = 0, dp_size: int = 1, invalid_tail: list[int] | None = None,
+                 latent_shape: tuple[int, int, int] | None = None) -> None:
         g = torch.Generator().manual_seed(seed)
         colours = torch.rand(num_clips, 3, generator=g) * 2 - 1
         self.videos = colours[:, :, None, None, None].expand(num_clips, 3, frames, size, size).clone()
         self.videos += 0.1 * torch.randn(self.videos.shape, generator=g)
         self.captions = [f"clip number {i}" for i in range(num_clips)]
         self.tokens = tokenize(self.captions)
+        self.latent_mask = None
+        if invalid_tail:
+            assert latent_shape is not None, "invalid_tail needs latent_shape"
+            self.latent_mask = torch.ones(num_clips, *latent_shape)
+            for i in range(num_clips):
+                tail = invalid_tail[i % len(invalid_tail)]
+                if tail:
+                    self.latent_mask[i, -tail:] = 0
         self.batch_size = batch_size
+        self.dp_rank, self.dp_size = dp_rank, dp_size
         self.seed = seed
         self.epoch = 0
         self.position = 0
-        self.steps_per_epoch = num_clips // batch_size
+        self.steps_per_epoch = num_clips // (batch_size * dp_size)
 
     def _order(self, epoch: int) -> torch.Tensor:
         return torch.randperm(len(self.captions), generator=torch.Generator().manual_seed(self.seed + epoch))
@@ -87,10 +103,14 @@ class SyntheticClips:
         while True:
             order = self._order(self.epoch)
             while self.position < self.steps_per_epoch:
-                idx = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+                start = (self.position * self.dp_size + self.dp_rank) * self.batch_size
+                idx = order[start:start + self.batch_size]
                 self.position += 1
-                yield {"pixel_values": self.videos[idx], "input_ids": self.tokens["input_ids"][idx],
-                       "attention_mask": self.tokens["attention_mask"][idx]}
+                batch = {"pixel_values": self.videos[idx], "input_ids": self.tokens["input_ids"][idx],
+                         "attention_mask": self.tokens["attention_mask"][idx]}
+                if self.latent_mask is not None:
+                    batch["latent_mask"] = self.latent_mask[idx]
+                yield batch
             self.epoch += 1
             self.position = 0
 

@@ -14,9 +14,14 @@ import typer
 from typer.core import TyperGroup
 
 from osctl import __version__
+from osctl.cli import ckpt as ckpt_cli
+from osctl.cli import data as data_cli
+from osctl.cli import eval as eval_cli
 from osctl.cli import plugins as plugins_cli
 from osctl.cli import recipe as recipe_cli
 from osctl.cli import sample as sample_cli
+from osctl.cli import synth as synth_cli
+from osctl.cli import train as train_cli
 from osctl.cli._output import debug_enabled, error
 from osctl.errors import OsctlError
 
@@ -73,7 +78,12 @@ def root(
 
 app.add_typer(plugins_cli.app, name="plugins")
 app.add_typer(recipe_cli.app, name="recipe")
+app.add_typer(ckpt_cli.app, name="ckpt")
+app.add_typer(data_cli.app, name="data")
+synth_cli.register(data_cli.app)
+app.add_typer(eval_cli.app, name="eval")
 sample_cli.register(app)
+train_cli.register(app)
 
 
 def _plugin_commands() -> None:
@@ -89,6 +99,9 @@ def _plugin_commands() -> None:
 def main() -> None:
     """Console-script entry point."""
     _plugin_commands()
+    from osctl.parallel.launch import absorb_local_rank
+
+    sys.argv = absorb_local_rank(sys.argv)  # the deepspeed launcher appends --local_rank=N
     try:
         app(prog_name="osctl")
     except BrokenPipeError:  # e.g. `osctl ... | head`: stop quietly

@@ -20,9 +20,17 @@ def print_json(payload: Any) -> None:
     sys.stdout.flush()
 
 
+def rank_prefix() -> str:
+    """``"rank R: "`` inside a multi-process run (from the launcher's environment), else ``""``."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return f"rank {os.environ.get('RANK', '?')}: "
+    return ""
+
+
 def error(message: str, hint: str | None = None) -> None:
-    """Print a one-line error (and an optional hint) on stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    """Print a one-line error (and an optional hint) on stderr; every rank of a multi-process run
+    reports its own errors, prefixed with its rank."""
+    err_console.print(f"[bold red]error:[/] {rank_prefix()}{message}", markup=True, highlight=False, soft_wrap=True)
     if hint:
         err_console.print(f"[dim]hint:[/] {hint}", markup=True, highlight=False, soft_wrap=True)
 

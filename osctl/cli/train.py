@@ -25,8 +25,9 @@ def train(
         bool, Opt("--allow-recipe-change", help="Resume even if data- or model-shaping recipe keys changed.")
     ] = False,
     as_json: Annotated[bool, Opt("--json", help="With --dry-run: print the plan as JSON.")] = False,
-    nproc_per_node: Annotated[int | None, Opt("--nproc-per-node", help="Start this many processes on this node.")] = None,
-    nnodes: Annotated[int, Opt("--nnodes", help="Number of nodes.")] = 1,
+    nproc_per_node: Annotated[int | None, Opt(
+        "--nproc-per-node", help="Start this many processes on this node (default: parallel.nproc_per_node).")] = None,
+    nnodes: Annotated[int | None, Opt("--nnodes", help="Number of nodes (default: parallel.nnodes).")] = None,
     node_rank: Annotated[int, Opt("--node-rank", help="This node's rank.")] = 0,
     rdzv_endpoint: Annotated[str | None, Opt("--rdzv-endpoint", help="HOST:PORT shared by all nodes.")] = None,
 ) -> None:
@@ -40,27 +41,38 @@ def train(
 
       [bold]osctl train --recipe recipes/480p.yaml --nproc-per-node 8[/]
 
+      [bold]osctl train --recipe recipes/480p.yaml --nnodes 4 --node-rank 0 --rdzv-endpoint host:29500 --nproc-per-node 8[/]
+
+      [bold]torchrun --nproc-per-node 8 -m osctl train --recipe recipes/480p.yaml[/]
+
       [bold]osctl train --recipe recipes/480p.yaml --dry-run[/]
     """
+    from osctl.parallel.dist import under_launcher
     from osctl.parallel.launch import LaunchOptions, relaunch
-
-    launch = LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint)
-    if launch.wanted and not dry_run:
-        raise typer.Exit(relaunch(launch))
-
-    from osctl.parallel.dist import shutdown
     from osctl.plugin_manager import default_registry
     from osctl.recipe.load import load_recipe
     from osctl.recipe.validate import check_recipe
-    from osctl.train.run import Plan, TrainOptions, run_training
 
     sets = list(overrides or [])
     if resume_from_checkpoint is not None:
         sets.append(f"train.resume_from_checkpoint={resume_from_checkpoint}")
     registry = default_registry()
     checked = check_recipe(load_recipe(recipe, sets), registry)
-    for message in checked.warnings:
-        warn(message)
+    parallel = checked.loaded.recipe.parallel
+    launch = LaunchOptions(parallel.nproc_per_node if nproc_per_node is None else nproc_per_node,
+                           parallel.nnodes if nnodes is None else nnodes, node_rank, rdzv_endpoint)
+    # the recipe's process count starts processes only from outside a launcher (its workers run this too)
+    from_recipe_inside_launcher = nproc_per_node is None and under_launcher()
+    if launch.wanted and not dry_run and not from_recipe_inside_launcher:
+        _check_layout_before_launch(checked, launch.nproc_per_node * launch.nnodes)
+        raise typer.Exit(relaunch(launch))
+
+    from osctl.parallel.dist import shutdown
+    from osctl.train.run import Plan, TrainOptions, run_training
+
+    if _is_main():
+        for message in checked.warnings:
+            warn(message)
     logger = _MetricsLogger(Path(checked.loaded.recipe.train.output_dir))
     options = TrainOptions(dry_run=dry_run, allow_recipe_change=allow_recipe_change, log=logger.log)
     try:
@@ -78,7 +90,26 @@ def train(
     if _is_main():
         status = "stopped by signal at" if outcome.interrupted else "finished at"
         console.print(f"{status} step {outcome.final_step}; last checkpoint: {last}")
-    shutdown()
+    # several processes: leave the group and exit at once (gloo can abort during interpreter teardown)
+    shutdown(0 if _world_size() > 1 else None)
+
+
+def _check_layout_before_launch(checked: Any, world: int) -> None:
+    """Refuse a sequence-parallel layout that cannot run before any process starts."""
+    from osctl.parallel.groups import check_layout
+
+    parallel = checked.loaded.recipe.parallel
+    architecture = getattr(checked.components.get("model"), "architecture", None)
+    heads = None
+    if callable(architecture) and parallel.sp_size > 1:
+        heads = architecture().get("num_attention_heads")
+    check_layout(world, parallel.sp_size, heads, where="--nproc-per-node x --nnodes")
+
+
+def _world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 class _MetricsLogger:

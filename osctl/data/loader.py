@@ -58,6 +58,7 @@ from osctl.data.dataset import (
 )
 from osctl.data.sampler import BucketBatchSampler, ResumableBatches
 from osctl.errors import ConfigError, DataError
+from osctl.parallel.groups import stream_batch_size
 
 log = logging.getLogger("osctl.data")
 
@@ -349,7 +350,7 @@ def build_batch_source(checked: Any, registry: Any, info: Any, *, dp_rank: int, 
     recipe = checked.loaded.recipe
     d, p, t = recipe.data, recipe.parallel, recipe.train
     index, settings, geometry, note = prepare_index(recipe, info)
-    batch_size = p.train_sp_batch_size if p.sp_size > 1 else t.train_batch_size
+    batch_size = stream_batch_size(t, p)
     pad = _pad_spec(recipe, index, geometry)
     leftover = str(_option(d, "leftover", "drop"))
     sampler = BucketBatchSampler(index.bucket_ids(), batch_size=batch_size, dp_size=dp_size, dp_rank=dp_rank,

@@ -73,6 +73,18 @@ def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
+def ensure_process_group(timeout_s: float = 600.0) -> None:
+    """Start a one-process group when none exists: FSDP and DeepSpeed always need one, even alone.
+
+    The group lives in an in-memory store, so no address or port is needed.
+    """
+    if dist.is_initialized():
+        return
+    use_cuda = torch.cuda.is_available()
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if dist.is_initialized():

@@ -47,6 +47,27 @@ def strip_launch_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def absorb_local_rank(argv: list[str]) -> list[str]:
+    """``argv`` without the ``--local_rank=N`` argument the deepspeed launcher adds (it sets ``LOCAL_RANK``
+    from it when the launcher did not), so ``deepspeed --module osctl train ...`` parses like torchrun."""
+    out: list[str] = []
+    take_value = False
+    for arg in argv:
+        if take_value:
+            os.environ.setdefault("LOCAL_RANK", arg)
+            take_value = False
+            continue
+        name, has_value, value = arg.partition("=")
+        if name in ("--local_rank", "--local-rank"):
+            if has_value:
+                os.environ.setdefault("LOCAL_RANK", value)
+            else:
+                take_value = True
+            continue
+        out.append(arg)
+    return out
+
+
 def relaunch(options: LaunchOptions, argv: list[str] | None = None) -> int:
     """Run the current osctl command in ``nproc_per_node`` processes via torch.distributed.run; returns its exit code."""
     from torch.distributed import run as torchrun
@@ -66,9 +87,8 @@ def relaunch(options: LaunchOptions, argv: list[str] | None = None) -> int:
     try:
         torchrun.run(parsed)
     except Exception as exc:  # ChildFailedError carries every rank's failure
-        failures = getattr(exc, "failures", None)
-        if failures:
-            first = min(failures.items())
+        first = exc.get_first_failure() if hasattr(exc, "get_first_failure") else None
+        if first:
             sys.stderr.write(f"osctl: rank {first[0]} failed first (exit {first[1].exitcode}); see its error above.\n")
         return 1
     return 0

@@ -10,9 +10,11 @@ checkpoint-N/
   model_ema/             the same for the EMA weights (when train.use_ema)
   training_state/        strategy-owned engine state:
     optimizer.pt, lr_scheduler.pt, scaler.pt      single / ddp (torch.save, read with weights_only=True)
-    dcp/                                          fsdp: torch.distributed.checkpoint (sharded) + lr_scheduler.pt
+    dcp/                                          fsdp: torch.distributed.checkpoint (sharded model, optimizer
+                                                  and EMA, re-shardable) + lr_scheduler.pt beside it
     deepspeed/                                    deepspeed: the engine's own folder (`latest`, global_stepN/...)
-    ema-rank-R.pt                                 EMA shadow (rank 0 only unless the strategy shards parameters)
+    ema-rank-R.pt                                 EMA shadow (rank 0 only unless the strategy shards parameters,
+                                                  as ZeRO-3 does; none when the strategy saves the EMA itself)
   rng/rank-R.pt          RNG states of rank R (torch generators, python random)
   data/rank-R.json       the data stream position of rank R (epoch, batches consumed, sampler RNG)
   trainer_state.json     step, epoch, world size, strategy, recipe fingerprint, osctl version

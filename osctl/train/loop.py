@@ -18,9 +18,11 @@ from typing import Any, Protocol
 import torch
 
 from osctl.parallel import dist as pdist
+from osctl.parallel.groups import ParallelGroups
 from osctl.train import checkpoint as ckpt
 from osctl.train.ema import EMA
 from osctl.train.export import model_config, save_model_folder
+from osctl.train.sequence_parallel import SequenceShards
 from osctl.train.state import TrainState
 
 
@@ -56,6 +58,8 @@ class TrainParts:
     validate: Callable[[int], None] | None = None
     save_fp_dtype: torch.dtype | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    groups: ParallelGroups | None = None  # sequence-/data-parallel groups (None: one process, no SP)
+    plan: Any = None  # the run's plan (osctl.train.run.Plan), for callers that print it
 
 
 @dataclass
@@ -100,28 +104,42 @@ class StopRequest:
 
 
 def micro_step(parts: TrainParts, batch: dict[str, Any], *, sync: bool, scale: float) -> float:
-    """Encode a batch, noise it, run the model and back-propagate; returns the unscaled loss."""
+    """Encode a batch, noise it, run the model and back-propagate; returns the loss this rank contributes
+    to the mean over ranks (its own loss, or under sequence parallelism its weighted slice loss)."""
     device = parts.dist.device
+    groups = parts.groups or ParallelGroups(parts.dist.world_size, parts.dist.rank)
     with torch.no_grad():
         pixels = batch["pixel_values"].to(device)
         latents = parts.autoencoder.encode(pixels, sample=True, generator=parts.state.noise_generator).float()
         text = parts.text_encoder.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-    text_mask = batch["attention_mask"].to(device)
+    text_states = text.unsqueeze(1)  # B x 1 x L x D, as the model expects
+    text_mask = batch["attention_mask"].to(device).unsqueeze(1)
     latent_mask = batch.get("latent_mask")
     latent_mask = latent_mask.to(device) if latent_mask is not None else None
+    # one draw per data-parallel replica: every rank of a sequence-parallel group gets the same values
     timesteps = parts.objective.sample_timesteps(
-        latents.shape[0], parts.state.timestep_rng, parts.dist.rank, parts.dist.world_size
+        latents.shape[0], parts.state.timestep_rng, groups.dp_rank, groups.dp_size
     ).to(device)
     noise = parts.objective.sample_noise(latents, parts.state.noise_generator)
     noised = parts.objective.add_noise(latents, noise, timesteps)
     model_mask = latent_mask if latent_mask is not None else torch.ones(
         (latents.shape[0], *latents.shape[2:]), device=device)
+    # sequence parallelism: this rank runs its frames and text tokens (off for batches with too few frames)
+    shards = SequenceShards.for_batch(groups.sp_group, latents.shape[2], text_states.shape[2])
+    if groups.sp_group is not None:
+        parts.strategy.module.set_sequence_parallel(shards.group if shards else None)
+    noisy = noised.noisy
+    if shards is not None:
+        noisy, text_states, model_mask, text_mask = shards.model_inputs(noisy, text_states, model_mask, text_mask)
     with parts.strategy.no_sync(sync), parts.strategy.autocast():
         prediction = parts.strategy.model(
-            noised.noisy, noised.timesteps, text.unsqueeze(1), attention_mask=model_mask,
-            encoder_attention_mask=text_mask.unsqueeze(1), return_dict=False,
+            noisy, noised.timesteps, text_states, attention_mask=model_mask, encoder_attention_mask=text_mask,
+            return_dict=False,
         )[0]
-        loss = parts.objective.loss(prediction, noised, latent_mask)
+        if shards is None:
+            loss = parts.objective.loss(prediction, noised, latent_mask)
+        else:
+            loss = shards.loss(parts.objective, prediction, noised, latent_mask)
         parts.strategy.backward(loss * scale)
     return float(loss.detach())
 
@@ -149,7 +167,8 @@ def save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any]) -> Path | Non
     state_dir = folder / "training_state"
     state_dir.mkdir(parents=True, exist_ok=True)
     parts.strategy.save_state(state_dir)
-    if parts.ema is not None and (parts.dist.is_main or getattr(parts.strategy, "shards_parameters", False)):
+    if parts.ema is not None and not getattr(parts.strategy, "saves_ema", False) and \
+            (parts.dist.is_main or getattr(parts.strategy, "shards_parameters", False)):
         torch.save(parts.ema.state_dict(), state_dir / f"ema-rank-{parts.dist.rank}.pt")
     parts.state.save(folder / "rng")
     (folder / "data").mkdir(exist_ok=True)

@@ -4,9 +4,10 @@
     osctl train --recipe recipes/480p.yaml --nproc-per-node 8    # osctl starts torchrun itself
     torchrun --nproc-per-node 8 -m osctl train --recipe ...      # or under any launcher
 
-Order: process group -> data index and stream -> frozen autoencoder and text encoder -> model
-(+ pretrained weights unless resuming) -> strategy (optimizer, LR schedule) -> EMA -> resume ->
-plan -> loop. Resume wins over ``pretrained``.
+Order: process group and sequence-/data-parallel groups -> data index and stream -> frozen
+autoencoder and text encoder -> model (+ pretrained weights unless resuming) -> strategy
+(optimizer, LR schedule) -> EMA -> resume -> plan (+ validation) -> loop. Resume wins over
+``pretrained``. ``setup_training`` builds the parts; ``run_training`` also runs the loop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from osctl import __version__
 from osctl.build import DTYPES, build_autoencoder, build_model, build_strategy, build_text_encoder
 from osctl.errors import ConfigError, UsageError
 from osctl.parallel import dist as pdist
+from osctl.parallel.groups import ParallelGroups, check_layout, global_batch_size
 from osctl.quiet import quiet_libraries
 from osctl.recipe.load import recipe_hash
 from osctl.recipe.validate import CheckedRecipe
@@ -93,10 +95,9 @@ def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str],
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(total, trainable) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, trainable
+    """(total, trainable) parameter counts (full sizes, also for parameters ZeRO-3 has partitioned)."""
+    sizes = [(getattr(p, "ds_numel", None) or p.numel(), p.requires_grad) for p in model.parameters()]
+    return sum(n for n, _ in sizes), sum(n for n, grad in sizes if grad)
 
 
 def memory_estimate_gb(trainable: int, total: int, use_ema: bool, strategy: str, world: int) -> float:
@@ -110,30 +111,37 @@ def memory_estimate_gb(trainable: int, total: int, use_ema: bool, strategy: str,
 
 def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> TrainResult | Plan:
     """Train as the recipe says; returns the plan alone with ``dry_run``."""
+    parts = setup_training(checked, registry, options)
+    if options.dry_run:
+        return parts.plan
+    if parts.dist.is_main:
+        parts.output_dir.mkdir(parents=True, exist_ok=True)
+        (parts.output_dir / "plan.json").write_text(json.dumps(parts.plan.as_dict(), indent=2))
+    return train(parts)
+
+
+def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> TrainParts:
+    """Build everything the loop needs (process groups, data, components, strategy, EMA, resumed state)
+    and the plan; ``TrainParts.plan`` holds the plan."""
     quiet_libraries()
     recipe = checked.loaded.recipe
-    train_cfg = recipe.train
-    info = pdist.init_distributed(recipe.parallel.timeout_s)
-    if info.world_size % recipe.parallel.sp_size:
-        raise ConfigError(
-            f"parallel.sp_size {recipe.parallel.sp_size} does not divide the world size {info.world_size}; "
-            "change sp_size or --nproc-per-node."
-        )
+    train_cfg, parallel = recipe.train, recipe.parallel
+    info = pdist.init_distributed(parallel.timeout_s)
+    groups = ParallelGroups(info.world_size, info.rank, parallel.sp_size)
     output_dir = Path(train_cfg.output_dir)
     resolved = checked.loaded.resolved()
     fingerprint = recipe_hash(resolved)
     torch.manual_seed(train_cfg.seed)
 
-    # 1. data stream (the sample index is built or checked here)
+    # 1. data stream (the sample index is built or checked here); every rank of a sequence-parallel
+    #    group reads the same batches: data is sharded over data-parallel replicas
     source: BatchSource = options.data_source
     data_summary: dict[str, Any] = {}
     if source is None:
         from osctl.data.loader import build_batch_source
 
-        # every rank of a sequence-parallel group reads the same batches: data is sharded over groups
-        sp = recipe.parallel.sp_size
-        source, data_summary = build_batch_source(checked, registry, info, dp_rank=info.rank // sp,
-                                                  dp_size=info.world_size // sp)
+        source, data_summary = build_batch_source(checked, registry, info, dp_rank=groups.dp_rank,
+                                                  dp_size=groups.dp_size)
     steps_per_epoch = getattr(source, "steps_per_epoch", None)
     if train_cfg.max_steps is not None:
         max_steps = train_cfg.max_steps
@@ -148,6 +156,8 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
                            dtype=torch.float32 if train_cfg.vae_fp32 else precision)
     text_encoder = build_text_encoder(checked, registry, device=info.device, dtype=precision)
     model = build_model(checked, registry, device="cpu", dtype=torch.float32)
+    if parallel.sp_size > 1:
+        _check_sequence_parallel_model(model, info.world_size, parallel.sp_size)
     if train_cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
     model.train()
@@ -170,7 +180,7 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     elif train_cfg.resume_from_checkpoint == "latest":
         notes.append(f"no checkpoint in {output_dir} yet: starting from step 0")
 
-    # 4. strategy wraps model, optimizer and LR schedule
+    # 4. strategy wraps model, optimizer and LR schedule; EMA follows the parameters it holds
     strategy = build_strategy(recipe, registry, world_size=info.world_size, device=info.device)
     strategy.prepare(model, optimizer_factory=lambda params: build_optimizer(params, train_cfg),
                      lr_scheduler_factory=lambda opt: build_lr_scheduler(opt, train_cfg, max_steps))
@@ -178,12 +188,38 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     if train_cfg.use_ema:
         ema = EMA((p for _, p in strategy.local_parameters()), decay=train_cfg.ema_decay,
                   start_step=train_cfg.ema_start_step, offload=train_cfg.offload_ema)
-    state = TrainState(seed=train_cfg.seed, rank=info.rank)
+        if getattr(strategy, "saves_ema", False):
+            strategy.attach_ema(ema)
+    state = TrainState(seed=train_cfg.seed, rank=info.rank, stream=groups.dp_rank)
 
     # 5. resume the full training state
     if resume_dir is not None:
         _restore(resume_dir, strategy, ema, state, source, info)
 
+    plan = _plan(recipe, strategy, info, state, max_steps, steps_per_epoch, data_summary, output_dir, notes)
+    validate = None
+    if train_cfg.validation_steps and train_cfg.validation_prompts:
+        from osctl.train.validate import Validator
+
+        validate = Validator(checked, registry, strategy=strategy, ema=ema, autoencoder=ae,
+                             text_encoder=text_encoder, info=info, output_dir=output_dir)
+        plan.add("validation", f"{len(train_cfg.validation_prompts)} prompts every {train_cfg.validation_steps} "
+                 f"steps -> {output_dir / 'validation'}")
+    elif train_cfg.validation_steps:
+        plan.add("note", "train.validation_steps is set but train.validation_prompts is empty: no validation")
+    return TrainParts(
+        recipe=recipe, dist=info, strategy=strategy, objective=build_objective(recipe.diffusion), autoencoder=ae,
+        text_encoder=text_encoder, data=source, state=state, output_dir=output_dir, max_steps=max_steps, ema=ema,
+        fingerprint=fingerprint, recipe_yaml=yaml.safe_dump(resolved, sort_keys=False),
+        log=options.log or (lambda record: None), on_step=options.on_step, validate=validate,
+        versions={"osctl": __version__, "torch": torch.__version__}, groups=groups, plan=plan,
+    )
+
+
+def _plan(recipe: Any, strategy: Any, info: pdist.DistInfo, state: TrainState, max_steps: int,
+          steps_per_epoch: int | None, data_summary: dict[str, Any], output_dir: Path, notes: list[str]) -> Plan:
+    """What the run will do, line by line (printed at start and alone with --dry-run)."""
+    train_cfg, parallel = recipe.train, recipe.parallel
     total, trainable = parameter_counts(strategy.module)
     plan = Plan()
     plan.add("model", f"{recipe.model.name}: {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)")
@@ -191,10 +227,16 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
              f"{' zero-SNR' if recipe.diffusion.rescale_betas_zero_snr else ''}"
              f"{f' min-SNR {recipe.diffusion.snr_gamma:g}' if recipe.diffusion.snr_gamma else ''}")
     plan.add("precision", f"{train_cfg.mixed_precision} (autoencoder {'fp32' if train_cfg.vae_fp32 else train_cfg.mixed_precision})")
-    plan.add("strategy", f"{strategy.name}, world {info.world_size}, sp_size {recipe.parallel.sp_size}")
-    effective = train_cfg.train_batch_size * info.world_size * train_cfg.gradient_accumulation_steps
-    plan.add("batch", f"{train_cfg.train_batch_size} per rank x {info.world_size} ranks x "
-             f"{train_cfg.gradient_accumulation_steps} accumulation = {effective} per optimizer step")
+    plan.add("strategy", f"{strategy.name}, world {info.world_size}, sp_size {parallel.sp_size}")
+    effective = global_batch_size(train_cfg, parallel, info.world_size)
+    accumulation = train_cfg.gradient_accumulation_steps
+    if parallel.sp_size > 1:
+        plan.add("batch", f"{parallel.train_sp_batch_size} per sequence-parallel group of {parallel.sp_size} ranks x "
+                 f"{info.world_size // parallel.sp_size} groups x {accumulation} accumulation = {effective} "
+                 "per optimizer step")
+    else:
+        plan.add("batch", f"{train_cfg.train_batch_size} per rank x {info.world_size} ranks x "
+                 f"{accumulation} accumulation = {effective} per optimizer step")
     for key, value in data_summary.items():
         plan.add(f"data {key}", value)
     if steps_per_epoch:
@@ -205,20 +247,16 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     plan.add("output", str(output_dir))
     for note in notes:
         plan.add("note", note)
-    if options.dry_run:
-        return plan
-    if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "plan.json").write_text(json.dumps(plan.as_dict(), indent=2))
-    parts = TrainParts(
-        recipe=recipe, dist=info, strategy=strategy, objective=build_objective(recipe.diffusion), autoencoder=ae,
-        text_encoder=text_encoder, data=source, state=state, output_dir=output_dir, max_steps=max_steps, ema=ema,
-        fingerprint=fingerprint, recipe_yaml=yaml.safe_dump(resolved, sort_keys=False),
-        log=options.log or (lambda record: None), on_step=options.on_step,
-        versions={"osctl": __version__, "torch": torch.__version__},
-    )
-    parts.plan = plan  # type: ignore[attr-defined]
-    return train(parts)
+    return plan
+
+
+def _check_sequence_parallel_model(model: Any, world: int, sp_size: int) -> None:
+    """Sequence parallelism needs the model's hook and a head count that splits over the group."""
+    if not callable(getattr(model, "set_sequence_parallel", None)):
+        raise ConfigError(f"parallel.sp_size {sp_size} needs a model with sequence-parallel support "
+                          f"(set_sequence_parallel); {type(model).__name__} has none — set parallel.sp_size to 1.")
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
+    check_layout(world, sp_size, int(heads) if heads is not None else None)
 
 
 def _check_recipe_change(resume_dir: Path, resolved: dict[str, Any], allow: bool, notes: list[str]) -> None:
@@ -247,7 +285,7 @@ def _restore(folder: Path, strategy: Any, ema: EMA | None, state: TrainState, so
             f"the {strategy.name} strategy cannot re-shard its state — resume with the same world size."
         )
     strategy.load_state(folder / "training_state")
-    if ema is not None:
+    if ema is not None and not getattr(strategy, "saves_ema", False):
         ema_file = folder / "training_state" / f"ema-rank-{info.rank}.pt"
         if not ema_file.exists():
             ema_file = folder / "training_state" / "ema-rank-0.pt"

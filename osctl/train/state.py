@@ -1,8 +1,10 @@
 """Per-rank training state that must survive a resume: step counters and random streams.
 
 Noise and timesteps come from generators owned by the run (never the global RNG), seeded from
-``(train.seed, rank)``; their states are saved in every checkpoint, so N steps + resume + N steps
-replays the same draws as 2N uninterrupted steps.
+``(train.seed, stream)``; their states are saved in every checkpoint, so N steps + resume + N steps
+replays the same draws as 2N uninterrupted steps. The stream is the rank itself, except under
+sequence parallelism, where all ranks of a group use their data-parallel rank so they draw the
+same timesteps and noise for the samples they share.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ import torch
 
 @dataclass
 class TrainState:
-    """Optimizer-step counter and the random streams of this rank."""
+    """Optimizer-step counter and the random streams of this rank (``stream`` defaults to ``rank``)."""
 
     seed: int
     rank: int
     step: int = 0
+    stream: int | None = None
     noise_generator: torch.Generator = field(init=False)
     timestep_rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
-        self.noise_generator = torch.Generator().manual_seed(self.seed * 1000 + self.rank)
-        self.timestep_rng = random.Random(self.seed * 1000 + self.rank)
+        stream = self.rank if self.stream is None else self.stream
+        self.noise_generator = torch.Generator().manual_seed(self.seed * 1000 + stream)
+        self.timestep_rng = random.Random(self.seed * 1000 + stream)
 
     def rng_state(self) -> dict[str, object]:
         """States of every stream (tensors and plain containers only: safe to load with weights_only)."""

@@ -19,9 +19,25 @@ def _ddp(config: Any, **runtime: Any) -> Any:
     return DDPStrategy(**runtime)
 
 
+def _fsdp(config: Any, **runtime: Any) -> Any:
+    from osctl_builtin.strategies.fsdp import FSDPStrategy
+
+    return FSDPStrategy(**runtime)
+
+
+def _deepspeed(config: Any, **runtime: Any) -> Any:
+    from osctl_builtin.strategies.deepspeed_engine import DeepSpeedStrategy
+
+    return DeepSpeedStrategy(**runtime)
+
+
 @osctl.hookimpl
 def register_strategies(register: Any) -> None:
-    """Register ``single`` and ``ddp``."""
+    """Register ``single``, ``ddp``, ``fsdp`` and ``deepspeed``."""
     register(osctl.ComponentSpec(name="single", summary="one process, one device", factory=_single))
     register(osctl.ComponentSpec(name="ddp", summary="data parallel (torch DistributedDataParallel)", factory=_ddp,
                                  metadata={"multi_process": True}))
+    register(osctl.ComponentSpec(name="fsdp", summary="fully sharded data parallel (torch FSDP2 fully_shard)",
+                                 factory=_fsdp, metadata={"multi_process": True}))
+    register(osctl.ComponentSpec(name="deepspeed", summary="DeepSpeed ZeRO stage 2/3 (parallel.zero_stage), CPU offload",
+                                 factory=_deepspeed, metadata={"multi_process": True}))

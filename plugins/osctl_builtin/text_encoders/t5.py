@@ -394,6 +394,13 @@ def build_tiny_t5(folder: str | os.PathLike[str], *, seed: int = 0, d_model: int
         model = transformers.MT5EncoderModel(config)
         fill_parameters_deterministically(model, seed)
         model.save_pretrained(staging)
+        if not (staging / "config.json").is_file():
+            # transformers >= 5 writes models only on global rank 0 of a process group; the other
+            # ranks (and other nodes' local rank 0, without a shared disk) write the same weights directly
+            from safetensors.torch import save_model
+
+            model.config.save_pretrained(staging)
+            save_model(model, str(staging / "model.safetensors"))
         transformers.ByT5Tokenizer().save_pretrained(staging)
         (staging / "osctl_tiny_t5.json").write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
         try:

@@ -1,0 +1,147 @@
+"""Fully sharded data parallel training with torch FSDP2 (``fully_shard``).
+
+Each block class the model lists in ``_no_split_modules`` (diffusers' convention; the OSP
+transformer block) and then the root are sharded over all ranks. Parameters stay fp32 shards
+(DTensors); ``MixedPrecisionPolicy`` gathers them in ``train.mixed_precision`` for compute and
+reduces gradients in fp32. The optimizer works on the local shards.
+
+State: ``training_state/dcp/`` is a ``torch.distributed.checkpoint`` of model, optimizer and EMA
+shards (DCP re-shards on load, so a run can resume on another world size), plus
+``lr_scheduler.pt``. The EMA keeps fp32 copies of the local shards only; exporting it (``model_ema/``)
+gathers them the same way as the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from osctl.errors import ConfigError
+from osctl.parallel import dist as pdist
+from osctl_builtin.strategies.torch_native import SingleStrategy
+
+_PARAM_DTYPES = {"bf16": torch.bfloat16, "fp32": None}
+
+
+class FSDPStrategy(SingleStrategy):
+    """FSDP2 over every rank; parameters, gradients, optimizer state and EMA are sharded."""
+
+    name = "fsdp"
+    shards_parameters = True
+    supports_resharding = True
+    saves_ema = True
+
+    def __init__(self, *, mixed_precision: str = "bf16", device: torch.device | None = None,
+                 parallel: Any = None, **_: Any) -> None:
+        if mixed_precision not in _PARAM_DTYPES:
+            raise ConfigError(
+                f"train.mixed_precision {mixed_precision} is not supported by the fsdp strategy (fp16 needs a "
+                "sharded loss scaler); use bf16 or fp32, or the ddp or deepspeed strategy."
+            )
+        super().__init__(mixed_precision=mixed_precision, device=device)
+        pdist.ensure_process_group(getattr(parallel, "timeout_s", 600.0))
+        self.ema: Any = None
+
+    def prepare(self, model: torch.nn.Module, *, optimizer_factory: Any, lr_scheduler_factory: Any) -> None:
+        """Shard every block and the root, then build the optimizer over the shards."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        model = model.to(self.device, torch.float32)
+        policy = MixedPrecisionPolicy(param_dtype=_PARAM_DTYPES[self.precision], reduce_dtype=torch.float32)
+        block_names = set(getattr(model, "_no_split_modules", None) or ())
+        for module in model.modules():
+            if module is not model and type(module).__name__ in block_names:
+                fully_shard(module, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        self.module = self.model = model
+        self.optimizer = optimizer_factory(model.parameters())
+        self.lr_scheduler = lr_scheduler_factory(self.optimizer)
+
+    def autocast(self) -> Any:
+        """Nothing to do: FSDP's mixed-precision policy casts parameters and inputs for compute."""
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def no_sync(self, sync: bool) -> Iterator[None]:
+        """Reduce-scatter gradients only on the last micro-step (earlier ones accumulate unsharded)."""
+        self.model.set_requires_gradient_sync(sync)
+        yield
+
+    def clip_grad_norm(self, max_norm: float | None) -> float | None:
+        """Clip the norm of the full (sharded) gradient; returns it before clipping."""
+        if max_norm is None:
+            return None
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    def local_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """This rank's shard of every trainable parameter."""
+        return [(n, p.to_local()) for n, p in self.module.named_parameters() if p.requires_grad]
+
+    def attach_ema(self, ema: Any) -> None:
+        """Keep the EMA shards in the DCP checkpoint, so they re-shard with the weights on resume."""
+        self.ema = ema
+
+    def full_state_dict(self, local: list[tuple[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor] | None:
+        """Gather the full state dict to rank 0 (every rank takes part); ``local`` replaces parameter shards."""
+        replaced = dict(local or [])
+        rank0 = dist.get_rank() == 0
+        state: dict[str, torch.Tensor] = {}
+        for name, value in self.module.state_dict().items():
+            if hasattr(value, "full_tensor"):
+                if name in replaced:
+                    value = _like(value, replaced[name])
+                value = value.full_tensor()
+            if rank0:
+                state[name] = value.detach().cpu().clone()
+        return state if rank0 else None
+
+    def _dcp_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.module, self.optimizer)
+        state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
+        if self.ema is not None:
+            trainable = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+            state["ema"] = {n: _like(p, shadow) for (n, p), shadow in zip(trainable, self.ema.shadow, strict=True)}
+            state["ema_step"] = torch.tensor(self.ema.optimization_step)
+        return state
+
+    def save_state(self, folder: Path) -> None:
+        """Sharded model, optimizer and EMA through DCP (all ranks); LR scheduler from rank 0."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._dcp_state(), checkpoint_id=folder / "dcp")
+        if dist.get_rank() == 0:
+            torch.save(self.lr_scheduler.state_dict(), folder / "lr_scheduler.pt")
+
+    def load_state(self, folder: Path) -> None:
+        """Restore model, optimizer and EMA shards (re-sharded to this world size) and the LR scheduler."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        if not (folder / "dcp").is_dir():
+            raise ConfigError(f"{folder.parent.name} has no training_state/dcp/ (it was not saved by the fsdp "
+                              "strategy); resume with the strategy that wrote it.")
+        state = self._dcp_state()
+        dcp.load(state, checkpoint_id=folder / "dcp")
+        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        if self.ema is not None:
+            for shadow, loaded in zip(self.ema.shadow, state["ema"].values(), strict=True):
+                shadow.copy_(loaded.to_local())
+            self.ema.optimization_step = int(state["ema_step"])
+        self.lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=True))
+
+
+def _like(param: Any, local: torch.Tensor) -> Any:
+    """A DTensor laid out like ``param`` whose local shard is ``local``."""
+    from torch.distributed.tensor import DTensor
+
+    local = local.to(param.to_local().device, param.dtype)  # an offloaded EMA lives on the CPU
+    return DTensor.from_local(local, param.device_mesh, param.placements, shape=param.shape, stride=param.stride(),
+                              run_check=False)
