@@ -17,7 +17,7 @@ Opt = typer.Option
 def sample(
     recipe: Annotated[Path | None, Opt("--recipe", "-r", help="YAML recipe (components and `sample` defaults).")] = None,
     overrides: SetOpt = None,
-    checkpoint: Annotated[Path | None, Opt("--checkpoint", help="A training checkpoint-N folder: its model_ema and recipe.")] = None,
+    checkpoint: Annotated[Path | None, Opt("--checkpoint", help="A training checkpoint-N folder (or an output dir: its newest checkpoint): model_ema + recipe.")] = None,
     no_ema: Annotated[bool, Opt("--no-ema", help="With --checkpoint, use model/ instead of model_ema/.")] = False,
     model_path: Annotated[str | None, Opt("--model-path", help="Diffusers model folder (seed: --model_path).")] = None,
     ae_path: Annotated[str | None, Opt("--ae-path", help="Autoencoder folder (seed: --ae_path).")] = None,
@@ -125,6 +125,12 @@ def _checkpoint_inputs(folder: Path, no_ema: bool) -> tuple[Path, Path, dict[str
     """The recipe, the weights folder and the recorded diffusion settings of a training checkpoint."""
     import yaml
 
+    from osctl.train.checkpoint import is_complete, latest_checkpoint
+
+    if not is_complete(folder):  # a training output folder: take its newest complete checkpoint
+        newest = latest_checkpoint(folder)
+        if newest is not None:
+            folder = newest
     recipe_file = folder / "recipe.yaml"
     weights = folder / ("model" if no_ema else "model_ema")
     if not weights.is_dir() and not no_ema and (folder / "model").is_dir():

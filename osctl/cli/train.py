@@ -74,7 +74,8 @@ def train(
         for message in checked.warnings:
             warn(message)
     logger = _MetricsLogger(Path(checked.loaded.recipe.train.output_dir))
-    options = TrainOptions(dry_run=dry_run, allow_recipe_change=allow_recipe_change, log=logger.log)
+    options = TrainOptions(dry_run=dry_run, allow_recipe_change=allow_recipe_change, log=logger.log,
+                           show_plan=_print_plan)
     try:
         outcome = run_training(checked, registry, options)
     finally:

@@ -215,4 +215,7 @@ def write_grid(out_dir: Path, jobs: list[SampleJob], cfg: Any) -> Path | None:
     name = f"grid-{cfg.sample_method}-gs{cfg.guidance_scale:g}-s{cfg.num_sampling_steps}"
     if tiled.shape[0] == 1:
         return write_image(out_dir / f"{name}.png", tiled[0])
+    from osctl.media.write import write_gif
+
+    write_gif(out_dir / f"{name}.gif", tiled, min(cfg.fps, 12))  # viewable anywhere, e.g. a browser
     return write_video(out_dir / f"{name}.mp4", tiled, cfg.fps)

@@ -198,6 +198,7 @@ def train(parts: TrainParts) -> TrainResult:
     interrupted = False
     window: list[float] = []
     started = time.perf_counter()
+    first_step = parts.state.step
     with StopRequest() as stop:
         while parts.state.step < parts.max_steps:
             # 1. micro-steps: gradients accumulate locally and synchronise on the last one
@@ -236,7 +237,8 @@ def train(parts: TrainParts) -> TrainResult:
             if stop.agreed(parts.dist.device):
                 interrupted = True
                 break
-        # 6. always end with a checkpoint (unless one was just written for this step)
-        if not saved or saved[-1].name != ckpt.checkpoint_name(parts.state.step):
+        # 6. always end with a checkpoint (unless this step's already exists: e.g. a finished run resumed)
+        current = parts.output_dir / ckpt.checkpoint_name(parts.state.step)
+        if (not saved or saved[-1].name != current.name) and not (first_step == parts.state.step and ckpt.is_complete(current)):
             saved.append(save_checkpoint(parts, {"reason": "interrupted" if interrupted else "end"}))
     return TrainResult(final_step=parts.state.step, losses=losses, checkpoints=saved, interrupted=interrupted)

@@ -54,6 +54,7 @@ class TrainOptions:
     data_source: Any = None  # tests may inject a BatchSource; normally built from the sample index
     log: Any = None
     on_step: Any = None
+    show_plan: Any = None  # called with the plan on rank 0 before the first step
 
 
 @dataclass
@@ -117,6 +118,8 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     if parts.dist.is_main:
         parts.output_dir.mkdir(parents=True, exist_ok=True)
         (parts.output_dir / "plan.json").write_text(json.dumps(parts.plan.as_dict(), indent=2))
+        if options.show_plan is not None:
+            options.show_plan(parts.plan)
     return train(parts)
 
 
