@@ -39,6 +39,7 @@ def sample(
     output_dir: Annotated[Path | None, Opt("--output-dir", "-o", help="Where videos and sidecars go.")] = None,
     grid: Annotated[bool, Opt("--grid", help="Also write one grid video of all samples.")] = False,
     enable_tiling: Annotated[bool, Opt("--enable-tiling", help="Autoencoder temporal tiling (long clips).")] = False,
+    cpu_offload: Annotated[bool, Opt("--cpu-offload", help="Text encoder on the CPU; autoencoder on the GPU only to decode.")] = False,
     sp: Annotated[bool, Opt("--sp", help="All processes work on each sample (sequence parallel).")] = False,
     nproc_per_node: Annotated[int | None, Opt("--nproc-per-node", help="Start this many processes.")] = None,
     nnodes: Annotated[int, Opt("--nnodes")] = 1,
@@ -89,6 +90,8 @@ def sample(
         sets.append("sample.enable_tiling=true")
     if sp:
         sets.append("sample.sp=true")
+    if cpu_offload:
+        sets.append("sample.cpu_offload=true")
     registry = default_registry()
     checked = check_recipe(load_recipe(recipe, sets), registry)
     for message in checked.warnings:

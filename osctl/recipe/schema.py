@@ -266,7 +266,7 @@ class SampleSection(Section):
     sp: bool = Field(False, description="all ranks work on each sample (sequence parallel)")
     dtype: Precision = "bf16"
     enable_tiling: bool = False
-    cpu_offload: bool = False
+    cpu_offload: bool = Field(False, description="text encoder on the CPU, autoencoder on the GPU only to decode")
     clean_captions: bool = Field(False, description="apply the training caption cleaner to prompts")
     save_latents: bool = Field(False, description="also write each sample's final latents (.latents.safetensors)")
     output_dir: Path = Path("samples")

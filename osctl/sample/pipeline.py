@@ -31,7 +31,7 @@ class VideoPipeline:
 
     def __init__(self, model: Any, autoencoder: Any, text_encoder: Any, scheduler: Any, *,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 sequence_parallel: Any = None) -> None:
+                 sequence_parallel: Any = None, offload: bool = False) -> None:
         self.model = model
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
@@ -39,6 +39,7 @@ class VideoPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self.sequence_parallel = sequence_parallel
+        self.offload = offload
 
     # 1. inputs -----------------------------------------------------------------------------------
     def check_inputs(self, num_frames: int, height: int, width: int) -> None:
@@ -70,10 +71,9 @@ class VideoPipeline:
     def encode_prompt(self, prompts: list[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Text states ``B x L x D`` and masks ``B x L`` for ``prompts``."""
         tokens = self.text_encoder.tokenize(prompts, max_length=max_length)
-        ids = tokens["input_ids"].to(self.device)
-        mask = tokens["attention_mask"].to(self.device)
-        states = self.text_encoder.encode(ids, mask)
-        return states.to(self.dtype), mask
+        where = getattr(self.text_encoder, "device", self.device)  # stays on the CPU under offload
+        states = self.text_encoder.encode(tokens["input_ids"].to(where), tokens["attention_mask"].to(where))
+        return states.to(self.device, self.dtype), tokens["attention_mask"].to(self.device)
 
     # 3. latents ------------------------------------------------------------------------------------
     def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
@@ -168,8 +168,17 @@ class VideoPipeline:
     # 5. pixels -------------------------------------------------------------------------------------
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Pixel video ``B x C x T x H x W`` (about [-1, 1]) from final latents."""
-        return self.autoencoder.decode(latents.to(self.device)).float()
+        """Pixel video ``B x C x T x H x W`` (about [-1, 1]) from final latents.
+
+        Under ``offload`` the autoencoder lives on the CPU and visits the device only for this call.
+        """
+        if not (self.offload and isinstance(self.autoencoder, torch.nn.Module)):
+            return self.autoencoder.decode(latents.to(self.device)).float()
+        self.autoencoder.to(self.device)
+        try:
+            return self.autoencoder.decode(latents.to(self.device)).float()
+        finally:
+            self.autoencoder.to("cpu")
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:

@@ -77,10 +77,13 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     out_dir.mkdir(parents=True, exist_ok=True)
 
     model = build_model(checked, registry, device=device, dtype=dtype).eval()
-    ae = build_autoencoder(checked, registry, device=device, dtype=torch.float32 if cfg.dtype == "fp16" else dtype)
+    # cpu_offload: the text encoder runs on the CPU and the autoencoder visits the GPU only to decode
+    side = torch.device("cpu") if cfg.cpu_offload else device
+    ae = build_autoencoder(checked, registry, device=side, dtype=torch.float32 if cfg.dtype == "fp16" else dtype)
     if cfg.enable_tiling and hasattr(ae, "enable_tiling"):
         ae.enable_tiling()
-    text_encoder = build_text_encoder(checked, registry, device=device, dtype=dtype)
+    text_encoder = build_text_encoder(checked, registry, device=side,
+                                      dtype=torch.float32 if cfg.cpu_offload else dtype)
     refiner = build_refiner(checked, registry, device=device)
     sp_group = None
     if cfg.sp and info.world_size > 1:
@@ -124,6 +127,7 @@ def _sample_one(job: SampleJob, cfg: Any, checked: CheckedRecipe, registry: Regi
         text = clean_caption(text, checked.loaded.recipe.data.captions.support_chinese)
     scheduler = build_sampler(checked.loaded.recipe, registry, recorded=request.recorded_diffusion)
     pipeline = VideoPipeline(model, ae, text_encoder, scheduler, device=info.device, dtype=dtype,
+                             offload=cfg.cpu_offload,
                              sequence_parallel=sp_group if settings["num_frames"] > 1 else None)
     generator = torch.Generator().manual_seed(job.seed)
     started = time.perf_counter()

@@ -146,3 +146,13 @@ def test_sequence_parallel_sampling_equals_one_process(checkpoint, tmp_path):
     sidecar = json.loads((two / "0000-00-clip-number-1.json").read_text())
     assert sidecar["sequence_parallel"] is True and sidecar["world_size"] == 2
     assert not list(two.glob("*.tmp*"))
+
+
+def test_cpu_offload_gives_the_same_frames(checkpoint, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert sample(["--checkpoint", str(checkpoint), "-p", "clip number 4", "-o", str(a)]).exit_code == 0
+    result = sample(["--checkpoint", str(checkpoint), "-p", "clip number 4", "-o", str(b), "--cpu-offload"])
+    assert result.exit_code == 0, result.output
+    first = json.loads((a / "0000-00-clip-number-4.json").read_text())
+    second = json.loads((b / "0000-00-clip-number-4.json").read_text())
+    assert first["frames_sha256"] == second["frames_sha256"]
