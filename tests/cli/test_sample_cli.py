@@ -156,3 +156,16 @@ def test_cpu_offload_gives_the_same_frames(checkpoint, tmp_path):
     first = json.loads((a / "0000-00-clip-number-4.json").read_text())
     second = json.loads((b / "0000-00-clip-number-4.json").read_text())
     assert first["frames_sha256"] == second["frames_sha256"]
+
+
+def test_llm_caption_refiner_is_run_and_recorded(checkpoint, tmp_path):
+    from osctl_builtin.refiners.llm import build_tiny_causal_lm
+
+    lm = build_tiny_causal_lm(tmp_path / "refiner", seed=0)
+    out = tmp_path / "s"
+    result = sample(["--checkpoint", str(checkpoint), "-p", "a cat", "-o", str(out), "--caption-refiner", str(lm),
+                     "--set", "refiner.max_new_tokens=8"])
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads(next(out.glob("*.json")).read_text())
+    assert sidecar["refiner"] == "llm" and sidecar["prompt"] == "a cat"
+    assert isinstance(sidecar["refined_prompt"], str) and sidecar["encoded_prompt"] == sidecar["refined_prompt"]
