@@ -37,6 +37,7 @@ from osctl.ckpt import detect as fmt
 from osctl.ckpt.headers import INDEX_SUFFIX, TensorInfo, read_header, read_sharded, read_weights
 from osctl.ckpt.inspect import EMA_CONFIG_KEYS, nearby_config
 from osctl.errors import CheckFailed, DataError, UsageError
+from osctl.utils.files import file_sha256
 
 SCHEMA = "osctl.ckpt.convert/1"
 TARGETS = ("diffusers", "safetensors", "pt")
@@ -507,7 +508,7 @@ def _verify(staging: Path, plan: list[PlannedFile], infos: list[TensorInfo], exp
         loaded = load_torch(staging / plan[0].name)
         for name, tensor in loaded.items():
             got[name] = (tuple(tensor.shape), dtype_name(tensor.dtype), _tensor_sha256(tensor))
-        plan[0].sha256 = _file_sha256(staging / plan[0].name)
+        plan[0].sha256 = file_sha256(staging / plan[0].name)
     else:
         for shard in plan:
             header = read_header(staging / shard.name, label=shard.name)
@@ -559,13 +560,6 @@ def _stream_digests(path: Path, header_bytes: int, tensors: dict[str, TensorInfo
             whole.update(block)
     return digests, whole.hexdigest()
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _publish(staging: Path, written: list[str], target: Path, single_file: bool, force: bool) -> None:

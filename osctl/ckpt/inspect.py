@@ -12,7 +12,6 @@ self-consistency (headers against file sizes, indexes against shards); damage th
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from osctl.ckpt import detect as fmt
 from osctl.ckpt.headers import TensorInfo, read_header, read_weights
 from osctl.errors import DataError, UsageError
+from osctl.utils.files import file_sha256
 
 SCHEMA = "osctl.ckpt.inspect/1"
 #: config keys of diffusers' EMAModel bookkeeping (present in an OSP ``model_ema/config.json``)
@@ -378,15 +378,6 @@ def check_manifest(root: Path, *, verify_hashes: bool = False) -> dict[str, Any]
     result["unlisted"] = sorted(on_disk - listed)
     result["ok"] = not result["problems"]
     return result
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def integrity_error(report: dict[str, Any]) -> str | None:

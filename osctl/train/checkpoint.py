@@ -25,7 +25,6 @@ checkpoint-N/
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from osctl.errors import ConfigError
+from osctl.utils.files import file_sha256
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST = "manifest.json"
@@ -107,21 +107,12 @@ def prepare_partial(output_dir: Path, step: int) -> Path:
     return path
 
 
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> dict[str, Any]:
     """Record every file below ``folder`` with size and SHA-256 in ``manifest.json``."""
     files = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
         files.append({"path": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size,
-                      "sha256": file_digest(path)})
+                      "sha256": file_sha256(path)})
     manifest = {"format": "osctl-checkpoint", "version": 1, "files": files}
     write_json(folder / MANIFEST, manifest)
     return manifest

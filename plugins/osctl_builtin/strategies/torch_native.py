@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from osctl.utils.dtypes import torch_dtype
 
 
 class SingleStrategy:
@@ -46,7 +46,7 @@ class SingleStrategy:
         """Autocast to the configured precision (nothing to do for fp32)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+        return torch.autocast(self.device.type, dtype=torch_dtype(self.precision))
 
     def no_sync(self, sync: bool) -> Any:
         """Nothing to synchronise in one process."""

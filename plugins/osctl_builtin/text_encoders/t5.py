@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 
 from osctl import ConfigError
 from osctl.registry import ComponentConfig
+from osctl.utils.dtypes import torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -228,15 +229,7 @@ def unavailable(name_or_path: str, *, key: str, local_only: bool, exc: BaseExcep
 
 def _torch_dtype(value: Any) -> Any:
     """A ``torch.dtype`` from a precision name (fp32/bf16/fp16), a dtype name, or a dtype."""
-    import torch
-
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if str(value) not in names:
-        raise ConfigError(f"dtype: unknown precision {value!r}; use fp32, bf16 or fp16.")
-    return names[str(value)]
+    return torch_dtype(value, "text_encoder dtype")
 
 
 def _pick_dtype(configured: str | None, runtime: Any) -> Any:

@@ -21,19 +21,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16, "fp64": torch.float64, "float64": torch.float64}
-
-
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """A ``torch.dtype`` from a dtype or a name such as ``bf16``/``fp32`` (None stays None)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is unknown; use one of {', '.join(_DTYPES)}.")
-    return _DTYPES[key]
-
 
 class PixelAutoencoder(nn.Module):
     """Exact, parameter-free autoencoder following the osctl ``Autoencoder`` protocol."""

@@ -29,7 +29,8 @@ class PixelConfig(ComponentConfig):
 
 def build(config: PixelConfig, *, device: Any = None, dtype: Any = None, **_: Any) -> Any:
     """Build the parameter-free pixel autoencoder (``device`` is irrelevant; ``dtype`` sets its output dtype)."""
-    from osctl_builtin.autoencoders.pixel.model import PixelAutoencoder, resolve_dtype
+    from osctl.utils.dtypes import torch_dtype as resolve_dtype
+    from osctl_builtin.autoencoders.pixel.model import PixelAutoencoder
 
     if config.scale == 0:
         raise osctl.ConfigError("autoencoder.scale: 0 is not allowed (decode divides by it); use e.g. 1.0.")

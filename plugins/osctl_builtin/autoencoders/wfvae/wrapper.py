@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from osctl.errors import ConfigError
+from osctl.utils.dtypes import torch_dtype
 from osctl_builtin.autoencoders.wfvae.model import WFVAEModel
 
 # Constructor arguments of the presets that build randomly initialised weights (no files needed).
@@ -35,22 +36,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                  norm_type="layernorm", t_interpolation="trilinear", connect_res_layer_num=2),
 }
 
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-}
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """A ``torch.dtype`` from a dtype or a name such as ``bf16``/``fp32`` (None stays None)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ConfigError(f"autoencoder dtype {dtype!r} is unknown; use one of fp32, bf16, fp16.")
-    return _DTYPES[key]
+    return torch_dtype(dtype, "autoencoder dtype")
 
 
 class WFVAEAutoencoder(nn.Module):
