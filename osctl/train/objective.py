@@ -41,6 +41,16 @@ def stratified_timesteps(rng: random.Random, batch: int, rank: int, world: int, 
     return [min(max(t, 0), num_steps - 1) for t in draws]
 
 
+def offset_noise(latents: torch.Tensor, generator: torch.Generator | None, offset: float) -> torch.Tensor:
+    """Gaussian noise like ``latents`` drawn on the CPU generator, plus ``offset`` times one normal draw
+    per (sample, channel) broadcast over time and space (the reference's ``noise_offset``)."""
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+    if offset:
+        shift = torch.randn((*latents.shape[:2], *([1] * (latents.ndim - 2))), generator=generator)
+        noise = noise + offset * shift.to(latents.device)
+    return noise
+
+
 class DDPMObjective:
     """The reference's noise-prediction objective on a DDPM schedule."""
 
@@ -83,11 +93,7 @@ class DDPMObjective:
 
     def sample_noise(self, latents: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Gaussian noise like ``latents``, plus the optional per-(sample, channel) offset."""
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
-        if self.noise_offset:
-            offset = torch.randn((*latents.shape[:2], *([1] * (latents.ndim - 2))), generator=generator)
-            noise = noise + self.noise_offset * offset.to(latents.device)
-        return noise
+        return offset_noise(latents, generator, self.noise_offset)
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> NoisedBatch:
         """Noisy latents and the training target for ``timesteps``."""
@@ -161,12 +167,8 @@ class FlowMatchingObjective:
         return (u * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
 
     def sample_noise(self, latents: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Gaussian noise like ``latents`` (with the optional offset)."""
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
-        if self.noise_offset:
-            offset = torch.randn((*latents.shape[:2], *([1] * (latents.ndim - 2))), generator=generator)
-            noise = noise + self.noise_offset * offset.to(latents.device)
-        return noise
+        """Gaussian noise like ``latents``, plus the optional per-(sample, channel) offset."""
+        return offset_noise(latents, generator, self.noise_offset)
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> NoisedBatch:
         """Interpolate towards noise at the sigma of each timestep index."""
