@@ -33,10 +33,9 @@ def ensure_inside(path: Path, root: Path) -> Path:
     is refused; this is the guard that keeps osctl from writing where the user did not ask.
     """
     root_resolved = Path(root).expanduser().resolve()
-    target = Path(path).expanduser()
-    if not target.is_absolute():
-        target = root_resolved / target
-    resolved = target.resolve()
+    # a relative path means the working directory, as for every other path osctl takes (callers build
+    # destinations as ``root / name``; joining a relative one onto root again would nest it twice)
+    resolved = Path(path).expanduser().resolve()
     if resolved != root_resolved and not resolved.is_relative_to(root_resolved):
         raise UsageError(
             f"refusing to write {path}: it is outside the output folder {root_resolved}; "

@@ -154,3 +154,21 @@ def test_bucket_failures(tmp_path: Path, records: Any, extra: list[str], code: i
     assert result.exit_code == code, result.output
     assert text in result.output
     assert not (tmp_path / "idx" / "samples.arrow").exists()
+
+
+def test_bucket_with_relative_paths_writes_the_index_where_train_reads_it(tmp_path, monkeypatch):
+    """`make demo` runs with relative paths: the index must land in <output_dir>/index, not nested."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["data", "synth", "shapes", "d", "--videos", "3", "--images", "1"])
+    assert result.exit_code == 0, result.output
+    recipe = Path("r.yaml")
+    recipe.write_text("data: {num_frames: 9, train_fps: 8, min_frames: 5, drop_short_ratio: 0.0, max_hxw: 1024, "
+                      "hw_stride: 8, group_data: true, min_bucket_batches: 0}\n"
+                      "autoencoder: {name: pixel, spatial_stride: 2, temporal_stride: 1}\n"
+                      "train: {output_dir: out/train}\n")
+    result = runner.invoke(app, ["data", "bucket", "d/data.txt", "--recipe", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "train" / "index" / "samples.arrow").is_file()
+    from osctl.data.index import open_index
+
+    assert len(open_index(Path("out/train/index"))) == 4

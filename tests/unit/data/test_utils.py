@@ -94,3 +94,12 @@ def test_atomic_dir_swaps_whole_folders(tmp_path: Path) -> None:
         (tmp / "b").write_text("2")
     assert sorted(p.name for p in target.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_relative_destinations_are_relative_to_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = Path("demo_out") / "train" / "index"
+    written = atomic_write_text(out / "index.json", "{}", root=out)
+    assert written == (tmp_path / "demo_out" / "train" / "index" / "index.json").resolve()
+    assert (tmp_path / "demo_out" / "train" / "index" / "index.json").read_text() == "{}"
+    assert not (tmp_path / "demo_out" / "train" / "index" / "demo_out").exists()
