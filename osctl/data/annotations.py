@@ -4,15 +4,17 @@ Each file becomes a :class:`RecordTable`: numpy float64 columns (NaN = absent) f
 Arrow string columns for paths and captions, and a list of per-record issues for records that are
 not well typed. No per-record Python object outlives loading.
 
-Speed: the whole file is decoded in one call by msgspec into typed structs (with the cyclic garbage
-collector paused); columns are then gathered with one list comprehension per field. Only when the
-typed decode fails does the slow path run: the file is split into raw records, each is decoded on its
-own, and those that still fail are read leniently (:func:`osctl.data.records.inspect_record`) so that
-every problem is reported, not just the first. Non-JSON formats go through :func:`msgspec.convert`
-with the same types. Pickles are loaded with :func:`osctl.utils.safe_pickle.safe_loads` only.
+Speed: records are decoded by msgspec into typed structs (with the cyclic garbage collector paused)
+and gathered into columns with a few C-speed passes. A large JSON array is read and decoded in slices
+of whole records straight from the file, shared between processes when there are several workers
+(:mod:`osctl.data.parallel_decode`). Only when the typed decode fails does the slow path run: the
+whole file is split into raw records, each is decoded on its own, and those that still fail are read
+leniently (:func:`osctl.data.records.inspect_record`) so that every problem is reported, not just the
+first. Non-JSON formats go through :func:`msgspec.convert` with the same types. Pickles are loaded
+with :func:`osctl.utils.safe_pickle.safe_loads` only.
 
-The SHA-256 of each file is computed on a background thread while it is decoded (hashlib releases
-the GIL), for the index fingerprint.
+The SHA-256 of each file (for the index fingerprint) is computed on a background thread while it is
+decoded (reading and hashing release the GIL); ``checksum=False`` skips it.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain
 from operator import attrgetter
+from stat import S_ISDIR
 from typing import Any
 
 import msgspec
@@ -76,14 +80,14 @@ class RecordTable:
 
     Numbers are float64 with NaN for "absent or null" (integers are exact up to 2**53). ``cut`` is
     ``n x 2`` and ``crop`` is ``n x 4`` with NaN rows when absent. ``cap_json`` holds each caption as
-    its JSON text (a string or a list of strings, ``null`` when absent) and ``cap_state`` its
-    :data:`~osctl.data.records.CAP_OK`-style state. ``issues`` are (record index, issue) pairs for
+    its JSON text (a string or a list of strings, ``null`` when absent; None when the file was read
+    with ``captions=False``) and ``cap_state`` its :data:`~osctl.data.records.CAP_OK`-style state. ``issues`` are (record index, issue) pairs for
     records that are not well typed; :attr:`invalid_mask` and :meth:`bad` summarise them.
     """
 
     n: int
     path: pa.Array | pa.ChunkedArray
-    cap_json: pa.Array | pa.ChunkedArray
+    cap_json: pa.Array | pa.ChunkedArray | None
     cap_state: np.ndarray
     height: np.ndarray
     width: np.ndarray
@@ -131,7 +135,8 @@ def concat_tables(parts: list[RecordTable]) -> RecordTable:
     return RecordTable(
         n=int(offsets[-1]),
         path=pa.chunked_array([c for p in parts for c in _chunks(p.path)], pa.string()),
-        cap_json=pa.chunked_array([c for p in parts for c in _chunks(p.cap_json)], pa.binary()),
+        cap_json=None if parts[0].cap_json is None else pa.chunked_array(
+            [c for p in parts for c in _chunks(p.cap_json)], parts[0].cap_json.type),
         cap_state=np.concatenate([p.cap_state for p in parts]),
         cut=np.concatenate([p.cut for p in parts]), crop=np.concatenate([p.crop for p in parts]),
         issues=[(int(off) + i, issue) for off, p in zip(offsets, parts, strict=False) for i, issue in p.issues],
@@ -187,6 +192,49 @@ class _Hasher(threading.Thread):
 
     def hexdigest(self) -> str:
         self.join()
+        return self._digest
+
+
+class _FileHasher(threading.Thread):
+    """SHA-256 of a file, read in blocks on a background thread (reading and hashing release the GIL).
+
+    Started by the caller (:meth:`begin`) once any worker processes are forked, so that no thread is
+    running while the process forks.
+    """
+
+    BLOCK = 1 << 20
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(daemon=True)
+        self._fd = fd
+        self._digest = ""
+        self._error: OSError | None = None
+
+    def begin(self) -> None:
+        if not self.is_alive() and not self._digest:
+            self.start()
+
+    def run(self) -> None:
+        digest = hashlib.sha256()
+        buffer = bytearray(self.BLOCK)
+        view = memoryview(buffer)
+        offset = 0
+        try:
+            while True:
+                got = os.preadv(self._fd, [view], offset)
+                if got <= 0:
+                    break
+                digest.update(view[:got])
+                offset += got
+        except OSError as exc:
+            self._error = exc
+        self._digest = digest.hexdigest()
+
+    def hexdigest(self) -> str:
+        self.begin()
+        self.join()
+        if self._error is not None:
+            raise self._error
         return self._digest
 
 
@@ -263,30 +311,35 @@ def _from_raws(raws: list[msgspec.Raw]) -> tuple[list[Record], list[tuple[int, F
     return records, issues
 
 
-# A large JSON array is decoded in slices of about CHUNK_BYTES, cut at top-level record boundaries
-# ("}" "," "{" with optional whitespace). Columns are gathered while each slice's objects are still in
-# the CPU cache and only one slice of Python objects is alive at a time. A cut that falls inside a
-# string or a nested value always leaves its slice unbalanced, so that slice fails to decode and the
-# whole file is decoded in one piece instead: the result never depends on where the cuts fall.
+# A large JSON array file is decoded in slices of about CHUNK_BYTES, cut at top-level record boundaries
+# ("}" "," "{" with optional whitespace) and read from the file one at a time: the file is never held
+# in memory as a whole, columns are gathered while each slice's objects are still in the CPU cache, and
+# only one slice of Python objects is alive at a time. A cut that falls inside a string or a nested
+# value always leaves its slice unbalanced, so that slice fails to decode and the whole file is decoded
+# in one piece instead: the result never depends on where the cuts fall.
 CHUNK_BYTES = 4 << 20
 PARALLEL_MIN_BYTES = 64 << 20
 _WHITESPACE = frozenset(b" \t\r\n")
 _RECORD_SEPARATOR = re.compile(rb"\}\s*,\s*\{")
+_OPEN, _CLOSE = ord("["), ord("]")
 
 
 class _SliceFailed(Exception):
     """A slice did not decode as a list of records (a syntax error, NaN tokens, or a cut in a bad place)."""
 
 
-def split_array(data: bytes, chunk_bytes: int | None = None) -> list[tuple[int, int]] | None:
-    """Byte ranges of slices of a top-level JSON array, each holding whole records; None when not an array."""
+def split_array(data: Any, chunk_bytes: int | None = None) -> list[tuple[int, int]] | None:
+    """Byte ranges of slices of a top-level JSON array, each holding whole records; None when not an array.
+
+    ``data`` is any bytes-like object (a memory map of the file: only the pages around the cuts are read).
+    """
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     first, last = 0, len(data) - 1
     while first <= last and data[first] in _WHITESPACE:  # no lstrip/rstrip: they would copy the file
         first += 1
     while last >= first and data[last] in _WHITESPACE:
         last -= 1
-    if last <= first or data[first:first + 1] != b"[" or data[last:last + 1] != b"]":
+    if last <= first or data[first] != _OPEN or data[last] != _CLOSE:
         return None
     ranges: list[tuple[int, int]] = []
     pos, end = first + 1, last
@@ -300,10 +353,10 @@ def split_array(data: bytes, chunk_bytes: int | None = None) -> list[tuple[int, 
     return ranges
 
 
-def _decode_slice(data: bytes, start: int, stop: int) -> RecordTable:
-    piece = b"".join((b"[", memoryview(data)[start:stop], b"]"))
+def _decode_piece(piece: bytes | bytearray, captions: bool) -> RecordTable:
+    """Columns of ``piece`` (``[`` records ``]``); raises :class:`_SliceFailed` when it is not such a list."""
     try:
-        return build_columns(_RECORDS.decode(piece))
+        return build_columns(_RECORDS.decode(piece), captions=captions)
     except msgspec.DecodeError:
         raise _SliceFailed from None
     except msgspec.ValidationError:
@@ -312,26 +365,66 @@ def _decode_slice(data: bytes, start: int, stop: int) -> RecordTable:
         raws = _RAWS.decode(piece)
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise _SliceFailed from None
-    return build_columns(*_from_raws(raws))
+    return build_columns(*_from_raws(raws), captions=captions)
 
 
-def _decode_slices(data: bytes, ranges: list[tuple[int, int]]) -> RecordTable:
-    return concat_tables([_decode_slice(data, a, b) for a, b in ranges])
+def read_slice(fd: int, start: int, stop: int, *, captions: bool = True) -> RecordTable:
+    """Read bytes ``start:stop`` of the open file ``fd`` (whole records of a JSON array) and decode them."""
+    size = stop - start
+    piece = bytearray(size + 2)
+    piece[0], piece[-1] = _OPEN, _CLOSE
+    view = memoryview(piece)[1:size + 1]
+    done = 0
+    while done < size:
+        got = os.preadv(fd, [view[done:]], start + done)
+        if got <= 0:  # the file shrank since it was split
+            raise _SliceFailed
+        done += got
+    del view
+    return _decode_piece(piece, captions)
 
 
-def _read_json(name: str, data: bytes, workers: int = 1) -> RecordTable | FileProblem:
-    ranges = split_array(data)
-    if ranges is not None and len(ranges) > 1:
-        try:
-            if workers > 1 and len(data) >= PARALLEL_MIN_BYTES:
-                from osctl.data.parallel_decode import decode_slices_parallel
+def _split_file(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """:func:`split_array` on the open file ``fd`` through a read-only memory map (None when not an array)."""
+    import mmap
 
-                return decode_slices_parallel(data, ranges, workers, _decode_slices)
-            return _decode_slices(data, ranges)
-        except _SliceFailed:
-            pass
+    if size <= 1:
+        return None
+    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
+        return split_array(view)
+
+
+def _read_json_file(fd: int, size: int, workers: int, captions: bool,
+                    start_background: Callable[[], None]) -> RecordTable | None:
+    """Decode a large JSON array file slice by slice (in ``workers`` processes when large enough).
+
+    Returns None when the file is not split (too small, not an array) or a slice does not decode
+    cleanly: the caller then reads and decodes the whole file in one piece, which reports problems
+    exactly. ``start_background`` is called once worker processes exist (no thread runs during a fork).
+    """
+    if size <= CHUNK_BYTES:
+        return None
+    try:
+        ranges = _split_file(fd, size)
+    except (OSError, ValueError):
+        return None
+    if ranges is None or len(ranges) < 2:
+        return None
+    decode = partial(read_slice, captions=captions)
+    try:
+        if workers > 1 and size >= PARALLEL_MIN_BYTES:
+            from osctl.data.parallel_decode import decode_slices_parallel
+
+            return decode_slices_parallel(fd, ranges, workers, decode, start_background)
+        start_background()
+        return concat_tables([decode(fd, a, b) for a, b in ranges])
+    except _SliceFailed:
+        return None
+
+
+def _read_json(name: str, data: bytes, captions: bool = True) -> RecordTable | FileProblem:
     decoded = _decode_json(name, data)
-    return decoded if isinstance(decoded, FileProblem) else build_columns(*decoded)
+    return decoded if isinstance(decoded, FileProblem) else build_columns(*decoded, captions=captions)
 
 
 def _top_level_type(data: bytes) -> str:
@@ -412,9 +505,9 @@ def _decode_parquet(name: str, data: bytes) -> tuple[list[Record], list[tuple[in
 
 
 def _as_table(decoder: Any) -> Any:
-    def read(name: str, data: bytes, workers: int = 1) -> RecordTable | FileProblem:
+    def read(name: str, data: bytes, captions: bool = True) -> RecordTable | FileProblem:
         decoded = decoder(name, data)
-        return decoded if isinstance(decoded, FileProblem) else build_columns(*decoded)
+        return decoded if isinstance(decoded, FileProblem) else build_columns(*decoded, captions=captions)
 
     return read
 
@@ -507,8 +600,8 @@ def _caption_json(value: Any) -> bytes:
     return msgspec.json.encode({"type": type(value).__name__})  # reported as a wrong type
 
 
-def _captions(values: list[Any]) -> tuple[pa.Array, np.ndarray, list[tuple[int, FieldIssue]]]:
-    """Captions as one Arrow binary column of JSON texts, their states and wrong-type issues."""
+def _captions(values: list[Any], keep: bool = True) -> tuple[pa.Array | None, np.ndarray, list[tuple[int, FieldIssue]]]:
+    """Captions as one Arrow binary column of JSON texts (None unless ``keep``), their states and wrong-type issues."""
     n = len(values)
     if set(map(type, values)) - {msgspec.Raw}:
         values = [v if type(v) is msgspec.Raw else _caption_json(v) for v in values]
@@ -517,7 +610,7 @@ def _captions(values: list[Any]) -> tuple[pa.Array, np.ndarray, list[tuple[int, 
     np.cumsum(lengths, out=offsets[1:])
     blob = b"".join(values)
     kind, width = (pa.binary(), np.int32) if offsets[-1] < 2**31 - 1 else (pa.large_binary(), np.int64)
-    column = pa.Array.from_buffers(kind, n, [None, pa.py_buffer(offsets.astype(width)), pa.py_buffer(blob)])
+    column = pa.Array.from_buffers(kind, n, [None, pa.py_buffer(offsets.astype(width)), pa.py_buffer(blob)]) if keep else None
     state = np.full(n, CAP_OK, dtype=np.int8)
     issues: list[tuple[int, FieldIssue]] = []
     if not n:
@@ -592,12 +685,14 @@ def _integrality_issues(numbers: dict[str, np.ndarray], cut: np.ndarray, crop: n
     return issues
 
 
-def build_columns(records: list[Record], issues: list[tuple[int, FieldIssue]] | None = None) -> RecordTable:
+def build_columns(records: list[Record], issues: list[tuple[int, FieldIssue]] | None = None, *,
+                  captions: bool = True) -> RecordTable:
     """Gather typed records into a :class:`RecordTable` with a few C-speed passes.
 
     Numbers are read through their msgpack encoding when no value is ``None`` (see
     :func:`_numbers_fast`); integer fields with a fractional value become ``wrong_type`` (``bad_cut``,
-    ``bad_crop``) issues and their values are ignored.
+    ``bad_crop``) issues and their values are ignored. ``captions=False`` keeps only the caption
+    states, not their texts (``cap_json`` is None).
     """
     n = len(records)
     rows = list(map(_NUMBERS, records))
@@ -615,7 +710,7 @@ def build_columns(records: list[Record], issues: list[tuple[int, FieldIssue]] | 
                 numbers[key][index] = np.nan
             else:
                 (cut if issue.field == "cut" else crop)[index] = np.nan
-    cap_json, cap_state, cap_issues = _captions(list(map(attrgetter("cap"), records)))
+    cap_json, cap_state, cap_issues = _captions(list(map(attrgetter("cap"), records)), captions)
     if cap_issues:
         all_issues = sorted(all_issues + cap_issues, key=lambda item: item[0])
     return RecordTable(
@@ -624,34 +719,71 @@ def build_columns(records: list[Record], issues: list[tuple[int, FieldIssue]] | 
     )
 
 
-def read_annotation(source: DataSource, *, workers: int = 1) -> LoadedAnnotation:
+def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = True,
+                    checksum: bool = True) -> LoadedAnnotation:
     """Read one annotation file; never raises for bad content (problems are returned).
 
     ``workers > 1`` lets a large JSON array be decoded by that many processes (see
-    :mod:`osctl.data.parallel_decode`).
+    :mod:`osctl.data.parallel_decode`). ``captions=False`` skips keeping the caption texts (their
+    states are still computed) and ``checksum=False`` skips the file's SHA-256 (``sha256`` is None):
+    checks need neither, only the sample index does.
     """
     path = source.annotation
     name = source.name
     try:
-        stat = os.stat(path)
-        with open(path, "rb") as handle:
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return LoadedAnnotation(source, None, FileProblem(
             "file_missing", f"{path} does not exist (data.txt line {source.line})"))
     except IsADirectoryError:
-        return LoadedAnnotation(source, None, FileProblem("file_unreadable", f"{path} is a folder, not an annotation file"))
+        return LoadedAnnotation(source, None, _folder_problem(path))
     except OSError as exc:
-        return LoadedAnnotation(source, None, FileProblem("file_unreadable", f"cannot read {path}: {exc.strerror}"))
-    hasher = _Hasher(data)
-    with _gc_paused():
-        decoded = _READERS[source.format](name, data, workers)
-    del data
-    problem = decoded if isinstance(decoded, FileProblem) else None
-    table = None if problem is not None else decoded
-    return LoadedAnnotation(source, table, problem, stat.st_size, stat.st_mtime_ns, hasher.hexdigest())
+        return LoadedAnnotation(source, None, _unreadable(path, exc))
+    file_hasher = _FileHasher(fd) if checksum else None
+    try:
+        stat = os.fstat(fd)
+        if S_ISDIR(stat.st_mode):
+            return LoadedAnnotation(source, None, _folder_problem(path))
+        decoded: RecordTable | FileProblem | None = None
+        if source.format == "json":
+            with _gc_paused():
+                decoded = _read_json_file(fd, stat.st_size, workers, captions,
+                                          file_hasher.begin if file_hasher is not None else _nothing)
+        hasher: _FileHasher | _Hasher | None = file_hasher if file_hasher is not None and file_hasher.ident else None
+        if decoded is None:
+            try:
+                with open(fd, "rb", closefd=False) as handle:
+                    data = handle.read()
+            except OSError as exc:
+                return LoadedAnnotation(source, None, _unreadable(path, exc))
+            if checksum and hasher is None:
+                hasher = _Hasher(data)
+            with _gc_paused():
+                decoded = _READERS[source.format](name, data, captions)
+            del data
+        problem = decoded if isinstance(decoded, FileProblem) else None
+        table = None if problem is not None else decoded
+        digest = hasher.hexdigest() if hasher is not None else None
+        return LoadedAnnotation(source, table, problem, stat.st_size, stat.st_mtime_ns, digest)  # type: ignore[arg-type]
+    finally:
+        if file_hasher is not None and file_hasher.ident:
+            file_hasher.join()  # it reads from fd
+        os.close(fd)
 
 
-def read_annotations(sources: Sequence[DataSource], *, workers: int = 1) -> list[LoadedAnnotation]:
+def _nothing() -> None:
+    return None
+
+
+def _folder_problem(path: os.PathLike[str]) -> FileProblem:
+    return FileProblem("file_unreadable", f"{path} is a folder, not an annotation file")
+
+
+def _unreadable(path: os.PathLike[str], exc: OSError) -> FileProblem:
+    return FileProblem("file_unreadable", f"cannot read {path}: {exc.strerror}")
+
+
+def read_annotations(sources: Sequence[DataSource], *, workers: int = 1, captions: bool = True,
+                     checksum: bool = True) -> list[LoadedAnnotation]:
     """Read every annotation file in order; a broken file does not stop the others."""
-    return [read_annotation(source, workers=workers) for source in sources]
+    return [read_annotation(source, workers=workers, captions=captions, checksum=checksum) for source in sources]

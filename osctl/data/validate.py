@@ -381,7 +381,7 @@ def validate_data(data_txt: Path, *, probe: bool = False, workers: int = 4) -> V
     roots: set[str] = set()
     plain = True  # every path relative and normal: duplicates can be found on the short paths
     for source in sources:
-        item = read_annotation(source, workers=workers)
+        item = read_annotation(source, workers=workers, captions=False, checksum=False)
         report.files.append(item)
         name = display_name(source.annotation, base)
         if item.problem is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,54 @@ def test_a_cut_inside_a_string_falls_back_to_the_whole_file(tmp_path: Path, monk
     assert _plain(_read(path)) == whole
     assert _plain(_read(path, workers=2)) == whole
     assert whole["path"][:2] == ["a.jpg", "b.jpg"]
+
+
+def test_slices_are_shared_through_the_work_queue_and_leftovers_done_by_the_parent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child whose area fills up, or that dies, leaves slices undone: the parent decodes them."""
+    import osctl.data.parallel_decode as parallel
+
+    path = write_annotations(tmp_path, _many(600), "many.json")
+    whole = _plain(_read(path))
+    monkeypatch.setattr(annotations, "CHUNK_BYTES", 500)
+    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(parallel, "MAX_TOKENS", 7)  # several slices per token
+    assert _plain(_read(path, workers=4)) == whole
+    monkeypatch.setattr(parallel, "_RESERVE", 1 << 40)  # no batch fits: children stop at once
+    assert _plain(_read(path, workers=3)) == whole
+
+    def crash(*_args: Any) -> None:
+        os._exit(9)
+
+    monkeypatch.setattr(parallel, "_child", crash)
+    assert _plain(_read(path, workers=3)) == whole
+
+
+def test_checks_can_skip_caption_texts_and_the_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    path = write_annotations(tmp_path, _many(300), "many.json")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read_annotation(_source(path)).sha256 == digest
+    lean = read_annotation(_source(path), captions=False, checksum=False)
+    assert lean.sha256 is None and lean.table is not None and lean.table.cap_json is None
+    full = _read(path)
+    assert lean.table.cap_state.tolist() == full.cap_state.tolist()
+    monkeypatch.setattr(annotations, "CHUNK_BYTES", 400)
+    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    for workers in (1, 2):
+        sliced = read_annotation(_source(path), workers=workers)
+        assert sliced.sha256 == digest
+        assert sliced.table is not None and _plain(sliced.table) == _plain(full)
+        lean = read_annotation(_source(path), workers=workers, captions=False, checksum=False)
+        assert lean.sha256 is None and lean.table is not None and lean.table.cap_json is None
+        assert lean.table.cap_state.tolist() == full.cap_state.tolist()
+        assert [(i, x.code, x.field) for i, x in lean.table.issues] == [(i, x.code, x.field) for i, x in full.issues]
+
+
+def test_a_folder_is_not_an_annotation_file(tmp_path: Path) -> None:
+    folder = tmp_path / "dir.json"
+    folder.mkdir()
+    loaded = read_annotation(_source(folder))
+    assert loaded.problem is not None and loaded.problem.code == "file_unreadable"
+    assert "is a folder" in loaded.problem.message
