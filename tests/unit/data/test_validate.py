@@ -180,3 +180,75 @@ def test_existence_and_duplicates_across_roots_and_path_spellings(tmp_path: Path
                        ("b.json", 1): {"duplicate_path"}}
     # "./top.jpg" and "sub//x.jpg" name files that exist; their spelling differs from "top.jpg", so they are
     # not reported as duplicates (paths are compared as joined, not resolved)
+
+
+def _reference_paths(roots: list[str], files: list[list[Any]], plain: bool) -> dict[tuple[str, int], set[str]]:
+    """media_missing, path_escapes_root and duplicate_path the slow, obvious way (one record at a time)."""
+    import os
+
+    found: dict[tuple[str, int], set[str]] = {}
+    first: dict[str, tuple[str, int]] = {}
+    for f, (root, records) in enumerate(zip(roots, files, strict=True)):
+        for i, record in enumerate(records):
+            path = record.get("path")
+            if not isinstance(path, str):
+                continue
+            joined = path if path.startswith("/") else ("" if root == "/" else root.rstrip("/")) + "/" + path
+            codes = found.setdefault((f"f{f}.json", i), set())
+            if not os.path.isfile(joined):
+                codes.add("media_missing")
+            if not (os.path.normpath(os.path.join(root, path)) + "/").startswith(root.rstrip("/") + "/"):
+                codes.add("path_escapes_root")
+            key = path if plain else joined
+            if key in first:
+                codes.add("duplicate_path")
+            first.setdefault(key, (f"f{f}.json", i))
+    return {k: v for k, v in found.items() if v}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_path_checks_match_a_record_by_record_reference(tmp_path: Path, seed: int) -> None:
+    """Existence, escapes and duplicates over odd, absolute, repeated and folder-like paths, across files."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    media = tmp_path / "media"
+    other = tmp_path / "other"
+    for folder in ("a", "a/b", "c", "a/x.mp4"):
+        (media / folder).mkdir(parents=True, exist_ok=True)
+    for name in ("a/1.mp4", "a/2.mp4", "a/b/3.mp4", "c/4.mp4", "5.mp4", "a/b/6.mp4"):
+        (media / name).touch()
+    other.mkdir()
+    (other / "7.mp4").touch()
+    names = ["a/1.mp4", "a/2.mp4", "a/b/3.mp4", "c/4.mp4", "5.mp4", "a/b/6.mp4", "a/x.mp4", "a/none.mp4",
+             "zz/9.mp4", "a//1.mp4", "./5.mp4", "a/../c/4.mp4", "../other/7.mp4", f"{media}/a/1.mp4",
+             f"{other}/7.mp4", "/5.mp4", "a/", "", "a/b/../b/3.mp4"]
+    plain_names = names[:9]
+    for plain in (True, False):
+        pool = plain_names if plain else names
+        roots = [str(media), str(media)] if plain else [str(media), str(other)]
+        files = []
+        for _ in roots:
+            records: list[Any] = []
+            for _ in range(60):
+                if rng.random() < 0.05:
+                    records.append({**V})
+                else:
+                    records.append({**V, "path": str(rng.choice(pool))})
+            files.append(records)
+        folder = tmp_path / f"anno{int(plain)}"
+        folder.mkdir()
+        lines = []
+        for f, (root, records) in enumerate(zip(roots, files, strict=True)):
+            (folder / f"f{f}.json").write_text(json.dumps(records))
+            lines.append(f"{root},{folder}/f{f}.json")
+        data_txt = folder / "data.txt"
+        data_txt.write_text("\n".join(lines) + "\n")
+        report = validate_data(data_txt, workers=1)
+        got = {(Path(file).name, i): codes & {"media_missing", "path_escapes_root", "duplicate_path"}
+               for (file, i), codes in report.flagged().items() if i is not None}
+        assert {k: v for k, v in got.items() if v} == _reference_paths(roots, files, plain)
+        for finding in report.findings("duplicate_path"):
+            listed = finding.message.split(" is also listed at ")[1]
+            file, index = listed.rsplit(":", 1)
+            assert files[int(Path(file).stem[1:])][int(index)]["path"] is not None
