@@ -5,6 +5,8 @@ Training and sampling both call these, so a checkpoint's model is built the same
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,6 +71,24 @@ def build_strategy(recipe: Any, registry: Registry, *, world_size: int, device: 
         name = "ddp" if world_size > 1 else "single"
     return registry.build("strategy", name, None, mixed_precision=recipe.train.mixed_precision, device=device,
                           parallel=recipe.parallel, train=recipe.train)
+
+
+def build_trackers(checked: CheckedRecipe, registry: Registry, *, output_dir: Path,
+                   start_step: int = 0) -> list[tuple[str, Any]]:
+    """(name, tracker) for each entry of ``train.trackers``, in recipe order (call on rank 0 only).
+
+    A tracker that fails to build closes the ones already built, so no writer is left open.
+    """
+    built: list[tuple[str, Any]] = []
+    try:
+        for name, config in checked.trackers:
+            built.append((name, registry.build("tracker", name, config, output_dir=output_dir, start_step=start_step)))
+    except BaseException:
+        for _, tracker in built:
+            with contextlib.suppress(Exception):
+                tracker.close()
+        raise
+    return built
 
 
 def _freeze(component: Any) -> None:

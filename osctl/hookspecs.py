@@ -27,6 +27,7 @@ KIND_HOOKS: dict[str, str] = {
     "refiner": "register_refiners",
     "strategy": "register_strategies",
     "reader": "register_readers",
+    "tracker": "register_trackers",
 }
 
 
@@ -90,6 +91,21 @@ def register_readers(register: Any) -> None:
     """Register media readers that decode video or image files (kind ``reader``).
 
     :param register: call ``register(ComponentSpec(...))`` once per reader.
+    """
+
+
+@hookspec
+def register_trackers(register: Any) -> None:
+    """Register experiment trackers that receive a training run's config, metrics and videos (kind ``tracker``).
+
+    Recipes select them with ``train.trackers``; ``logs/metrics.jsonl`` is always written besides them.
+
+    :param register: call ``register(ComponentSpec(...))`` once per tracker. The factory is called on
+        rank 0 only, as ``factory(config, output_dir=Path, start_step=int)`` (``start_step`` is the step
+        a resumed run continues from, 0 for a new run), and returns an object following
+        ``osctl.protocols.Tracker``. List Python packages the tracker needs in
+        ``metadata={"requires": {"module": "pip install ..."}}`` so a recipe selecting it fails before
+        training when one is missing.
     """
 
 

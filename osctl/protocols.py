@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
 
@@ -133,4 +135,32 @@ class Strategy(Protocol):
 
     def load_state(self, folder: Any) -> None:
         """Restore what ``save_state`` wrote."""
+        ...
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """An experiment tracker (TensorBoard, a web service, ...) fed by the training loop on rank 0.
+
+    The run calls ``log_config`` once at the start, ``log_metrics`` every ``train.log_interval``
+    steps with the same record that goes to ``logs/metrics.jsonl`` (loss, loss_avg, lr, grad_norm,
+    samples_per_s, the loader's ``data_*`` counters, ...; values may be None), ``log_videos`` after
+    each validation, and ``close`` once at the end, also after an error or a stop signal. A method
+    that raises disables the tracker for the rest of the run with one warning; training goes on.
+    """
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        """Record the resolved recipe (plain JSON-able data)."""
+        ...
+
+    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """Record one logged step's values (numbers, None or strings) at optimizer step ``step``."""
+        ...
+
+    def log_videos(self, step: int, tag: str, paths: list[Path]) -> None:
+        """Record the validation samples written at ``step`` (``.mp4``, or ``.png`` for one frame)."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release everything; called exactly once."""
         ...

@@ -8,6 +8,7 @@ recipe section can be checked without building anything.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,9 @@ class ComponentSpec:
 
     ``factory(config, **runtime)`` builds the component from a validated ``config`` instance plus
     runtime objects (device, dtype, ...) that the calling command passes. ``metadata`` holds static
-    facts other parts may need before building (e.g. an autoencoder's strides).
+    facts other parts may need before building (e.g. an autoencoder's strides); its optional
+    ``requires`` entry maps Python modules the component needs to the command that installs them, so
+    selecting the component without them fails when the recipe is checked, not mid-run.
     """
 
     name: str
@@ -127,8 +130,16 @@ class Registry:
             yield from (self._by_kind[kind][n] for n in sorted(self._by_kind[kind]))
 
     def make_config(self, kind: str, name: str, options: dict[str, Any], where: str) -> BaseModel:
-        """Validate ``options`` against the component's config; errors name ``where`` (a key path)."""
+        """Validate ``options`` against the component's config; errors name ``where`` (a key path).
+
+        A module listed in the spec's ``metadata["requires"]`` that cannot be found is a ``ConfigError``
+        naming the install command, so a missing optional dependency stops a run before it starts.
+        """
         entry = self.get(kind, name)
+        for module, install in dict(entry.spec.metadata.get("requires", {})).items():
+            if not module_available(module):
+                raise ConfigError(f"{where}: the {kind} {name!r} needs the Python package {module!r}, which is not "
+                                  f"installed; install it with `{install}`.")
         try:
             return entry.spec.config.model_validate(options)
         except ValidationError as exc:
@@ -140,6 +151,14 @@ class Registry:
         if config is None or isinstance(config, dict):
             config = self.make_config(kind, name, dict(config or {}), where=kind)
         return entry.spec.factory(config, **runtime)
+
+
+def module_available(name: str) -> bool:
+    """True when ``import name`` can find the module (without importing it: this runs for every recipe check)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def format_validation_error(exc: ValidationError, *, prefix: str = "", model: type[BaseModel] | None = None) -> str:

@@ -24,6 +24,7 @@ def _resolved(path: Any, overrides: list[str] | None) -> tuple[dict[str, Any], A
     resolved = loaded.resolved()
     for section, config in checked.components.items():
         resolved[section] = {"name": resolved[section]["name"], **config.model_dump(mode="json")}
+    resolved["train"]["trackers"] = [{"name": name, **config.model_dump(mode="json")} for name, config in checked.trackers]
     return resolved, checked
 
 

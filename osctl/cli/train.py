@@ -73,13 +73,10 @@ def train(
     if _is_main():
         for message in checked.warnings:
             warn(message)
-    logger = _MetricsLogger(Path(checked.loaded.recipe.train.output_dir))
-    options = TrainOptions(dry_run=dry_run, allow_recipe_change=allow_recipe_change, log=logger.log,
+    # logs/metrics.jsonl and the recipe's train.trackers are written by run_training on rank 0
+    options = TrainOptions(dry_run=dry_run, allow_recipe_change=allow_recipe_change, log=_print_record,
                            show_plan=_print_plan)
-    try:
-        outcome = run_training(checked, registry, options)
-    finally:
-        logger.close()
+    outcome = run_training(checked, registry, options)
     if isinstance(outcome, Plan):
         if as_json:
             print_json(outcome.as_dict())
@@ -113,30 +110,15 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-class _MetricsLogger:
-    """Rank 0 appends one JSON line per logged step to <output_dir>/logs/metrics.jsonl and prints it."""
-
-    def __init__(self, output_dir: Path) -> None:
-        self.path = output_dir / "logs" / "metrics.jsonl"
-        self.handle: Any = None
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not _is_main():
-            return
-        import json
-
-        if self.handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = self.path.open("a", encoding="utf-8")
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-        grad = f" grad {record['grad_norm']:.3f}" if record.get("grad_norm") is not None else ""
-        console.print(f"step {record['step']:>6}  loss {record['loss']:.4f} (avg {record['loss_avg']:.4f})  "
-                      f"lr {record['lr']:.2e}{grad}  {record['elapsed_s']:.1f}s")
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
+def _print_record(record: dict[str, Any]) -> None:
+    """Rank 0 prints one line per logged step (the same record goes to logs/metrics.jsonl and the trackers)."""
+    if not _is_main():
+        return
+    grad = f" grad {record['grad_norm']:.3f}" if record.get("grad_norm") is not None else ""
+    speed = f"  {record['samples_per_s']:.1f} samples/s" if record.get("samples_per_s") is not None else ""
+    bad = f"  bad media {record['data_bad_reads']}" if record.get("data_bad_reads") else ""
+    console.print(f"step {record['step']:>6}  loss {record['loss']:.4f} (avg {record['loss_avg']:.4f})  "
+                  f"lr {record['lr']:.2e}{grad}{speed}  {record['elapsed_s']:.1f}s{bad}")
 
 
 def _is_main() -> bool:

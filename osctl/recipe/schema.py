@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -218,6 +218,20 @@ class TrainSection(Section):
     seed: int = Field(1234, description="seed of model init, noise and timesteps")
     validation_steps: int | None = Field(None, gt=0, description="sample validation prompts every N steps")
     validation_prompts: list[str] = Field(default_factory=list)
+    trackers: list[ComponentSection] = Field(
+        default_factory=list, description="experiment trackers fed on rank 0 besides logs/metrics.jsonl (always "
+        "written): names, or {name: ..., <options>} (e.g. [tensorboard]); see `osctl plugins list --kind tracker`"
+    )
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _tracker_names(cls, value: Any) -> Any:
+        """Accept a bare name, a list of names, or ``{name: ..., <options>}`` entries."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
 
 
 class ParallelSection(Section):

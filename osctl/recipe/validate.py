@@ -24,6 +24,7 @@ class CheckedRecipe:
     loaded: LoadedRecipe
     components: dict[str, BaseModel] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    trackers: list[tuple[str, BaseModel]] = field(default_factory=list)  # train.trackers: (name, config)
 
 
 def _component_fact(config: BaseModel, name: str, warnings: list[str]) -> Any:
@@ -58,6 +59,15 @@ def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
         registry.get("sampler", recipe.sample.sample_method)
     except OsctlError as exc:
         problems.append(f"sample.sample_method: {exc.message}")
+    for i, tracker in enumerate(recipe.train.trackers):
+        key = f"train.trackers.{i}"
+        where = loaded.origin(("train", "trackers"))
+        try:
+            checked.trackers.append((tracker.name, registry.make_config("tracker", tracker.name, tracker.options,
+                                                                        where=key)))
+        except OsctlError as exc:
+            message = exc.message if exc.message.startswith(key) else f"{key}: {exc.message}"
+            problems.append(f"{where}: {message}" if where else message)
     if recipe.parallel.strategy != "auto":
         try:
             registry.get("strategy", recipe.parallel.strategy)

@@ -1,5 +1,8 @@
 """The training loop, read top to bottom: micro-steps -> clip/step/EMA -> log -> checkpoint -> stop.
 
+Logged records go to ``parts.trackers`` (rank 0: ``logs/metrics.jsonl`` and the recipe's trackers,
+see ``osctl.train.tracking``) and to ``parts.log`` (the command line prints them).
+
 Everything engine-specific goes through the strategy (``osctl.protocols.Strategy``); everything
 random comes from the run's own generators (``TrainState``), so a resumed run continues exactly.
 """
@@ -18,12 +21,13 @@ from typing import Any, Protocol
 import torch
 
 from osctl.parallel import dist as pdist
-from osctl.parallel.groups import ParallelGroups
+from osctl.parallel.groups import ParallelGroups, global_batch_size
 from osctl.train import checkpoint as ckpt
 from osctl.train.ema import EMA
 from osctl.train.export import model_config, save_model_folder
 from osctl.train.sequence_parallel import SequenceShards
 from osctl.train.state import TrainState
+from osctl.train.tracking import Trackers
 
 
 class BatchSource(Protocol):
@@ -55,11 +59,12 @@ class TrainParts:
     recipe_yaml: str = ""
     log: Callable[[dict[str, Any]], None] = lambda record: None
     on_step: Callable[[int, dict[str, Any]], None] | None = None
-    validate: Callable[[int], None] | None = None
+    validate: Callable[[int], dict[str, list[Path]] | None] | None = None  # -> {label: sample files} on rank 0
     save_fp_dtype: torch.dtype | None = None
     versions: dict[str, str] = field(default_factory=dict)
     groups: ParallelGroups | None = None  # sequence-/data-parallel groups (None: one process, no SP)
     plan: Any = None  # the run's plan (osctl.train.run.Plan), for callers that print it
+    trackers: Trackers | None = None  # rank 0's metrics file and recipe trackers (None: nothing is tracked)
 
 
 @dataclass
@@ -144,6 +149,35 @@ def micro_step(parts: TrainParts, batch: dict[str, Any], *, sync: bool, scale: f
     return float(loss.detach())
 
 
+DATA_COUNTERS = ("reads", "bad_reads", "bad_samples", "replaced")
+
+
+def data_counters(parts: TrainParts) -> dict[str, Any]:
+    """The loader's bad-media counters for a logged record, so runs show data problems as they happen:
+    ``data_reads``, ``data_bad_reads``, ``data_bad_samples`` (distinct samples each replica found bad) and
+    ``data_replaced`` (bad samples replaced by another of their bucket), each summed over the data-parallel
+    replicas, and ``data_epoch`` (the epoch of the next batch).
+
+    Every rank calls it at the same steps (one small all-reduce); a source without ``stats()`` (a test
+    stream) gives nothing. The ranks of a sequence-parallel group read the same batches, so the sum is
+    divided by the group size.
+    """
+    stats = getattr(parts.data, "stats", None)
+    if not callable(stats):
+        return {}
+    current = stats()
+    values = [float(current.get(key, 0) or 0) for key in DATA_COUNTERS]
+    if parts.dist.world_size > 1 and torch.distributed.is_initialized():
+        tensor = torch.tensor(values, dtype=torch.float64, device=parts.dist.device)
+        torch.distributed.all_reduce(tensor)
+        sp_size = parts.groups.sp_size if parts.groups is not None else 1
+        values = (tensor / sp_size).tolist()
+    out: dict[str, Any] = {f"data_{key}": round(value) for key, value in zip(DATA_COUNTERS, values, strict=True)}
+    if "epoch" in current:
+        out["data_epoch"] = int(current["epoch"])
+    return out
+
+
 def save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any]) -> Path | None:
     """Write ``checkpoint-N`` atomically (every rank takes part; rank 0 commits)."""
     step = parts.state.step
@@ -197,10 +231,14 @@ def train(parts: TrainParts) -> TrainResult:
     batches = iter(parts.data)
     interrupted = False
     window: list[float] = []
+    step_times: list[float] = []
+    trackers = parts.trackers or Trackers()
+    samples_per_step = global_batch_size(train_cfg, parts.recipe.parallel, parts.dist.world_size)
     started = time.perf_counter()
     first_step = parts.state.step
     with StopRequest() as stop:
         while parts.state.step < parts.max_steps:
+            step_started = time.perf_counter()
             # 1. micro-steps: gradients accumulate locally and synchronise on the last one
             step_loss = 0.0
             for micro in range(accumulation):
@@ -213,6 +251,7 @@ def train(parts: TrainParts) -> TrainResult:
             parts.state.step += 1
             if parts.ema is not None:
                 parts.ema.update(p for _, p in parts.strategy.local_parameters())
+            step_times.append(time.perf_counter() - step_started)
             # 3. log: mean loss over ranks; rank 0 writes
             mean_loss = pdist.all_reduce_mean(step_loss, parts.dist.device)
             if not math.isfinite(mean_loss):
@@ -225,14 +264,20 @@ def train(parts: TrainParts) -> TrainResult:
                 parts.on_step(parts.state.step, record)
             if parts.state.step % train_cfg.log_interval == 0 or parts.state.step == parts.max_steps:
                 record["loss_avg"] = sum(window) / len(window)
+                record["samples_per_s"] = samples_per_step * len(step_times) / max(sum(step_times), 1e-9)
+                record.update(data_counters(parts))
                 window.clear()
+                step_times.clear()
+                trackers.log_metrics(parts.state.step, record)
                 parts.log(record)
             # 4. checkpoint and validation on schedule
             if parts.state.step % train_cfg.checkpointing_steps == 0 and parts.state.step < parts.max_steps:
                 saved.append(save_checkpoint(parts, {"reason": "schedule"}))
             if parts.validate is not None and train_cfg.validation_steps and \
                     parts.state.step % train_cfg.validation_steps == 0:
-                parts.validate(parts.state.step)
+                videos = parts.validate(parts.state.step)
+                for label, paths in (videos or {}).items():
+                    trackers.log_videos(parts.state.step, f"validation/{label}", paths)
             # 5. stop when asked (SIGINT/SIGTERM on any rank)
             if stop.agreed(parts.dist.device):
                 interrupted = True

@@ -35,6 +35,7 @@ from osctl.train.loop import BatchSource, TrainParts, TrainResult, train
 from osctl.train.objective import build_objective
 from osctl.train.optim import build_lr_scheduler, build_optimizer
 from osctl.train.state import TrainState
+from osctl.train.tracking import open_trackers
 from osctl.train.weights import load_into
 
 # Recipe keys that change what is learned from which data: resuming with a different value needs
@@ -111,16 +112,26 @@ def memory_estimate_gb(trainable: int, total: int, use_ema: bool, strategy: str,
 
 
 def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> TrainResult | Plan:
-    """Train as the recipe says; returns the plan alone with ``dry_run``."""
+    """Train as the recipe says; returns the plan alone with ``dry_run``.
+
+    Rank 0 opens the trackers (``logs/metrics.jsonl`` and ``train.trackers``) before the first step and
+    closes them however the loop ends: finished, failed, or stopped by a signal.
+    """
     parts = setup_training(checked, registry, options)
     if options.dry_run:
         return parts.plan
     if parts.dist.is_main:
         parts.output_dir.mkdir(parents=True, exist_ok=True)
         (parts.output_dir / "plan.json").write_text(json.dumps(parts.plan.as_dict(), indent=2))
-        if options.show_plan is not None:
+    parts.trackers = open_trackers(checked, registry, output_dir=parts.output_dir, start_step=parts.state.step,
+                                   is_main=parts.dist.is_main)
+    try:
+        parts.trackers.log_config(checked.loaded.resolved())
+        if parts.dist.is_main and options.show_plan is not None:
             options.show_plan(parts.plan)
-    return train(parts)
+        return train(parts)
+    finally:
+        parts.trackers.close()
 
 
 def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> TrainParts:
@@ -248,6 +259,8 @@ def _plan(recipe: Any, strategy: Any, info: pdist.DistInfo, state: TrainState, m
     plan.add("memory estimate", f"{memory_estimate_gb(trainable, total, train_cfg.use_ema, strategy.name, info.world_size):.2f} "
              "GB per process for weights, grads, optimizer and EMA (activations extra)")
     plan.add("output", str(output_dir))
+    trackers = "".join(f", {t.name}" for t in train_cfg.trackers)
+    plan.add("logs", f"{output_dir / 'logs' / 'metrics.jsonl'}{trackers} every {train_cfg.log_interval} steps")
     for note in notes:
         plan.add("note", note)
     return plan

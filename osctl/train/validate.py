@@ -8,7 +8,9 @@ forked RNG state, so a run with validation trains exactly like one without. A sa
 logged with the rank and does not stop training.
 
 Output: ``output_dir/validation/step-N/{model,model_ema}/PPPP-slug.mp4`` (``.png`` for one frame),
-with the seeds ``osctl sample`` would give the same prompt list (``sample.seed``).
+with the seeds ``osctl sample`` would give the same prompt list (``sample.seed``). The call returns the
+files written by every rank to rank 0 (``{"model": [...], "model_ema": [...]}``), which the loop
+hands to the trackers; other ranks get None.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ class Validator:
         self.group = dist.new_group(list(range(samplers))) if info.world_size > 1 and samplers > 1 else None
         self.samplers = samplers
 
-    def __call__(self, step: int) -> None:
-        """Sample every prompt of this rank with the current weights and with the EMA weights."""
+    def __call__(self, step: int) -> dict[str, list[Path]] | None:
+        """Sample every prompt of this rank with the current weights and with the EMA weights; returns
+        every rank's written files by label on rank 0 (None elsewhere)."""
+        written: dict[str, list[Path]] = {}
         variants: list[tuple[str, Any]] = [("model", None)]
         if self.ema is not None:
             names = [name for name, _ in self.strategy.local_parameters()]
@@ -59,11 +63,30 @@ class Validator:
             weights = self._replicated(self.strategy.full_state_dict(local))
             if not self.mine or weights is None:
                 continue
+            files: list[Path] = []
             try:
-                self._sample(step, label, weights)
+                self._sample(step, label, weights, files)
             except Exception as exc:  # validation must never end a training run
                 log.warning("rank %d: validation at step %d (%s) failed: %s: %s", self.info.rank, step, label,
                             type(exc).__name__, exc)
+            if files:
+                written[label] = files
+        return self._gathered(written)
+
+    def _gathered(self, written: dict[str, list[Path]]) -> dict[str, list[Path]] | None:
+        """Every rank's written files on rank 0, sorted by name within a label (None on other ranks)."""
+        if self.info.world_size == 1 or not dist.is_initialized():
+            return written
+        parts: list[Any] = [None] * self.info.world_size if self.info.is_main else []
+        payload = {label: [str(p) for p in paths] for label, paths in written.items()}
+        dist.gather_object(payload, parts if self.info.is_main else None, dst=0)
+        if not self.info.is_main:
+            return None
+        merged: dict[str, list[Path]] = {}
+        for part in parts:
+            for label, paths in (part or {}).items():
+                merged.setdefault(label, []).extend(Path(p) for p in paths)
+        return {label: sorted(paths, key=lambda p: p.name) for label, paths in merged.items()}
 
     def _replicated(self, full: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
         """Rank 0's full state dict on every sampling rank (None on ranks that sample nothing)."""
@@ -85,7 +108,7 @@ class Validator:
         """The model without storage (meta device): shapes to receive into and a body to load into."""
         return build_model(self.checked, self.registry, dtype=torch.float32, meta=True)
 
-    def _sample(self, step: int, label: str, weights: dict[str, torch.Tensor]) -> None:
+    def _sample(self, step: int, label: str, weights: dict[str, torch.Tensor], files: list[Path]) -> None:
         from osctl.media.write import write_image, write_video
         from osctl.text import NEGATIVE_PROMPT
 
@@ -110,6 +133,6 @@ class Validator:
                 frames = result.videos[0].cpu().numpy()
                 stem = f"{job.prompt.index:04d}-{slug(job.prompt.text)}"
                 if cfg.num_frames == 1:
-                    write_image(folder / f"{stem}.png", frames[0])
+                    files.append(write_image(folder / f"{stem}.png", frames[0]))
                 else:
-                    write_video(folder / f"{stem}.mp4", frames, cfg.fps)
+                    files.append(write_video(folder / f"{stem}.mp4", frames, cfg.fps))

@@ -93,11 +93,16 @@ def test_a_corrupt_clip_is_replaced_and_counted_and_too_many_stop_training(shape
     parts = setup_training(checked, registry, TrainOptions())
     with pytest.raises(DataError, match=rf"1 bad sample.*max_bad_fraction 0.01.*{victim.name}: undecodable"):
         train(parts)  # one file of 15 samples is far above the default 1 %
-    parts = setup_training(checked, registry, TrainOptions())
+    records: list[dict] = []
+    parts = setup_training(checked, registry, TrainOptions(log=records.append))
     parts.data.max_bad_fraction = 0.2
     assert train(parts).final_step == 8
     stats = parts.data.stats()
     assert stats["bad_samples"] == 1 and stats["replaced"] >= 1 and victim.name in stats["examples"][0]
+    # the counters are in the logged records (metrics.jsonl and the trackers get the same records)
+    last = records[-1]
+    assert (last["data_bad_samples"], last["data_replaced"], last["data_reads"]) == \
+        (1, stats["replaced"], stats["reads"])
 
 
 def test_stale_index_is_rebuilt_in_the_default_folder_and_refused_in_an_explicit_one(shapes, tmp_path):
