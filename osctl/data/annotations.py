@@ -457,18 +457,24 @@ def _decode_jsonl(name: str, data: bytes) -> tuple[list[Record], list[tuple[int,
         if not line.strip():
             continue
         index = len(records)
+        error: msgspec.DecodeError | None = None
         try:
             records.append(_RECORD.decode(line))
             continue
         except msgspec.ValidationError:
-            obj: Any = _ANY.decode(line)
+            try:  # a wrong type can come before a NaN/Infinity token or a syntax error
+                obj: Any = _ANY.decode(line)
+            except msgspec.DecodeError as exc:
+                error = exc
         except msgspec.DecodeError as exc:
+            error = exc
+        if error is not None:
             try:
                 obj = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
-                match = _BYTE_POS.search(str(exc))
+                match = _BYTE_POS.search(str(error))
                 col = _line_col(line, int(match.group(1)))[1] if match else 1
-                detail = _BYTE_POS.sub("", str(exc).replace("JSON is malformed: ", "")).strip()
+                detail = _BYTE_POS.sub("", str(error).replace("JSON is malformed: ", "")).strip()
                 records.append(Record())
                 issues.append((index, FieldIssue("json_syntax", "", f"line {number}, column {col}: JSON syntax error: {detail}")))
                 continue

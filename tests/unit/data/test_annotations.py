@@ -257,3 +257,15 @@ def test_a_folder_is_not_an_annotation_file(tmp_path: Path) -> None:
     loaded = read_annotation(_source(folder))
     assert loaded.problem is not None and loaded.problem.code == "file_unreadable"
     assert "is a folder" in loaded.problem.message
+
+
+def test_jsonl_line_with_a_wrong_type_before_a_nan_token(tmp_path: Path) -> None:
+    """A line whose typed decode fails on a type before reaching a NaN token is still read leniently."""
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"path": 5, "cap": "x", "aesthetic": NaN}\n{"path": "b.jpg", "num_frames": "x", "cap": "y" "z"}\n'
+                    '{"path": "c.jpg", "cap": "z"}\n')
+    table = _read(path)
+    assert table.n == 3
+    assert [(i, issue.code, issue.field) for i, issue in table.issues] == [
+        (0, "wrong_type", "path"), (0, "not_finite", "aesthetic"), (1, "json_syntax", "")]
+    assert table.path.to_pylist() == [None, None, "c.jpg"]
