@@ -166,3 +166,42 @@ def test_dtype_option(registry, tmp_path):
     assert encoder.encode_texts(["x"])[0].dtype == torch.bfloat16
     runtime = registry.build("text_encoder", "t5", {"name_or_path": str(folder)}, dtype=torch.float16)
     assert runtime.dtype == torch.float16
+
+
+WORDS = ["a", "red", "blue", "circle", "moving", "left", "on", "black", "background"]
+
+
+def test_tiny_t5_word_vocabulary_gives_one_token_per_word(registry, tmp_path):
+    options = {"d_model": 16, "num_heads": 2, "max_length": 12, "vocabulary": WORDS, "cache_dir": str(tmp_path)}
+    enc = registry.build("text_encoder", "tiny_t5", options)
+    tokens = enc.tokenize(["A red circle, moving LEFT on a black background", "a green circle"])
+    ids = tokens["input_ids"]
+    # <pad>=0, </s>=1, <unk>=2, then the words in order; case folded; punctuation and unknown words -> <unk>
+    assert ids[0].tolist() == [3, 4, 6, 2, 7, 8, 9, 3, 10, 11, 1, 0]
+    assert ids[1].tolist()[:4] == [3, 2, 6, 1] and tokens["attention_mask"][1].sum() == 4
+    assert enc.model.config.vocab_size == 3 + len(WORDS)
+    states, _ = enc.encode_texts(["a red circle", "a blue circle"])
+    assert not torch.equal(states[0, 1], states[1, 1])  # the colour word reaches the output
+    again = registry.build("text_encoder", "tiny_t5", options)
+    assert torch.equal(again.encode_texts(["a red circle"])[0], states[:1])
+
+
+def test_tiny_t5_vocabulary_changes_the_cache_folder_but_bytes_keep_theirs(registry, tmp_path):
+    from osctl_builtin.text_encoders.t5 import TinyT5Config, tiny_t5_folder, tiny_t5_settings
+
+    assert "vocabulary" not in tiny_t5_settings(seed=0, d_model=32)  # earlier ByT5 cache folders stay valid
+    byte_level = tiny_t5_folder(TinyT5Config(cache_dir=str(tmp_path)))
+    words = tiny_t5_folder(TinyT5Config(cache_dir=str(tmp_path), vocabulary=WORDS))
+    assert byte_level != words
+
+
+@pytest.mark.parametrize("words, message", [
+    ([], "vocabulary is empty"),
+    (["Red"], "'Red' is not a lower-case word"),
+    (["dark red"], "'dark red' is not a lower-case word"),
+    (["red", "red"], "'red' more than once"),
+    (["a", True], "read as True: YAML reads on/off/yes/no as booleans; quote the words"),
+])
+def test_tiny_t5_bad_vocabulary_is_a_config_error(registry, words, message):
+    with pytest.raises(osctl.ConfigError, match=message):
+        registry.make_config("text_encoder", "tiny_t5", {"vocabulary": words}, where="text_encoder")

@@ -9,9 +9,10 @@ Loading goes through ``transformers``' ``from_pretrained``; with ``HF_HUB_OFFLIN
 ``TRANSFORMERS_OFFLINE``) set only local files are used, and a model that is not available raises
 ``osctl.ConfigError`` naming the id and the fix instead of a traceback or a hang.
 
-``tiny_t5`` builds a deterministic tiny mT5 encoder with a ``ByT5Tokenizer`` (which needs no
-vocabulary file) from a seed, saves it to a cache folder and loads it through the same path, so the
-demo and the tests run with no download. Nothing here imports torch or transformers at module level.
+``tiny_t5`` builds a deterministic tiny mT5 encoder from a seed, with a ``ByT5Tokenizer`` (which needs
+no vocabulary file) or, given a ``vocabulary`` list, a word-level tokenizer over those words; it saves
+both to a cache folder and loads them through the same path, so the demo and the tests run with no
+download. Nothing here imports torch or transformers at module level.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from osctl import ConfigError
 from osctl.registry import ComponentConfig
@@ -84,15 +85,32 @@ class TinyT5Config(ComponentConfig):
     num_layers: int = Field(2, gt=0)
     num_heads: int = Field(4, gt=0, description="attention heads; must divide d_model")
     max_length: int = Field(32, gt=0, description="tokens per prompt (ByT5: one token per UTF-8 byte, plus </s>)")
+    vocabulary: list[str] | None = Field(
+        None,
+        description="word-level tokenizer over these lower-case words (others map to <unk>) instead of "
+                    "ByT5 bytes: one token per word, so a tiny model trained briefly tells words apart",
+    )
     cache_dir: str | None = Field(
         None, description="parent folder of the built model; default $XDG_CACHE_HOME/osctl or ~/.cache/osctl"
     )
     dtype: Precision | None = Field(None, description="weights dtype; default: the command's dtype, else fp32")
 
+    @field_validator("vocabulary", mode="before")
+    @classmethod
+    def _no_yaml_booleans(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for entry in value:
+                if isinstance(entry, bool):
+                    raise ValueError(f"an entry was read as {entry}: YAML reads on/off/yes/no as booleans; "
+                                     'quote the words, e.g. ["on", "off"]')
+        return value
+
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyT5Config:
         if self.d_model % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
+        if self.vocabulary is not None:
+            check_vocabulary(self.vocabulary)
         return self
 
     def hidden_size(self) -> int:
@@ -311,6 +329,48 @@ def _peek_hidden_size(name_or_path: str) -> int | None:
 #: Bumped whenever the tiny model's construction changes, so old cache folders are not reused.
 TINY_T5_FORMAT = 1
 _BYT5_VOCAB = 384  # 3 special tokens + 256 byte values + 125 <extra_id_N>, as ByT5Tokenizer has
+_WORD_SPECIALS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as in T5 (pad_token_id 0, eos_token_id 1)
+
+
+def check_vocabulary(words: Sequence[str]) -> list[str]:
+    """The word list of a word-level tiny tokenizer, validated: non-empty, lower-case single words, unique.
+
+    Why: the tokenizer lower-cases and splits prompts on whitespace and punctuation, so an entry
+    with a space, an upper-case letter or a special-token name could never be produced.
+    """
+    out = [str(w) for w in words]
+    if not out:
+        raise ValueError("vocabulary is empty; list the words of the prompts, or remove it for ByT5 bytes")
+    for word in out:
+        if not word or word != word.lower() or not word.isalnum():
+            raise ValueError(f"vocabulary entry {word!r} is not a lower-case word of letters/digits; "
+                             "write each word alone, in lower case")
+    duplicates = sorted({w for w in out if out.count(w) > 1})
+    if duplicates:
+        raise ValueError(f"vocabulary lists {', '.join(map(repr, duplicates))} more than once; keep one of each")
+    return out
+
+
+def word_tokenizer(words: Sequence[str]) -> Any:
+    """A ``PreTrainedTokenizerFast`` mapping each listed word to one id (others to ``<unk>``), plus ``</s>``.
+
+    Ids 0-2 are ``<pad>``, ``</s>``, ``<unk>`` as in T5; text is lower-cased and split on whitespace
+    and punctuation; ``</s>`` is appended as the ByT5 and mT5 tokenizers do.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(_WORD_SPECIALS)}
+    for word in check_vocabulary(words):
+        vocab[word] = len(vocab)
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                        special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=1 << 20)
 
 
 def fill_parameters_deterministically(model: Any, seed: int) -> None:
@@ -340,14 +400,25 @@ def fill_parameters_deterministically(model: Any, seed: int) -> None:
             param.copy_(value.to(param.dtype))
 
 
-def tiny_t5_settings(*, seed: int, d_model: int, num_layers: int = 2, num_heads: int = 4) -> dict[str, Any]:
-    """The full description of a tiny mT5 (its hash names the cache folder)."""
+def tiny_t5_settings(*, seed: int, d_model: int, num_layers: int = 2, num_heads: int = 4,
+                     vocabulary: Sequence[str] | None = None) -> dict[str, Any]:
+    """The full description of a tiny mT5 (its hash names the cache folder).
+
+    Without ``vocabulary`` the description is the same as before the option existed, so the cache
+    folders (and weights) of earlier ByT5 builds stay valid.
+    """
     if d_model % num_heads:
         raise ConfigError(f"text_encoder.num_heads: {num_heads} must divide d_model ({d_model}).")
+    extra: dict[str, Any] = {}
+    vocab_size = _BYT5_VOCAB
+    if vocabulary is not None:
+        extra["vocabulary"] = list(vocabulary)
+        vocab_size = len(_WORD_SPECIALS) + len(extra["vocabulary"])
     return {
+        **extra,
         "format": TINY_T5_FORMAT,
         "seed": int(seed),
-        "vocab_size": _BYT5_VOCAB,
+        "vocab_size": vocab_size,
         "d_model": int(d_model),
         "d_kv": int(d_model) // int(num_heads),
         "d_ff": 2 * int(d_model),
@@ -363,8 +434,11 @@ def tiny_t5_settings(*, seed: int, d_model: int, num_layers: int = 2, num_heads:
 
 
 def build_tiny_t5(folder: str | os.PathLike[str], *, seed: int = 0, d_model: int = 32, num_layers: int = 2,
-                  num_heads: int = 4) -> Path:
-    """Write a deterministic random tiny mT5 encoder and a ``ByT5Tokenizer`` into ``folder``.
+                  num_heads: int = 4, vocabulary: Sequence[str] | None = None) -> Path:
+    """Write a deterministic random tiny mT5 encoder and its tokenizer into ``folder``.
+
+    The tokenizer is a ``ByT5Tokenizer``, or with ``vocabulary`` a word-level one over those words
+    (:func:`word_tokenizer`; the embedding table then has one row per word plus three specials).
 
     Same arguments give bit-identical weights on any machine (see
     :func:`fill_parameters_deterministically`). Sizes follow the golden tiny mT5 (vocab 384, gated
@@ -372,7 +446,8 @@ def build_tiny_t5(folder: str | os.PathLike[str], *, seed: int = 0, d_model: int
     (a temporary sibling renamed into place); an existing complete folder is kept as is. Returns
     the folder, which the ``t5`` encoder (``name_or_path``) loads like any saved model.
     """
-    settings = tiny_t5_settings(seed=seed, d_model=d_model, num_layers=num_layers, num_heads=num_heads)
+    settings = tiny_t5_settings(seed=seed, d_model=d_model, num_layers=num_layers, num_heads=num_heads,
+                                vocabulary=vocabulary)
     target = Path(folder).expanduser()
     if (target / "osctl_tiny_t5.json").is_file():
         return target
@@ -381,7 +456,7 @@ def build_tiny_t5(folder: str | os.PathLike[str], *, seed: int = 0, d_model: int
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        fields = {k: v for k, v in settings.items() if k not in ("format", "seed")}
+        fields = {k: v for k, v in settings.items() if k not in ("format", "seed", "vocabulary")}
         config = transformers.MT5Config(**fields, is_encoder_decoder=False, use_cache=False,
                                         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
         model = transformers.MT5EncoderModel(config)
@@ -394,7 +469,10 @@ def build_tiny_t5(folder: str | os.PathLike[str], *, seed: int = 0, d_model: int
 
             model.config.save_pretrained(staging)
             save_model(model, str(staging / "model.safetensors"))
-        transformers.ByT5Tokenizer().save_pretrained(staging)
+        if vocabulary is None:
+            transformers.ByT5Tokenizer().save_pretrained(staging)
+        else:
+            word_tokenizer(vocabulary).save_pretrained(staging)
         (staging / "osctl_tiny_t5.json").write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
         try:
             staging.rename(target)
@@ -417,7 +495,7 @@ def default_cache_root() -> Path:
 def tiny_t5_folder(config: TinyT5Config) -> Path:
     """The cache folder of ``config``'s tiny model: ``<cache_dir>/tiny_t5-<hash of its settings>``."""
     settings = tiny_t5_settings(seed=config.seed, d_model=config.d_model, num_layers=config.num_layers,
-                                num_heads=config.num_heads)
+                                num_heads=config.num_heads, vocabulary=config.vocabulary)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_root()
     return root / f"tiny_t5-{digest}"
@@ -426,7 +504,7 @@ def tiny_t5_folder(config: TinyT5Config) -> Path:
 def build_tiny_t5_encoder(config: TinyT5Config, **runtime: Any) -> T5TextEncoder:
     """Factory of ``tiny_t5``: build (once, cached) and load through the same path as ``t5``."""
     folder = build_tiny_t5(tiny_t5_folder(config), seed=config.seed, d_model=config.d_model,
-                           num_layers=config.num_layers, num_heads=config.num_heads)
+                           num_layers=config.num_layers, num_heads=config.num_heads, vocabulary=config.vocabulary)
     return load_t5_encoder(str(folder), max_length=config.max_length,
                            dtype=_pick_dtype(config.dtype, runtime.get("dtype")), device=runtime.get("device"),
                            key="text_encoder.cache_dir")
