@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from osctl.errors import ConfigError, OsctlError
 from osctl.recipe.load import LoadedRecipe
 from osctl.recipe.schema import COMPONENT_SECTIONS
-from osctl.registry import Registry
+from osctl.registry import Registered, Registry
 
 
 @dataclass
@@ -43,6 +43,21 @@ def _component_fact(config: BaseModel, name: str, warnings: list[str]) -> Any:
         return None
 
 
+def sampler_objective_mismatch(sampler: Registered, objective: str) -> str | None:
+    """Why ``sampler`` cannot sample a model trained with ``objective``, or None when it can.
+
+    Why: a flow-matching model sampled by a DDPM-family scheduler (or the reverse) fails deep in
+    diffusers or silently produces noise; the recipe check says so before any work. A sampler plugin
+    declares its objective in ``ComponentSpec.metadata["objective"]`` (default ``ddpm``).
+    """
+    wanted = (sampler.spec.metadata or {}).get("objective", "ddpm")
+    if wanted == objective:
+        return None
+    return (f"sample.sample_method: {sampler.name!r} samples {wanted} models but diffusion.objective is "
+            f"{objective!r}; choose a {objective} sampler (e.g. "
+            f"{'FlowMatchEulerDiscrete' if objective == 'flow_matching' else 'EulerAncestralDiscrete'}).")
+
+
 def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
     """Validate plugin sections and cross-plugin rules; raise one ``ConfigError`` listing every problem."""
     recipe = loaded.recipe
@@ -56,9 +71,13 @@ def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
         except OsctlError as exc:
             problems.append(f"{where}: {exc.message}" if where and not exc.message.startswith(where) else exc.message)
     try:
-        registry.get("sampler", recipe.sample.sample_method)
+        sampler = registry.get("sampler", recipe.sample.sample_method)
     except OsctlError as exc:
         problems.append(f"sample.sample_method: {exc.message}")
+    else:
+        mismatch = sampler_objective_mismatch(sampler, recipe.diffusion.objective)
+        if mismatch:
+            problems.append(mismatch)
     for i, tracker in enumerate(recipe.train.trackers):
         key = f"train.trackers.{i}"
         where = loaded.origin(("train", "trackers"))

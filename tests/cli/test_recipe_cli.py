@@ -50,6 +50,10 @@ def test_show_resolves_extends_overrides_and_plugin_defaults():
         ("model:\n  name: opensora_v13\n", [], "unknown model 'opensora_v13'"),
         ("sample:\n  sample_method: Euler\n", [], "sample.sample_method: unknown sampler 'Euler'"),
         ("data:\n  hw_stride: 24\n", [], "data.hw_stride: 24 must be a multiple of the autoencoder stride x patch size"),
+        ("diffusion:\n  objective: flow_matching\n", [],
+         "sample.sample_method: 'EulerAncestralDiscrete' samples ddpm models but diffusion.objective is 'flow_matching'"),
+        ("sample:\n  sample_method: FlowMatchEulerDiscrete\n", [],
+         "'FlowMatchEulerDiscrete' samples flow_matching models but diffusion.objective is 'ddpm'"),
     ],
 )
 def test_bad_recipes_exit_2(tmp_path, text, extra, message):
@@ -79,3 +83,10 @@ def test_out_of_tree_plugin_selectable_from_a_recipe(hello_plugin, tmp_path):
     path.write_text("refiner:\n  name: shout\n  exclaim: -1\n")
     result = runner.invoke(app, ["recipe", "validate", str(path)])
     assert result.exit_code == 2 and "refiner.exclaim" in result.output
+
+
+def test_flow_matching_recipe_with_a_flow_sampler_is_valid(tmp_path):
+    path = tmp_path / "flow.yaml"
+    path.write_text("diffusion:\n  objective: flow_matching\nsample:\n  sample_method: FlowMatchEulerDiscrete\n")
+    result = runner.invoke(app, ["recipe", "validate", str(path)])
+    assert result.exit_code == 0, result.output

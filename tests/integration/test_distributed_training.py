@@ -136,7 +136,8 @@ def test_sequence_parallel_equals_one_process(tmp_path):
     grads = [{"kind": "grads", "name": f"grads-{name}", "sets": [*SP, *ddp], "batch": 2, "invalid_tail": tail}
              for name, tail in masks.items()]
     trains = {f"train-{name}": [*STRATEGIES[name], *steps] for name in ("ddp", "fsdp", "zero3")}
-    trains["train-flow"] = [*ddp, *steps, "diffusion.objective=flow_matching"]  # per-sample sigmas follow the slices
+    trains["train-flow"] = [*ddp, *steps, "diffusion.objective=flow_matching",
+                           "sample.sample_method=FlowMatchEulerDiscrete"]  # per-sample sigmas follow the slices
     trains["images"] = [*ddp, "train.max_steps=3", "data.num_frames=1", "sample.num_frames=1"]  # T=1: SP off
     resumed = [{"kind": "train", "name": "first", "sets": [*SP, *ddp, *steps, "train.max_steps=2"], "batch": 2},
                {"kind": "train", "name": "resumed", "dir": "first", "batch": 2,
