@@ -81,8 +81,11 @@ def ensure_process_group(timeout_s: float = 600.0) -> None:
     if dist.is_initialized():
         return
     use_cuda = torch.cuda.is_available()
+    # device_id binds NCCL to this process's GPU (set by init_distributed); without it every barrier
+    # warns and guesses the device
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+                            timeout=datetime.timedelta(seconds=timeout_s),
+                            device_id=torch.device("cuda", torch.cuda.current_device()) if use_cuda else None)
 
 
 def barrier() -> None:
