@@ -172,3 +172,14 @@ def test_bucket_with_relative_paths_writes_the_index_where_train_reads_it(tmp_pa
     from osctl.data.index import open_index
 
     assert len(open_index(Path("out/train/index"))) == 4
+
+
+@pytest.mark.parametrize(("args", "skip"), [
+    (["data", "validate", "data.txt"], True), (["--debug", "data", "bucket", "--recipe", "r.yaml"], True),
+    (["data", "synth", "out"], False), (["data", "--help"], False), (["plugins", "list"], False),
+    (["hello", "world"], False), ([], False),
+])
+def test_builtin_data_commands_skip_plugin_discovery(args: list[str], skip: bool) -> None:
+    from osctl.cli import _builtin_data_command
+
+    assert _builtin_data_command(args) is skip
