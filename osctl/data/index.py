@@ -152,7 +152,10 @@ def join_paths(root: str, paths: pa.Array) -> pa.Array:
     """``os.path.join(root, path)`` for every path, vectorised (an absolute path is kept as is)."""
     prefix = "" if root == "/" else root.rstrip("/")
     joined = pc.binary_join_element_wise(pa.scalar(prefix), paths, "/")
-    return pc.if_else(pc.starts_with(paths, "/"), paths, joined)
+    absolute = pc.starts_with(paths, "/")
+    if not pc.any(absolute).as_py():
+        return joined
+    return pc.if_else(absolute, paths, joined)
 
 
 def _int32(values: np.ndarray, missing: int = -1) -> np.ndarray:
@@ -179,7 +182,7 @@ def index_table(result: BucketResult) -> pa.Table:
         keep = outcome.reason == 0
         mask = pa.array(keep)
         rows = np.flatnonzero(keep)
-        strings["path"].append(join_paths(item.source.root, pc.filter(table.path, mask)))
+        strings["path"].append(join_paths(item.source.root, _single([pc.filter(table.path, mask)], pa.string())))
         strings["captions_json"].append(pc.filter(table.cap_json, mask))
         crop = table.crop[rows]
         values = {
