@@ -183,3 +183,27 @@ def test_builtin_data_commands_skip_plugin_discovery(args: list[str], skip: bool
     from osctl.cli import _builtin_data_command
 
     assert _builtin_data_command(args) is skip
+
+
+def test_data_commands_as_a_process_flush_everything_and_keep_exit_codes(tmp_path: Path) -> None:
+    """The console entry leaves data commands with os._exit: output, files and exit codes must be intact."""
+    import subprocess
+    import sys
+
+    records = [*_clean(300), {**VIDEO, "path": "missing.mp4"}]
+    data_txt = _dataset(tmp_path, records)
+    (tmp_path / "media" / "missing.mp4").unlink()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "osctl", "data", *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+
+    found = run("validate", str(data_txt), "--json")
+    assert found.returncode == 1, found.stderr
+    report = json.loads(found.stdout)
+    assert report["totals"]["records"] == len(records) and report["totals"]["by_code"] == {"media_missing": {"error": 1}}
+    built = run("bucket", str(data_txt), "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "index"))
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.rstrip().endswith("samples.arrow") and (tmp_path / "index" / "samples.arrow").is_file()
+    bad = run("validate", str(tmp_path / "none.txt"))
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
