@@ -195,12 +195,13 @@ def bucket(
             raise UsageError("no data.txt given: pass DATA_TXT or set data.data in the recipe.")
         data_txt = Path(rec.data.data)
     settings = BucketSettings.from_recipe(rec, world_size=world_size)
-    geometry = _latent_geometry(rec)
-    if "stride_t" in geometry:
-        settings = dataclasses.replace(settings, frames=dataclasses.replace(settings.frames, stride_t=geometry["stride_t"]))
     sources = load_data_txt(data_txt)
     _tune_memory()
-    loaded = read_annotations(sources, workers=workers)
+    geometry: dict[str, int] = {}
+    # The plugins that give the latent geometry are loaded while other processes decode.
+    loaded = read_annotations(sources, workers=workers, meanwhile=lambda: geometry.update(_latent_geometry(rec)))
+    if "stride_t" in geometry:
+        settings = dataclasses.replace(settings, frames=dataclasses.replace(settings.frames, stride_t=geometry["stride_t"]))
     base = Path(data_txt).resolve().parent
     broken = [item for item in loaded if item.problem is not None]
     if broken:

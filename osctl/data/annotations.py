@@ -725,14 +725,16 @@ def build_columns(records: list[Record], issues: list[tuple[int, FieldIssue]] | 
     )
 
 
-def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = True,
-                    checksum: bool = True) -> LoadedAnnotation:
+def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = True, checksum: bool = True,
+                    meanwhile: Callable[[], None] | None = None) -> LoadedAnnotation:
     """Read one annotation file; never raises for bad content (problems are returned).
 
     ``workers > 1`` lets a large JSON array be decoded by that many processes (see
     :mod:`osctl.data.parallel_decode`). ``captions=False`` skips keeping the caption texts (their
     states are still computed) and ``checksum=False`` skips the file's SHA-256 (``sha256`` is None):
-    checks need neither, only the sample index does.
+    checks need neither, only the sample index does. ``meanwhile`` is called in this process once
+    the file is being decoded in slices (by other processes too, when there are workers), so the
+    caller's own work overlaps with theirs; it is not called for a file read in one piece.
     """
     path = source.annotation
     name = source.name
@@ -754,7 +756,7 @@ def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = Tr
         if source.format == "json":
             with _gc_paused():
                 decoded = _read_json_file(fd, stat.st_size, workers, captions,
-                                          file_hasher.begin if file_hasher is not None else _nothing)
+                                          partial(_started, file_hasher, meanwhile))
         hasher: _FileHasher | _Hasher | None = file_hasher if file_hasher is not None and file_hasher.ident else None
         if decoded is None:
             try:
@@ -777,8 +779,24 @@ def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = Tr
         os.close(fd)
 
 
-def _nothing() -> None:
-    return None
+def _started(hasher: _FileHasher | None, meanwhile: Callable[[], None] | None) -> None:
+    """Once slices are being decoded: start hashing the file, then do the caller's own work."""
+    if hasher is not None:
+        hasher.begin()
+    if meanwhile is not None:
+        meanwhile()
+
+
+class _Once:
+    """Call ``fn`` the first time this is called, never again."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn: Callable[[], None] | None = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
 
 
 def _folder_problem(path: os.PathLike[str]) -> FileProblem:
@@ -790,6 +808,15 @@ def _unreadable(path: os.PathLike[str], exc: OSError) -> FileProblem:
 
 
 def read_annotations(sources: Sequence[DataSource], *, workers: int = 1, captions: bool = True,
-                     checksum: bool = True) -> list[LoadedAnnotation]:
-    """Read every annotation file in order; a broken file does not stop the others."""
-    return [read_annotation(source, workers=workers, captions=captions, checksum=checksum) for source in sources]
+                     checksum: bool = True, meanwhile: Callable[[], None] | None = None) -> list[LoadedAnnotation]:
+    """Read every annotation file in order; a broken file does not stop the others.
+
+    ``meanwhile`` is called exactly once: while the first file read in slices is decoded (see
+    :func:`read_annotation`), else after every file is read.
+    """
+    once = _Once(meanwhile) if meanwhile is not None else None
+    loaded = [read_annotation(source, workers=workers, captions=captions, checksum=checksum, meanwhile=once)
+              for source in sources]
+    if once is not None:
+        once()
+    return loaded

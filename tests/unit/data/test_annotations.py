@@ -269,3 +269,19 @@ def test_jsonl_line_with_a_wrong_type_before_a_nan_token(tmp_path: Path) -> None
     assert [(i, issue.code, issue.field) for i, issue in table.issues] == [
         (0, "wrong_type", "path"), (0, "not_finite", "aesthetic"), (1, "json_syntax", "")]
     assert table.path.to_pylist() == [None, None, "c.jpg"]
+
+
+def test_meanwhile_runs_once_in_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from osctl.data.annotations import read_annotations
+
+    big = write_annotations(tmp_path, _many(300), "big.json")
+    small = write_annotations(tmp_path, RECORDS, "small.json")
+    calls: list[int] = []
+    for paths, workers in (([small], 1), ([small, big], 2), ([big, big], 1)):
+        calls.clear()
+        monkeypatch.setattr(annotations, "CHUNK_BYTES", 1 << 30 if len(paths) == 1 else 500)
+        monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+        loaded = read_annotations([_source(p) for p in paths], workers=workers,
+                                  meanwhile=lambda: calls.append(os.getpid()))
+        assert calls == [os.getpid()]
+        assert [item.n for item in loaded] == [{small: len(RECORDS), big: 300}[p] for p in paths]
