@@ -672,6 +672,12 @@ def _check_caption_lists(values: list[Any], lists: np.ndarray, state: np.ndarray
 _INTEGER_FIELDS = ("num_frames", "height", "width")
 
 
+def _any_fraction(*arrays: np.ndarray) -> bool:
+    """Whether any finite value has a fractional part (x - floor(x) is NaN for NaN and infinities)."""
+    with np.errstate(invalid="ignore"):
+        return any(bool(np.any(values - np.floor(values) > 0)) for values in arrays)
+
+
 def _integrality_issues(numbers: dict[str, np.ndarray], cut: np.ndarray, crop: np.ndarray) -> list[tuple[int, FieldIssue]]:
     """Issues for integer fields holding fractional numbers (all numbers decode as floats)."""
     issues: list[tuple[int, FieldIssue]] = []
@@ -707,7 +713,8 @@ def build_columns(records: list[Record], issues: list[tuple[int, FieldIssue]] | 
     scalars, cut, crop = decoded
     numbers = {name: scalars[k] for k, name in enumerate(NUMERIC_COLUMNS)}
     all_issues = list(issues or [])
-    found = _integrality_issues(numbers, cut, crop)
+    integral = (*(numbers[name] for name in _INTEGER_FIELDS), cut, crop)
+    found = _integrality_issues(numbers, cut, crop) if _any_fraction(*integral) else []
     if found:
         all_issues = sorted(all_issues + found, key=lambda item: item[0])
         for index, issue in found:
