@@ -114,9 +114,10 @@ class DDPMObjective:
 
     def loss(self, prediction: torch.Tensor, batch: NoisedBatch, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar loss: (min-SNR weighted) MSE over valid latent positions, in fp32."""
+        # prediction_type "sample": the prediction itself is compared with the clean latents, which is what
+        # every sampler assumes. The reference subtracts the noise first (pred - noise vs latents), so its
+        # model learns latents + noise and samples from it stay noise; that trap is designed out here.
         pred = prediction.float()
-        if self.prediction_type == "sample":
-            pred = pred - batch.noise  # the reference compares (pred - noise) with the clean latents
         mse = (pred - batch.target.float()) ** 2
         b = mse.shape[0]
         mse = mse.reshape(b, -1)

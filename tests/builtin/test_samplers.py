@@ -88,3 +88,45 @@ def test_golden_pipeline_scheduler_replay(registry, golden, name):
         latents = scheduler.step(guided, t, latents, **extra).prev_sample
         torch.testing.assert_close(latents, run[f"step{k}/latents_after_step"], rtol=0, atol=0)
     torch.testing.assert_close(latents, run["final_latents"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "EulerDiscrete", "DPMSolverMultistep"])
+@pytest.mark.parametrize("prediction_type, zero_snr", [
+    ("epsilon", False), ("v_prediction", False), ("v_prediction", True), ("sample", False), ("sample", True),
+])
+def test_the_prediction_training_rewards_is_what_the_sampler_needs(registry, sampler, prediction_type, zero_snr):
+    """An oracle that returns exactly the training target (zero loss) must lead the sampler to the data."""
+    from osctl.train.objective import DDPMObjective
+
+    objective = DDPMObjective(prediction_type=prediction_type, rescale_betas_zero_snr=zero_snr)
+    scheduler = registry.build("sampler", sampler, {"prediction_type": prediction_type,
+                                                    "rescale_betas_zero_snr": zero_snr})
+    scheduler.set_timesteps(25)
+    x0 = torch.randn(1, 4, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2)) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(z, t)
+        a = objective.scheduler.alphas_cumprod[int(t)]
+        noise = (model_input - a.sqrt() * x0) / (1 - a).sqrt()  # the noise that makes model_input x_t
+        batch = objective.add_noise(x0, noise, torch.tensor([int(t)]))
+        assert torch.allclose(batch.noisy, model_input, atol=1e-4)
+        assert objective.loss(batch.target, batch).item() < 1e-10
+        z = scheduler.step(batch.target, t, z).prev_sample
+    assert torch.allclose(z, x0, atol=2e-3), (z - x0).abs().max()
+
+
+def test_flow_matching_velocity_leads_the_flow_sampler_to_the_data(registry):
+    from osctl.train.objective import FlowMatchingObjective
+
+    objective = FlowMatchingObjective()
+    scheduler = registry.build("sampler", "FlowMatchEulerDiscrete", {"prediction_type": "flow"})
+    scheduler.set_timesteps(25)
+    x0 = torch.randn(1, 4, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    for i, t in enumerate(scheduler.timesteps):
+        sigma = scheduler.sigmas[i]
+        noise = (z - (1 - sigma) * x0) / sigma
+        index = torch.tensor([int(round(float(t)))]).clamp(max=999)
+        target = objective.add_noise(x0, noise, objective.num_train_timesteps - 1 - index).target
+        z = scheduler.step(target, t, z).prev_sample
+    assert torch.allclose(z, x0, atol=1e-4), (z - x0).abs().max()

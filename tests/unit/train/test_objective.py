@@ -72,7 +72,10 @@ def test_epsilon_and_sample_targets():
     sample = DDPMObjective(prediction_type="sample")
     batch = sample.add_noise(latents, noise, t)
     assert torch.equal(batch.target, latents)
-    assert sample.loss(latents + noise, batch).item() == pytest.approx(0.0)
+    # the model predicts the clean latents, as samplers with prediction_type "sample" assume (the
+    # reference's loss compared pred - noise instead, so its "sample" models could not be sampled)
+    assert sample.loss(latents, batch).item() == 0.0
+    assert sample.loss(latents + noise, batch).item() == pytest.approx(noise.pow(2).mean().item())
 
 
 def test_flow_matching_objective_runs_and_is_zero_at_the_target():
