@@ -126,7 +126,7 @@ def test_flow_matching_velocity_leads_the_flow_sampler_to_the_data(registry):
     for i, t in enumerate(scheduler.timesteps):
         sigma = scheduler.sigmas[i]
         noise = (z - (1 - sigma) * x0) / sigma
-        index = torch.tensor([int(round(float(t)))]).clamp(max=999)
+        index = torch.tensor([round(float(t))]).clamp(max=999)
         target = objective.add_noise(x0, noise, objective.num_train_timesteps - 1 - index).target
         z = scheduler.step(target, t, z).prev_sample
     assert torch.allclose(z, x0, atol=1e-4), (z - x0).abs().max()
