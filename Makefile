@@ -39,7 +39,7 @@ check: lint test
 OSCTL := $(VENV)/bin/osctl
 demo: $(STAMP)
 	@if [ "$(DEMO_FRESH)" = "1" ]; then rm -rf $(DEMO_DIR); fi
-	$(OSCTL) data synth shapes $(DEMO_DIR)/data
+	$(OSCTL) data synth shapes $(DEMO_DIR)/data --videos 400 --images 60
 	$(OSCTL) data validate $(DEMO_DIR)/data/data.txt --probe
 	$(OSCTL) data bucket $(DEMO_DIR)/data/data.txt --recipe recipes/demo.yaml --set data.data=$(DEMO_DIR)/data/data.txt --set train.output_dir=$(DEMO_DIR)/train
 	$(OSCTL) train --recipe recipes/demo.yaml --set data.data=$(DEMO_DIR)/data/data.txt --set train.output_dir=$(DEMO_DIR)/train

@@ -216,6 +216,9 @@ def write_grid(out_dir: Path, jobs: list[SampleJob], cfg: Any) -> Path | None:
         w = max(s[1] for s in shapes)
         videos = [np.pad(v, ((0, 0), (0, h - v.shape[1]), (0, w - v.shape[2]), (0, 0))) for v in videos]
     tiled = grid(videos)
+    if max(tiled.shape[1:3]) < 512:  # tiny samples (e.g. the 16-pixel demo): enlarge so a person can see them
+        factor = max(1, 512 // max(tiled.shape[1:3]))
+        tiled = tiled.repeat(factor, axis=1).repeat(factor, axis=2)
     name = f"grid-{cfg.sample_method}-gs{cfg.guidance_scale:g}-s{cfg.num_sampling_steps}"
     if tiled.shape[0] == 1:
         return write_image(out_dir / f"{name}.png", tiled[0])

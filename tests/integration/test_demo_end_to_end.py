@@ -45,15 +45,15 @@ def test_shapes_demo_end_to_end(tmp_path):
     assert report["ok"] is True
     bucket = osctl("data", "bucket", str(data / "data.txt"), "--recipe", recipe, *sets, "--json").stdout
     buckets = json.loads(bucket)
-    assert buckets["kept"] == 16 and buckets["buckets"]
+    assert buckets["kept"] == 13 and buckets["buckets"]  # the three 1-s clips are too short at 4 fps
     assert (out / "index" / "samples.arrow").is_file()
 
     # 3. train, interrupted by SIGTERM once a checkpoint exists: it saves and exits cleanly
     proc = subprocess.Popen([sys.executable, "-m", "osctl", "train", "--recipe", recipe, *sets,
-                             "--set", "train.max_steps=200"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                             "--set", "train.max_steps=100000"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not (out / "checkpoint-2" / "manifest.json").exists():
+    while not list(out.glob("checkpoint-*/manifest.json")):  # any: the oldest are rotated out
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.time() < deadline, "no checkpoint within 5 minutes"
         time.sleep(0.5)
@@ -63,7 +63,7 @@ def test_shapes_demo_end_to_end(tmp_path):
     assert "stopped by signal" in stdout
     steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     last = steps[-1]
-    assert 2 <= last < 200
+    assert 2 <= last < 100000
     state = json.loads((out / f"checkpoint-{last}" / "trainer_state.json").read_text())
     assert state["step"] == last
 
