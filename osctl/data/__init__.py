@@ -6,6 +6,7 @@ Modules, one job each (none imports a plugin, torch or a decoder at import time)
 - :mod:`~osctl.data.records`: the Open-Sora-Plan v1.3 record fields and media kinds;
 - :mod:`~osctl.data.annotations`: read .json/.jsonl/.pkl/.parquet files into columns, fast;
 - :mod:`~osctl.data.parallel_decode`: share the decoding of one large JSON file between processes;
+- :mod:`~osctl.data.strings`: vectorised facts about Arrow string columns (hashes, last ``/``, odd segments);
 - :mod:`~osctl.data.validate`: every check of ``osctl data validate``, returned as findings;
 - :mod:`~osctl.data.probe`: open media files (decord, Pillow) for ``--probe``;
 - :mod:`~osctl.data.rules`: pure frame and resolution rules (vectorised) and read-time frame sampling;
