@@ -41,6 +41,7 @@ import numpy as np
 
 from osctl.errors import DataError, UsageError
 from osctl.eval import STILL_THRESHOLD
+from osctl.media.read import IMAGE_SUFFIXES, read_spread_frames, spread_indices
 from osctl.synth.shapes import COLORS, MOTIONS, SHAPES
 
 SCHEMA = "osctl.eval.shapes/1"
@@ -48,7 +49,6 @@ SCHEMA = "osctl.eval.shapes/1"
 
 ATTRIBUTES: tuple[str, ...] = ("color", "shape", "motion")
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
 MAX_FRAMES = 16
 """Frames analysed per video, spread evenly (enough for a line fit; keeps long clips cheap)."""
@@ -178,7 +178,7 @@ def analyse_frames(frames: np.ndarray, *, indices: np.ndarray | None = None, max
     """Predict colour, shape and motion of the one object in ``T x H x W x 3`` uint8 frames.
 
     ``indices`` are the frames' positions in the clip when ``frames`` is already a selection (as
-    :func:`load_frames` returns); otherwise at most ``max_frames`` evenly spread frames are analysed.
+    :func:`osctl.media.read.read_spread_frames` returns); otherwise at most ``max_frames`` evenly spread frames are analysed.
     Never raises on odd content: noise, empty frames or several blobs give ``found=False`` with a
     ``reason``, which the report counts as wrong on every attribute.
     """
@@ -187,7 +187,7 @@ def analyse_frames(frames: np.ndarray, *, indices: np.ndarray | None = None, max
                            reason=f"frames have shape {tuple(frames.shape)}, expected T x H x W x 3")
     t_total, height, width = frames.shape[:3]
     if indices is None:
-        rows = _picks(t_total, max_frames)
+        rows = spread_indices(t_total, max_frames)
         times = rows
     else:
         rows = np.arange(t_total)
@@ -408,33 +408,6 @@ def find_samples(samples_dir: Path) -> list[Path]:
                   and not p.name.startswith((".", "grid-")))
 
 
-def load_frames(path: Path, max_frames: int = MAX_FRAMES) -> tuple[np.ndarray, np.ndarray, int]:
-    """Up to ``max_frames`` evenly spread frames of a video (PyAV) or an image (Pillow).
-
-    Returns ``(frames, indices, total)``: ``K x H x W x 3`` uint8 RGB frames, their positions in the
-    clip and the clip's frame count. Every frame is decoded but only the picked ones are converted to
-    RGB, which is most of the cost of reading a clip.
-    """
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))[None], np.zeros(1, dtype=np.int64), 1
-    import av
-
-    with av.open(str(path)) as container:
-        decoded = list(container.decode(video=0))
-        if not decoded:
-            raise ValueError(f"{path} has no decodable video frames")
-        picks = _picks(len(decoded), max_frames)
-        frames = np.stack([decoded[int(i)].to_ndarray(format="rgb24") for i in picks])
-    return frames, picks, len(decoded)
-
-
-def _picks(total: int, max_frames: int) -> np.ndarray:
-    return np.unique(np.linspace(0, total - 1, min(total, max_frames)).round().astype(np.int64))
-
-
 def evaluate_file(path: Path, *, prompt: str | None = None, still_threshold: float = STILL_THRESHOLD,
                   max_frames: int = MAX_FRAMES) -> SampleEval:
     """Evaluate one media file against its prompt (given, else from the sidecar or file name).
@@ -445,7 +418,7 @@ def evaluate_file(path: Path, *, prompt: str | None = None, still_threshold: flo
     if prompt is None:
         prompt, source = read_prompt(path)
     try:
-        frames, indices, total = load_frames(path, max_frames)
+        frames, indices, total = read_spread_frames(path, max_frames)
     except Exception as exc:  # any decoder failure is a failed sample, not a crash
         return SampleEval(path.name, prompt, source, parse_prompt(prompt), Measurement(frames=0),
                           error=f"unreadable: {type(exc).__name__}: {exc}")

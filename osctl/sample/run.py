@@ -195,19 +195,16 @@ def write_grid(out_dir: Path, jobs: list[SampleJob], cfg: Any) -> Path | None:
     """One grid video of every sample, read back from the files the ranks wrote."""
     import numpy as np
 
-    from osctl.media.read import read_video_frames
+    from osctl.media.read import read_spread_frames
     from osctl.media.write import grid, write_image, write_video
 
     videos = []
     for job in jobs:
         stem = f"{job.prompt.index:04d}-{job.k:02d}-{slug(job.prompt.text)}"
-        mp4, png = out_dir / f"{stem}.mp4", out_dir / f"{stem}.png"
-        if mp4.exists():
-            videos.append(read_video_frames(mp4))
-        elif png.exists():
-            from PIL import Image
-
-            videos.append(np.asarray(Image.open(png).convert("RGB"))[None])
+        for media in (out_dir / f"{stem}.mp4", out_dir / f"{stem}.png"):
+            if media.exists():
+                videos.append(read_spread_frames(media)[0])
+                break
     if not videos:
         return None
     shapes = {v.shape[1:3] for v in videos}

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import Field
 
 from osctl.errors import ConfigError
 from osctl.registry import ComponentConfig
-
-if TYPE_CHECKING:
-    import numpy as np
 
 INSTALL = 'pip install -c constraints.txt "osctl[tensorboard]"'
 
@@ -79,30 +76,17 @@ class TensorBoardTracker:
         """One image per sample: up to ``video_frames`` evenly spaced frames side by side (a ``.png`` as is)."""
         import numpy as np
 
+        from osctl.media.read import read_spread_frames
+
         for path in paths:
-            frames = read_frames(Path(path))
-            picked = np.linspace(0, len(frames) - 1, min(self.video_frames, len(frames))).round().astype(int)
-            strip = np.concatenate([frames[i] for i in picked], axis=1)
+            frames = read_spread_frames(Path(path), self.video_frames)[0]
+            strip = np.concatenate(list(frames), axis=1)
             self.writer.add_image(f"{tag}/{Path(path).stem}", strip, step, dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:
         """Flush and close the event file."""
         self.writer.close()
-
-
-def read_frames(path: Path) -> np.ndarray:
-    """``T x H x W x 3`` uint8 frames of a validation sample (``.mp4`` or a single ``.png``/``.jpg``)."""
-    import numpy as np
-
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))[None]
-    from osctl.media.read import read_video_frames
-
-    return read_video_frames(path)
 
 
 def build_tensorboard(config: TensorBoardConfig, *, output_dir: Path, start_step: int = 0, **_: Any) -> TensorBoardTracker:
