@@ -13,19 +13,19 @@ leniently (:func:`osctl.data.records.inspect_record`) so that every problem is r
 first. Non-JSON formats go through :func:`msgspec.convert` with the same types. Pickles are loaded
 with :func:`osctl.utils.safe_pickle.safe_loads` only.
 
-The SHA-256 of each file (for the index fingerprint) is computed on a background thread while it is
-decoded (reading and hashing release the GIL); ``checksum=False`` skips it.
+The SHA-256 of each file (for the index fingerprint) is computed on a background thread: while a
+file read in one piece is decoded, or after a file decoded in slices is read, so that it overlaps the
+caller's own work on the table instead of slowing the decoding processes (:mod:`osctl.data.checksum`);
+``checksum=False`` skips it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,6 +38,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from osctl.data.checksum import BytesDigest, Digest, FileDigest, hash_in_background
 from osctl.data.datatxt import DataSource
 from osctl.data.records import (
     CAP_BLANK,
@@ -125,6 +126,19 @@ class RecordTable:
         """``aesthetic``, falling back to its alias ``aes`` where ``aesthetic`` is absent."""
         return np.where(np.isnan(self.aesthetic), self.aes, self.aesthetic)
 
+    def rows(self, start: int, stop: int) -> RecordTable:
+        """Records ``start:stop`` as a table that shares this one's memory (issue indices shifted).
+
+        Lets per-record work run on cache-sized parts, or on several threads at once.
+        """
+        numbers = {name: getattr(self, name)[start:stop] for name in NUMERIC_COLUMNS}
+        return RecordTable(
+            n=stop - start, path=self.path.slice(start, stop - start),
+            cap_json=None if self.cap_json is None else self.cap_json.slice(start, stop - start),
+            cap_state=self.cap_state[start:stop], cut=self.cut[start:stop], crop=self.crop[start:stop],
+            issues=[(i - start, issue) for i, issue in self.issues if start <= i < stop], **numbers,
+        )
+
 
 def concat_tables(parts: list[RecordTable]) -> RecordTable:
     """One table from consecutive slices of the same file (strings stay chunked; issue indices shift)."""
@@ -157,12 +171,23 @@ class LoadedAnnotation:
     problem: FileProblem | None
     size: int = 0
     mtime_ns: int = 0
-    sha256: str | None = None
+    digest: str | Digest | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
         """Number of records read (0 when the file could not be read)."""
         return self.table.n if self.table is not None else 0
+
+    @property
+    def sha256(self) -> str | None:
+        """Hex SHA-256 of the file (None when read with ``checksum=False``).
+
+        The digest may still be computed on a background thread (:mod:`osctl.data.checksum`) while
+        the caller works on the table; this waits for it.
+        """
+        if self.digest is not None and not isinstance(self.digest, str):
+            self.digest = self.digest.hexdigest()
+        return self.digest
 
 
 @contextlib.contextmanager
@@ -175,67 +200,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-class _Hasher(threading.Thread):
-    """SHA-256 of a bytes object, computed on a background thread while the caller decodes it."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(daemon=True)
-        self._data = data
-        self._digest = ""
-        self.start()
-
-    def run(self) -> None:
-        self._digest = hashlib.sha256(self._data).hexdigest()
-        self._data = b""
-
-    def hexdigest(self) -> str:
-        self.join()
-        return self._digest
-
-
-class _FileHasher(threading.Thread):
-    """SHA-256 of a file, read in blocks on a background thread (reading and hashing release the GIL).
-
-    Started by the caller (:meth:`begin`) once any worker processes are forked, so that no thread is
-    running while the process forks.
-    """
-
-    BLOCK = 1 << 20
-
-    def __init__(self, fd: int) -> None:
-        super().__init__(daemon=True)
-        self._fd = fd
-        self._digest = ""
-        self._error: OSError | None = None
-
-    def begin(self) -> None:
-        if not self.is_alive() and not self._digest:
-            self.start()
-
-    def run(self) -> None:
-        digest = hashlib.sha256()
-        buffer = bytearray(self.BLOCK)
-        view = memoryview(buffer)
-        offset = 0
-        try:
-            while True:
-                got = os.preadv(self._fd, [view], offset)
-                if got <= 0:
-                    break
-                digest.update(view[:got])
-                offset += got
-        except OSError as exc:
-            self._error = exc
-        self._digest = digest.hexdigest()
-
-    def hexdigest(self) -> str:
-        self.begin()
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._digest
 
 
 def _line_col(data: bytes, offset: int) -> tuple[int, int]:
@@ -742,7 +706,19 @@ def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = Tr
     checks need neither, only the sample index does. ``meanwhile`` is called in this process once
     the file is being decoded in slices (by other processes too, when there are workers), so the
     caller's own work overlaps with theirs; it is not called for a file read in one piece.
+
+    The SHA-256 of a file decoded in slices is computed on a background thread after decoding (it
+    would slow the decoding processes down) and waited for on first use of ``sha256``.
     """
+    loaded = _read_one(source, workers, captions, checksum, meanwhile)
+    if isinstance(loaded.digest, FileDigest):
+        hash_in_background([loaded.digest])
+    return loaded
+
+
+def _read_one(source: DataSource, workers: int, captions: bool, checksum: bool,
+              meanwhile: Callable[[], None] | None) -> LoadedAnnotation:
+    """:func:`read_annotation` without starting the hashing of a file decoded in slices (its digest is pending)."""
     path = source.annotation
     name = source.name
     try:
@@ -754,7 +730,6 @@ def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = Tr
         return LoadedAnnotation(source, None, _folder_problem(path))
     except OSError as exc:
         return LoadedAnnotation(source, None, _unreadable(path, exc))
-    file_hasher = _FileHasher(fd) if checksum else None
     try:
         stat = os.fstat(fd)
         if S_ISDIR(stat.st_mode):
@@ -762,36 +737,33 @@ def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = Tr
         decoded: RecordTable | FileProblem | None = None
         if source.format == "json":
             with _gc_paused():
-                decoded = _read_json_file(fd, stat.st_size, workers, captions,
-                                          partial(_started, file_hasher, meanwhile))
-        hasher: _FileHasher | _Hasher | None = file_hasher if file_hasher is not None and file_hasher.ident else None
-        if decoded is None:
+                decoded = _read_json_file(fd, stat.st_size, workers, captions, meanwhile or _nothing)
+        if decoded is not None:
+            digest: str | Digest | None = FileDigest(fd) if checksum else None
+        else:
             try:
                 with open(fd, "rb", closefd=False) as handle:
                     data = handle.read()
             except OSError as exc:
                 return LoadedAnnotation(source, None, _unreadable(path, exc))
-            if checksum and hasher is None:
-                hasher = _Hasher(data)
+            hasher = BytesDigest(data) if checksum else None  # hashes while the data is decoded
             with _gc_paused():
                 decoded = _READERS[source.format](name, data, captions)
             del data
+            digest = hasher.hexdigest() if hasher is not None else None  # no thread left running: forks may follow
         problem = decoded if isinstance(decoded, FileProblem) else None
         table = None if problem is not None else decoded
-        digest = hasher.hexdigest() if hasher is not None else None
         return LoadedAnnotation(source, table, problem, stat.st_size, stat.st_mtime_ns, digest)  # type: ignore[arg-type]
     finally:
-        if file_hasher is not None and file_hasher.ident:
-            file_hasher.join()  # it reads from fd
         os.close(fd)
 
 
-def _started(hasher: _FileHasher | None, meanwhile: Callable[[], None] | None) -> None:
-    """Once slices are being decoded: start hashing the file, then do the caller's own work."""
-    if hasher is not None:
-        hasher.begin()
-    if meanwhile is not None:
-        meanwhile()
+def _nothing() -> None:
+    """The default of ``meanwhile``: no work of the caller's own."""
+
+
+MAX_PENDING_DIGESTS = 64
+"""Files decoded in slices whose digest may wait for the background thread (each keeps a descriptor open)."""
 
 
 class _Once:
@@ -819,11 +791,22 @@ def read_annotations(sources: Sequence[DataSource], *, workers: int = 1, caption
     """Read every annotation file in order; a broken file does not stop the others.
 
     ``meanwhile`` is called exactly once: while the first file read in slices is decoded (see
-    :func:`read_annotation`), else after every file is read.
+    :func:`read_annotation`), else after every file is read. The files decoded in slices are hashed
+    on one background thread started once every file is read (no thread runs while workers fork).
     """
     once = _Once(meanwhile) if meanwhile is not None else None
-    loaded = [read_annotation(source, workers=workers, captions=captions, checksum=checksum, meanwhile=once)
-              for source in sources]
+    loaded: list[LoadedAnnotation] = []
+    pending: list[FileDigest] = []
+    for source in sources:
+        item = _read_one(source, workers, captions, checksum, once)
+        loaded.append(item)
+        if isinstance(item.digest, FileDigest):
+            pending.append(item.digest)
+        if len(pending) >= MAX_PENDING_DIGESTS:  # each holds a descriptor: hash them here and now
+            for digest in pending:
+                digest.compute()
+            pending.clear()
+    hash_in_background(pending)
     if once is not None:
         once()
     return loaded

@@ -14,6 +14,7 @@ train_sp_batch_size`` (reference ``total_batch_size``).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -426,25 +427,74 @@ def _key(t: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (t.astype(np.int64) << 42) | (h.astype(np.int64) << 21) | w.astype(np.int64)
 
 
-def build_buckets(loaded: list[LoadedAnnotation], settings: BucketSettings, *,
-                  latent: dict[str, int] | None = None) -> BucketResult:
-    """Apply the rules to every readable file, then the minority rule over all of them.
+RULE_PART_ROWS = 1 << 17
+"""Records per part when the rules run in parts: small enough for the CPU cache, large enough for numpy."""
 
-    ``latent`` may give ``stride_t``, ``stride_hw``, ``patch_t`` and ``patch_hw`` for the token counts
-    (defaults: 4, 8, 1, 2 — the v1.3 WF-VAE and transformer).
+_OUTCOME_ARRAYS = ("reason", "kind", "t", "h", "w", "start", "span", "fps", "n_candidates")
+
+
+def _rule_parts(loaded: list[LoadedAnnotation]) -> list[tuple[int, int, int]]:
+    """``(file, start, stop)`` row ranges of at most :data:`RULE_PART_ROWS` records covering every readable file."""
+    return [(f, start, min(start + RULE_PART_ROWS, item.n)) for f, item in enumerate(loaded) if item.table is not None
+            for start in range(0, max(item.n, 1), RULE_PART_ROWS)]
+
+
+def apply_rules_all(loaded: list[LoadedAnnotation], settings: BucketSettings, *,
+                    threads: int | None = None) -> list[FileOutcome | None]:
+    """:func:`apply_rules` for every file (None for an unreadable one), run in parts on ``threads`` threads.
+
+    The rules are element-wise, so the outcome of a file is the concatenation of its parts' outcomes;
+    numpy and pyarrow release the GIL in their loops, so the parts of a large file run in parallel
+    (``threads`` defaults to the CPU count, at most 8). The short-clip draws follow the global record
+    position (see :func:`osctl.data.rules.short_drop_draws`) whatever the parts.
     """
     fr = settings.frames
     total = sum(item.n for item in loaded)
     draws = short_drop_draws(total, fr.seed) if 0 < fr.drop_short_ratio < 1 else None
+    offsets = np.cumsum([0] + [item.n for item in loaded])
+    parts = _rule_parts(loaded)
+
+    def run(part: tuple[int, int, int]) -> FileOutcome:
+        f, start, stop = part
+        table = loaded[f].table
+        assert table is not None
+        first = int(offsets[f]) + start
+        sub = table if (start, stop) == (0, table.n) else table.rows(start, stop)
+        return apply_rules(sub, settings, None if draws is None else draws[first:first + stop - start])
+
+    threads = threads or min(8, os.cpu_count() or 1)
+    if threads > 1 and len(parts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(parts))) as pool:
+            results = list(pool.map(run, parts))
+    else:
+        results = [run(part) for part in parts]
+    by_file: dict[int, list[FileOutcome]] = {}
+    for (f, _, _), outcome in zip(parts, results, strict=True):
+        by_file.setdefault(f, []).append(outcome)
     outcomes: list[FileOutcome | None] = []
-    offset = 0
-    for item in loaded:
-        if item.table is None:
+    for f in range(len(loaded)):
+        pieces = by_file.get(f)
+        if pieces is None:
             outcomes.append(None)
-            continue
-        part = None if draws is None else draws[offset:offset + item.n]
-        outcomes.append(apply_rules(item.table, settings, part))
-        offset += item.n
+        elif len(pieces) == 1:
+            outcomes.append(pieces[0])
+        else:
+            outcomes.append(FileOutcome(**{name: np.concatenate([getattr(p, name) for p in pieces])
+                                           for name in _OUTCOME_ARRAYS}))
+    return outcomes
+
+
+def build_buckets(loaded: list[LoadedAnnotation], settings: BucketSettings, *,
+                  latent: dict[str, int] | None = None, threads: int | None = None) -> BucketResult:
+    """Apply the rules to every readable file, then the minority rule over all of them.
+
+    ``latent`` may give ``stride_t``, ``stride_hw``, ``patch_t`` and ``patch_hw`` for the token counts
+    (defaults: 4, 8, 1, 2 — the v1.3 WF-VAE and transformer). ``threads``: see :func:`apply_rules_all`.
+    """
+    fr = settings.frames
+    outcomes = apply_rules_all(loaded, settings, threads=threads)
 
     keys = [_key(o.t, o.h, o.w)[o.reason == 0] for o in outcomes if o is not None]
     all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)

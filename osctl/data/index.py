@@ -67,7 +67,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from osctl.data.annotations import LoadedAnnotation
-from osctl.data.bucket import BucketResult, BucketSettings
+from osctl.data.bucket import BucketResult, BucketSettings, FileOutcome
 from osctl.data.datatxt import parse_data_txt
 from osctl.errors import DataError, UsageError
 from osctl.utils.atomic import atomic_file, atomic_write_text
@@ -171,39 +171,72 @@ def _single(pieces: list[pa.Array | pa.ChunkedArray], kind: pa.DataType) -> pa.A
     return chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
 
 
-def index_table(result: BucketResult) -> pa.Table:
-    """The kept samples of ``result`` as an Arrow table with :data:`SCHEMA` (one contiguous record batch)."""
-    numbers: dict[str, list[np.ndarray]] = {name: [] for name in SCHEMA.names}
-    strings: dict[str, list[pa.Array | pa.ChunkedArray]] = {"path": [], "captions_json": []}
+def _kept_numbers(item: LoadedAnnotation, outcome: FileOutcome, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The numeric index columns of one file's kept records (``rows``)."""
+    table = item.table
+    assert table is not None
+    crop = table.crop[rows]
+    num_frames = table.num_frames[rows]
+    return {
+        "file_id": np.full(len(rows), item.source.file_id, dtype=np.int32), "position": rows.astype(np.int64),
+        "kind": outcome.kind[rows], "aesthetic": table.score()[rows], "fps": outcome.fps[rows],
+        "start_frame": outcome.start[rows], "span_frames": outcome.span[rows],
+        "num_frames": np.where(np.isnan(num_frames), -1, num_frames).astype(np.int64),
+        "n_candidates": outcome.n_candidates[rows].astype(np.int32),
+        "crop_x0": _int32(crop[:, 0]), "crop_x1": _int32(crop[:, 1]), "crop_y0": _int32(crop[:, 2]),
+        "crop_y1": _int32(crop[:, 3]), "height": _int32(table.height[rows]), "width": _int32(table.width[rows]),
+        "bucket": outcome.bucket[rows], "t": outcome.t[rows], "h": outcome.h[rows], "w": outcome.w[rows],
+    }
+
+
+def _kept_paths(item: LoadedAnnotation, mask: pa.Array) -> pa.Array:
+    """The joined media paths of one file's kept records."""
+    assert item.table is not None
+    return join_paths(item.source.root, _single([pc.filter(item.table.path, mask)], pa.string()))
+
+
+def _kept_captions(item: LoadedAnnotation, mask: pa.Array) -> pa.Array:
+    """The caption JSON texts of one file's kept records, as one array."""
+    assert item.table is not None and item.table.cap_json is not None
+    return _single([pc.filter(item.table.cap_json, mask)], pa.binary())
+
+
+def index_table(result: BucketResult, *, threads: int | None = None) -> pa.Table:
+    """The kept samples of ``result`` as an Arrow table with :data:`SCHEMA` (one contiguous record batch).
+
+    Each file's paths, captions and numbers are gathered as three tasks on up to ``threads`` threads
+    (default: the CPU count, at most 8): pyarrow and numpy copy without holding the GIL, and the
+    captions alone are most of the bytes, so the copies (and the page faults of the new columns)
+    proceed side by side.
+    """
+    tasks: list[tuple[Any, ...]] = []
     for item, outcome in zip(result.loaded, result.outcomes, strict=True):
         if outcome is None or item.table is None:
             continue
-        table = item.table
         keep = outcome.reason == 0
         mask = pa.array(keep)
-        rows = np.flatnonzero(keep)
-        strings["path"].append(join_paths(item.source.root, _single([pc.filter(table.path, mask)], pa.string())))
-        strings["captions_json"].append(pc.filter(table.cap_json, mask))
-        crop = table.crop[rows]
-        values = {
-            "file_id": np.full(len(rows), item.source.file_id, dtype=np.int32), "position": rows.astype(np.int64),
-            "kind": outcome.kind[rows], "aesthetic": table.score()[rows], "fps": outcome.fps[rows],
-            "start_frame": outcome.start[rows], "span_frames": outcome.span[rows],
-            "num_frames": np.where(np.isnan(table.num_frames[rows]), -1, table.num_frames[rows]).astype(np.int64),
-            "n_candidates": outcome.n_candidates[rows].astype(np.int32),
-            "crop_x0": _int32(crop[:, 0]), "crop_x1": _int32(crop[:, 1]), "crop_y0": _int32(crop[:, 2]),
-            "crop_y1": _int32(crop[:, 3]), "height": _int32(table.height[rows]), "width": _int32(table.width[rows]),
-            "bucket": outcome.bucket[rows], "t": outcome.t[rows], "h": outcome.h[rows], "w": outcome.w[rows],
-        }
-        for name, value in values.items():
-            numbers[name].append(value)
+        tasks += [(_kept_captions, item, mask), (_kept_paths, item, mask),
+                  (_kept_numbers, item, outcome, np.flatnonzero(keep))]
+    threads = threads or min(8, os.cpu_count() or 1)
+    if threads > 1 and len(tasks) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(tasks))) as pool:
+            done = [pool.submit(task[0], *task[1:]) for task in tasks]
+            results = [future.result() for future in done]
+    else:
+        results = [task[0](*task[1:]) for task in tasks]
+    strings: dict[str, list[pa.Array]] = {"captions_json": results[0::3], "path": results[1::3]}
+    numbers: dict[str, list[np.ndarray]] = {name: [values[name] for values in results[2::3]] for name in SCHEMA.names
+                                            if name not in strings}
     columns = []
     for field in SCHEMA:
         if field.name in strings:
             columns.append(_single(strings[field.name], field.type))
         else:
             parts = numbers[field.name]
-            data = np.concatenate(parts) if parts else np.zeros(0, dtype=field.type.to_pandas_dtype())
+            data = (parts[0] if len(parts) == 1 else np.concatenate(parts) if parts
+                    else np.zeros(0, dtype=field.type.to_pandas_dtype()))
             columns.append(pa.array(data.astype(field.type.to_pandas_dtype(), copy=False), type=field.type))
     return pa.Table.from_batches([pa.record_batch(columns, schema=SCHEMA)])
 
@@ -240,8 +273,8 @@ def write_index(result: BucketResult, data_txt: Path, out_dir: Path) -> Path:
                         hint="run `osctl data bucket ... --report drops.jsonl` to see every record's reason.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = index_meta(result, data_txt)
     table = index_table(result)
+    meta = index_meta(result, data_txt)  # after the table: the annotation digests may still be computed meanwhile
     schema = table.schema.with_metadata({META_KEY: json.dumps(meta, default=str).encode()})
     target = out_dir / INDEX_FILE
     with atomic_file(target, root=out_dir) as tmp, pa.OSFile(str(tmp), "wb") as sink, \

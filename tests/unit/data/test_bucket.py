@@ -146,3 +146,66 @@ def test_media_kinds_match_the_per_path_rule() -> None:
     paths = ["a.mp4", "b.JPG", "c.MoV", "d", "e.x/y", "f.png", "g.webm", "h.mp4.txt", "dir.d/x", "i.JpEg", "j.bmp",
              "k.avi", "l.mkv", "m.webp", ".mp4"]
     assert media_kinds(pa.array(paths)).tolist() == [media_kind(p) for p in paths]
+
+
+def _mixed(n: int, seed: int) -> list[Any]:
+    """Videos and images of varied sizes, lengths, frame rates and defects (for part/thread equivalence)."""
+    rng = np.random.default_rng(seed)
+    out: list[Any] = []
+    for i in range(n):
+        h, w = int(rng.integers(100, 2200)), int(rng.integers(100, 2200))
+        if i % 4 == 0:
+            rec: Any = {**IMAGE, "path": f"i{i}.png", "resolution": {"height": h, "width": w}}
+        else:
+            nf = int(rng.integers(10, 600))
+            rec = {**VIDEO, "path": f"v{i}.mp4", "resolution": {"height": h, "width": w}, "num_frames": nf,
+                   "fps": float(rng.choice([16, 24, 29.97, 60]))}
+            if i % 5 == 0:
+                rec["cut"] = [3, 3 + nf]
+            if i % 9 == 0:
+                rec["aesthetic"] = float(rng.uniform(3, 7))
+        if i % 17 == 0:
+            rec["resolution"] = {"height": "tall", "width": w}
+        if i % 23 == 0:
+            rec["cap"] = None
+        if i == 31:
+            rec = 5
+        out.append(rec)
+    return out
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5, 0.0])
+def test_rules_in_parts_and_threads_give_the_whole_file_outcome(make_data: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                ratio: float) -> None:
+    """Parts of any size, on any number of threads, across several files: the same outcome, draws included."""
+    import osctl.data.bucket as bucket
+
+    settings = dataclasses.replace(SETTINGS, min_bucket_batches=1, filters=ScoreFilters(min_aesthetic=4.5),
+                                   frames=FrameRules(num_frames=29, train_fps=16, drop_short_ratio=ratio, seed=3))
+    data_txt = make_data({"a.json": _mixed(700, 1), "b.json": _mixed(5, 2), "c.json": [], "d.json": _mixed(333, 4)})
+    loaded = read_annotations(load_data_txt(data_txt))
+    whole = build_buckets(loaded, settings, threads=1)
+    for rows, threads in ((64, 1), (64, 3), (7, 8), (1000, 2)):
+        monkeypatch.setattr(bucket, "RULE_PART_ROWS", rows)
+        parts = build_buckets(loaded, settings, threads=threads)
+        for a, b in zip(whole.outcomes, parts.outcomes, strict=True):
+            assert a is not None and b is not None
+            for name in ("reason", "kind", "t", "h", "w", "start", "span", "n_candidates", "bucket"):
+                assert np.array_equal(getattr(a, name), getattr(b, name)), name
+                assert getattr(a, name).dtype == getattr(b, name).dtype, name
+            assert np.array_equal(a.fps, b.fps, equal_nan=True)
+        assert parts.buckets == whole.buckets and parts.minority == whole.minority
+    assert whole.reason_counts()["invalid_record"] > 0 and whole.n_kept > 0
+    if 0 < ratio < 1:
+        assert whole.reason_counts()["short_dropped"] > 0
+
+
+def test_a_table_part_shares_columns_and_shifts_issues(make_data: Any) -> None:
+    table = read_annotations(load_data_txt(make_data({"a.json": _mixed(120, 5)})))[0].table
+    assert table is not None
+    part = table.rows(30, 80)
+    assert part.n == 50 and part.path.to_pylist() == table.path.to_pylist()[30:80]
+    assert part.cap_json is not None and part.cap_json.to_pylist() == table.cap_json.to_pylist()[30:80]
+    assert np.shares_memory(part.height, table.height) and np.array_equal(part.crop, table.crop[30:80], equal_nan=True)
+    assert [(i + 30, x) for i, x in part.issues] == [(i, x) for i, x in table.issues if 30 <= i < 80]
+    assert part.invalid_mask.tolist() == table.invalid_mask[30:80].tolist()

@@ -122,3 +122,17 @@ def test_index_is_columnar_and_compact(make_data: Any, tmp_path: Path) -> None:
     assert all(col.num_chunks == 1 for col in index.table.columns)
     assert np.all(index.numpy("t") == 29)
     assert path.stat().st_size < 2000 * 250  # about 100 bytes of numbers plus the strings
+
+
+def test_index_columns_gathered_on_threads_are_the_same(make_data: Any, tmp_path: Path) -> None:
+    from osctl.data.index import index_table
+
+    records = _records() * 40
+    data_txt = make_data({"a.json": records, "b.json": records[:3], "c.json": [records[2]], "d.json": records[::-1]})
+    result = build_buckets(read_annotations(load_data_txt(data_txt)), SETTINGS)
+    one = index_table(result, threads=1)
+    assert one.num_rows == result.n_kept > 0
+    for threads in (2, 5):
+        many = index_table(result, threads=threads)
+        assert [c.num_chunks for c in many.columns] == [1] * len(many.columns)
+        assert many.to_batches()[0].serialize().to_pybytes() == one.to_batches()[0].serialize().to_pybytes()

@@ -1,0 +1,106 @@
+"""SHA-256 digests of annotation files, computed while the caller does other work.
+
+The sample index fingerprints every annotation file by its SHA-256 (:mod:`osctl.data.index`), which
+costs about 0.6 s of CPU per GB. Hashing and reading release the GIL, so a digest is computed on a
+background thread and only waited for when the fingerprint is built:
+
+- :class:`BytesDigest` hashes a file already in memory, starting at once (it overlaps decoding);
+- :class:`FileDigest` hashes an open file from its own duplicate descriptor, on a background thread
+  started with :func:`hash_in_background` once no process will be forked any more (no thread may run
+  during a fork), or in the caller's thread on first use when nobody started it.
+
+Both expose ``hexdigest()``, which waits for the result (and re-raises a read error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+BLOCK = 1 << 20
+"""Bytes read per call while hashing a file."""
+
+
+class Digest(Protocol):
+    """A digest that may still be in progress."""
+
+    def hexdigest(self) -> str:
+        """The hex SHA-256, waiting for it when needed."""
+        ...
+
+
+class BytesDigest(threading.Thread):
+    """SHA-256 of a bytes object, computed on a background thread started at once."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(daemon=True)
+        self._data = data
+        self._digest = ""
+        self.start()
+
+    def run(self) -> None:
+        self._digest = hashlib.sha256(self._data).hexdigest()
+        self._data = b""
+
+    def hexdigest(self) -> str:
+        """The hex SHA-256 of the bytes (waits for the thread)."""
+        self.join()
+        return self._digest
+
+
+class FileDigest:
+    """SHA-256 of an open file, computed exactly once by whichever thread asks first.
+
+    The descriptor is duplicated at construction (the caller may close its own) and closed once the
+    file has been hashed.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.dup(fd)
+        self._claim = threading.Lock()
+        self._claimed = False
+        self._done = threading.Event()
+        self._digest = ""
+        self._error: OSError | None = None
+
+    def compute(self) -> None:
+        """Hash the file now, in this thread; returns at once when another thread has already begun."""
+        with self._claim:
+            if self._claimed:
+                return
+            self._claimed = True
+        digest = hashlib.sha256()
+        buffer = bytearray(BLOCK)
+        view = memoryview(buffer)
+        offset = 0
+        try:
+            while (got := os.preadv(self._fd, [view], offset)) > 0:
+                digest.update(view[:got])
+                offset += got
+            self._digest = digest.hexdigest()
+        except OSError as exc:
+            self._error = exc
+        finally:
+            os.close(self._fd)
+            self._done.set()
+
+    def hexdigest(self) -> str:
+        """The hex SHA-256 of the file, computed here when no background thread has taken it."""
+        self.compute()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._digest
+
+
+def hash_in_background(digests: Sequence[FileDigest]) -> None:
+    """Compute ``digests`` one after the other on one daemon thread (they are independent files).
+
+    Call it only once no worker process will be forked any more in this process.
+    """
+    if digests:
+        threading.Thread(target=lambda: [d.compute() for d in digests], daemon=True,
+                         name="osctl-checksum").start()
