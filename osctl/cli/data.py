@@ -26,7 +26,7 @@ from rich.table import Table
 
 from osctl.cli._options import JsonOpt, RecipeOpt, SetOpt
 from osctl.cli._output import console, print_json, warn
-from osctl.errors import DataError, UsageError
+from osctl.errors import DataError, OsctlError, UsageError
 
 app = typer.Typer(help="Check annotation files and build the sample index.", no_args_is_help=True)
 
@@ -172,6 +172,47 @@ def _latent_geometry(recipe: Any) -> dict[str, int]:
     return facts
 
 
+class _BucketSetup:
+    """What ``data bucket`` takes from the recipe, each part loaded once, when first needed.
+
+    The recipe, its bucket settings and the latent geometry of its components (which loads plugins)
+    cost a few tenths of a second, mostly imports; :meth:`prepare` runs while other processes decode
+    the annotations, which takes that off the command's critical path. The parts load in the
+    command's original order (recipe, settings, then the geometry), so the same error is reported.
+    """
+
+    def __init__(self, recipe: Path, overrides: list[str], world_size: int | None) -> None:
+        self._args = (recipe, overrides, world_size)
+        self._recipe: Any = None
+        self._settings: Any = None
+        self.geometry: dict[str, int] | None = None
+
+    def recipe(self) -> Any:
+        """The loaded recipe (:class:`osctl.recipe.load.LoadedRecipe`)."""
+        if self._recipe is None:
+            from osctl.recipe.load import load_recipe
+
+            self._recipe = load_recipe(self._args[0], self._args[1])
+        return self._recipe
+
+    def settings(self) -> Any:
+        """The :class:`osctl.data.bucket.BucketSettings`, with the geometry's ``stride_t`` once prepared."""
+        if self._settings is None:
+            from osctl.data.bucket import BucketSettings
+
+            self._settings = BucketSettings.from_recipe(self.recipe().recipe, world_size=self._args[2])
+        return self._settings
+
+    def prepare(self) -> None:
+        """Load the recipe, the settings and the latent geometry of the recipe's components."""
+        settings = self.settings()
+        if self.geometry is None:
+            self.geometry = _latent_geometry(self.recipe().recipe)
+            if "stride_t" in self.geometry:
+                self._settings = dataclasses.replace(
+                    settings, frames=dataclasses.replace(settings.frames, stride_t=self.geometry["stride_t"]))
+
+
 @app.command("bucket")
 def bucket(
     data_txt: OptionalDataTxtArg = None,
@@ -195,26 +236,29 @@ def bucket(
     """
     _no_blas_threads()
     from osctl.data.annotations import read_annotations
-    from osctl.data.bucket import REASON_HELP, BucketSettings, Reason, build_buckets
     from osctl.data.datatxt import load_data_txt
-    from osctl.data.index import write_index
-    from osctl.data.validate import display_name
-    from osctl.recipe.load import load_recipe
 
-    loaded_recipe = load_recipe(recipe, overrides or [])
-    rec = loaded_recipe.recipe
+    setup = _BucketSetup(recipe, overrides or [], world_size)
     if data_txt is None:
+        rec = setup.recipe().recipe
         if rec.data.data is None:
             raise UsageError("no data.txt given: pass DATA_TXT or set data.data in the recipe.")
         data_txt = Path(rec.data.data)
-    settings = BucketSettings.from_recipe(rec, world_size=world_size)
-    sources = load_data_txt(data_txt)
+    try:
+        sources = load_data_txt(data_txt)
+    except OsctlError:
+        setup.settings()  # a broken recipe is reported first, as when it is read before data.txt
+        raise
     _tune_memory()
-    geometry: dict[str, int] = {}
-    # The plugins that give the latent geometry are loaded while other processes decode.
-    loaded = read_annotations(sources, workers=workers, meanwhile=lambda: geometry.update(_latent_geometry(rec)))
-    if "stride_t" in geometry:
-        settings = dataclasses.replace(settings, frames=dataclasses.replace(settings.frames, stride_t=geometry["stride_t"]))
+    # The recipe, its settings and the plugins that give the latent geometry are loaded while other
+    # processes decode (a broken recipe is still reported, once the annotations are read).
+    loaded = read_annotations(sources, workers=workers, meanwhile=setup.prepare)
+    setup.prepare()
+    settings, geometry, rec = setup.settings(), setup.geometry or {}, setup.recipe().recipe
+    from osctl.data.bucket import REASON_HELP, Reason, build_buckets
+    from osctl.data.index import write_index
+    from osctl.data.validate import display_name
+
     base = Path(data_txt).resolve().parent
     broken = [item for item in loaded if item.problem is not None]
     if broken:

@@ -156,6 +156,28 @@ def test_bucket_failures(tmp_path: Path, records: Any, extra: list[str], code: i
     assert not (tmp_path / "idx" / "samples.arrow").exists()
 
 
+@pytest.mark.parametrize("broken_data_txt", [True, False])
+def test_bucket_reports_a_broken_recipe_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken_data_txt: bool) -> None:
+    """The recipe is loaded while the annotations are decoded, yet its error still wins over data.txt's."""
+    import osctl.data.annotations as annotations
+
+    monkeypatch.setattr(annotations, "CHUNK_BYTES", 500)  # decoded in slices, by two processes
+    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    data_txt = _dataset(tmp_path, _clean(60))
+    if broken_data_txt:
+        data_txt.write_text(data_txt.read_text() + "no comma here\n")
+    for extra, text in ((["--set", "data.num_frames=30"], "must be 4k+1"), (["--set", "data.nope=1"], "nope")):
+        result = runner.invoke(app, ["data", "bucket", str(data_txt), "-r", str(tmp_path / "recipe.yaml"),
+                                     "-o", str(tmp_path / "idx"), "--workers", "2", *extra])
+        assert result.exit_code == 2, result.output
+        assert text in result.output and "no comma" not in result.output
+        assert not (tmp_path / "idx").exists()
+    result = runner.invoke(app, ["data", "bucket", str(data_txt), "-r", str(tmp_path / "recipe.yaml"),
+                                 "-o", str(tmp_path / "idx"), "--workers", "2"])
+    assert result.exit_code == (1 if broken_data_txt else 0), result.output
+    assert ("no comma" in result.output) is broken_data_txt
+
+
 def test_bucket_with_relative_paths_writes_the_index_where_train_reads_it(tmp_path, monkeypatch):
     """`make demo` runs with relative paths: the index must land in <output_dir>/index, not nested."""
     monkeypatch.chdir(tmp_path)
