@@ -34,6 +34,7 @@ def sample(
     sample_method: Annotated[str | None, Opt("--sample-method", help="Sampler plugin; default EulerAncestralDiscrete.")] = None,
     seed: Annotated[int | None, Opt("--seed")] = None,
     num_samples_per_prompt: Annotated[int | None, Opt("--num-samples-per-prompt")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Videos denoised together (same settings); seeds unchanged.")] = None,
     fps: Annotated[int | None, Opt("--fps", help="Frame rate of written MP4s.")] = None,
     dtype: Annotated[str | None, Opt("--dtype", help="fp32, bf16 or fp16.")] = None,
     output_dir: Annotated[Path | None, Opt("--output-dir", "-o", help="Where videos and sidecars go.")] = None,
@@ -80,7 +81,8 @@ def sample(
         "sample.negative_prompt": negative_prompt, "sample.num_frames": num_frames, "sample.height": height,
         "sample.width": width, "sample.num_sampling_steps": num_sampling_steps,
         "sample.guidance_scale": guidance_scale, "sample.sample_method": sample_method, "sample.seed": seed,
-        "sample.num_samples_per_prompt": num_samples_per_prompt, "sample.fps": fps, "sample.dtype": dtype,
+        "sample.num_samples_per_prompt": num_samples_per_prompt, "sample.batch_size": batch_size,
+        "sample.fps": fps, "sample.dtype": dtype,
         "sample.output_dir": output_dir,
     }
     sets += [f"{key}={_quote(value)}" for key, value in flag_sets.items() if value is not None]

@@ -276,6 +276,8 @@ class SampleSection(Section):
     sampler_options: dict[str, Any] = Field(default_factory=dict, description="extra options for the sampler")
     seed: int = 42
     num_samples_per_prompt: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, description="videos denoised together in one pipeline call (same size and "
+                            "settings); each keeps its own seed, so the videos match batch_size 1 up to rounding")
     max_sequence_length: int = Field(512, gt=0)
     sp: bool = Field(False, description="all ranks work on each sample (sequence parallel)")
     dtype: Precision = "bf16"

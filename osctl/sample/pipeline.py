@@ -82,10 +82,18 @@ class VideoPipeline:
         return (batch, ae.latent_channels, (num_frames - 1) // ae.temporal_stride + 1,
                 height // ae.spatial_stride, width // ae.spatial_stride)
 
-    def prepare_latents(self, shape: tuple[int, ...], generator: torch.Generator | None,
+    def prepare_latents(self, shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None,
                         latents: torch.Tensor | None = None) -> torch.Tensor:
-        """Initial latents (drawn on CPU from ``generator`` so every device gives the same numbers)."""
-        if latents is None:
+        """Initial latents (drawn on CPU from ``generator`` so every device gives the same numbers).
+
+        A list holds one generator per batch item: item ``i`` then gets exactly the numbers a batch of one
+        drawn from ``generator[i]`` would, so batching never changes which video a seed gives.
+        """
+        if latents is None and isinstance(generator, list):
+            if len(generator) != shape[0]:
+                raise UsageError(f"{len(generator)} generators for a batch of {shape[0]}; pass one per video.")
+            latents = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generator])
+        elif latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32)
         elif tuple(latents.shape) != tuple(shape):
             raise UsageError(f"given latents have shape {tuple(latents.shape)}, expected {tuple(shape)}.")
@@ -103,14 +111,18 @@ class VideoPipeline:
         width: int,
         num_inference_steps: int = 100,
         guidance_scale: float = 7.5,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         max_sequence_length: int | None = None,
         eta: float = 0.0,
         output_type: str = "uint8",
         callback: Callable[[int, int], None] | None = None,
     ) -> PipelineOutput:
-        """Sample videos for ``prompt``; ``output_type`` is ``uint8``, ``float`` or ``latent``."""
+        """Sample videos for ``prompt``; ``output_type`` is ``uint8``, ``float`` or ``latent``.
+
+        ``generator`` may be a list with one generator per prompt (see :meth:`prepare_latents`); the
+        scheduler then draws each video's step noise from its own generator too.
+        """
         self.check_inputs(num_frames, height, width)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)

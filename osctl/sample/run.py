@@ -96,75 +96,117 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     from osctl.text import NEGATIVE_PROMPT
 
     records = []
-    for job in mine:
-        records.append(_sample_one(job, cfg, checked, registry, request, model, ae, text_encoder, refiner,
-                                   info, dtype, out_dir, identities, progress, NEGATIVE_PROMPT, sp_group))
+    for batch in batch_jobs(mine, cfg, NEGATIVE_PROMPT, cfg.batch_size):
+        records += _sample_batch(batch, cfg, checked, registry, request, model, ae, text_encoder, refiner,
+                                 info, dtype, out_dir, identities, progress, sp_group)
     pdist.barrier()
     if request.grid and info.is_main:
         write_grid(out_dir, jobs, cfg)
     return records
 
 
-def _sample_one(job: SampleJob, cfg: Any, checked: CheckedRecipe, registry: Registry, request: SampleRequest,
-                model: Any, ae: Any, text_encoder: Any, refiner: Any, info: pdist.DistInfo, dtype: torch.dtype,
-                out_dir: Path, identities: dict[str, Any], progress: Any, default_negative: str,
-                sp_group: Any = None) -> dict[str, Any]:
-    spec = job.prompt
-    settings = {
-        "num_frames": spec.overrides.get("num_frames", cfg.num_frames),
-        "height": spec.overrides.get("height", cfg.height),
-        "width": spec.overrides.get("width", cfg.width),
-        "guidance_scale": spec.overrides.get("guidance_scale", cfg.guidance_scale),
-        "num_sampling_steps": spec.overrides.get("num_sampling_steps", cfg.num_sampling_steps),
-    }
-    negative = spec.overrides.get("negative_prompt", cfg.negative_prompt if cfg.negative_prompt is not None
-                                  else default_negative)
-    refined = refiner([spec.text])[0]
-    text = refined
+@dataclass(frozen=True)
+class _Settings:
+    """What must be equal for jobs to share one pipeline call."""
+
+    num_frames: int
+    height: int
+    width: int
+    guidance_scale: float
+    num_sampling_steps: int
+    negative: str
+
+
+def job_settings(job: SampleJob, cfg: Any, default_negative: str) -> _Settings:
+    """The per-prompt overrides of ``job`` on top of the recipe's ``sample`` section."""
+    o = job.prompt.overrides
+    negative = o.get("negative_prompt", cfg.negative_prompt if cfg.negative_prompt is not None else default_negative)
+    return _Settings(int(o.get("num_frames", cfg.num_frames)), int(o.get("height", cfg.height)),
+                     int(o.get("width", cfg.width)), float(o.get("guidance_scale", cfg.guidance_scale)),
+                     int(o.get("num_sampling_steps", cfg.num_sampling_steps)), str(negative))
+
+
+def batch_jobs(jobs: list[SampleJob], cfg: Any, default_negative: str,
+               batch_size: int) -> list[list[tuple[SampleJob, _Settings]]]:
+    """Runs of at most ``batch_size`` consecutive jobs with equal settings, in the original order.
+
+    Why consecutive only: files and sidecars are written in job order, and the k samples of a prompt
+    (the usual batch) are neighbours anyway.
+    """
+    batches: list[list[tuple[SampleJob, _Settings]]] = []
+    for job in jobs:
+        settings = job_settings(job, cfg, default_negative)
+        if batches and len(batches[-1]) < batch_size and batches[-1][-1][1] == settings:
+            batches[-1].append((job, settings))
+        else:
+            batches.append([(job, settings)])
+    return batches
+
+
+def _sample_batch(batch: list[tuple[SampleJob, _Settings]], cfg: Any, checked: CheckedRecipe, registry: Registry,
+                  request: SampleRequest, model: Any, ae: Any, text_encoder: Any, refiner: Any,
+                  info: pdist.DistInfo, dtype: torch.dtype, out_dir: Path, identities: dict[str, Any],
+                  progress: Any, sp_group: Any = None) -> list[dict[str, Any]]:
+    """Denoise the videos of ``batch`` together (one seed and generator each) and write them one by one."""
+    settings = batch[0][1]
+    refined = [refiner([job.prompt.text])[0] for job, _ in batch]
+    texts = list(refined)
     if cfg.clean_captions:
         from osctl.text.clean import clean_caption
 
-        text = clean_caption(text, checked.loaded.recipe.data.captions.support_chinese)
+        texts = [clean_caption(t, checked.loaded.recipe.data.captions.support_chinese) for t in texts]
     scheduler = build_sampler(checked.loaded.recipe, registry, recorded=request.recorded_diffusion)
     pipeline = VideoPipeline(model, ae, text_encoder, scheduler, device=info.device, dtype=dtype,
                              offload=cfg.cpu_offload,
-                             sequence_parallel=sp_group if settings["num_frames"] > 1 else None)
-    generator = torch.Generator().manual_seed(job.seed)
+                             sequence_parallel=sp_group if settings.num_frames > 1 else None)
+    generators = [torch.Generator().manual_seed(job.seed) for job, _ in batch]
     started = time.perf_counter()
-    task = progress.add_task(f"[{spec.index}.{job.k}] {spec.text[:40]}", total=settings["num_sampling_steps"]) \
-        if progress is not None else None
+    first = batch[0][0]
+    label = f"[{first.prompt.index}.{first.k}{'+' + str(len(batch) - 1) if len(batch) > 1 else ''}] {first.prompt.text[:40]}"
+    task = progress.add_task(label, total=settings.num_sampling_steps) if progress is not None else None
     result = pipeline(
-        text, negative, num_frames=settings["num_frames"], height=settings["height"], width=settings["width"],
-        num_inference_steps=settings["num_sampling_steps"], guidance_scale=settings["guidance_scale"],
-        generator=generator, max_sequence_length=cfg.max_sequence_length,
+        texts, settings.negative, num_frames=settings.num_frames, height=settings.height, width=settings.width,
+        num_inference_steps=settings.num_sampling_steps, guidance_scale=settings.guidance_scale,
+        generator=generators if len(batch) > 1 else generators[0], max_sequence_length=cfg.max_sequence_length,
         callback=(lambda i, n: progress.update(task, completed=i)) if task is not None else None,
     )
+    seconds = round((time.perf_counter() - started) / len(batch), 3)
+    return [_write_sample(job, i, settings, refined[i], texts[i], result, cfg, checked, info, out_dir, identities,
+                          scheduler, request, seconds, len(batch))
+            for i, (job, _) in enumerate(batch)]
+
+
+def _write_sample(job: SampleJob, i: int, settings: _Settings, refined: str, text: str, result: Any, cfg: Any,
+                  checked: CheckedRecipe, info: pdist.DistInfo, out_dir: Path, identities: dict[str, Any],
+                  scheduler: Any, request: SampleRequest, seconds: float, batch: int) -> dict[str, Any]:
+    """Write video ``i`` of a pipeline result (rank 0 only under --sp) and its sidecar; return the sidecar record."""
+    spec = job.prompt
+    frames = result.videos[i].cpu().numpy()
     if sp_rank_writes := (not cfg.sp or info.is_main):
         stem = f"{spec.index:04d}-{job.k:02d}-{slug(spec.text)}"
-        frames = result.videos[0].cpu().numpy()
         from osctl.media.write import write_image, write_video
 
-        if settings["num_frames"] == 1:
+        if settings.num_frames == 1:
             media = write_image(out_dir / f"{stem}.png", frames[0])
         else:
             media = write_video(out_dir / f"{stem}.mp4", frames, cfg.fps)
     record = {
         "file": media.name if sp_rank_writes else None,
-        "prompt": spec.text, "refined_prompt": refined, "encoded_prompt": text, "negative_prompt": negative,
+        "prompt": spec.text, "refined_prompt": refined, "encoded_prompt": text, "negative_prompt": settings.negative,
         "prompt_index": spec.index, "sample_index": job.k, "seed": job.seed,
         "sampler": cfg.sample_method, "sampler_ignored_options": getattr(scheduler, "osctl_ignored_options", {}),
-        "steps": settings["num_sampling_steps"], "guidance_scale": settings["guidance_scale"],
-        "num_frames": settings["num_frames"], "height": settings["height"], "width": settings["width"],
+        "steps": settings.num_sampling_steps, "guidance_scale": settings.guidance_scale,
+        "num_frames": settings.num_frames, "height": settings.height, "width": settings.width,
         "fps": cfg.fps, "dtype": cfg.dtype, "refiner": checked.loaded.recipe.refiner.name,
         "components": identities, "source": request.source, "osctl_version": __version__,
         "world_size": info.world_size, "sequence_parallel": bool(cfg.sp and info.world_size > 1),
-        "seconds": round(time.perf_counter() - started, 3),
-        "frames_sha256": hashlib.sha256(result.videos[0].cpu().numpy().tobytes()).hexdigest(),
+        "batch_size": batch, "seconds": seconds,
+        "frames_sha256": hashlib.sha256(frames.tobytes()).hexdigest(),
     }
     if cfg.save_latents and sp_rank_writes:
         from safetensors.torch import save_file
 
-        save_file({"latents": result.latents[0].cpu().contiguous()}, out_dir / f"{stem}.latents.safetensors")
+        save_file({"latents": result.latents[i].cpu().contiguous()}, out_dir / f"{stem}.latents.safetensors")
         record["latents_file"] = f"{stem}.latents.safetensors"
     if sp_rank_writes:
         sidecar = out_dir / f"{stem}.json"

@@ -130,3 +130,25 @@ def test_flow_matching_velocity_leads_the_flow_sampler_to_the_data(registry):
         target = objective.add_noise(x0, noise, objective.num_train_timesteps - 1 - index).target
         z = scheduler.step(target, t, z).prev_sample
     assert torch.allclose(z, x0, atol=1e-4), (z - x0).abs().max()
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_a_batch_with_one_generator_per_video_equals_the_videos_sampled_alone(registry, name):
+    """`sample.batch_size` must not change what a seed gives: every sampler draws each video's noise from its own generator."""
+    options = ({"prediction_type": "flow"} if name == "FlowMatchEulerDiscrete"
+               else {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True})
+
+    def run(seeds: list[int]) -> torch.Tensor:
+        scheduler = registry.build("sampler", name, options)
+        scheduler.set_timesteps(5)
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        latents = torch.cat([torch.randn(1, 4, 2, 3, 3, generator=g) for g in generators])
+        latents = latents * scheduling.init_noise_sigma(scheduler)
+        for t in scheduler.timesteps:
+            prediction = 0.1 * scheduling.scale_model_input(scheduler, latents, t)
+            latents = scheduling.step(scheduler, prediction, t, latents,
+                                      generator=generators if len(generators) > 1 else generators[0], eta=0.5)
+        return latents
+
+    alone = torch.cat([run([seed]) for seed in (3, 4, 5)])
+    torch.testing.assert_close(run([3, 4, 5]), alone, rtol=0, atol=1e-5)

@@ -66,6 +66,27 @@ def test_same_seed_same_video_and_seeds_independent_of_order(checkpoint, tmp_pat
     assert first["seed"] == second["seed"] and first["frames_sha256"] == second["frames_sha256"]
 
 
+def test_batched_sampling_gives_each_seed_its_own_video(checkpoint, tmp_path):
+    """--batch-size 3 over 2 prompts x 2 samples (batches [3, 1], crossing prompts) = one video at a time."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for size in (1, 3):
+        out = tmp_path / f"b{size}"
+        result = sample(["--checkpoint", str(checkpoint), "-p", "clip number 1", "-p", "clip number 2",
+                         "--num-samples-per-prompt", "2", "--batch-size", str(size), "-o", str(out),
+                         "--set", "sample.save_latents=true"])
+        assert result.exit_code == 0, result.output
+        runs[size] = {f.name: f for f in sorted(out.glob("*.latents.safetensors"))}
+    assert list(runs[1]) == list(runs[3]) and len(runs[1]) == 4
+    for name, single in runs[1].items():
+        alone, batched = load_file(single)["latents"], load_file(runs[3][name])["latents"]
+        assert (alone - batched).abs().max() < 1e-4, name
+    sidecars = [json.loads(f.read_text()) for f in sorted((tmp_path / "b3").glob("0*.json"))]
+    assert [s["batch_size"] for s in sidecars] == [3, 3, 3, 1]
+    assert len({s["seed"] for s in sidecars}) == 4
+
+
 def test_template_refiner_and_jsonl_overrides_are_recorded(checkpoint, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "a red circle", "seed": 11, "num_frames": 1}\n# skipped\n\n{"prompt": "a cat"}\n')
