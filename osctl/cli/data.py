@@ -147,10 +147,13 @@ def validate(
 def _latent_geometry(recipe: Any) -> dict[str, int]:
     """Autoencoder strides and patch sizes from the recipe's components, when their plugins expose them.
 
-    Only static config facts are read (nothing is built). Any failure falls back to the v1.3 defaults
-    (temporal stride 4, spatial stride 8, patch 1x2x2): the values only scale the token counts and the
-    4k+1 rule, and recipe validation reports component problems properly.
+    Only static config facts are read (nothing is built). A component whose plugin is not installed here
+    falls back to the v1.3 defaults (temporal stride 4, spatial stride 8, patch 1x2x2), so data can be
+    indexed on a machine without the model's plugin. Options the plugin rejects raise ``ConfigError``:
+    indexing with defaults would snap frames to the wrong 4k+1 rule and drop clips silently.
     """
+    from osctl.errors import ConfigError
+
     facts: dict[str, int] = {}
     try:
         from osctl.plugin_manager import default_registry
@@ -158,7 +161,9 @@ def _latent_geometry(recipe: Any) -> dict[str, int]:
         registry = default_registry()
         ae = registry.make_config("autoencoder", recipe.autoencoder.name, recipe.autoencoder.options, where="autoencoder")
         model = registry.make_config("model", recipe.model.name, recipe.model.options, where="model")
-    except Exception:  # a missing or broken plugin must not stop indexing; defaults apply
+    except ConfigError:
+        raise
+    except Exception:  # a plugin that is not installed (or broken) must not stop indexing; defaults apply
         return facts
     for config, attr, key in ((ae, "temporal_stride", "stride_t"), (ae, "spatial_stride", "stride_hw"),
                               (model, "temporal_patch_size", "patch_t"), (model, "spatial_patch_size", "patch_hw")):

@@ -144,6 +144,8 @@ def test_stale_index_is_detected(tmp_path: Path) -> None:
     (None, [], 1, "JSON syntax error"),
     (_clean(4), ["--set", "data.num_frames=30"], 2, "must be 4k+1"),
     (_clean(4), ["--world-size", "0"], 2, "world-size"),
+    # an option the model plugin rejects: an error, not an index built on default strides
+    (_clean(4), ["--set", "model.name=opensora_v1_3", "--set", "model.patch_size=1"], 2, "model.patch_size: unknown key"),
 ])
 def test_bucket_failures(tmp_path: Path, records: Any, extra: list[str], code: int, text: str) -> None:
     data_txt = _dataset(tmp_path, records or [])
@@ -229,3 +231,12 @@ def test_data_commands_as_a_process_flush_everything_and_keep_exit_codes(tmp_pat
     assert built.stdout.rstrip().endswith("samples.arrow") and (tmp_path / "index" / "samples.arrow").is_file()
     bad = run("validate", str(tmp_path / "none.txt"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_bucket_without_the_models_plugin_uses_the_default_geometry(tmp_path: Path) -> None:
+    """Data can be indexed where the model's plugin is not installed (v1.3 strides assumed)."""
+    data_txt = _dataset(tmp_path, _clean(4))
+    result = runner.invoke(app, ["data", "bucket", str(data_txt), "-r", str(tmp_path / "recipe.yaml"),
+                                 "-o", str(tmp_path / "idx"), "--set", "model.name=not_installed_here"])
+    assert result.exit_code == 0, result.output
+    assert "29x384x672" in result.output and "8064" in result.output  # 4x8x8 strides, 1x2x2 patches
