@@ -184,7 +184,7 @@ def decode_slices_parallel(fd: int, ranges: Ranges, workers: int, decode: SliceD
         for k, (a, b) in enumerate(ranges):  # whatever a child left undone
             if k not in results:
                 results[k] = decode(fd, a, b)
-        return concat_tables([results[k] for k in range(len(ranges))])
+        return concat_tables([results[k] for k in range(len(ranges))], threads=processes)
     finally:
         os.close(queue)
         for pid, _ in children:
