@@ -92,15 +92,17 @@ def select_plugins(plugins: list[FoundPlugin]) -> list[FoundPlugin]:
     return chosen
 
 
-def new_plugin_manager(extra_plugins: list[tuple[str, Any]] | None = None) -> pluggy.PluginManager:
+def new_plugin_manager(extra_plugins: list[tuple[str, Any]] | None = None, *,
+                       found: list[FoundPlugin] | None = None) -> pluggy.PluginManager:
     """A fresh plugin manager with every selected plugin imported and registered.
 
     ``extra_plugins`` are (name, object) pairs registered on top, used by tests and embedding code.
+    ``found`` is a discovery result to use instead of running :func:`find_plugins` again.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.provider_of = {}  # type: ignore[attr-defined]
-    for plugin in select_plugins(find_plugins()):
+    for plugin in select_plugins(find_plugins() if found is None else found):
         try:
             module = _load(plugin.value)
         except Exception as exc:
@@ -149,16 +151,22 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
 
 
 @lru_cache(maxsize=1)
+def _installed_plugins() -> tuple[FoundPlugin, ...]:
+    """:func:`find_plugins`, run once per process (it reads the metadata of every installed distribution)."""
+    return tuple(find_plugins())
+
+
+@lru_cache(maxsize=1)
 def default_plugin_manager() -> pluggy.PluginManager:
     """The plugin manager of the installed plugins, built once per process."""
-    return new_plugin_manager()
+    return new_plugin_manager(found=list(_installed_plugins()))
 
 
 @lru_cache(maxsize=1)
 def default_registry() -> Registry:
     """The registry of the installed plugins, built once per process."""
     registry = build_registry(default_plugin_manager())
-    if not any(p.builtin for p in find_plugins()):
+    if not any(p.builtin for p in _installed_plugins()):
         raise PluginError(
             "osctl's built-in plugins were not found through entry points",
             hint="osctl is not installed as a distribution; run `pip install -e .` in the checkout.",
@@ -171,6 +179,7 @@ def reset_caches() -> None:
     import importlib as _importlib
 
     _importlib.invalidate_caches()
+    _installed_plugins.cache_clear()
     default_plugin_manager.cache_clear()
     default_registry.cache_clear()
 

@@ -82,3 +82,25 @@ def test_misspelled_hook_fails_at_startup(monkeypatch, tmp_path):
 
 def test_fixture_module_exists():
     assert (FIXTURES / "osctl_hello" / "osctl_hello.py").is_file()
+
+
+def test_default_registry_reads_the_installed_metadata_once(monkeypatch):
+    import importlib.metadata as md
+
+    import osctl.plugin_manager as manager
+
+    calls = []
+    real = md.distributions
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(md, "distributions", counting)
+    manager.reset_caches()
+    try:
+        registry = manager.default_registry()
+        assert registry.get("sampler", "DDIM").provider.distribution == "osctl"
+        assert len(calls) == 1
+    finally:
+        manager.reset_caches()
