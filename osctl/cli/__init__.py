@@ -128,6 +128,9 @@ def _exit_at_once(exc: SystemExit) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
+    from osctl.utils.atomic import finish_releasing
+
+    finish_releasing()  # a replaced index still being deleted in the background
     os._exit(status)
 
 

@@ -209,13 +209,20 @@ class _BucketSetup:
         return self._settings
 
     def prepare(self) -> None:
-        """Load the recipe, the settings and the latent geometry of the recipe's components."""
+        """Load the recipe, the settings and the latent geometry of the recipe's components.
+
+        Also imports the modules the rest of the command uses, for the same reason.
+        """
         settings = self.settings()
         if self.geometry is None:
             self.geometry = _latent_geometry(self.recipe().recipe)
             if "stride_t" in self.geometry:
                 self._settings = dataclasses.replace(
                     settings, frames=dataclasses.replace(settings.frames, stride_t=self.geometry["stride_t"]))
+            import concurrent.futures  # noqa: F401  (the rules and the index run on threads)
+
+            import osctl.data.index
+            import osctl.data.validate  # noqa: F401
 
 
 @app.command("bucket")

@@ -277,7 +277,7 @@ def write_index(result: BucketResult, data_txt: Path, out_dir: Path) -> Path:
     meta = index_meta(result, data_txt)  # after the table: the annotation digests may still be computed meanwhile
     schema = table.schema.with_metadata({META_KEY: json.dumps(meta, default=str).encode()})
     target = out_dir / INDEX_FILE
-    with atomic_file(target, root=out_dir) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+    with atomic_file(target, root=out_dir, release_old_later=True) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
             pa.ipc.new_file(sink, schema) as writer:
         writer.write_table(table.replace_schema_metadata(schema.metadata))
     atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(meta, indent=2, default=str) + "\n", root=out_dir)

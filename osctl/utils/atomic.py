@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,26 +46,62 @@ def ensure_inside(path: Path, root: Path) -> Path:
     return resolved
 
 
+_RELEASING: list[threading.Thread] = []
+
+
 @contextlib.contextmanager
-def atomic_file(path: Path, *, root: Path, mode: int = 0o644) -> Iterator[Path]:
+def atomic_file(path: Path, *, root: Path, mode: int = 0o644, release_old_later: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``, else delete it.
 
     The temporary file lives in the destination folder (same file system, so the rename is atomic)
     and is named ``.<name>.tmp-XXXX``. Parent folders inside ``root`` are created as needed.
+
+    ``release_old_later``: a large file being replaced is freed by the rename itself, which can take
+    a tenth of a second; instead it is kept alive by a hidden hard link (``.<name>.old-XXXX``) that a
+    background thread deletes while the caller goes on (:func:`finish_releasing` waits for it).
     """
     target = ensure_inside(path, root)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    old: Path | None = None
     try:
         yield tmp
         os.chmod(tmp, mode)
+        old = _link_aside(target) if release_old_later else None
         os.replace(tmp, target)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        for leftover in (tmp, old):
+            if leftover is not None:
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         raise
+    if old is not None:
+        thread = threading.Thread(target=_unlink_quietly, args=(old,), name="osctl-release-old")
+        thread.start()
+        _RELEASING.append(thread)
+
+
+def _link_aside(target: Path) -> Path | None:
+    """A second, hidden name for an existing ``target`` (None when there is none or links are not supported)."""
+    aside = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+    try:
+        os.link(target, aside)
+    except OSError:
+        return None
+    return aside
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def finish_releasing() -> None:
+    """Wait until the files replaced with ``release_old_later`` are deleted (call before ``os._exit``)."""
+    while _RELEASING:
+        _RELEASING.pop().join()
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, root: Path, fsync: bool = False) -> Path:

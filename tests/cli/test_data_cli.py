@@ -229,6 +229,9 @@ def test_data_commands_as_a_process_flush_everything_and_keep_exit_codes(tmp_pat
     built = run("bucket", str(data_txt), "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "index"))
     assert built.returncode == 0, built.stderr
     assert built.stdout.rstrip().endswith("samples.arrow") and (tmp_path / "index" / "samples.arrow").is_file()
+    again = run("bucket", str(data_txt), "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "index"))
+    assert again.returncode == 0, again.stderr  # the replaced index is deleted before the process ends
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == ["index.json", "samples.arrow"]
     bad = run("validate", str(tmp_path / "none.txt"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 

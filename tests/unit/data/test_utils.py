@@ -74,6 +74,28 @@ def test_atomic_writes_replace_and_leave_no_temporary_files(tmp_path: Path) -> N
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["file.txt"]
 
 
+def test_a_replaced_file_can_be_released_in_the_background(tmp_path: Path) -> None:
+    from osctl.utils.atomic import finish_releasing
+
+    root = tmp_path / "out"
+    target = root / "big.bin"
+    atomic_write_bytes(target, b"old" * 1000, root=root)
+    with open(target, "rb") as reader:  # a reader of the old file is not disturbed
+        with atomic_file(target, root=root, release_old_later=True) as tmp:
+            tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"new"
+        finish_releasing()
+        assert reader.read() == b"old" * 1000
+    assert sorted(p.name for p in root.iterdir()) == ["big.bin"]
+    with pytest.raises(RuntimeError), atomic_file(target, root=root, release_old_later=True) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash while writing")
+    with atomic_file(root / "fresh.bin", root=root, release_old_later=True) as tmp:  # nothing to release
+        tmp.write_bytes(b"x")
+    finish_releasing()
+    assert sorted(p.name for p in root.iterdir()) == ["big.bin", "fresh.bin"] and target.read_bytes() == b"new"
+
+
 def test_writes_outside_the_output_folder_are_refused(tmp_path: Path) -> None:
     root = tmp_path / "out"
     root.mkdir()
