@@ -14,6 +14,7 @@ Both expose ``hexdigest()``, which waits for the result (and re-raises a read er
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -99,8 +100,17 @@ class FileDigest:
 def hash_in_background(digests: Sequence[FileDigest]) -> None:
     """Compute ``digests`` one after the other on one daemon thread (they are independent files).
 
-    Call it only once no worker process will be forked any more in this process.
+    The thread runs at the lowest CPU priority (Linux sets it per thread), so that it takes the time
+    the caller's own threads leave idle instead of slowing them down; a caller waiting for a digest
+    leaves a core idle, so the hashing then runs at full speed. Call it only once no worker process
+    will be forked any more in this process.
     """
     if digests:
-        threading.Thread(target=lambda: [d.compute() for d in digests], daemon=True,
-                         name="osctl-checksum").start()
+        threading.Thread(target=_compute_all, args=(list(digests),), daemon=True, name="osctl-checksum").start()
+
+
+def _compute_all(digests: list[FileDigest]) -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    for digest in digests:
+        digest.compute()
