@@ -106,8 +106,8 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
 
 
 @dataclass(frozen=True)
-class _Settings:
-    """What must be equal for jobs to share one pipeline call."""
+class SampleSettings:
+    """A video's size, guidance, steps and negative prompt: jobs share a pipeline call only when these are equal."""
 
     num_frames: int
     height: int
@@ -117,23 +117,23 @@ class _Settings:
     negative: str
 
 
-def job_settings(job: SampleJob, cfg: Any, default_negative: str) -> _Settings:
+def job_settings(job: SampleJob, cfg: Any, default_negative: str) -> SampleSettings:
     """The per-prompt overrides of ``job`` on top of the recipe's ``sample`` section."""
     o = job.prompt.overrides
     negative = o.get("negative_prompt", cfg.negative_prompt if cfg.negative_prompt is not None else default_negative)
-    return _Settings(int(o.get("num_frames", cfg.num_frames)), int(o.get("height", cfg.height)),
+    return SampleSettings(int(o.get("num_frames", cfg.num_frames)), int(o.get("height", cfg.height)),
                      int(o.get("width", cfg.width)), float(o.get("guidance_scale", cfg.guidance_scale)),
                      int(o.get("num_sampling_steps", cfg.num_sampling_steps)), str(negative))
 
 
 def batch_jobs(jobs: list[SampleJob], cfg: Any, default_negative: str,
-               batch_size: int) -> list[list[tuple[SampleJob, _Settings]]]:
+               batch_size: int) -> list[list[tuple[SampleJob, SampleSettings]]]:
     """Runs of at most ``batch_size`` consecutive jobs with equal settings, in the original order.
 
     Why consecutive only: files and sidecars are written in job order, and the k samples of a prompt
     (the usual batch) are neighbours anyway.
     """
-    batches: list[list[tuple[SampleJob, _Settings]]] = []
+    batches: list[list[tuple[SampleJob, SampleSettings]]] = []
     for job in jobs:
         settings = job_settings(job, cfg, default_negative)
         if batches and len(batches[-1]) < batch_size and batches[-1][-1][1] == settings:
@@ -143,7 +143,7 @@ def batch_jobs(jobs: list[SampleJob], cfg: Any, default_negative: str,
     return batches
 
 
-def _sample_batch(batch: list[tuple[SampleJob, _Settings]], cfg: Any, checked: CheckedRecipe, registry: Registry,
+def _sample_batch(batch: list[tuple[SampleJob, SampleSettings]], cfg: Any, checked: CheckedRecipe, registry: Registry,
                   request: SampleRequest, model: Any, ae: Any, text_encoder: Any, refiner: Any,
                   info: pdist.DistInfo, dtype: torch.dtype, out_dir: Path, identities: dict[str, Any],
                   progress: Any, sp_group: Any = None) -> list[dict[str, Any]]:
@@ -176,7 +176,7 @@ def _sample_batch(batch: list[tuple[SampleJob, _Settings]], cfg: Any, checked: C
             for i, (job, _) in enumerate(batch)]
 
 
-def _write_sample(job: SampleJob, i: int, settings: _Settings, refined: str, text: str, result: Any, cfg: Any,
+def _write_sample(job: SampleJob, i: int, settings: SampleSettings, refined: str, text: str, result: Any, cfg: Any,
                   checked: CheckedRecipe, info: pdist.DistInfo, out_dir: Path, identities: dict[str, Any],
                   scheduler: Any, request: SampleRequest, seconds: float, batch: int) -> dict[str, Any]:
     """Write video ``i`` of a pipeline result (rank 0 only under --sp) and its sidecar; return the sidecar record."""
