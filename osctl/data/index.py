@@ -66,6 +66,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from osctl.data import ipc_file
 from osctl.data.annotations import LoadedAnnotation
 from osctl.data.bucket import BucketResult, BucketSettings, FileOutcome
 from osctl.data.datatxt import parse_data_txt
@@ -127,15 +128,30 @@ def _hash_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def build_fingerprint(data_txt: Path, loaded: list[LoadedAnnotation], settings: BucketSettings) -> dict[str, Any]:
-    """Fingerprint of everything an index depends on: data.txt, each annotation file, the shaping settings."""
+PENDING_DIGEST = "0" * 64
+"""Stands for an annotation file's SHA-256 still being computed (same length as the real one)."""
+
+
+def _file_digest(item: LoadedAnnotation, pending: bool) -> str | None:
+    if pending and item.digest is not None and not isinstance(item.digest, str):
+        return PENDING_DIGEST
+    return item.sha256
+
+
+def build_fingerprint(data_txt: Path, loaded: list[LoadedAnnotation], settings: BucketSettings, *,
+                      pending: bool = False) -> dict[str, Any]:
+    """Fingerprint of everything an index depends on: data.txt, each annotation file, the shaping settings.
+
+    ``pending=True`` puts :data:`PENDING_DIGEST` for the annotation digests still being computed
+    instead of waiting for them (the JSON keeps the same length; see :func:`write_index`).
+    """
     data_txt = Path(data_txt)
     stat = data_txt.stat()
     shaping = settings.shaping_fields()
     files = [{
         "file_id": item.source.file_id, "line": item.source.line, "root": item.source.root,
         "path": str(item.source.annotation), "format": item.source.format, "size": item.size,
-        "mtime_ns": item.mtime_ns, "sha256": item.sha256, "records": item.n,
+        "mtime_ns": item.mtime_ns, "sha256": _file_digest(item, pending), "records": item.n,
     } for item in loaded]
     fingerprint = {
         "data_txt": {"path": str(data_txt.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
@@ -241,14 +257,18 @@ def index_table(result: BucketResult, *, threads: int | None = None) -> pa.Table
     return pa.Table.from_batches([pa.record_batch(columns, schema=SCHEMA)])
 
 
-def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None = None) -> dict[str, Any]:
-    """The metadata stored with the index (see the module docstring)."""
+def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None = None, created: str | None = None,
+               pending: bool = False) -> dict[str, Any]:
+    """The metadata stored with the index (see the module docstring).
+
+    ``created`` defaults to now; ``pending``: see :func:`build_fingerprint`.
+    """
     from osctl import __version__
 
     settings = result.settings
     return {
         "format": FORMAT, "version": VERSION, "osctl": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "num_samples": result.n_kept, "num_records": result.n_records,
         "buckets": [{"id": b.id, "key": b.key, "t": b.t, "h": b.h, "w": b.w, "count": b.count,
                      "latent_tokens": b.latent_tokens} for b in result.buckets],
@@ -257,7 +277,7 @@ def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None =
         "global_batch": settings.batch.global_batch,
         "world_size": world_size if world_size is not None else settings.batch.world_size,
         "settings": settings.shaping_fields(),
-        "fingerprint": build_fingerprint(data_txt, result.loaded, settings),
+        "fingerprint": build_fingerprint(data_txt, result.loaded, settings, pending=pending),
     }
 
 
@@ -274,14 +294,22 @@ def write_index(result: BucketResult, data_txt: Path, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = index_table(result)
-    meta = index_meta(result, data_txt)  # after the table: the annotation digests may still be computed meanwhile
-    schema = table.schema.with_metadata({META_KEY: json.dumps(meta, default=str).encode()})
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    # The annotation digests may still be computed on a background thread: the columns are written
+    # with placeholder digests, and the metadata bytes rewritten once the digests are known.
+    draft = index_meta(result, data_txt, created=created, pending=True)
     target = out_dir / INDEX_FILE
-    with atomic_file(target, root=out_dir, release_old_later=True) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
-            pa.ipc.new_file(sink, schema) as writer:
-        writer.write_table(table.replace_schema_metadata(schema.metadata))
+    with atomic_file(target, root=out_dir, release_old_later=True) as tmp:
+        layout = ipc_file.write_table(tmp, table, _schema_metadata(draft))
+        meta = index_meta(result, data_txt, created=created)
+        if meta != draft:
+            ipc_file.rewrite_metadata(tmp, table, layout, _schema_metadata(meta))
     atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(meta, indent=2, default=str) + "\n", root=out_dir)
     return target
+
+
+def _schema_metadata(meta: dict[str, Any]) -> dict[bytes, bytes]:
+    return {META_KEY: json.dumps(meta, default=str).encode()}
 
 
 # ------------------------------------------------------------------------------------------- reading
