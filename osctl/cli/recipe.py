@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-import yaml
-from rich.syntax import Syntax
 
 from osctl.cli._options import JsonOpt, RecipeArg, SetOpt
 from osctl.cli._output import console, print_json, warn
@@ -41,6 +39,9 @@ def show(recipe: RecipeArg, overrides: SetOpt = None, as_json: JsonOpt = False) 
         print_json({"recipe": resolved, "fingerprint": checked.loaded.fingerprint(),
                     "files": [str(p) for p in checked.loaded.files]})
         return
+    import yaml  # here, not at the top: every command imports this module (yaml and pygments take ~25 ms)
+    from rich.syntax import Syntax
+
     text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
     console.print(f"# resolved from {', '.join(str(p) for p in checked.loaded.files)}")
     console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
