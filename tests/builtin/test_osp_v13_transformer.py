@@ -331,6 +331,9 @@ def test_config_patch_sizes_without_torch(golden: Path) -> None:
         ({"preset": "tiny", "sparse_blocks": [9]}, "sparse_blocks contains [9]"),
         ({"preset": "tiny", "sparse1d": False, "sparse_blocks": [1]}, "sparse1d is false"),
         ({"preset": "tiny", "sparse_n": 0}, "sparse_n"),
+        ({"preset": "tiny", "abs_pos_embed": "sincos"}, "abs_pos_embed='sincos' is not known"),
+        ({"preset": "tiny", "abs_pos_embed": "learned"}, "abs_pos_max_size=None must be three positive integers"),
+        ({"preset": "tiny", "abs_pos_embed": "learned", "abs_pos_max_size": [3, 4]}, "abs_pos_max_size=[3, 4]"),
     ],
 )
 def test_bad_configs_are_config_errors(options: dict[str, Any], message: str) -> None:
@@ -358,6 +361,10 @@ def test_bad_paths_are_config_errors(golden: Path, tmp_path: Path) -> None:
         assert err.value.hint
     with pytest.raises(osctl.ConfigError, match="conflicts with num_layers=32"):
         build({"path": str(golden / "dit" / "a1_sparse1d_n4" / "model"), "num_layers": 4})
+    # a released config.json has no absolute position table: asking for one must not be ignored silently
+    with pytest.raises(osctl.ConfigError, match=r"model\.abs_pos_embed=learned conflicts with abs_pos_embed=None"):
+        build({"path": str(golden / "dit" / "a1_sparse1d_n4" / "model"), "abs_pos_embed": "learned",
+               "abs_pos_max_size": [4, 4, 4]})
 
 
 def test_runtime_overrides_apply_to_a_loaded_model(golden: Path) -> None:
@@ -376,3 +383,58 @@ def test_forward_input_errors() -> None:
             run(model, {**inputs, "attention_mask": inputs["attention_mask"][:, :2]})
         with pytest.raises(ValueError, match="timestep has 3 values"):
             run(model, {**inputs, "timestep": torch.ones(3)})
+
+
+# ---------------------------------------------------------------------------------------------------
+# optional learned absolute positions (osctl extension; v1.3 has RoPE only)
+# ---------------------------------------------------------------------------------------------------
+
+ABS = {"abs_pos_embed": "learned", "abs_pos_max_size": [4, 5, 6]}
+
+
+def test_abs_positions_are_off_by_default_and_a_zero_table_changes_nothing() -> None:
+    plain = tiny().eval()
+    assert not hasattr(plain, "abs_pos_table") and plain.config.abs_pos_embed is None
+    with_table = tiny(**ABS).eval()
+    assert with_table.abs_pos_table.shape == (4, 5, 6, 48)
+    missing, unexpected = with_table.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["abs_pos_table"] and unexpected == []
+    inputs = tiny_inputs(t=3, h=8, w=10)  # 3 x 4 x 5 tokens: a corner of the 4 x 5 x 6 table
+    with torch.no_grad():
+        with_table.abs_pos_table.zero_()
+        torch.testing.assert_close(run(with_table, inputs), run(plain, inputs), atol=0, rtol=0)
+        with_table.abs_pos_table[2, 3, 4].fill_(1.0)  # the vector of frame 2, row 3, column 4 only
+        changed = (run(with_table, inputs) - run(plain, inputs)).abs().amax(dim=(0, 1))  # T x H x W latents
+    assert changed[2, 6:8, 8:10].min() > 0  # that token's own 2x2 latent patch changes ...
+    assert changed.sum() > changed[2, 6:8, 8:10].sum()  # ... and, through attention, other tokens too
+
+
+def test_abs_positions_are_indexed_by_frame_row_and_column() -> None:
+    model = tiny(**ABS)
+    table = model.abs_pos_table
+    picked = model._abs_positions(1, 2, 3, 4, 5)  # frames 1-2 of a 3-frame video, 4 x 5 tokens
+    assert picked.shape == (2 * 4 * 5, 48)
+    assert torch.equal(picked[0], table[1, 0, 0]) and torch.equal(picked[4 * 5 + 5 + 2], table[2, 1, 2])
+
+
+def test_abs_positions_learn_and_round_trip(tmp_path: Path) -> None:
+    model = tiny(**ABS)
+    run(model, tiny_inputs()).square().mean().backward()
+    assert model.abs_pos_table.grad is not None and model.abs_pos_table.grad[:3, :4, :5].abs().sum() > 0
+    assert model.abs_pos_table.grad[3:].abs().sum() == 0  # frames the input does not have get no gradient
+    model.eval()
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        before = run(model, inputs)
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["abs_pos_embed"] == "learned" and config["abs_pos_max_size"] == [4, 5, 6]
+    loaded = build({"path": str(tmp_path / "m")}).eval()
+    with torch.no_grad():
+        assert torch.equal(run(loaded, inputs), before)
+
+
+def test_a_grid_larger_than_the_abs_table_is_refused() -> None:
+    model = tiny(**ABS).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match=r"5x4x5 tokens .* exceeds abs_pos_max_size=\[4, 5, 6\]"):
+        run(model, tiny_inputs(t=5))

@@ -32,6 +32,9 @@ CASES: dict[str, dict[str, Any]] = {
     # the uneven case again with per-block gradient checkpointing (collectives re-run in backward)
     "uneven_k4_checkpointed": {"overrides": {}, "thw": (3, 8, 10), "text": 7, "latent_mask": "local",
                                "text_mask": "full", "checkpointing": True},
+    # the learned absolute position table: each rank must add the vectors of its own frames (2/1 split)
+    "uneven_k4_abs_pos": {"overrides": {"abs_pos_embed": "learned", "abs_pos_max_size": [3, 4, 5]}, "thw": (3, 8, 10),
+                          "text": 7, "latent_mask": "local", "text_mask": "full"},
 }
 
 

@@ -165,3 +165,23 @@ def check_architecture(cfg: dict[str, Any]) -> None:
     if int(cfg.get("caption_channels") or 0) < 1:
         raise ValueError(f"caption_channels={cfg.get('caption_channels')} must be the text-encoder width (e.g. 4096).")
     resolve_sparse_blocks(int(cfg.get("num_layers", 1)), bool(cfg.get("sparse1d")), cfg.get("sparse_blocks"))
+    check_abs_pos(cfg.get("abs_pos_embed"), cfg.get("abs_pos_max_size"))
+
+
+def check_abs_pos(kind: Any, max_size: Any) -> None:
+    """Raise ``ValueError`` unless the optional absolute position embedding is off or fully specified.
+
+    Why an extension at all: v1.3 positions tokens with RoPE only, which is relative, so the model is
+    nearly translation-equivariant. A tiny model trained briefly then cannot place content by the prompt
+    (e.g. start a "moving left" object on the right): the shapes demo needs to know where tokens are.
+    """
+    if kind is None:
+        return
+    if kind != "learned":
+        raise ValueError(f"abs_pos_embed={kind!r} is not known; use 'learned' or leave it unset (v1.3 has none).")
+    sizes = list(max_size) if isinstance(max_size, list | tuple) else None
+    if sizes is None or len(sizes) != 3 or not all(isinstance(v, int) and v >= 1 for v in sizes):
+        raise ValueError(
+            f"abs_pos_max_size={max_size!r} must be three positive integers [frames, rows, columns] counted in "
+            "latent tokens (after patching), e.g. [9, 6, 6], when abs_pos_embed is 'learned'."
+        )

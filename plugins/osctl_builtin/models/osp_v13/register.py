@@ -33,7 +33,9 @@ WEIGHT_FILES = (
 )
 #: keys that change parameter shapes: with ``path`` set they must agree with the folder's config.json
 SHAPE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "caption_channels", "in_channels",
-              "out_channels", "patch_size", "patch_size_t")
+              "out_channels", "patch_size", "patch_size_t", "abs_pos_embed", "abs_pos_max_size")
+#: shape keys a released config.json leaves out because v1.3 has no such part (absent means unset)
+OPTIONAL_SHAPE_KEYS = ("abs_pos_embed", "abs_pos_max_size")
 #: keys that only change the computation: with ``path`` set an explicit value overrides config.json
 RUNTIME_KEYS = ("sparse1d", "sparse_n", "sparse_blocks", "interpolation_scale_t", "interpolation_scale_h",
                 "interpolation_scale_w")
@@ -67,6 +69,12 @@ class OSPv13Config(ComponentConfig):
     interpolation_scale_t: float | None = Field(None, gt=0)
     interpolation_scale_h: float | None = Field(None, gt=0)
     interpolation_scale_w: float | None = Field(None, gt=0)
+    abs_pos_embed: str | None = Field(
+        None, description="osctl extension, off in v1.3: 'learned' adds a learned vector per token position"
+    )
+    abs_pos_max_size: list[int] | None = Field(
+        None, description="[frames, rows, columns] in latent tokens that the learned position table covers"
+    )
     gradient_checkpointing: bool = Field(False, description="recompute each block in backward to save memory")
 
     @field_validator("preset")
@@ -106,9 +114,10 @@ class OSPv13Config(ComponentConfig):
         if self.path is not None:
             folder = read_folder_config(self.path)
             for key, value in self.overrides(SHAPE_KEYS).items():
-                if key in folder and folder[key] != value:
+                if (key in folder or key in OPTIONAL_SHAPE_KEYS) and folder.get(key) != value:
                     raise osctl.ConfigError(
-                        f"model.{key}={value} conflicts with {key}={folder[key]} in {Path(self.path) / 'config.json'}.",
+                        f"model.{key}={value} conflicts with {key}={folder.get(key)} in "
+                        f"{Path(self.path) / 'config.json'}.",
                         hint="drop the override: a loaded model keeps the shapes of its weights",
                     )
             arch = {k: v for k, v in folder.items() if not k.startswith("_")}

@@ -47,6 +47,8 @@ MASK_BIAS = -10000.0
 #: additive bias of the zero tokens Skiparse appends to reach a multiple of k^2 (reference value)
 SKIPARSE_PAD_BIAS = -9980.0
 ROPE_BASE = 10000.0
+#: standard deviation of the initial learned absolute position table (``abs_pos_embed: learned``)
+ABS_POS_INIT_STD = 0.5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,6 +330,8 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
         sparse1d: bool = True,
         sparse_n: int = 4,
         sparse_blocks: list[int] | None = None,
+        abs_pos_embed: str | None = None,
+        abs_pos_max_size: list[int] | None = None,
     ) -> None:
         super().__init__()
         check_architecture(dict(
@@ -335,6 +339,7 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
             cross_attention_dim=cross_attention_dim, patch_size=patch_size, patch_size_t=patch_size_t,
             sparse1d=sparse1d, sparse_n=sparse_n, sparse_blocks=sparse_blocks, caption_channels=caption_channels,
             only_cross_attention=only_cross_attention, double_self_attention=double_self_attention,
+            abs_pos_embed=abs_pos_embed, abs_pos_max_size=abs_pos_max_size,
         ))
         if in_channels is None:
             raise ValueError("in_channels is required: set it to the autoencoder's latent channels (8 for WF-VAE D8).")
@@ -349,6 +354,11 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
 
         self.caption_projection = PixArtAlphaTextProjection(in_features=caption_channels, hidden_size=dim)
         self.pos_embed = PatchEmbed2D(patch_size, in_channels, dim)
+        if abs_pos_embed == "learned":
+            # osctl extension (off in v1.3): one learned vector per (frame, row, column) token position,
+            # drawn about as large as the patch embedding's output so that tokens can tell where they are
+            t_max, h_max, w_max = (int(v) for v in abs_pos_max_size or ())
+            self.abs_pos_table = nn.Parameter(torch.randn(t_max, h_max, w_max, dim) * ABS_POS_INIT_STD)
         self.transformer_blocks = nn.ModuleList([
             OSPTransformerBlock(
                 dim, num_attention_heads, attention_head_dim, dim, dropout=dropout, activation_fn=activation_fn,
@@ -442,6 +452,7 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
         text_len = text.shape[1]
         seq_sizes = text_sizes = None
         total_frames, total_text = frames, text_len
+        first_frame = 0  # this rank's first latent frame in the whole video
         if group is not None:
             frame_sizes = ulysses.gather_sizes(frames, group, device)
             text_sizes = ulysses.gather_sizes(text_len, group, device)
@@ -453,7 +464,10 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
                 )
             seq_sizes = [f * h * w for f in frame_sizes]
             total_frames, total_text = sum(frame_sizes), sum(text_sizes)
+            first_frame = sum(frame_sizes[: ulysses.group_rank(group)])
         seq = total_frames * h * w
+        if cfg.abs_pos_embed == "learned":
+            x = x + self._abs_positions(first_frame, frames, total_frames, h, w).to(x.dtype)
 
         # 5. masks -> additive biases (float32), full sequence
         with torch.no_grad():
@@ -488,6 +502,17 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
         return Transformer2DModelOutput(sample=output)
 
     # ---- helpers ---------------------------------------------------------------------------------
+
+    def _abs_positions(self, first: int, frames: int, total_frames: int, h: int, w: int) -> torch.Tensor:
+        """The learned absolute position vectors of this rank's tokens, ``(frames*h*w) x D``."""
+        t_max, h_max, w_max = self.abs_pos_table.shape[:3]
+        if total_frames > t_max or h > h_max or w > w_max:
+            raise ValueError(
+                f"a latent grid of {total_frames}x{h}x{w} tokens (frames x rows x columns) exceeds "
+                f"abs_pos_max_size={[t_max, h_max, w_max]}; sample a smaller size or train a model with a larger "
+                "abs_pos_max_size."
+            )
+        return self.abs_pos_table[first:first + frames, :h, :w].reshape(frames * h * w, -1)
 
     @staticmethod
     def _timestep_vector(timestep: Any, batch: int, device: torch.device) -> torch.Tensor:
