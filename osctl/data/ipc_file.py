@@ -69,9 +69,7 @@ class _Sink:
         if not self._table.holds(data):
             self.patches.append((self.pos, bytes(view)))
         if self._fd is not None:
-            done = 0
-            while done < size:
-                done += os.pwrite(self._fd, view[done:], self.pos + done)
+            _pwrite_all(self._fd, view, self.pos)
         self.pos += size
         return size
 
@@ -83,6 +81,13 @@ class _Sink:
 
     def close(self) -> None:
         self.closed = True
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``os.pwrite`` may write less than asked)."""
+    done = 0
+    while done < data.nbytes:
+        done += os.pwrite(fd, data[done:], offset + done)
 
 
 def _write(sink: _Sink, table: pa.Table, metadata: Metadata) -> None:
@@ -117,8 +122,6 @@ def rewrite_metadata(path: Path, table: pa.Table, layout: Layout, metadata: Meta
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         for offset, data in dry.patches:
-            done = 0
-            while done < len(data):
-                done += os.pwrite(fd, data[done:], offset + done)
+            _pwrite_all(fd, memoryview(data), offset)
     finally:
         os.close(fd)

@@ -122,8 +122,8 @@ def job_settings(job: SampleJob, cfg: Any, default_negative: str) -> SampleSetti
     o = job.prompt.overrides
     negative = o.get("negative_prompt", cfg.negative_prompt if cfg.negative_prompt is not None else default_negative)
     return SampleSettings(int(o.get("num_frames", cfg.num_frames)), int(o.get("height", cfg.height)),
-                     int(o.get("width", cfg.width)), float(o.get("guidance_scale", cfg.guidance_scale)),
-                     int(o.get("num_sampling_steps", cfg.num_sampling_steps)), str(negative))
+                          int(o.get("width", cfg.width)), float(o.get("guidance_scale", cfg.guidance_scale)),
+                          int(o.get("num_sampling_steps", cfg.num_sampling_steps)), str(negative))
 
 
 def batch_jobs(jobs: list[SampleJob], cfg: Any, default_negative: str,
