@@ -34,12 +34,16 @@ def shapes(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of every random choice.")] = 0,
     hold_out: Annotated[bool, typer.Option("--hold-out/--no-hold-out",
                                            help="Leave the held-out colour/shape/motion combinations out.")] = True,
+    video_background: Annotated[list[str] | None, typer.Option(
+        "--video-background", help="Background of the clips (repeat for several: black, grey); default black. "
+                                   "Images use every background.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Rewrite even when OUT already holds this dataset.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a dataset of coloured circles, squares and triangles moving left/right/up/down or still.
 
-    Writes mp4 clips (12/24/30 fps, 1-4 s, three aspect ratios), jpg/png images, a JSON and a
+    Writes mp4 clips (12/24/30 fps, 1-2.5 s, three aspect ratios; on black unless --video-background
+    says otherwise), jpg/png images (on black and grey), a JSON and a
     pickle annotation file (with aesthetic, cut, crop, tech and motion on some records), data.txt
     joining the two roots, and held_out_prompts.txt. Running it again with the same options reuses
     the files.
@@ -50,7 +54,9 @@ def shapes(
 
       [bold]osctl data synth shapes /tmp/shapes --videos 12 --images 6 --seed 1 --json[/]
     """
-    from osctl.synth.shapes import synth_shapes
+    from osctl.synth.shapes import DEFAULT_VIDEO_BACKGROUNDS, synth_shapes
+
+    backgrounds = tuple(video_background) if video_background else DEFAULT_VIDEO_BACKGROUNDS
 
     progress = None
     if not as_json and err_console.is_terminal:
@@ -60,10 +66,11 @@ def shapes(
     if progress is not None:
         with progress:
             task = progress.add_task("writing media", total=videos + images)
-            result = synth_shapes(out, videos=videos, images=images, seed=seed, hold_out=hold_out, force=force,
-                                  progress=lambda done, total: progress.update(task, completed=done))
+            result = synth_shapes(out, videos=videos, images=images, seed=seed, hold_out=hold_out,
+                                  video_backgrounds=backgrounds, force=force, progress=lambda done, total: progress.update(task, completed=done))
     else:
-        result = synth_shapes(out, videos=videos, images=images, seed=seed, hold_out=hold_out, force=force)
+        result = synth_shapes(out, videos=videos, images=images, seed=seed, hold_out=hold_out,
+                              video_backgrounds=backgrounds, force=force)
     if as_json:
         print_json(result.to_json())
         return

@@ -49,6 +49,19 @@ def test_synth_shapes_human_output_and_no_hold_out(root, tmp_path):
     assert "osctl data validate" in result.stdout
     manifest = json.loads((tmp_path / "d" / "synth.json").read_text())
     assert manifest["options"]["hold_out"] is False and manifest["held_out"] == []
+    assert manifest["options"]["video_backgrounds"] == ["black"]
+
+
+def test_synth_shapes_video_background_option(root, tmp_path):
+    out = tmp_path / "g"
+    result = runner.invoke(root, ["data", "synth", "shapes", str(out), "--videos", "2", "--images", "0",
+                                  "--video-background", "grey", "--video-background", "black", "--json"])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "annotations" / "videos.json").read_text())
+    assert sorted(r["synth"]["background"] for r in records) == ["black", "grey"]
+    assert json.loads((out / "synth.json").read_text())["options"]["video_backgrounds"] == ["grey", "black"]
+    bad = runner.invoke(root, ["data", "synth", "shapes", str(tmp_path / "b"), "--video-background", "pink"])
+    assert bad.exit_code == 2 and "'pink' is not a background" in bad.stderr
 
 
 def test_synth_shapes_usage_errors_exit_2(root, tmp_path):
@@ -67,5 +80,6 @@ def test_synth_shapes_usage_errors_exit_2(root, tmp_path):
 def test_synth_help_lists_the_options(root):
     result = runner.invoke(root, ["data", "synth", "shapes", "--help"])
     assert result.exit_code == 0
-    for option in ("--videos", "--images", "--seed", "--hold-out", "--no-hold-out", "--force", "--json"):
+    for option in ("--videos", "--images", "--seed", "--hold-out", "--no-hold-out", "--force", "--json",
+                   "--video-background"):
         assert option in result.stdout

@@ -71,7 +71,8 @@ def test_layout_and_data_txt_join_two_roots(dataset):
     assert {Path(r["path"]).suffix for r in images} == {".png", ".jpg"}
     assert all((dataset / "images" / r["path"]).is_file() for r in images)
     manifest = orjson.loads((dataset / "synth.json").read_bytes())
-    assert manifest["complete"] is True and manifest["options"] == {**OPTIONS, "hold_out": True}
+    assert manifest["complete"] is True and manifest["options"] == {**OPTIONS, "hold_out": True,
+                                                                   "video_backgrounds": ["black"]}
     assert sorted(p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file()
                   and p.name != "synth.json") == manifest["files"]
     prompts = (dataset / "held_out_prompts.txt").read_text().splitlines()
@@ -157,8 +158,20 @@ def test_captions_name_colour_shape_and_motion(dataset):
         for cap in caps:
             assert truth["color"] in cap and truth["shape"] in cap and truth["background"] in cap, cap
             assert any(word in cap for word in motion_word), cap
+    assert {r["synth"]["background"] for r in videos} == {"black"}  # clips: black by default
+    assert {r["synth"]["background"] for r in images} == set(BACKGROUNDS)  # images: every background
     assert caption("red", "circle", "left", "black") == "a red circle moving left on a black background"
     assert caption("blue", "square", "still", "grey") == "a still blue square on a grey background"
+
+
+def test_video_backgrounds_are_balanced_and_checked():
+    plans = plan_dataset(12, 4, seed=5, video_backgrounds=["grey", "black", "grey"])  # repeats collapse
+    clips = [p.background for p in plans if p.kind == "video"]
+    assert sorted(clips) == ["black"] * 6 + ["grey"] * 6
+    assert plan_dataset(4, 0, seed=5, video_backgrounds=("grey",))[0].background == "grey"
+    for bad, message in (([], "at least one"), (["pink"], "'pink' is not a background")):
+        with pytest.raises(UsageError, match=message):
+            plan_dataset(2, 0, video_backgrounds=bad)
 
 
 def test_motion_is_steady_and_inside_the_frame():
@@ -172,7 +185,7 @@ def test_motion_is_steady_and_inside_the_frame():
         assert expected, plan
         if plan.motion != "still":
             side = (x1 - x0) if dx else (y1 - y0)
-            assert 0.4 <= abs(dx or dy) / side <= 0.6
+            assert 0.45 <= abs(dx or dy) / side <= 0.65
 
 
 def test_held_out_combinations_are_excluded_but_their_parts_are_trained():
