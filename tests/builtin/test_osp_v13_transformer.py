@@ -438,3 +438,31 @@ def test_a_grid_larger_than_the_abs_table_is_refused() -> None:
     model = tiny(**ABS).eval()
     with torch.no_grad(), pytest.raises(ValueError, match=r"5x4x5 tokens .* exceeds abs_pos_max_size=\[4, 5, 6\]"):
         run(model, tiny_inputs(t=5))
+
+
+INTERP = {"abs_pos_embed": "learned_interpolated", "abs_pos_max_size": [3, 5, 5]}
+
+
+def test_interpolated_abs_positions_mark_the_same_fraction_of_every_grid() -> None:
+    model = tiny(**INTERP)
+    table = model.abs_pos_table.detach()
+    full = model._abs_positions(0, 3, 3, 5, 5).detach().reshape(3, 5, 5, -1)
+    assert torch.equal(full, table)  # the table's own size: the table itself, untouched
+    small = model._abs_positions(0, 2, 2, 3, 3).detach().reshape(2, 3, 3, -1)  # fewer frames, rows, columns
+    for t, r, c in ((0, 0, 0), (1, 2, 2), (0, 2, 0), (1, 0, 2)):  # corners map to corners ...
+        torch.testing.assert_close(small[t, r, c], table[2 * t, 2 * r, 2 * c])
+    torch.testing.assert_close(small[0, 1, 1], table[0, 2, 2])  # ... and the centre to the centre
+    wide = model._abs_positions(0, 3, 3, 5, 9).detach().reshape(3, 5, 9, -1)  # larger grids are resampled too
+    torch.testing.assert_close(wide[:, :, 1], (table[:, :, 0] + table[:, :, 1]) / 2)
+    last = model._abs_positions(1, 1, 2, 3, 3).detach().reshape(1, 3, 3, -1)  # a rank's share of the frames
+    torch.testing.assert_close(last[0], small[1])
+
+
+def test_interpolated_abs_positions_learn_from_any_grid() -> None:
+    model = tiny(**INTERP)
+    run(model, tiny_inputs(t=4, h=8, w=8)).square().mean().backward()  # 4 x 4 x 4 tokens from a 3 x 5 x 5 table
+    grad = model.abs_pos_table.grad
+    assert grad is not None and (grad.abs().sum(-1) > 0).all()  # every entry helps place some token
+    model.eval()
+    with torch.no_grad():
+        assert run(model, tiny_inputs(t=5, h=12, w=12)).shape[2:] == (5, 12, 12)  # no size limit

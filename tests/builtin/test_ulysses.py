@@ -35,6 +35,10 @@ CASES: dict[str, dict[str, Any]] = {
     # the learned absolute position table: each rank must add the vectors of its own frames (2/1 split)
     "uneven_k4_abs_pos": {"overrides": {"abs_pos_embed": "learned", "abs_pos_max_size": [3, 4, 5]}, "thw": (3, 8, 10),
                           "text": 7, "latent_mask": "local", "text_mask": "full"},
+    # the resampled table: frames are resampled over the whole clip, then each rank takes its own share
+    "uneven_k4_abs_pos_interpolated": {"overrides": {"abs_pos_embed": "learned_interpolated",
+                                                     "abs_pos_max_size": [2, 3, 3]}, "thw": (3, 8, 10), "text": 7,
+                                       "latent_mask": "local", "text_mask": "full"},
 }
 
 

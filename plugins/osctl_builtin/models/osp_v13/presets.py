@@ -168,6 +168,12 @@ def check_architecture(cfg: dict[str, Any]) -> None:
     check_abs_pos(cfg.get("abs_pos_embed"), cfg.get("abs_pos_max_size"))
 
 
+ABS_POS_KINDS: tuple[str, ...] = ("learned", "learned_interpolated")
+"""``learned``: one vector per token position, the table's top-left corner used for smaller grids;
+``learned_interpolated``: the table resampled (trilinear, corners aligned) to every grid, so a vector marks
+the same fraction of the frame and of the clip in every bucket."""
+
+
 def check_abs_pos(kind: Any, max_size: Any) -> None:
     """Raise ``ValueError`` unless the optional absolute position embedding is off or fully specified.
 
@@ -177,11 +183,12 @@ def check_abs_pos(kind: Any, max_size: Any) -> None:
     """
     if kind is None:
         return
-    if kind != "learned":
-        raise ValueError(f"abs_pos_embed={kind!r} is not known; use 'learned' or leave it unset (v1.3 has none).")
+    if kind not in ABS_POS_KINDS:
+        raise ValueError(f"abs_pos_embed={kind!r} is not known; use {' or '.join(repr(k) for k in ABS_POS_KINDS)} "
+                         "or leave it unset (v1.3 has none).")
     sizes = list(max_size) if isinstance(max_size, list | tuple) else None
     if sizes is None or len(sizes) != 3 or not all(isinstance(v, int) and v >= 1 for v in sizes):
         raise ValueError(
             f"abs_pos_max_size={max_size!r} must be three positive integers [frames, rows, columns] counted in "
-            "latent tokens (after patching), e.g. [9, 6, 6], when abs_pos_embed is 'learned'."
+            f"latent tokens (after patching), e.g. [9, 6, 6], when abs_pos_embed is {kind!r}."
         )

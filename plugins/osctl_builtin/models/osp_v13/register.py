@@ -70,7 +70,9 @@ class OSPv13Config(ComponentConfig):
     interpolation_scale_h: float | None = Field(None, gt=0)
     interpolation_scale_w: float | None = Field(None, gt=0)
     abs_pos_embed: str | None = Field(
-        None, description="osctl extension, off in v1.3: 'learned' adds a learned vector per token position"
+        None, description="osctl extension, off in v1.3: 'learned' adds a learned vector per token position; "
+                    "'learned_interpolated' resamples that table to each latent grid (position as a fraction of "
+                    "the frame and clip, the same in every bucket)"
     )
     abs_pos_max_size: list[int] | None = Field(
         None, description="[frames, rows, columns] in latent tokens that the learned position table covers"

@@ -354,7 +354,7 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
 
         self.caption_projection = PixArtAlphaTextProjection(in_features=caption_channels, hidden_size=dim)
         self.pos_embed = PatchEmbed2D(patch_size, in_channels, dim)
-        if abs_pos_embed == "learned":
+        if abs_pos_embed is not None:
             # osctl extension (off in v1.3): one learned vector per (frame, row, column) token position,
             # drawn about as large as the patch embedding's output so that tokens can tell where they are
             t_max, h_max, w_max = (int(v) for v in abs_pos_max_size or ())
@@ -466,7 +466,7 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
             total_frames, total_text = sum(frame_sizes), sum(text_sizes)
             first_frame = sum(frame_sizes[: ulysses.group_rank(group)])
         seq = total_frames * h * w
-        if cfg.abs_pos_embed == "learned":
+        if cfg.abs_pos_embed is not None:
             x = x + self._abs_positions(first_frame, frames, total_frames, h, w).to(x.dtype)
 
         # 5. masks -> additive biases (float32), full sequence
@@ -506,6 +506,12 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
     def _abs_positions(self, first: int, frames: int, total_frames: int, h: int, w: int) -> torch.Tensor:
         """The learned absolute position vectors of this rank's tokens, ``(frames*h*w) x D``."""
         t_max, h_max, w_max = self.abs_pos_table.shape[:3]
+        if self.config.abs_pos_embed == "learned_interpolated":
+            table = self.abs_pos_table
+            if (total_frames, h, w) != (t_max, h_max, w_max):  # T x H x W x D -> 1 x D x T x H x W and back
+                table = F.interpolate(table.permute(3, 0, 1, 2)[None], size=(total_frames, h, w), mode="trilinear",
+                                      align_corners=True)[0].permute(1, 2, 3, 0)
+            return table[first:first + frames].reshape(frames * h * w, -1)
         if total_frames > t_max or h > h_max or w > w_max:
             raise ValueError(
                 f"a latent grid of {total_frames}x{h}x{w} tokens (frames x rows x columns) exceeds "
