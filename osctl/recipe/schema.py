@@ -72,7 +72,8 @@ class DataSection(Section):
     drop_short_ratio: float = Field(
         1.0, ge=0.0, le=1.0, description="probability of dropping a clip shorter than num_frames (1 = fixed length)"
     )
-    min_frames: int = Field(29, ge=1, description="fewest frames a video sample may have after snapping to 4k+1")
+    min_frames: int = Field(29, ge=1, description="fewest frames a video sample may have after snapping to a "
+                                                  "whole number of latent frames (4k+1 for a 4x temporal autoencoder)")
     too_long_factor: float = Field(
         5.0, gt=0, description="drop a clip longer than this many times the source span a sample needs"
     )
