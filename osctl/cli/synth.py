@@ -67,7 +67,8 @@ def shapes(
         with progress:
             task = progress.add_task("writing media", total=videos + images)
             result = synth_shapes(out, videos=videos, images=images, seed=seed, hold_out=hold_out,
-                                  video_backgrounds=backgrounds, force=force, progress=lambda done, total: progress.update(task, completed=done))
+                                  video_backgrounds=backgrounds, force=force,
+                                  progress=lambda done, total: progress.update(task, completed=done))
     else:
         result = synth_shapes(out, videos=videos, images=images, seed=seed, hold_out=hold_out,
                               video_backgrounds=backgrounds, force=force)

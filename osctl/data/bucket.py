@@ -100,7 +100,8 @@ REASON_HELP: dict[Reason, str] = {
     Reason.ASPECT: "aspect ratio outside the max_aspect bound",
     Reason.TOO_LONG: "longer than too_long_factor x the span a sample needs",
     Reason.SHORT_DROPPED: "shorter than num_frames and drawn for dropping (drop_short_ratio)",
-    Reason.TOO_SHORT: "fewer usable frames than min_frames after snapping to a whole number of latent frames (4k+1 for WF-VAE)",
+    Reason.TOO_SHORT: "fewer usable frames than min_frames after snapping to a whole number of latent frames "
+                      "(4k+1 for WF-VAE)",
     Reason.MINORITY_BUCKET: "its bucket holds fewer than min_bucket_batches x global batch samples",
 }
 
