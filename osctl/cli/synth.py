@@ -42,7 +42,7 @@ def shapes(
 ) -> None:
     """Write a dataset of coloured circles, squares and triangles moving left/right/up/down or still.
 
-    Writes mp4 clips (12/24/30 fps, 1-2.5 s, three aspect ratios; on black unless --video-background
+    Writes mp4 clips (12/24/30 fps, 1-2 s, three aspect ratios; on black unless --video-background
     says otherwise), jpg/png images (on black and grey), a JSON and a
     pickle annotation file (with aesthetic, cut, crop, tech and motion on some records), data.txt
     joining the two roots, and held_out_prompts.txt. Running it again with the same options reuses

@@ -6,8 +6,8 @@ content a program can check (:mod:`osctl.eval.shapes` measures whether samples f
 
 Content. Every clip shows one shape (``circle``, ``square``, ``triangle``) in one colour of
 :data:`COLORS` on a plain background (never the same colour as a shape), either moving
-``left``/``right``/``up``/``down`` at a steady speed (55-65 % of the frame side over the clip, at most
-the room the frame leaves) or ``still``. Images (jpg and png) show still shapes on every background of
+``left``/``right``/``up``/``down`` at a steady speed from one edge of the frame to the other (2 pixels
+inside each) over the whole clip, or ``still``. Images (jpg and png) show still shapes on every background of
 :data:`BACKGROUNDS`; clips use :data:`DEFAULT_VIDEO_BACKGROUNDS` (black) unless ``video_backgrounds``
 says otherwise: on black every shape is brighter than its background, and in an in-memory test the demo's
 tiny model learnt the direction words from black clips in ~1000 steps but not from black and grey ones
@@ -42,10 +42,14 @@ Each record also has a ``synth`` key with the ground truth (``color``, ``shape``
 ``background``, ``size`` in pixels, centre ``start``/``end`` in full-frame pixels); annotation readers
 ignore unknown keys.
 
-Frame sizes (height x width): 128x128, 96x160 and 160x112 (cropped canvases 160x160, 128x192,
-192x160). Every width is one that decord reads back (it fails on some widths, e.g. 96 and 144:
+Frame sizes (height x width): 128x128 (two thirds of the clips and images), 120x200 and 200x120 (a
+sixth each; cropped canvases 160x160, 152x232, 232x152). They scale to stride-aligned buckets with
+almost nothing cropped (16x16, 12x20 and 20x12 under ``max_hxw: 256``, ``hw_stride: 4``, as in
+``recipes/demo.yaml``): with sizes that do not (128x128 -> 22x22 cropped to 16x16 under ``max_hxw: 512``,
+``hw_stride: 8``), the bucket crop cut a seventh off every side and with it the start or the end of the
+movement. Every width is one that decord reads back (it fails on some widths, e.g. 96 and 144:
 :data:`DECODE_SAFE_WIDTHS` lists the ones used and a test checks them). Frame rates 12, 24 and 30 fps,
-durations 1-2.5 s.
+durations 1, 1.5 and 2 s.
 
 Held-out combinations (:func:`held_out_combinations`) are left out of training data by default so
 the demo can sample them and test generalisation: every colour, shape and motion of a held-out triple
@@ -73,7 +77,7 @@ from osctl.synth import DEFAULT_IMAGES, DEFAULT_VIDEOS
 from osctl.utils.atomic import atomic_write_bytes, atomic_write_text, ensure_inside
 
 GENERATOR = "osctl.synth.shapes"
-VERSION = 2
+VERSION = 3
 """Bumped whenever the same options would give different files (a dataset of another version is rebuilt)."""
 SCHEMA = "osctl.data.synth.shapes/1"
 """Schema id of ``synth.json`` and of the ``--json`` output of ``osctl data synth shapes``."""
@@ -96,10 +100,12 @@ DEFAULT_VIDEO_BACKGROUNDS: tuple[str, ...] = ("black",)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still")
 FPS_CHOICES: tuple[int, ...] = (12, 24, 30)
-DURATIONS_S: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5)
-"""Clip lengths (seconds). Short enough that a 9-frame sample at 4 fps (2.25 s) shows most or all of the
-movement (with clips up to 4 s it showed a random part); in an in-memory test this halved the steps the
-demo's tiny model needed to learn the direction words."""
+DURATIONS_S: tuple[float, ...] = (1.0, 1.5, 2.0)
+"""Clip lengths (seconds from the first to the last content frame; a clip holds ``fps * d + 1`` content
+frames). Resampled at 4 fps (``recipes/demo.yaml``) a clip gives exactly 5, 7 or 9 frames spanning
+all of it, so every training sample shows the whole movement from one edge to the other. When samples
+showed a random part of a longer movement, the demo's tiny model did not tie the direction words to
+the motion within its CPU budget."""
 
 _DIRECTION: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 _PHRASE: dict[str, str] = {"left": "to the left", "right": "to the right", "up": "upwards", "down": "downwards"}
@@ -124,12 +130,17 @@ class FrameSize:
 
 SIZES: tuple[FrameSize, ...] = (
     FrameSize(128, 128, 16, 16),  # 1:1, canvas 160x160
-    FrameSize(96, 160, 16, 16),  # 3:5 landscape, canvas 128x192
-    FrameSize(160, 112, 16, 24),  # 7:10 portrait, canvas 192x160
+    FrameSize(120, 200, 16, 16),  # 3:5 landscape, canvas 152x232
+    FrameSize(200, 120, 16, 16),  # 5:3 portrait, canvas 232x152
 )
 """Frame sizes (H x W). Margins are chosen so every canvas width also decodes with decord."""
 
-DECODE_SAFE_WIDTHS: frozenset[int] = frozenset({128, 160, 112, 192})
+SIZE_SHARES: tuple[int, ...] = (4, 1, 1)
+"""Relative number of clips (and images) of each of :data:`SIZES`: two thirds are square, the size the demo
+samples (with equal shares its tiny model had not tied the direction words to the motion after 1500
+steps in an in-memory test; with four fifths square it had begun to)."""
+
+DECODE_SAFE_WIDTHS: frozenset[int] = frozenset({128, 160, 200, 232, 120, 152})
 """Every width this generator writes; each is checked to decode with decord (96 and 144 do not)."""
 
 
@@ -286,21 +297,21 @@ def plan_dataset(videos: int = DEFAULT_VIDEOS, images: int = DEFAULT_IMAGES, see
     combos = training_combinations(hold_out)
     order = rng.permutation(len(combos))
     backgrounds = _balanced(rng, list(video_backgrounds), videos)
-    sizes = _balanced(rng, list(range(len(SIZES))), videos)
+    sizes = _balanced(rng, _size_choices(), videos)
     fpss = _balanced(rng, list(FPS_CHOICES), videos)
     durations = _balanced(rng, list(DURATIONS_S), videos)
     for i in range(videos):
         color, shape, motion = combos[int(order[i % len(combos)])]
         plans.append(_plan_item(
             rng, i, "video", color, shape, motion, backgrounds[i], SIZES[sizes[i]], fps=int(fpss[i]),
-            content_frames=round(fpss[i] * durations[i]), cut=i % 4 == 1, crop=i % 4 == 2,
+            content_frames=round(fpss[i] * durations[i]) + 1, cut=i % 4 == 1, crop=i % 4 == 2,
             cap_list=i % 3 == 0, ext="mp4"))
 
     pairs = [(c, s) for c in COLORS for s in SHAPES
              if not (hold_out and (c, s, "still") in held_out_combinations())]
     order = rng.permutation(len(pairs))
     backgrounds = _balanced(rng, list(BACKGROUNDS), images)
-    sizes = _balanced(rng, list(range(len(SIZES))), images)
+    sizes = _balanced(rng, _size_choices(), images)
     for j in range(images):
         color, shape = pairs[int(order[j % len(pairs)])]
         plans.append(_plan_item(
@@ -320,6 +331,11 @@ def check_video_backgrounds(names: Sequence[str]) -> tuple[str, ...]:
         raise UsageError(f"--video-background {unknown[0]!r} is not a background; "
                          f"use one of {', '.join(BACKGROUNDS)}.")
     return chosen
+
+
+def _size_choices() -> list[int]:
+    """Indices into :data:`SIZES`, each repeated as often as its share."""
+    return [k for k, share in enumerate(SIZE_SHARES) for _ in range(share)]
 
 
 def _balanced(rng: np.random.Generator, values: list[Any], n: int) -> list[Any]:
@@ -342,10 +358,9 @@ def _plan_item(rng: np.random.Generator, index: int, kind: str, color: str, shap
     travel = 0.0
     if motion != "still":
         ux, uy = _DIRECTION[motion]
-        dim, lo, hi = (w, lo_x, hi_x) if ux else (h, lo_y, hi_y)
-        travel = min(float(rng.uniform(0.55, 0.65)) * dim, hi - lo)
-        a = float(rng.uniform(lo, hi - travel))
-        first, last = (a, a + travel) if ux + uy > 0 else (a + travel, a)
+        lo, hi = (lo_x, hi_x) if ux else (lo_y, hi_y)
+        travel = hi - lo  # edge to edge: from _EDGE pixels inside one side to _EDGE inside the other
+        first, last = (lo, hi) if ux + uy > 0 else (hi, lo)
         if ux:
             x0, x1 = first, last
         else:
@@ -357,7 +372,7 @@ def _plan_item(rng: np.random.Generator, index: int, kind: str, color: str, shap
     if index % 3 == 1:
         scores["tech"] = round(float(rng.uniform(0.5, 1.0)), 3)
     if index % 2 == 1 or (kind == "image" and index % 3 == 0):
-        seconds = content_frames / fps if fps else 1.0
+        seconds = (content_frames - 1) / fps if fps else 1.0
         scores["motion"] = round(travel / max(h, w) / seconds, 4)
     cap: str | list[str] = (paraphrases(color, shape, motion, background) if cap_list
                             else caption(color, shape, motion, background))

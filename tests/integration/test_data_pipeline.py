@@ -43,7 +43,7 @@ TINY_DATA = """data:
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 clips (12/24/30 fps, 1-2.5 s, three frame sizes, cut and crop records) and 6 images."""
+    """12 clips (12/24/30 fps, 1-2 s, three frame sizes, cut and crop records) and 6 images."""
     return synth_shapes(tmp_path_factory.mktemp("shapes"), videos=12, images=6, seed=0).data_txt
 
 

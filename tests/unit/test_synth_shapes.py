@@ -183,9 +183,20 @@ def test_motion_is_steady_and_inside_the_frame():
         expected = {"left": dx < 0 == dy, "right": dx > 0 == dy, "up": dy < 0 == dx, "down": dy > 0 == dx,
                     "still": dx == 0 == dy}[plan.motion]
         assert expected, plan
-        if plan.motion != "still":
+        if plan.motion != "still":  # edge to edge: 2 px inside one side of the frame to 2 px inside the other
             side = (x1 - x0) if dx else (y1 - y0)
-            assert 0.45 <= abs(dx or dy) / side <= 0.65
+            assert abs(abs(dx or dy) - (side - 4 - plan.size)) < 0.02
+
+
+def test_clips_resample_at_4_fps_to_exactly_5_7_or_9_frames_spanning_the_whole_clip():
+    from osctl.data.rules import candidate_indices
+
+    counts = set()
+    for plan in (p for p in plan_dataset(30, 0, seed=2) if p.kind == "video"):
+        frames = candidate_indices(0, plan.content_frames, plan.fps, 4.0)
+        assert frames[0] == 0 and frames[-1] == plan.content_frames - 1, plan  # first and last content frame
+        counts.add(len(frames))
+    assert counts == {5, 7, 9}
 
 
 def test_held_out_combinations_are_excluded_but_their_parts_are_trained():
