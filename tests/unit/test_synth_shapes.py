@@ -250,3 +250,19 @@ def test_reuse_rewrite_and_refusals(tmp_path):
     with pytest.raises(UsageError, match="seed"):
         synth_shapes(tmp_path / "e", videos=1, images=0, seed=-1)
     assert not (tmp_path / "e").exists()
+
+
+def test_every_frame_size_fits_a_demo_bucket_without_a_crop():
+    """Under recipes/demo.yaml each frame size resizes straight to its bucket: the bucket crop, which would
+    cut off the start or end of a movement, removes nothing."""
+    from osctl.data.bucket import BucketSettings
+    from osctl.data.transforms import resize_size, target_shape
+    from osctl.recipe.load import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml", []).recipe
+    rules = BucketSettings.from_recipe(recipe).resolution
+    shapes = {}
+    for size in SIZES:
+        assert resize_size(size.height, size.width, rules) == target_shape(size.height, size.width, rules)
+        shapes[(size.height, size.width)] = target_shape(size.height, size.width, rules)
+    assert shapes == {(128, 128): (16, 16), (120, 200): (12, 20), (200, 120): (20, 12)}
