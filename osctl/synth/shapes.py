@@ -44,7 +44,7 @@ ignore unknown keys.
 
 Frame sizes (height x width): 128x128 (two thirds of the clips and images), 120x200 and 200x120 (a
 sixth each; cropped canvases 160x160, 152x232, 232x152). They scale to stride-aligned buckets with
-almost nothing cropped (16x16, 12x20 and 20x12 under ``max_hxw: 256``, ``hw_stride: 4``, as in
+nothing cropped (16x16, 12x20 and 20x12 under ``max_hxw: 256``, ``hw_stride: 4``, as in
 ``recipes/demo.yaml``): with sizes that do not (128x128 -> 22x22 cropped to 16x16 under ``max_hxw: 512``,
 ``hw_stride: 8``), the bucket crop cut a seventh off every side and with it the start or the end of the
 movement. Every width is one that decord reads back (it fails on some widths, e.g. 96 and 144:
