@@ -334,6 +334,7 @@ def test_config_patch_sizes_without_torch(golden: Path) -> None:
         ({"preset": "tiny", "abs_pos_embed": "sincos"}, "abs_pos_embed='sincos' is not known"),
         ({"preset": "tiny", "abs_pos_embed": "learned"}, "abs_pos_max_size=None must be three positive integers"),
         ({"preset": "tiny", "abs_pos_embed": "learned", "abs_pos_max_size": [3, 4]}, "abs_pos_max_size=[3, 4]"),
+        ({"preset": "tiny", "rope": False}, "rope=false leaves the model without any token positions"),
     ],
 )
 def test_bad_configs_are_config_errors(options: dict[str, Any], message: str) -> None:
@@ -365,6 +366,9 @@ def test_bad_paths_are_config_errors(golden: Path, tmp_path: Path) -> None:
     with pytest.raises(osctl.ConfigError, match=r"model\.abs_pos_embed=learned conflicts with abs_pos_embed=None"):
         build({"path": str(golden / "dit" / "a1_sparse1d_n4" / "model"), "abs_pos_embed": "learned",
                "abs_pos_max_size": [4, 4, 4]})
+    # nor can RoPE be switched off on it: the model would have no token positions at all
+    with pytest.raises(osctl.ConfigError, match="rope=false leaves the model without any token positions"):
+        build({"path": str(golden / "dit" / "a1_sparse1d_n4" / "model"), "rope": False})
 
 
 def test_runtime_overrides_apply_to_a_loaded_model(golden: Path) -> None:
@@ -466,3 +470,43 @@ def test_interpolated_abs_positions_learn_from_any_grid() -> None:
     model.eval()
     with torch.no_grad():
         assert run(model, tiny_inputs(t=5, h=12, w=12)).shape[2:] == (5, 12, 12)  # no size limit
+
+
+# ---------------------------------------------------------------------------------------------------
+# RoPE switch (osctl option; v1.3 always rotates)
+# ---------------------------------------------------------------------------------------------------
+
+NO_ROPE = {**INTERP, "rope": False}
+
+
+def test_rope_is_on_by_default_and_saved_in_config(tmp_path: Path) -> None:
+    assert tiny().config.rope is True
+    model = tiny(**NO_ROPE).eval()
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        before = run(model, inputs)
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["rope"] is False
+    loaded = build({"path": str(tmp_path / "m")}).eval()
+    assert loaded.config.rope is False
+    with torch.no_grad():
+        assert torch.equal(run(loaded, inputs), before)
+
+
+def test_rope_off_is_the_same_model_with_unrotated_queries_and_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import osctl_builtin.models.osp_v13.transformer as module
+
+    rotated = tiny(**INTERP).eval()
+    plain = tiny(**NO_ROPE).eval()
+    plain.load_state_dict(rotated.state_dict())  # same parameters: RoPE has none
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        with_rope, without = run(rotated, inputs), run(plain, inputs)
+        assert (with_rope - without).abs().max() > 1e-3  # the rotation matters ...
+
+        def unrotated(frames: int, height: int, width: int, head_dim: int, scales: Any, device: Any) -> Any:
+            n = frames * height * width
+            return torch.ones(n, head_dim, device=device), torch.zeros(n, head_dim, device=device)
+
+        monkeypatch.setattr(module, "rope_3d_tables", unrotated)
+        torch.testing.assert_close(run(rotated, inputs), without)  # ... and rope=False skips exactly it

@@ -39,6 +39,10 @@ CASES: dict[str, dict[str, Any]] = {
     "uneven_k4_abs_pos_interpolated": {"overrides": {"abs_pos_embed": "learned_interpolated",
                                                      "abs_pos_max_size": [2, 3, 3]}, "thw": (3, 8, 10), "text": 7,
                                        "latent_mask": "local", "text_mask": "full"},
+    # RoPE off (positions from the resampled table alone)
+    "uneven_k4_no_rope": {"overrides": {"abs_pos_embed": "learned_interpolated", "abs_pos_max_size": [2, 3, 3],
+                                        "rope": False}, "thw": (3, 8, 10), "text": 7, "latent_mask": "local",
+                          "text_mask": "full"},
 }
 
 

@@ -166,6 +166,11 @@ def check_architecture(cfg: dict[str, Any]) -> None:
         raise ValueError(f"caption_channels={cfg.get('caption_channels')} must be the text-encoder width (e.g. 4096).")
     resolve_sparse_blocks(int(cfg.get("num_layers", 1)), bool(cfg.get("sparse1d")), cfg.get("sparse_blocks"))
     check_abs_pos(cfg.get("abs_pos_embed"), cfg.get("abs_pos_max_size"))
+    if cfg.get("rope", True) is False and cfg.get("abs_pos_embed") is None:
+        raise ValueError(
+            "rope=false leaves the model without any token positions; set abs_pos_embed (e.g. "
+            "'learned_interpolated' with abs_pos_max_size) or keep rope on."
+        )
 
 
 ABS_POS_KINDS: tuple[str, ...] = ("learned", "learned_interpolated")

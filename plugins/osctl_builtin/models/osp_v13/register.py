@@ -38,7 +38,7 @@ SHAPE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "captio
 OPTIONAL_SHAPE_KEYS = ("abs_pos_embed", "abs_pos_max_size")
 #: keys that only change the computation: with ``path`` set an explicit value overrides config.json
 RUNTIME_KEYS = ("sparse1d", "sparse_n", "sparse_blocks", "interpolation_scale_t", "interpolation_scale_h",
-                "interpolation_scale_w")
+                "interpolation_scale_w", "rope")
 
 
 class OSPv13Config(ComponentConfig):
@@ -76,6 +76,10 @@ class OSPv13Config(ComponentConfig):
     )
     abs_pos_max_size: list[int] | None = Field(
         None, description="[frames, rows, columns] in latent tokens that the learned position table covers"
+    )
+    rope: bool | None = Field(
+        None, description="RoPE-3D on the self-attention queries and keys (v1.3: on); false is an osctl option "
+                    "that leaves positions to abs_pos_embed alone"
     )
     gradient_checkpointing: bool = Field(False, description="recompute each block in backward to save memory")
 

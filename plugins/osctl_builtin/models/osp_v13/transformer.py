@@ -16,7 +16,9 @@ parameter names are the reference's. Structure (spec §6.1-6.3):
 Additions over the reference: any ``sparse_n >= 1`` and an explicit ``sparse_blocks`` list (the
 reference hard-codes k in {1, 4} and blocks 2..29, which stay the default layout), per-block gradient
 checkpointing through diffusers' ``enable_gradient_checkpointing()``, an Ulysses sequence-parallel
-hook (``set_sequence_parallel(group)``) and construction on the meta device. Cross-attention in
+hook (``set_sequence_parallel(group)``), construction on the meta device, an optional learned
+absolute position table (``abs_pos_embed``) and a switch to leave RoPE out (``rope=False``, which
+needs that table: positions then come from it alone). Cross-attention in
 Skiparse blocks skips the reference's query regrouping (each query sees every text token either way,
 so the result is the same) and never replicates the text keys/values k times.
 
@@ -159,8 +161,8 @@ class _SequenceParallelHandle:
 class _ForwardContext:
     """Per-forward tensors shared by every block (rotary tables, attention biases, SP layout)."""
 
-    cos: torch.Tensor  # S x head_dim (float32, global positions)
-    sin: torch.Tensor
+    cos: torch.Tensor | None  # S x head_dim (float32, global positions); None with ``rope=False``
+    sin: torch.Tensor | None
     self_bias: dict[SkiparseMode | None, torch.Tensor | None]  # per attention layout: B' x 1 x 1 x S'
     text_bias: torch.Tensor | None  # B x 1 x 1 x L
     group: Any = None  # sequence-parallel group, None when off
@@ -215,8 +217,9 @@ class OSPAttention(nn.Module):
             qkv = ulysses.all_to_all(torch.stack((q, k, v), dim=2), scatter_dim=3, gather_dim=1, group=ctx.group,
                                      gather_sizes=ctx.seq_sizes)
             q, k, v = qkv.unbind(2)
-        q = apply_rope_3d(q, ctx.cos, ctx.sin)  # global positions, before any Skiparse regrouping
-        k = apply_rope_3d(k, ctx.cos, ctx.sin)
+        if ctx.cos is not None and ctx.sin is not None:  # global positions, before any Skiparse regrouping
+            q = apply_rope_3d(q, ctx.cos, ctx.sin)
+            k = apply_rope_3d(k, ctx.cos, ctx.sin)
         seq = q.shape[1]
         if mode is not None:
             pad = skiparse_pad_len(seq, mode.k)
@@ -332,6 +335,7 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
         sparse_blocks: list[int] | None = None,
         abs_pos_embed: str | None = None,
         abs_pos_max_size: list[int] | None = None,
+        rope: bool = True,
     ) -> None:
         super().__init__()
         check_architecture(dict(
@@ -339,7 +343,7 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
             cross_attention_dim=cross_attention_dim, patch_size=patch_size, patch_size_t=patch_size_t,
             sparse1d=sparse1d, sparse_n=sparse_n, sparse_blocks=sparse_blocks, caption_channels=caption_channels,
             only_cross_attention=only_cross_attention, double_self_attention=double_self_attention,
-            abs_pos_embed=abs_pos_embed, abs_pos_max_size=abs_pos_max_size,
+            abs_pos_embed=abs_pos_embed, abs_pos_max_size=abs_pos_max_size, rope=rope,
         ))
         if in_channels is None:
             raise ValueError("in_channels is required: set it to the autoencoder's latent channels (8 for WF-VAE D8).")
@@ -480,7 +484,7 @@ class OpenSoraT2V_v1_3(ModelMixin, ConfigMixin):  # the reference class name, ke
         cos, sin = rope_3d_tables(
             total_frames, h, w, cfg.attention_head_dim,
             (cfg.interpolation_scale_t, cfg.interpolation_scale_h, cfg.interpolation_scale_w), device,
-        )
+        ) if cfg.rope else (None, None)
         ctx = _ForwardContext(cos, sin, self_bias, text_bias, group, seq_sizes, text_sizes)
 
         # 6. blocks
