@@ -37,13 +37,17 @@ def shapes(
     video_background: Annotated[list[str] | None, typer.Option(
         "--video-background", help="Background of the clips (repeat for several: black, grey); default black. "
                                    "Images use every background.", show_default=False)] = None,
+    lane_spread: Annotated[float, typer.Option(
+        "--lane-spread", min=0.0, max=1.0,
+        help="How far from the centre line a moving shape may cross the frame, as a fraction of the free "
+             "range: 0 (default) = through the middle, 1 = anywhere.")] = 0.0,
     force: Annotated[bool, typer.Option("--force", help="Rewrite even when OUT already holds this dataset.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a dataset of coloured circles, squares and triangles moving left/right/up/down or still.
 
     Writes mp4 clips (12/24/30 fps, 1-2 s, three aspect ratios; on black unless --video-background
-    says otherwise), jpg/png images (on black and grey), a JSON and a
+    says otherwise; moving shapes cross through the middle of the frame unless --lane-spread says otherwise), jpg/png images (on black and grey), a JSON and a
     pickle annotation file (with aesthetic, cut, crop, tech and motion on some records), data.txt
     joining the two roots, and held_out_prompts.txt. Running it again with the same options reuses
     the files.
@@ -67,11 +71,11 @@ def shapes(
         with progress:
             task = progress.add_task("writing media", total=videos + images)
             result = synth_shapes(out, videos=videos, images=images, seed=seed, hold_out=hold_out,
-                                  video_backgrounds=backgrounds, force=force,
+                                  video_backgrounds=backgrounds, lane_spread=lane_spread, force=force,
                                   progress=lambda done, total: progress.update(task, completed=done))
     else:
         result = synth_shapes(out, videos=videos, images=images, seed=seed, hold_out=hold_out,
-                              video_backgrounds=backgrounds, force=force)
+                              video_backgrounds=backgrounds, lane_spread=lane_spread, force=force)
     if as_json:
         print_json(result.to_json())
         return

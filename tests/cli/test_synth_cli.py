@@ -64,6 +64,25 @@ def test_synth_shapes_video_background_option(root, tmp_path):
     assert bad.exit_code == 2 and "'pink' is not a background" in bad.stderr
 
 
+def test_synth_shapes_lane_spread_option(root, tmp_path):
+    """--lane-spread 1 lets a moving shape cross anywhere; the default keeps it on the centre line."""
+    lanes = {}
+    for spread in ("0", "1"):
+        out = tmp_path / f"lane{spread}"
+        args = ["data", "synth", "shapes", str(out), "--videos", "8", "--images", "0", "--seed", "3", "--json"]
+        result = runner.invoke(root, args + ([] if spread == "0" else ["--lane-spread", spread]))
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "synth.json").read_text())["options"]["lane_spread"] == float(spread)
+        records = json.loads((out / "annotations" / "videos.json").read_text())
+        lanes[spread] = [(r["synth"]["start"], r.get("crop") or [0, r["resolution"]["width"], 0, r["resolution"]["height"]],
+                          r["synth"]["motion"]) for r in records if r["synth"]["motion"] != "still"]
+    middle = [(c[2] + c[3]) / 2 if m in ("left", "right") else (c[0] + c[1]) / 2 for _, c, m in lanes["0"]]
+    assert [s[1] if m in ("left", "right") else s[0] for s, _, m in lanes["0"]] == pytest.approx(middle, abs=0.01)
+    assert [s[1] if m in ("left", "right") else s[0] for s, _, m in lanes["1"]] != pytest.approx(middle, abs=0.01)
+    bad = runner.invoke(root, ["data", "synth", "shapes", str(tmp_path / "b"), "--lane-spread", "2"])
+    assert bad.exit_code == 2
+
+
 def test_synth_shapes_usage_errors_exit_2(root, tmp_path):
     assert runner.invoke(root, ["data", "synth", "shapes", str(tmp_path / "x"), "--videos", "-1"]).exit_code == 2
     assert runner.invoke(root, ["data", "synth", "shapes"]).exit_code == 2
@@ -81,5 +100,5 @@ def test_synth_help_lists_the_options(root):
     result = runner.invoke(root, ["data", "synth", "shapes", "--help"])
     assert result.exit_code == 0
     for option in ("--videos", "--images", "--seed", "--hold-out", "--no-hold-out", "--force", "--json",
-                   "--video-background"):
+                   "--video-background", "--lane-spread"):
         assert option in result.stdout

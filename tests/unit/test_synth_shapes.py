@@ -72,7 +72,7 @@ def test_layout_and_data_txt_join_two_roots(dataset):
     assert all((dataset / "images" / r["path"]).is_file() for r in images)
     manifest = orjson.loads((dataset / "synth.json").read_bytes())
     assert manifest["complete"] is True and manifest["options"] == {**OPTIONS, "hold_out": True,
-                                                                   "video_backgrounds": ["black"]}
+                                                                   "video_backgrounds": ["black"], "lane_spread": 0.0}
     assert sorted(p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file()
                   and p.name != "synth.json") == manifest["files"]
     prompts = (dataset / "held_out_prompts.txt").read_text().splitlines()
@@ -186,6 +186,35 @@ def test_motion_is_steady_and_inside_the_frame():
         if plan.motion != "still":  # edge to edge: 2 px inside one side of the frame to 2 px inside the other
             side = (x1 - x0) if dx else (y1 - y0)
             assert abs(abs(dx or dy) - (side - 4 - plan.size)) < 0.02
+
+
+def _lane(plan) -> tuple[float, float, float]:
+    """(lane coordinate, its lowest and its highest possible value) of a moving plan, full-frame pixels."""
+    x0, x1, y0, y1 = plan.crop or (0, plan.width, 0, plan.height)
+    lo, hi = ((y0, y1) if plan.motion in ("left", "right") else (x0, x1))
+    lane = plan.start[1] if plan.motion in ("left", "right") else plan.start[0]
+    return lane, lo + 2 + plan.size / 2, hi - 2 - plan.size / 2
+
+
+def test_moving_shapes_cross_on_the_centre_line_unless_the_lane_may_spread():
+    """The prompt names the direction, not the lane: by default every mover crosses through the middle."""
+    centred = [p for p in plan_dataset(60, 0, seed=4) if p.motion != "still"]
+    assert centred
+    for plan in centred:
+        lane, lo, hi = _lane(plan)
+        assert abs(lane - (lo + hi) / 2) <= 0.01, plan
+    spread = [p for p in plan_dataset(60, 0, seed=4, lane_spread=1.0) if p.motion != "still"]
+    offsets = [abs(_lane(p)[0] - (_lane(p)[1] + _lane(p)[2]) / 2) / ((_lane(p)[2] - _lane(p)[1]) / 2) for p in spread]
+    assert max(offsets) > 0.5 and all(o <= 1.0 + 1e-6 for o in offsets)
+    half = [p for p in plan_dataset(60, 0, seed=4, lane_spread=0.5) if p.motion != "still"]
+    for a, b in zip(half, spread, strict=True):  # the same draws, pulled halfway to the middle
+        (la, lo, hi), lb = _lane(a), _lane(b)[0]
+        assert abs((la - (lo + hi) / 2) - 0.5 * (lb - (lo + hi) / 2)) <= 0.01
+    stills = [(p.start, p.end) for p in plan_dataset(60, 0, seed=4) if p.motion == "still"]
+    assert stills == [(p.start, p.end) for p in plan_dataset(60, 0, seed=4, lane_spread=1.0) if p.motion == "still"]
+    for bad in (-0.1, 1.5, "x"):
+        with pytest.raises(UsageError, match="--lane-spread"):
+            plan_dataset(2, 0, lane_spread=bad)
 
 
 def test_clips_resample_at_4_fps_to_exactly_5_7_or_9_frames_spanning_the_whole_clip():
