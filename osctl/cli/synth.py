@@ -39,15 +39,15 @@ def shapes(
                                    "Images use every background.", show_default=False)] = None,
     lane_spread: Annotated[float, typer.Option(
         "--lane-spread", min=0.0, max=1.0,
-        help="How far from the centre line a moving shape may cross the frame, as a fraction of the free "
-             "range: 0 (default) = through the middle, 1 = anywhere.")] = 0.0,
+        help="How far from the middle a clip's shape may be, as a fraction of the free range: 0 (default) = "
+             "moving shapes cross through the middle and still ones sit there, 1 = anywhere.")] = 0.0,
     force: Annotated[bool, typer.Option("--force", help="Rewrite even when OUT already holds this dataset.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a dataset of coloured circles, squares and triangles moving left/right/up/down or still.
 
     Writes mp4 clips (12/24/30 fps, 1-2 s, three aspect ratios; on black unless --video-background
-    says otherwise; moving shapes cross through the middle of the frame unless --lane-spread says otherwise), jpg/png images (on black and grey), a JSON and a
+    says otherwise; shapes move through or sit in the middle of the frame unless --lane-spread says otherwise), jpg/png images (on black and grey), a JSON and a
     pickle annotation file (with aesthetic, cut, crop, tech and motion on some records), data.txt
     joining the two roots, and held_out_prompts.txt. Running it again with the same options reuses
     the files.

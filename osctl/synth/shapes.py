@@ -7,8 +7,8 @@ content a program can check (:mod:`osctl.eval.shapes` measures whether samples f
 Content. Every clip shows one shape (``circle``, ``square``, ``triangle``) in one colour of
 :data:`COLORS` on a plain background (never the same colour as a shape), either moving
 ``left``/``right``/``up``/``down`` at a steady speed from one edge of the frame to the other (2 pixels
-inside each) over the whole clip, along the centre line of the frame unless ``lane_spread`` lets the lane
-vary (:data:`DEFAULT_LANE_SPREAD` says why), or ``still`` anywhere in the frame. Images (jpg and png) show still shapes on every background of
+inside each) over the whole clip, along the centre line of the frame, or ``still`` in its middle, unless
+``lane_spread`` lets the place vary (:data:`DEFAULT_LANE_SPREAD` says why). Images (jpg and png) show still shapes on every background of
 :data:`BACKGROUNDS`; clips use :data:`DEFAULT_VIDEO_BACKGROUNDS` (black) unless ``video_backgrounds``
 says otherwise: on black every shape is brighter than its background, and in an in-memory test the demo's
 tiny model learnt the direction words from black clips in ~1000 steps but not from black and grey ones
@@ -99,12 +99,14 @@ DEFAULT_VIDEO_BACKGROUNDS: tuple[str, ...] = ("black",)
 """Backgrounds of the clips by default (images use every one of :data:`BACKGROUNDS`)."""
 
 DEFAULT_LANE_SPREAD = 0.0
-"""How far from the middle of the frame a moving shape's path (its lane) may lie, as a fraction of the
-free range: 0 puts every moving shape on the centre line (a horizontal mover crosses at mid-height), 1
-anywhere. Why 0: the prompt names the direction but not the lane, so a random lane is noise the model
-can never predict from the prompt; with it the demo's tiny model did not tie the direction words to the
-motion within its CPU budget (held-out motion 0.29 with lanes anywhere, 0.21 with a spread of 0.3, 1.00
-with the centre line, 2800 steps of ``recipes/demo.yaml``)."""
+"""How far from the middle of the frame a clip's shape may be, as a fraction of the free range: 0 puts
+every moving shape on the centre line (a horizontal mover crosses at mid-height) and every still one in
+the middle, 1 anywhere (images always place their shape anywhere). Why 0: the prompt names the direction
+but not the lane, so a random lane is noise the model can never predict from the prompt; with it the
+demo's tiny model did not tie the direction words to the motion within its CPU budget (held-out motion
+0.29 with lanes anywhere, 0.21 with a spread of 0.3, 1.00 with the centre line, 2800 steps of
+``recipes/demo.yaml``); with still clips anywhere the held-out still prompt drifted in 2 to 4 of 4 samples,
+with still clips in the middle in none (one run each)."""
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still")
@@ -372,6 +374,9 @@ def _plan_item(rng: np.random.Generator, index: int, kind: str, color: str, shap
     lo_x, hi_x = _EDGE + side / 2, w - _EDGE - side / 2
     lo_y, hi_y = _EDGE + side / 2, h - _EDGE - side / 2
     x0, y0 = float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y))
+    mid_x, mid_y = (lo_x + hi_x) / 2, (lo_y + hi_y) / 2
+    if kind == "video":  # the path is pulled towards the middle: across the movement, or both ways if still
+        x0, y0 = mid_x + lane_spread * (x0 - mid_x), mid_y + lane_spread * (y0 - mid_y)
     x1, y1 = x0, y0
     travel = 0.0
     if motion != "still":
@@ -379,12 +384,10 @@ def _plan_item(rng: np.random.Generator, index: int, kind: str, color: str, shap
         lo, hi = (lo_x, hi_x) if ux else (lo_y, hi_y)
         travel = hi - lo  # edge to edge: from _EDGE pixels inside one side to _EDGE inside the other
         first, last = (lo, hi) if ux + uy > 0 else (hi, lo)
-        if ux:  # the lane (the coordinate across the movement) is pulled towards the middle
+        if ux:
             x0, x1 = first, last
-            y0 = y1 = (lo_y + hi_y) / 2 + lane_spread * (y0 - (lo_y + hi_y) / 2)
         else:
             y0, y1 = first, last
-            x0 = x1 = (lo_x + hi_x) / 2 + lane_spread * (x0 - (lo_x + hi_x) / 2)
     lead = max(2, (fps or 0) // 4) if cut else 0
     scores: dict[str, float] = {}
     if index % 2 == 0:

@@ -196,8 +196,8 @@ def _lane(plan) -> tuple[float, float, float]:
     return lane, lo + 2 + plan.size / 2, hi - 2 - plan.size / 2
 
 
-def test_moving_shapes_cross_on_the_centre_line_unless_the_lane_may_spread():
-    """The prompt names the direction, not the lane: by default every mover crosses through the middle."""
+def test_clip_shapes_keep_to_the_centre_lines_unless_the_lane_may_spread():
+    """The prompt names the direction, not the place: by default clips keep their shape on the centre lines."""
     centred = [p for p in plan_dataset(60, 0, seed=4) if p.motion != "still"]
     assert centred
     for plan in centred:
@@ -210,8 +210,13 @@ def test_moving_shapes_cross_on_the_centre_line_unless_the_lane_may_spread():
     for a, b in zip(half, spread, strict=True):  # the same draws, pulled halfway to the middle
         (la, lo, hi), lb = _lane(a), _lane(b)[0]
         assert abs((la - (lo + hi) / 2) - 0.5 * (lb - (lo + hi) / 2)) <= 0.01
-    stills = [(p.start, p.end) for p in plan_dataset(60, 0, seed=4) if p.motion == "still"]
-    assert stills == [(p.start, p.end) for p in plan_dataset(60, 0, seed=4, lane_spread=1.0) if p.motion == "still"]
+    for plan in (p for p in plan_dataset(60, 0, seed=4) if p.motion == "still"):  # still clips: the middle
+        x0, x1, y0, y1 = plan.crop or (0, plan.width, 0, plan.height)
+        assert plan.start == plan.end and plan.start == pytest.approx(((x0 + x1) / 2, (y0 + y1) / 2), abs=0.01)
+    assert len({p.start for p in plan_dataset(60, 0, seed=4, lane_spread=1.0) if p.motion == "still"}) > 3
+    images = [p.start for p in plan_dataset(0, 30, seed=4) if p.kind == "image"]  # images: anywhere, always
+    assert images == [p.start for p in plan_dataset(0, 30, seed=4, lane_spread=1.0) if p.kind == "image"]
+    assert len(set(images)) > 3
     for bad in (-0.1, 1.5, "x"):
         with pytest.raises(UsageError, match="--lane-spread"):
             plan_dataset(2, 0, lane_spread=bad)
