@@ -57,14 +57,22 @@ def _env_list(name: str) -> list[str] | None:
 
 
 def find_plugins() -> list[FoundPlugin]:
-    """Every ``osctl`` entry point of every installed distribution, duplicates reported as errors."""
+    """Every ``osctl`` entry point of every installed distribution, duplicates reported as errors.
+
+    Only the entry-point files of the installed distributions are read, and the name and version
+    (the ``METADATA`` file, parsed as an e-mail message) only of those that declare a plugin: with
+    the ~90 distributions of a training environment that takes every command's start-up from about
+    50 ms of metadata parsing to a few.
+    """
     found: dict[str, FoundPlugin] = {}
     for dist in md.distributions():
-        dist_name = dist.metadata["Name"] or "?"
-        for ep in dist.entry_points:
-            if ep.group != GROUP:
-                continue
-            plugin = FoundPlugin(ep.name, ep.value, dist_name, dist.version or "?")
+        ours = [ep for ep in dist.entry_points if ep.group == GROUP]
+        if not ours:
+            continue
+        metadata = dist.metadata
+        dist_name, version = metadata["Name"] or "?", metadata["Version"] or "?"
+        for ep in ours:
+            plugin = FoundPlugin(ep.name, ep.value, dist_name, version)
             previous = found.get(ep.name)
             if previous is not None:
                 if (previous.value, previous.distribution) == (plugin.value, plugin.distribution):
