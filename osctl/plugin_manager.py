@@ -61,8 +61,8 @@ def find_plugins() -> list[FoundPlugin]:
 
     Only the entry-point files of the installed distributions are read, and the name and version
     (the ``METADATA`` file, parsed as an e-mail message) only of those that declare a plugin: with
-    the ~90 distributions of a training environment that takes every command's start-up from about
-    50 ms of metadata parsing to a few.
+    the ~80 distributions of a training environment that takes this part of every command's start-up
+    from about 15 ms to 2.
     """
     found: dict[str, FoundPlugin] = {}
     for dist in md.distributions():

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from osctl.cli._options import JsonOpt
 from osctl.cli._output import console, err_console, print_json
-from osctl.synth import DEFAULT_IMAGES, DEFAULT_VIDEOS
+from osctl.synth import DEFAULT_IMAGES, DEFAULT_LANE_SPREAD, DEFAULT_VIDEOS
 
 app = typer.Typer(help="Write synthetic datasets: real media files with Open-Sora-Plan annotations.",
                   no_args_is_help=True)
@@ -40,17 +40,17 @@ def shapes(
     lane_spread: Annotated[float, typer.Option(
         "--lane-spread", min=0.0, max=1.0,
         help="How far from the middle a clip's shape may be, as a fraction of the free range: 0 (default) = "
-             "moving shapes cross through the middle and still ones sit there, 1 = anywhere.")] = 0.0,
+             "moving shapes cross through the middle and still ones sit there, 1 = anywhere.")] = DEFAULT_LANE_SPREAD,
     force: Annotated[bool, typer.Option("--force", help="Rewrite even when OUT already holds this dataset.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a dataset of coloured circles, squares and triangles moving left/right/up/down or still.
 
     Writes mp4 clips (12/24/30 fps, 1-2 s, three aspect ratios; on black unless --video-background
-    says otherwise; shapes move through or sit in the middle of the frame unless --lane-spread says otherwise), jpg/png images (on black and grey), a JSON and a
-    pickle annotation file (with aesthetic, cut, crop, tech and motion on some records), data.txt
-    joining the two roots, and held_out_prompts.txt. Running it again with the same options reuses
-    the files.
+    says otherwise; shapes move through or sit in the middle of the frame unless --lane-spread says
+    otherwise), jpg/png images (on black and grey), a JSON and a pickle annotation file (with
+    aesthetic, cut, crop, tech and motion on some records), data.txt joining the two roots, and
+    held_out_prompts.txt. Running it again with the same options reuses the files.
 
     Examples:
 

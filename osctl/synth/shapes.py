@@ -8,7 +8,7 @@ Content. Every clip shows one shape (``circle``, ``square``, ``triangle``) in on
 :data:`COLORS` on a plain background (never the same colour as a shape), either moving
 ``left``/``right``/``up``/``down`` at a steady speed from one edge of the frame to the other (2 pixels
 inside each) over the whole clip, along the centre line of the frame, or ``still`` in its middle, unless
-``lane_spread`` lets the place vary (:data:`DEFAULT_LANE_SPREAD` says why). Images (jpg and png) show still shapes on every background of
+``lane_spread`` lets the place vary (:data:`osctl.synth.DEFAULT_LANE_SPREAD` says why). Images (jpg and png) show still shapes on every background of
 :data:`BACKGROUNDS`; clips use :data:`DEFAULT_VIDEO_BACKGROUNDS` (black) unless ``video_backgrounds``
 says otherwise: on black every shape is brighter than its background, and in an in-memory test the demo's
 tiny model learnt the direction words from black clips in ~1000 steps but not from black and grey ones
@@ -74,7 +74,7 @@ import numpy as np
 import orjson
 
 from osctl.errors import DataError, UsageError
-from osctl.synth import DEFAULT_IMAGES, DEFAULT_VIDEOS
+from osctl.synth import DEFAULT_IMAGES, DEFAULT_LANE_SPREAD, DEFAULT_VIDEOS
 from osctl.utils.atomic import atomic_write_bytes, atomic_write_text, ensure_inside
 
 GENERATOR = "osctl.synth.shapes"
@@ -97,16 +97,6 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (0, 0, 0), "grey": (110
 
 DEFAULT_VIDEO_BACKGROUNDS: tuple[str, ...] = ("black",)
 """Backgrounds of the clips by default (images use every one of :data:`BACKGROUNDS`)."""
-
-DEFAULT_LANE_SPREAD = 0.0
-"""How far from the middle of the frame a clip's shape may be, as a fraction of the free range: 0 puts
-every moving shape on the centre line (a horizontal mover crosses at mid-height) and every still one in
-the middle, 1 anywhere (images always place their shape anywhere). Why 0: the prompt names the direction
-but not the lane, so a random lane is noise the model can never predict from the prompt; with it the
-demo's tiny model did not tie the direction words to the motion within its CPU budget (held-out motion
-0.29 with lanes anywhere, 0.21 with a spread of 0.3, 1.00 with the centre line, 2800 steps of
-``recipes/demo.yaml``); with still clips anywhere the held-out still prompt drifted in 2 to 4 of 4 samples,
-with still clips in the middle in none (one run each)."""
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still")
@@ -335,7 +325,7 @@ def plan_dataset(videos: int = DEFAULT_VIDEOS, images: int = DEFAULT_IMAGES, see
 
 
 def check_lane_spread(value: float) -> float:
-    """``value`` after checking it is a fraction from 0 to 1 (see :data:`DEFAULT_LANE_SPREAD`)."""
+    """``value`` after checking it is a fraction from 0 to 1 (see :data:`osctl.synth.DEFAULT_LANE_SPREAD`)."""
     if not (isinstance(value, int | float) and 0.0 <= float(value) <= 1.0):
         raise UsageError(f"--lane-spread {value!r} is not a fraction; use a number from 0 (centre line) to 1.")
     return float(value)
