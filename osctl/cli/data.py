@@ -236,6 +236,8 @@ def bucket(
         "--out", "-o", help="Folder for the index (default: data.index_dir, else <train.output_dir>/index).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write one JSON line per record (kept/dropped, reason, bucket, frames).")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes used to decode large annotation files.")] = _default_workers(),
+    rehash: Annotated[bool, typer.Option(
+        "--rehash", help="Hash every annotation file, even those the index already in --out recorded as unchanged.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Apply the recipe's frame and resolution rules to every record and write the sample index.
@@ -243,6 +245,8 @@ def bucket(
     Nothing is decoded: sizes and frame counts come from the annotations. Every dropped record is
     counted under its reason; buckets smaller than data.min_bucket_batches x global batch are dropped
     and reported. Exits 1 when an annotation file is unreadable or nothing survives, 2 on usage errors.
+    Rebuilding an index in the same folder reuses the recorded SHA-256 of annotation files that have
+    not changed since (same size, times, inode); --rehash hashes them all again.
 
     Example: [bold]osctl data bucket data.txt --recipe recipes/480p.yaml --world-size 8 --report drops.jsonl[/]
     """
@@ -268,8 +272,12 @@ def bucket(
     setup.prepare()
     settings, geometry, rec = setup.settings(), setup.geometry or {}, setup.recipe().recipe
     from osctl.data.bucket import REASON_HELP, Reason, build_buckets
-    from osctl.data.index import write_index
+    from osctl.data.index import reuse_recorded_digests, write_index
     from osctl.data.validate import display_name
+
+    out_dir = Path(out) if out is not None else Path(rec.data.index_dir or Path(rec.train.output_dir) / "index")
+    if not rehash:
+        reuse_recorded_digests(loaded, out_dir)
 
     base = Path(data_txt).resolve().parent
     broken = [item for item in loaded if item.problem is not None]
@@ -283,7 +291,6 @@ def bucket(
         from osctl.data.report import write_report
 
         write_report(result, report, names)
-    out_dir = Path(out) if out is not None else Path(rec.data.index_dir or Path(rec.train.output_dir) / "index")
     index_path = write_index(result, data_txt, out_dir)
     reasons = result.reason_counts()
     invalid = reasons.get(Reason.INVALID_RECORD.code, 0)

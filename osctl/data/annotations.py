@@ -26,6 +26,7 @@ import gc
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -185,6 +186,11 @@ class LoadedAnnotation:
     size: int = 0
     mtime_ns: int = 0
     digest: str | Digest | None = field(default=None, repr=False)
+    ctime_ns: int = 0
+    inode: int = 0
+    device: int = 0
+    stat_ns: int = 0
+    """Wall-clock time (ns) when the file's size and times were taken (see :func:`osctl.data.index.reuse_recorded_digests`)."""
 
     @property
     def n(self) -> int:
@@ -744,6 +750,7 @@ def _read_one(source: DataSource, workers: int, captions: bool, checksum: bool,
     except OSError as exc:
         return LoadedAnnotation(source, None, _unreadable(path, exc))
     try:
+        stat_ns = time.time_ns()
         stat = os.fstat(fd)
         if S_ISDIR(stat.st_mode):
             return LoadedAnnotation(source, None, _folder_problem(path))
@@ -766,7 +773,8 @@ def _read_one(source: DataSource, workers: int, captions: bool, checksum: bool,
             digest = hasher.hexdigest() if hasher is not None else None  # no thread left running: forks may follow
         problem = decoded if isinstance(decoded, FileProblem) else None
         table = None if problem is not None else decoded
-        return LoadedAnnotation(source, table, problem, stat.st_size, stat.st_mtime_ns, digest)  # type: ignore[arg-type]
+        return LoadedAnnotation(source, table, problem, stat.st_size, stat.st_mtime_ns, digest,  # type: ignore[arg-type]
+                                stat.st_ctime_ns, stat.st_ino, stat.st_dev, stat_ns)
     finally:
         os.close(fd)
 

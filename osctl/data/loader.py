@@ -218,10 +218,11 @@ def build_index(data_txt: Path, settings: Any, geometry: dict[str, int], out_dir
     from osctl.data.annotations import read_annotations
     from osctl.data.bucket import build_buckets
     from osctl.data.datatxt import load_data_txt
-    from osctl.data.index import write_index
+    from osctl.data.index import reuse_recorded_digests, write_index
 
     workers = workers or max(1, min(8, os.cpu_count() or 1))  # as `osctl data bucket`
     loaded = read_annotations(load_data_txt(data_txt), workers=workers)
+    reuse_recorded_digests(loaded, out_dir)
     broken = [item for item in loaded if item.problem is not None]
     if broken:
         more = f" (and {len(broken) - 1} more file(s))" if len(broken) > 1 else ""

@@ -139,6 +139,29 @@ def test_stale_index_is_detected(tmp_path: Path) -> None:
     assert len(open_index(tmp_path / "idx", data_txt=data_txt, settings=settings)) == 14
 
 
+def test_rebuilding_reuses_the_recorded_digest_unless_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second `data bucket` into the same folder takes the unchanged file's SHA-256 from the first index."""
+    import osctl.data.annotations as annotations
+    import osctl.data.index as index
+
+    monkeypatch.setattr(annotations, "CHUNK_BYTES", 400)  # decoded in slices, so hashed after decoding
+    monkeypatch.setattr(annotations, "hash_in_background", lambda digests: None)
+    monkeypatch.setattr(index, "RACY_NS", 0)
+    settled: list[str] = []
+    real_settle = annotations.FileDigest.settle
+    monkeypatch.setattr(annotations.FileDigest, "settle", lambda self, known: settled.append(known) or real_settle(self, known))
+    data_txt = _dataset(tmp_path, _clean(6))
+    args = ["data", "bucket", str(data_txt), "-r", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "idx")]
+    summary = tmp_path / "idx" / "index.json"
+    assert runner.invoke(app, args).exit_code == 0 and settled == []
+    first = json.loads(summary.read_text())["fingerprint"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert settled == [first["annotations"][0]["sha256"]]
+    assert runner.invoke(app, [*args, "--rehash"]).exit_code == 0
+    assert len(settled) == 1  # --rehash hashed the file again
+    assert json.loads(summary.read_text())["fingerprint"]["sha256"] == first["sha256"]
+
+
 @pytest.mark.parametrize(("records", "extra", "code", "text"), [
     ([{"path": "x.jpg", "resolution": {"height": 1, "width": 1}}], [], 1, "no sample survived the rules"),
     (None, [], 1, "JSON syntax error"),

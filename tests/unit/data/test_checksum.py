@@ -111,3 +111,39 @@ def test_many_files_do_not_keep_many_descriptors_open(tmp_path: Path, monkeypatc
     loaded = read_annotations([_source(p, i) for i, p in enumerate(paths)])
     assert len(os.listdir("/proc/self/fd")) == before + 1  # only the last file's digest is pending
     assert [item.sha256 for item in loaded] == [_sha(p) for p in paths]
+
+
+def test_a_settled_digest_is_not_computed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(2 * BLOCK))
+    fd = os.open(path, os.O_RDONLY)
+    digest = FileDigest(fd)
+    os.close(fd)
+    before = len(os.listdir("/proc/self/fd"))
+    reads: list[int] = []
+    monkeypatch.setattr(os, "preadv", lambda *_args: reads.append(1) or 0)
+    digest.settle("ab" * 32)
+    assert digest.hexdigest() == "ab" * 32 and reads == []
+    assert len(os.listdir("/proc/self/fd")) == before - 1  # its descriptor is closed
+    digest.settle("cd" * 32)  # once settled or computed, the result stays
+    assert digest.hexdigest() == "ab" * 32
+
+
+def test_settling_stops_a_hashing_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(5 * BLOCK))
+    fd = os.open(path, os.O_RDONLY)
+    digest = FileDigest(fd)
+    os.close(fd)
+    reads: list[int] = []
+    real = os.preadv
+
+    def read_then_settle(*args: Any) -> int:
+        reads.append(1)
+        if len(reads) == 2:
+            digest.settle("ef" * 32)  # as the main thread does while the background thread hashes
+        return real(*args)
+
+    monkeypatch.setattr(os, "preadv", read_then_settle)
+    assert digest.hexdigest() == "ef" * 32
+    assert len(reads) == 2  # stopped after the block being read, not at the end of the file

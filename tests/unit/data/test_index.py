@@ -136,3 +136,90 @@ def test_index_columns_gathered_on_threads_are_the_same(make_data: Any, tmp_path
         many = index_table(result, threads=threads)
         assert [c.num_chunks for c in many.columns] == [1] * len(many.columns)
         assert many.to_batches()[0].serialize().to_pybytes() == one.to_batches()[0].serialize().to_pybytes()
+
+
+# ----------------------------------------------------------------- reusing recorded annotation digests
+
+
+def _sliced_build(make_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, racy_ns: int = 0) -> Path:
+    """data.txt of one annotation file large enough (for the patched slice size) to be hashed after decoding."""
+    import osctl.data.annotations as annotations
+    import osctl.data.index as index
+
+    monkeypatch.setattr(annotations, "CHUNK_BYTES", 300)  # decoded in slices: the digest is a pending FileDigest
+    monkeypatch.setattr(annotations, "hash_in_background", lambda digests: None)  # computed on first use
+    monkeypatch.setattr(index, "RACY_NS", racy_ns)
+    return make_data({"a.json": _records() * 5})
+
+
+def _rebuild(data_txt: Path, out: Path) -> tuple[int, Any]:
+    from osctl.data.index import reuse_recorded_digests
+
+    loaded = read_annotations(load_data_txt(data_txt))
+    reused = reuse_recorded_digests(loaded, out)
+    write_index(build_buckets(loaded, SETTINGS), data_txt, out)
+    return reused, loaded[0]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_an_unchanged_annotation_file_is_not_hashed_again(make_data: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    data_txt = _sliced_build(make_data, tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    anno = tmp_path / "anno" / "a.json"
+    assert _rebuild(data_txt, out)[0] == 0  # no index yet
+    first = read_meta(out / "samples.arrow")["fingerprint"]
+    entry = first["annotations"][0]
+    assert entry["sha256"] == _sha256(anno)
+    assert {"ctime_ns", "inode", "device", "stat_ns"} <= set(entry)
+    reused, item = _rebuild(data_txt, out)
+    assert reused == 1 and item.sha256 == _sha256(anno)
+    assert read_meta(out / "samples.arrow")["fingerprint"]["sha256"] == first["sha256"]
+
+
+def test_a_changed_annotation_file_is_hashed_even_with_its_old_size_and_mtime(
+        make_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_txt = _sliced_build(make_data, tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    anno = tmp_path / "anno" / "a.json"
+    _rebuild(data_txt, out)
+    recorded = read_meta(out / "samples.arrow")["fingerprint"]["annotations"][0]["sha256"]
+    before = os.stat(anno)
+    text = anno.read_text()
+    anno.write_text(text.replace("a video", "b video", 1))  # same size, other content
+    os.utime(anno, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old modification time
+    assert os.stat(anno).st_size == before.st_size and os.stat(anno).st_mtime_ns == before.st_mtime_ns
+    reused, item = _rebuild(data_txt, out)
+    assert reused == 0 and item.sha256 == _sha256(anno) != recorded
+    assert read_meta(out / "samples.arrow")["fingerprint"]["annotations"][0]["sha256"] == _sha256(anno)
+
+
+def test_a_file_changed_just_before_the_recording_is_hashed_again(make_data: Any, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written within RACY_NS of being recorded: a later write in the same timestamp tick could go unseen."""
+    data_txt = _sliced_build(make_data, tmp_path, monkeypatch, racy_ns=60 * 10**9)
+    out = tmp_path / "out"
+    _rebuild(data_txt, out)
+    reused, item = _rebuild(data_txt, out)
+    assert reused == 0 and item.sha256 == _sha256(tmp_path / "anno" / "a.json")
+
+
+@pytest.mark.parametrize("summary", [None, "{not json", '{"fingerprint": {"annotations": 7}}', '{"fingerprint": {}}',
+                                     '{"fingerprint": {"annotations": [{"path": 1}, 5]}}'])
+def test_a_missing_or_broken_earlier_index_reuses_nothing(make_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          summary: str | None) -> None:
+    from osctl.data.index import reuse_recorded_digests
+
+    data_txt = _sliced_build(make_data, tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    if summary is not None:
+        (out / "index.json").write_text(summary)
+    loaded = read_annotations(load_data_txt(data_txt))
+    assert reuse_recorded_digests(loaded, out) == 0
+    assert loaded[0].sha256 == _sha256(tmp_path / "anno" / "a.json")
