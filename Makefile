@@ -15,10 +15,13 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c $(CONSTRAINTS) --upgrade pip
 
-# Re-install when the project metadata or the pins change.
+# Re-install when the project metadata or the pins change. The editable install leaves osctl's own
+# modules uncompiled (a wheel install compiles them); compiling them here spares every command about
+# 0.1 s of start-up where Python may not write bytecode (PYTHONDONTWRITEBYTECODE).
 $(STAMP): $(PY) pyproject.toml $(CONSTRAINTS)
 	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[dev]"
+	$(PY) -m compileall -q osctl plugins
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,25 @@
+"""The data benchmark still runs end to end (on a few thousand records; its timings are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_data_runs_every_command_and_prints_its_figures(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_data.py"), "--records", "3000",
+                          "--dir", str(tmp_path), "--repeat", "2", "--no-compile"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert set(figures) == {"validate", "validate baseline", "bucket", "bucket baseline", "bucket rebuild"}
+    for name, values in figures.items():
+        assert values["seconds"] > 0 and values["median_seconds"] >= values["seconds"], name
+        assert values["peak_rss_mb"] > 0, name
+    assert "bucket rebuild speed-up" in out and "(exit 0)" in out
+    assert (tmp_path / "index" / "samples.arrow").is_file()
+    recorded = json.loads((tmp_path / "index" / "index.json").read_text())["fingerprint"]["annotations"]
+    assert [entry["records"] for entry in recorded] == [3000]
