@@ -21,6 +21,16 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _pending_digest(path: Path, content: bytes) -> FileDigest:
+    """A :class:`FileDigest` of ``path`` written with ``content`` (the digest keeps its own descriptor)."""
+    path.write_bytes(content)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return FileDigest(fd)
+    finally:
+        os.close(fd)
+
+
 def test_file_digest_in_the_caller_or_in_the_background(tmp_path: Path) -> None:
     path = tmp_path / "blob.bin"
     path.write_bytes(os.urandom(3 * BLOCK + 17))
@@ -37,10 +47,7 @@ def test_file_digest_in_the_caller_or_in_the_background(tmp_path: Path) -> None:
 
 def test_file_digest_computed_once_when_asked_from_several_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "blob.bin"
-    path.write_bytes(os.urandom(BLOCK + 5))
-    fd = os.open(path, os.O_RDONLY)
-    digest = FileDigest(fd)
-    os.close(fd)
+    digest = _pending_digest(path, os.urandom(BLOCK + 5))
     reads: list[int] = []
     real = os.preadv
 
@@ -60,11 +67,7 @@ def test_file_digest_computed_once_when_asked_from_several_threads(tmp_path: Pat
 
 
 def test_a_read_error_is_raised_where_the_digest_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "blob.bin"
-    path.write_bytes(b"x" * 10)
-    fd = os.open(path, os.O_RDONLY)
-    digest = FileDigest(fd)
-    os.close(fd)
+    digest = _pending_digest(tmp_path / "blob.bin", b"x" * 10)
 
     def broken(*_args: Any) -> int:
         raise OSError(5, "Input/output error")
@@ -114,11 +117,7 @@ def test_many_files_do_not_keep_many_descriptors_open(tmp_path: Path, monkeypatc
 
 
 def test_a_settled_digest_is_not_computed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "blob.bin"
-    path.write_bytes(os.urandom(2 * BLOCK))
-    fd = os.open(path, os.O_RDONLY)
-    digest = FileDigest(fd)
-    os.close(fd)
+    digest = _pending_digest(tmp_path / "blob.bin", os.urandom(2 * BLOCK))
     before = len(os.listdir("/proc/self/fd"))
     reads: list[int] = []
     monkeypatch.setattr(os, "preadv", lambda *_args: reads.append(1) or 0)
@@ -130,11 +129,7 @@ def test_a_settled_digest_is_not_computed(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_settling_stops_a_hashing_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "blob.bin"
-    path.write_bytes(os.urandom(5 * BLOCK))
-    fd = os.open(path, os.O_RDONLY)
-    digest = FileDigest(fd)
-    os.close(fd)
+    digest = _pending_digest(tmp_path / "blob.bin", os.urandom(5 * BLOCK))
     reads: list[int] = []
     real = os.preadv
 
