@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_data.py [--records 1000000] [--dir /tmp/osctl-bench-data] [--repeat 1] [--no-compile]
+                                    [--files 1]
 
 Generates (once, cached in --dir) one JSON annotation file of N video records with
 ``benchmarks/gen_records.py``, then times, each as a separate process (whole process: start-up,
@@ -16,6 +17,7 @@ imports, reading, work, output) and with its peak RSS from ``os.wait4``:
   the same frame/resolution rules the way the reference's ``define_frame_index`` does them
   (``numpy.arange`` per video, ``random.randint`` crops, ``Counter`` of bucket keys, minority filter).
 
+``--files K`` splits the same records over K annotation files (as real data sets list one per source).
 Every round runs each command once, in turn, so slow phases of a shared machine hit all of them;
 the best and the median over ``--repeat`` rounds are printed. osctl's modules are byte-compiled first,
 as installing a wheel does (``--no-compile`` skips it). Prints seconds, peak RSS and the speed-up ratios. Targets (issue #3, 2-core machine): each command
@@ -246,6 +248,40 @@ def ensure_data(folder: Path, records: int) -> Path:
     return folder / "data.txt"
 
 
+def split_data(folder: Path, files: int) -> Path:
+    """The same records split into ``files`` annotation files of about equal size, and a data.txt listing them.
+
+    Real data sets list many annotation files (one per source); the records and the media root are
+    those of ``anno.json``, so every figure is comparable with the one-file run.
+    """
+    parts = folder / f"parts-{files}"
+    data_txt = parts / "data.txt"
+    stamp = parts / "records.txt"
+    total = (folder / "records.txt").read_text()
+    if not (stamp.is_file() and stamp.read_text() == total):
+        # In a process of its own: the benchmark process must stay small, as every measured command
+        # starts as its fork and the kernel counts the fork's pages in the command's peak RSS.
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--split", str(files), str(folder)], check=True)
+        stamp.write_text(total)
+    return data_txt
+
+
+def _write_parts(folder: Path, files: int) -> None:
+    """The work of :func:`split_data`, run in a child process."""
+    import msgspec
+
+    parts = folder / f"parts-{files}"
+    records = msgspec.json.decode((folder / "anno.json").read_bytes())
+    parts.mkdir(exist_ok=True)
+    per = -(-len(records) // files)
+    lines = []
+    for k in range(files):
+        name = parts / f"part-{k:03d}.json"
+        name.write_bytes(msgspec.json.encode(records[k * per:(k + 1) * per]))
+        lines.append(f"{folder / 'media'},{name}")
+    (parts / "data.txt").write_text("\n".join(lines) + "\n")
+
+
 def compile_sources() -> None:
     """Byte-compile osctl's own modules, as installing a wheel does (an editable install does not).
 
@@ -267,20 +303,27 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds; each runs every command once, in turn (best and median are kept)")
     parser.add_argument("--no-compile", action="store_true", help="do not byte-compile osctl's modules first")
+    parser.add_argument("--files", type=int, default=1, help="split the records over this many annotation files")
     parser.add_argument("--baseline", choices=["validate", "bucket"], help=argparse.SUPPRESS)
+    parser.add_argument("--split", type=int, help=argparse.SUPPRESS)
     parser.add_argument("data_txt", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.split:
+        _write_parts(args.data_txt, args.split)
+        return
     if args.baseline:
         result = (baseline_validate if args.baseline == "validate" else baseline_bucket)(args.data_txt)
         print(result)
         return
     args.dir.mkdir(parents=True, exist_ok=True)
     data_txt = ensure_data(args.dir, args.records)
+    if args.files > 1:
+        data_txt = split_data(args.dir, args.files)
     if not args.no_compile:
         compile_sources()
     osctl = [sys.executable, "-m", "osctl"]
     me = [sys.executable, str(Path(__file__).resolve())]
-    index = args.dir / "index"
+    index = data_txt.parent / "index"
     bucket = [*osctl, "data", "bucket", str(data_txt), "--recipe", str(args.dir / "recipe.yaml"), "--out", str(index)]
     # "bucket" starts from an empty output folder, as a first run does; "bucket rebuild" writes over the
     # index of the run before (as after a recipe change), which lets it reuse the annotation digests.
@@ -310,7 +353,7 @@ def main() -> None:
               f"{res['cpu_seconds']:6.2f} s CPU  {res['peak_rss_mb']:6.0f} MB peak RSS  "
               f"{res['tree_peak_rss_mb']:6.0f} MB with workers  (exit {done[0][3]})", flush=True)
     print(f"\nload average before the runs: {load:.2f} (other processes share these cores); {args.repeat} round(s)"
-          f"{'' if args.no_compile else ', osctl byte-compiled first'}")
+          f"{'' if args.no_compile else ', osctl byte-compiled first'}; {args.records} records in {args.files} file(s)")
     for name, base_name in (("validate", "validate baseline"), ("bucket", "bucket baseline"),
                             ("bucket rebuild", "bucket baseline")):
         ours, base = results[name], results[base_name]

@@ -380,32 +380,48 @@ def _split_file(fd: int, size: int) -> list[tuple[int, int]] | None:
         return split_array(view)
 
 
-def _read_json_file(fd: int, size: int, workers: int, captions: bool,
-                    start_background: Callable[[], None]) -> RecordTable | None:
-    """Decode a large JSON array file slice by slice (in ``workers`` processes when large enough).
-
-    Returns None when the file is not split (too small, not an array) or a slice does not decode
-    cleanly: the caller then reads and decodes the whole file in one piece, which reports problems
-    exactly. ``start_background`` is called once worker processes exist (no thread runs during a fork).
-    """
+def _slice_ranges(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """Slices of an open JSON file worth decoding apart (None: read it whole: small, not an array, one slice)."""
     if size <= CHUNK_BYTES:
         return None
     try:
         ranges = _split_file(fd, size)
     except (OSError, ValueError):
         return None
-    if ranges is None or len(ranges) < 2:
-        return None
-    decode = partial(read_slice, captions=captions)
-    try:
-        if workers > 1 and size >= PARALLEL_MIN_BYTES:
-            from osctl.data.parallel_decode import decode_slices_parallel
+    return ranges if ranges is not None and len(ranges) >= 2 else None
 
-            return decode_slices_parallel(fd, ranges, workers, decode, start_background)
-        start_background()
-        return concat_tables([decode(fd, a, b) for a, b in ranges])
-    except _SliceFailed:
-        return None
+
+def _decode_sliced(files: list[tuple[int, list[tuple[int, int]]]], workers: int, captions: bool,
+                   start_background: Callable[[], None]) -> list[RecordTable | None]:
+    """Decode the slices of every ``(fd, ranges)`` file; one table per file, None where a slice did not decode.
+
+    The slices of all files share ``workers`` processes when they add up to :data:`PARALLEL_MIN_BYTES`
+    (a data.txt of many medium files keeps every core busy too). A file with a slice that did not
+    decode cleanly gets None: the caller reads it whole, which reports problems exactly.
+    ``start_background`` is called once worker processes exist (no thread runs during a fork).
+    """
+    decode = partial(read_slice, captions=captions)
+    total = sum(stop - start for _, ranges in files for start, stop in ranges)
+    if workers > 1 and total >= PARALLEL_MIN_BYTES:
+        from osctl.data.parallel_decode import decode_slices_parallel
+
+        items = [(fd, start, stop) for fd, ranges in files for start, stop in ranges]
+        tables = decode_slices_parallel(items, workers, decode, start_background)
+        out: list[RecordTable | None] = []
+        first = 0
+        for _, ranges in files:
+            parts = tables[first:first + len(ranges)]
+            first += len(ranges)
+            out.append(None if any(t is None for t in parts) else concat_tables(parts, threads=workers))  # type: ignore[arg-type]
+        return out
+    start_background()
+    out = []
+    for fd, ranges in files:
+        try:
+            out.append(concat_tables([decode(fd, start, stop) for start, stop in ranges]))
+        except _SliceFailed:
+            out.append(None)
+    return out
 
 
 def _read_json(name: str, data: bytes, captions: bool = True) -> RecordTable | FileProblem:
@@ -732,17 +748,33 @@ def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = Tr
     The SHA-256 of a file decoded in slices is computed on a background thread after decoding (it
     would slow the decoding processes down) and waited for on first use of ``sha256``.
     """
-    loaded = _read_one(source, workers, captions, checksum, meanwhile)
+    opened = _open(source)
+    if isinstance(opened, LoadedAnnotation):
+        return opened
+    sliced = [opened] if opened.ranges is not None else []
+    with _gc_paused():
+        tables = _decode_sliced([(o.fd, o.ranges) for o in sliced], workers, captions,  # type: ignore[misc]
+                                meanwhile or _nothing) if sliced else [None]
+    loaded = _finish(opened, tables[0], captions, checksum)
     if isinstance(loaded.digest, FileDigest):
         hash_in_background([loaded.digest])
     return loaded
 
 
-def _read_one(source: DataSource, workers: int, captions: bool, checksum: bool,
-              meanwhile: Callable[[], None] | None) -> LoadedAnnotation:
-    """:func:`read_annotation` without starting the hashing of a file decoded in slices (its digest is pending)."""
+@dataclass
+class _Opened:
+    """An annotation file open for reading: its descriptor, its stat, and its slices when it is decoded in slices."""
+
+    source: DataSource
+    fd: int
+    stat: os.stat_result
+    stat_ns: int
+    ranges: list[tuple[int, int]] | None
+
+
+def _open(source: DataSource) -> _Opened | LoadedAnnotation:
+    """Open ``source`` and find its slices; a :class:`LoadedAnnotation` with the problem when it cannot be read."""
     path = source.annotation
-    name = source.name
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -756,28 +788,41 @@ def _read_one(source: DataSource, workers: int, captions: bool, checksum: bool,
         stat_ns = time.time_ns()
         stat = os.fstat(fd)
         if S_ISDIR(stat.st_mode):
+            os.close(fd)
             return LoadedAnnotation(source, None, _folder_problem(path))
-        decoded: RecordTable | FileProblem | None = None
-        if source.format == "json":
-            with _gc_paused():
-                decoded = _read_json_file(fd, stat.st_size, workers, captions, meanwhile or _nothing)
-        if decoded is not None:
+        ranges = _slice_ranges(fd, stat.st_size) if source.format == "json" else None
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Opened(source, fd, stat, stat_ns, ranges)
+
+
+def _finish(opened: _Opened, table: RecordTable | None, captions: bool, checksum: bool) -> LoadedAnnotation:
+    """The :class:`LoadedAnnotation` of an opened file (read whole here unless ``table`` came from its slices); closes it.
+
+    A file decoded in slices gets a pending :class:`FileDigest` (hashed later, off the decoding).
+    """
+    source, fd, stat = opened.source, opened.fd, opened.stat
+    try:
+        decoded: RecordTable | FileProblem
+        if table is not None:
+            decoded = table
             digest: str | Digest | None = FileDigest(fd) if checksum else None
         else:
             try:
                 with open(fd, "rb", closefd=False) as handle:
                     data = handle.read()
             except OSError as exc:
-                return LoadedAnnotation(source, None, _unreadable(path, exc))
+                return LoadedAnnotation(source, None, _unreadable(source.annotation, exc))
             hasher = BytesDigest(data) if checksum else None  # hashes while the data is decoded
             with _gc_paused():
-                decoded = _READERS[source.format](name, data, captions)
+                decoded = _READERS[source.format](source.name, data, captions)
             del data
             digest = hasher.hexdigest() if hasher is not None else None  # no thread left running: forks may follow
         problem = decoded if isinstance(decoded, FileProblem) else None
-        table = None if problem is not None else decoded
-        return LoadedAnnotation(source, table, problem, stat.st_size, stat.st_mtime_ns, digest,  # type: ignore[arg-type]
-                                stat.st_ctime_ns, stat.st_ino, stat.st_dev, stat_ns)
+        result = None if problem is not None else decoded
+        return LoadedAnnotation(source, result, problem, stat.st_size, stat.st_mtime_ns, digest,  # type: ignore[arg-type]
+                                stat.st_ctime_ns, stat.st_ino, stat.st_dev, opened.stat_ns)
     finally:
         os.close(fd)
 
@@ -787,7 +832,8 @@ def _nothing() -> None:
 
 
 MAX_PENDING_DIGESTS = 64
-"""Files decoded in slices whose digest may wait for the background thread (each keeps a descriptor open)."""
+"""Files open at once: those decoded together, and those whose digest waits for the background thread
+(each keeps a descriptor open)."""
 
 
 class _Once:
@@ -814,23 +860,37 @@ def read_annotations(sources: Sequence[DataSource], *, workers: int = 1, caption
                      checksum: bool = True, meanwhile: Callable[[], None] | None = None) -> list[LoadedAnnotation]:
     """Read every annotation file in order; a broken file does not stop the others.
 
-    ``meanwhile`` is called exactly once: while the first file read in slices is decoded (see
-    :func:`read_annotation`), else after every file is read. The files decoded in slices are hashed
-    on one background thread started once every file is read (no thread runs while workers fork).
+    Files are opened up to :data:`MAX_PENDING_DIGESTS` at a time and the slices of all large JSON
+    arrays among them are decoded together, by ``workers`` processes (see :func:`read_annotation`).
+    ``meanwhile`` is called exactly once: while the first files read in slices are decoded, else after
+    every file is read. The files decoded in slices are hashed on one background thread started once
+    every file is read (no thread runs while workers fork).
     """
-    once = _Once(meanwhile) if meanwhile is not None else None
+    once = _Once(meanwhile or _nothing)
     loaded: list[LoadedAnnotation] = []
     pending: list[FileDigest] = []
-    for source in sources:
-        item = _read_one(source, workers, captions, checksum, once)
-        loaded.append(item)
-        if isinstance(item.digest, FileDigest):
-            pending.append(item.digest)
-        if len(pending) >= MAX_PENDING_DIGESTS:  # each holds a descriptor: hash them here and now
-            for digest in pending:
-                digest.compute()
-            pending.clear()
+    for first in range(0, len(sources), MAX_PENDING_DIGESTS):
+        opened = [_open(source) for source in sources[first:first + MAX_PENDING_DIGESTS]]
+        sliced = [o for o in opened if isinstance(o, _Opened) and o.ranges is not None]
+        try:
+            with _gc_paused():
+                tables = _decode_sliced([(o.fd, o.ranges) for o in sliced], workers, captions,  # type: ignore[misc]
+                                        once) if sliced else []
+        except BaseException:
+            for o in opened:
+                if isinstance(o, _Opened):
+                    os.close(o.fd)
+            raise
+        from_slices = {id(o): table for o, table in zip(sliced, tables, strict=True)}
+        for o in opened:
+            item = o if isinstance(o, LoadedAnnotation) else _finish(o, from_slices.get(id(o)), captions, checksum)
+            loaded.append(item)
+            if isinstance(item.digest, FileDigest):
+                pending.append(item.digest)
+            if len(pending) >= MAX_PENDING_DIGESTS:  # each holds a descriptor: hash them here and now
+                for digest in pending:
+                    digest.compute()
+                pending.clear()
     hash_in_background(pending)
-    if once is not None:
-        once()
+    once()
     return loaded

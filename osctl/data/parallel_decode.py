@@ -1,20 +1,22 @@
-"""Decode the slices of one large JSON array file in several processes (Linux ``fork``).
+"""Decode the slices of large JSON array files in several processes (Linux ``fork``).
 
 msgspec holds the GIL while it decodes, so threads cannot share the work; forked children can. The
-slices are handed out through a pipe that holds one 4-byte token per run of slices: every process,
-the parent included, takes the next token when it is free (a pipe read of 4 bytes is atomic, so no
-lock is needed), which keeps the processes equally busy even when one of them is slowed down by other
-work. Each process reads its slices from the file itself (``os.preadv``); the file is never held in
-memory as a whole.
+work is a list of items ``(fd, start, stop)``: byte ranges of whole records of one or more open files
+(a data.txt's files are decoded together, so many medium files keep every core busy too). Items are
+handed out through a pipe that holds one 4-byte token per run of items: every process, the parent
+included, takes the next token when it is free (a pipe read of 4 bytes is atomic, so no lock is
+needed), which keeps the processes equally busy even when one of them is slowed down by other work.
+Each process reads its items from the files itself (``os.preadv`` on the inherited descriptors); no
+file is ever held in memory as a whole.
 
-A child writes every slice it decodes into its own anonymous shared memory area as one Arrow IPC
-record batch, followed by a trailer listing the slices and their per-record issues (msgpack). The
-parent maps the children's batches without copying them and joins all slices in file order.
+A child writes every item it decodes into its own anonymous shared memory area as one Arrow IPC
+record batch, followed by a trailer listing the items done, their per-record issues, and the items
+that did not decode (msgpack). The parent maps the children's batches without copying them.
 
-Anything unexpected in a child (a crash, a killed process, a full area) only leaves some slices
-without a result; the parent decodes those itself, so the result is always the sequential result. A
-slice that does not decode cleanly is reported by raising the caller's fallback exception, exactly as
-the sequential path does.
+Anything unexpected in a child (a crash, a killed process, a full area) only leaves some items
+without a result; the parent decodes those itself, so the result is always the sequential result.
+An item that does not decode cleanly comes back as None (its file is then read whole by the caller,
+which reports problems exactly).
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from osctl.data.annotations import NUMERIC_COLUMNS, RecordTable, _SliceFailed, concat_tables
+from osctl.data.annotations import NUMERIC_COLUMNS, RecordTable, _SliceFailed
 from osctl.data.records import FieldIssue
 
-Ranges = list[tuple[int, int]]
+Items = list[tuple[int, int, int]]
+"""``(fd, start, stop)``: bytes ``start:stop`` of the open file ``fd``, whole records of a JSON array."""
 SliceDecoder = Callable[[int, int, int], RecordTable]
 
-_EXIT_OK, _EXIT_SLICE_FAILED, _EXIT_CRASHED = 0, 3, 4
+_EXIT_OK, _EXIT_CRASHED = 0, 4
 _HEADER = struct.Struct("<QQQ")  # done flag, IPC stream bytes, trailer bytes
 _TOKEN = struct.Struct("<I")
 MAX_TOKENS = 1024
@@ -45,10 +48,10 @@ MAX_TOKENS = 1024
 _RESERVE = 1 << 20
 
 
-def _token_runs(n_slices: int) -> list[tuple[int, int]]:
-    """Runs of consecutive slice numbers, one per token (one slice each unless there are very many)."""
-    per = max(1, -(-n_slices // MAX_TOKENS))
-    return [(k, min(k + per, n_slices)) for k in range(0, n_slices, per)]
+def _token_runs(n_items: int) -> list[tuple[int, int]]:
+    """Runs of consecutive item numbers, one per token (one item each unless there are very many)."""
+    per = max(1, -(-n_items // MAX_TOKENS))
+    return [(k, min(k + per, n_items)) for k in range(0, n_items, per)]
 
 
 def _take(queue: int) -> int | None:
@@ -86,8 +89,7 @@ def _table(batch: pa.RecordBatch, issues: list[tuple[int, str, str, str]]) -> Re
                        **numbers)
 
 
-def _child(area: mmap.mmap, fd: int, queue: int, ranges: Ranges, runs: list[tuple[int, int]],
-           decode: SliceDecoder) -> None:
+def _child(area: mmap.mmap, queue: int, items: Items, runs: list[tuple[int, int]], decode: SliceDecoder) -> None:
     """Take tokens until none is left; leave ``header | IPC stream | trailer`` in the shared ``area``.
 
     Stops early (leaving the rest of the work to the parent) when the area would overflow.
@@ -98,10 +100,15 @@ def _child(area: mmap.mmap, fd: int, queue: int, ranges: Ranges, runs: list[tupl
         sink = pa.FixedSizeBufferWriter(pa.py_buffer(body))
         writer: pa.ipc.RecordBatchStreamWriter | None = None
         done: list[tuple[int, list[tuple[int, str, str, str]]]] = []
+        failed: list[int] = []
         full = False
         while not full and (token := _take(queue)) is not None:
             for k in range(*runs[token]):
-                table = decode(fd, *ranges[k])
+                try:
+                    table = decode(*items[k])
+                except _SliceFailed:
+                    failed.append(k)
+                    continue
                 batch = _batch(table)
                 if sink.tell() + pa.ipc.get_record_batch_size(batch) + _RESERVE > len(body):
                     full = True
@@ -113,78 +120,82 @@ def _child(area: mmap.mmap, fd: int, queue: int, ranges: Ranges, runs: list[tupl
         if writer is not None:
             writer.close()
         ipc_size = sink.tell()
-        trailer = msgspec.msgpack.encode(done)
+        trailer = msgspec.msgpack.encode([done, failed])
         if ipc_size + len(trailer) <= len(body):
             body[ipc_size:ipc_size + len(trailer)] = trailer
             area[:_HEADER.size] = _HEADER.pack(1, ipc_size, len(trailer))
-    except _SliceFailed:
-        code = _EXIT_SLICE_FAILED
     except BaseException:
         code = _EXIT_CRASHED
     finally:
         os._exit(code)
 
 
-def _results(area: mmap.mmap) -> dict[int, RecordTable]:
-    """The slices a child finished, by slice number (empty when it left nothing usable)."""
+def _results(area: mmap.mmap) -> tuple[dict[int, RecordTable], list[int]]:
+    """The items a child decoded, by item number, and those that did not decode (nothing when it left nothing usable)."""
     flag, ipc_size, trailer_size = _HEADER.unpack(area[:_HEADER.size])
     if flag != 1:
-        return {}
+        return {}, []
     view = memoryview(area)[_HEADER.size:]
-    done = msgspec.msgpack.decode(view[ipc_size:ipc_size + trailer_size])
+    done, failed = msgspec.msgpack.decode(view[ipc_size:ipc_size + trailer_size])
     if not done:
-        return {}
+        return {}, failed
     reader = pa.ipc.open_stream(pa.py_buffer(view[:ipc_size]))
-    return {k: _table(reader.read_next_batch(), issues) for k, issues in done}
+    return {k: _table(reader.read_next_batch(), issues) for k, issues in done}, failed
 
 
-def decode_slices_parallel(fd: int, ranges: Ranges, workers: int, decode: SliceDecoder,
-                           start_background: Callable[[], None] | None = None) -> RecordTable:
-    """Decode ``ranges`` of the open file ``fd`` with ``decode`` in up to ``workers`` processes.
+def _decode_or_none(decode: SliceDecoder, item: tuple[int, int, int]) -> RecordTable | None:
+    try:
+        return decode(*item)
+    except _SliceFailed:
+        return None
 
-    Same result as decoding the slices one after the other. ``start_background`` is called once the
+
+def decode_slices_parallel(items: Items, workers: int, decode: SliceDecoder,
+                           start_background: Callable[[], None] | None = None) -> list[RecordTable | None]:
+    """Decode every item with ``decode`` in up to ``workers`` processes; one table per item, None where it failed.
+
+    Same result as decoding the items one after the other. ``start_background`` is called once the
     children are forked (a thread started earlier would be running during the fork).
     """
-    runs = _token_runs(len(ranges))
+    runs = _token_runs(len(items))
     processes = min(workers, len(runs))
     if processes < 2 or not sys.platform.startswith("linux"):
         if start_background is not None:
             start_background()
-        return concat_tables([decode(fd, a, b) for a, b in ranges])
+        return [_decode_or_none(decode, item) for item in items]
     queue, feed = os.pipe()
     try:
         os.write(feed, b"".join(_TOKEN.pack(t) for t in range(len(runs))))
     finally:
         os.close(feed)
     # Generous: untouched pages of an anonymous mapping cost nothing.
-    capacity = 2 * (ranges[-1][1] - ranges[0][0]) + (64 << 20)
+    capacity = 2 * sum(stop - start for _, start, stop in items) + (64 << 20)
     children: list[tuple[int, mmap.mmap]] = []
     try:
         for _ in range(processes - 1):
             area = mmap.mmap(-1, capacity, flags=mmap.MAP_SHARED)
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child, which always leaves through os._exit
-                _child(area, fd, queue, ranges, runs, decode)
+                _child(area, queue, items, runs, decode)
             children.append((pid, area))
         if start_background is not None:
             start_background()
-        results: dict[int, RecordTable] = {}
+        results: dict[int, RecordTable | None] = {}
         while (token := _take(queue)) is not None:
             for k in range(*runs[token]):
-                results[k] = decode(fd, *ranges[k])
+                results[k] = _decode_or_none(decode, items[k])
         while children:
             pid, area = children[0]
             _, status = os.waitpid(pid, 0)
             children.pop(0)
-            code = os.waitstatus_to_exitcode(status)
-            if code == _EXIT_SLICE_FAILED:
-                raise _SliceFailed
-            if code == _EXIT_OK:
-                results.update(_results(area))
-        for k, (a, b) in enumerate(ranges):  # whatever a child left undone
+            if os.waitstatus_to_exitcode(status) == _EXIT_OK:
+                done, failed = _results(area)
+                results.update(done)
+                results.update(dict.fromkeys(failed))
+        for k, item in enumerate(items):  # whatever a child left undone
             if k not in results:
-                results[k] = decode(fd, a, b)
-        return concat_tables([results[k] for k in range(len(ranges))], threads=processes)
+                results[k] = _decode_or_none(decode, item)
+        return [results[k] for k in range(len(items))]
     finally:
         os.close(queue)
         for pid, _ in children:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from osctl.data import strings
-from osctl.data.annotations import LoadedAnnotation, RecordTable, read_annotation
+from osctl.data.annotations import LoadedAnnotation, RecordTable, read_annotations
 from osctl.data.bucket import media_kinds
 from osctl.data.datatxt import DataSource, parse_data_txt
 from osctl.data.index import join_paths
@@ -461,8 +461,9 @@ def validate_data(data_txt: Path, *, probe: bool = False, workers: int = 4) -> V
     owners: list[tuple[str, int]] = []
     roots: set[str] = set()
     plain = True  # every path relative and normal: duplicates can be found on the short paths
-    for source in sources:
-        item = read_annotation(source, workers=workers, captions=False, checksum=False)
+    # All files are read first: the slices of every large JSON file share the decoding processes.
+    for source, item in zip(sources, read_annotations(sources, workers=workers, captions=False, checksum=False),
+                            strict=True):
         report.files.append(item)
         name = display_name(source.annotation, base)
         if item.problem is not None:

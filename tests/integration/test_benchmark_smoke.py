@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_data_runs_every_command_and_prints_its_figures(tmp_path: Path) -> None:
+@pytest.mark.parametrize("files", [1, 3])
+def test_bench_data_runs_every_command_and_prints_its_figures(tmp_path: Path, files: int) -> None:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_data.py"), "--records", "3000",
-                          "--dir", str(tmp_path), "--repeat", "2", "--no-compile"],
+                          "--dir", str(tmp_path), "--repeat", "2", "--no-compile", "--files", str(files)],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     figures = json.loads(out.strip().splitlines()[-1])
     assert set(figures) == {"validate", "validate baseline", "bucket", "bucket baseline", "bucket rebuild"}
@@ -20,6 +23,7 @@ def test_bench_data_runs_every_command_and_prints_its_figures(tmp_path: Path) ->
         assert values["seconds"] > 0 and values["median_seconds"] >= values["seconds"], name
         assert values["peak_rss_mb"] > 0, name
     assert "bucket rebuild speed-up" in out and "(exit 0)" in out
-    assert (tmp_path / "index" / "samples.arrow").is_file()
-    recorded = json.loads((tmp_path / "index" / "index.json").read_text())["fingerprint"]["annotations"]
-    assert [entry["records"] for entry in recorded] == [3000]
+    index = tmp_path / ("index" if files == 1 else f"parts-{files}/index")
+    assert (index / "samples.arrow").is_file()
+    recorded = json.loads((index / "index.json").read_text())["fingerprint"]["annotations"]
+    assert [entry["records"] for entry in recorded] == ([3000] if files == 1 else [1000] * files)

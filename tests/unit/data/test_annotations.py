@@ -285,3 +285,58 @@ def test_meanwhile_runs_once_in_this_process(tmp_path: Path, monkeypatch: pytest
                                   meanwhile=lambda: calls.append(os.getpid()))
         assert calls == [os.getpid()]
         assert [item.n for item in loaded] == [{small: len(RECORDS), big: 300}[p] for p in paths]
+
+
+def test_the_slices_of_several_files_share_the_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One pool decodes the slices of every large JSON file; a file with a bad slice is read whole, alone."""
+    import hashlib
+
+    import osctl.data.parallel_decode as parallel
+    from osctl.data.annotations import read_annotations
+
+    tricky = [{"path": "a.jpg", "cap": "x" * 50 + '"}, {"path": "evil.jpg"' + "y" * 50}, {"path": "b.jpg", "cap": "z"}]
+    paths = [write_annotations(tmp_path, _many(300), "a.json"), write_annotations(tmp_path, tricky * 20, "tricky.json"),
+             write_annotations(tmp_path, RECORDS, "small.jsonl"), write_annotations(tmp_path, _many(250), "b.json")]
+    expected = [_plain(_read(path)) for path in paths]  # each file decoded whole, in one process
+    sources = [DataSource(i, i + 1, "/root", path, _source(path).format) for i, path in enumerate(paths)]
+    monkeypatch.setattr(annotations, "CHUNK_BYTES", 400)
+    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    pools: list[set[int]] = []
+    real = parallel.decode_slices_parallel
+
+    def watched(items: Any, *args: Any, **kwargs: Any) -> Any:
+        pools.append({fd for fd, _, _ in items})
+        return real(items, *args, **kwargs)
+
+    monkeypatch.setattr(parallel, "decode_slices_parallel", watched)
+    for workers in (1, 3):
+        pools.clear()
+        loaded = read_annotations(sources, workers=workers)
+        assert [_plain(item.table) for item in loaded] == expected  # type: ignore[arg-type]
+        assert [item.sha256 for item in loaded] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+        assert len(pools) == (1 if workers > 1 else 0) and all(len(fds) == 3 for fds in pools)  # 3 sliced JSON files
+
+
+def test_an_item_that_does_not_decode_comes_back_as_none(tmp_path: Path) -> None:
+    """In a child or in the parent, a failed item does not stop the others (decode_slices_parallel)."""
+    from osctl.data.parallel_decode import decode_slices_parallel
+
+    records = [{"path": f"v/{i}.mp4", "cap": f"clip {i}", "resolution": {"height": 720, "width": 1280},
+                "num_frames": 90 + i, "fps": 30} for i in range(200)]
+    path = write_annotations(tmp_path, records, "clean.json")
+    ranges = annotations.split_array(path.read_bytes(), 600) or []
+    assert len(ranges) > 10
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        items = [(fd, start, stop) for start, stop in ranges]
+        items[3] = (fd, ranges[3][0] + 1, ranges[3][1])  # cut inside a record: does not decode
+        items[-2] = (fd, ranges[-2][0], ranges[-2][1] - 1)
+        for workers in (1, 2, 3):
+            tables = decode_slices_parallel(items, workers, annotations.read_slice)
+            assert [k for k, table in enumerate(tables) if table is None] == [3, len(items) - 2]
+            whole = [annotations.read_slice(fd, start, stop) for start, stop in ranges]
+            for k, table in enumerate(tables):
+                if table is not None:
+                    assert _plain(table) == _plain(whole[k])
+    finally:
+        os.close(fd)
