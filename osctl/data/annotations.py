@@ -751,11 +751,12 @@ def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = Tr
     opened = _open(source)
     if isinstance(opened, LoadedAnnotation):
         return opened
-    sliced = [opened] if opened.ranges is not None else []
-    with _gc_paused():
-        tables = _decode_sliced([(o.fd, o.ranges) for o in sliced], workers, captions,  # type: ignore[misc]
-                                meanwhile or _nothing) if sliced else [None]
-    loaded = _finish(opened, tables[0], captions, checksum)
+    with _closing([opened]):
+        table = None
+        if opened.ranges is not None:
+            with _gc_paused():
+                table = _decode_sliced([(opened.fd, opened.ranges)], workers, captions, meanwhile or _nothing)[0]
+        loaded = _finish(opened, table, captions, checksum)
     if isinstance(loaded.digest, FileDigest):
         hash_in_background([loaded.digest])
     return loaded
@@ -770,6 +771,19 @@ class _Opened:
     stat: os.stat_result
     stat_ns: int
     ranges: list[tuple[int, int]] | None
+    closed: bool = False
+
+
+@contextlib.contextmanager
+def _closing(opened: Sequence[_Opened | LoadedAnnotation]) -> Iterator[None]:
+    """Close every opened file that :func:`_finish` did not get to (an error on the way)."""
+    try:
+        yield
+    finally:
+        for item in opened:
+            if isinstance(item, _Opened) and not item.closed:
+                item.closed = True
+                os.close(item.fd)
 
 
 def _open(source: DataSource) -> _Opened | LoadedAnnotation:
@@ -787,13 +801,14 @@ def _open(source: DataSource) -> _Opened | LoadedAnnotation:
     try:
         stat_ns = time.time_ns()
         stat = os.fstat(fd)
-        if S_ISDIR(stat.st_mode):
-            os.close(fd)
-            return LoadedAnnotation(source, None, _folder_problem(path))
-        ranges = _slice_ranges(fd, stat.st_size) if source.format == "json" else None
+        folder = S_ISDIR(stat.st_mode)
+        ranges = _slice_ranges(fd, stat.st_size) if source.format == "json" and not folder else None
     except BaseException:
         os.close(fd)
         raise
+    if folder:
+        os.close(fd)
+        return LoadedAnnotation(source, None, _folder_problem(path))
     return _Opened(source, fd, stat, stat_ns, ranges)
 
 
@@ -824,6 +839,7 @@ def _finish(opened: _Opened, table: RecordTable | None, captions: bool, checksum
         return LoadedAnnotation(source, result, problem, stat.st_size, stat.st_mtime_ns, digest,  # type: ignore[arg-type]
                                 stat.st_ctime_ns, stat.st_ino, stat.st_dev, opened.stat_ns)
     finally:
+        opened.closed = True
         os.close(fd)
 
 
@@ -869,28 +885,35 @@ def read_annotations(sources: Sequence[DataSource], *, workers: int = 1, caption
     once = _Once(meanwhile or _nothing)
     loaded: list[LoadedAnnotation] = []
     pending: list[FileDigest] = []
-    for first in range(0, len(sources), MAX_PENDING_DIGESTS):
-        opened = [_open(source) for source in sources[first:first + MAX_PENDING_DIGESTS]]
-        sliced = [o for o in opened if isinstance(o, _Opened) and o.ranges is not None]
-        try:
-            with _gc_paused():
-                tables = _decode_sliced([(o.fd, o.ranges) for o in sliced], workers, captions,  # type: ignore[misc]
-                                        once) if sliced else []
-        except BaseException:
-            for o in opened:
-                if isinstance(o, _Opened):
-                    os.close(o.fd)
-            raise
-        from_slices = {id(o): table for o, table in zip(sliced, tables, strict=True)}
-        for o in opened:
-            item = o if isinstance(o, LoadedAnnotation) else _finish(o, from_slices.get(id(o)), captions, checksum)
-            loaded.append(item)
-            if isinstance(item.digest, FileDigest):
-                pending.append(item.digest)
-            if len(pending) >= MAX_PENDING_DIGESTS:  # each holds a descriptor: hash them here and now
-                for digest in pending:
-                    digest.compute()
-                pending.clear()
+    try:
+        _read_windows(sources, workers, captions, checksum, once, loaded, pending)
+    except BaseException:
+        for digest in pending:
+            digest.discard()
+        raise
     hash_in_background(pending)
     once()
     return loaded
+
+
+def _read_windows(sources: Sequence[DataSource], workers: int, captions: bool, checksum: bool,
+                  once: Callable[[], None], loaded: list[LoadedAnnotation], pending: list[FileDigest]) -> None:
+    """The loop of :func:`read_annotations`: append to ``loaded``, and to ``pending`` the digests left to compute."""
+    for first in range(0, len(sources), MAX_PENDING_DIGESTS):
+        opened: list[_Opened | LoadedAnnotation] = []
+        with _closing(opened):
+            opened.extend(_open(source) for source in sources[first:first + MAX_PENDING_DIGESTS])
+            sliced = [o for o in opened if isinstance(o, _Opened) and o.ranges is not None]
+            with _gc_paused():
+                tables = _decode_sliced([(o.fd, o.ranges) for o in sliced], workers, captions,  # type: ignore[misc]
+                                        once) if sliced else []
+            from_slices = {id(o): table for o, table in zip(sliced, tables, strict=True)}
+            for o in opened:
+                item = o if isinstance(o, LoadedAnnotation) else _finish(o, from_slices.get(id(o)), captions, checksum)
+                loaded.append(item)
+                if isinstance(item.digest, FileDigest):
+                    pending.append(item.digest)
+                if len(pending) >= MAX_PENDING_DIGESTS:  # each holds a descriptor: hash them here and now
+                    for digest in pending:
+                        digest.compute()
+                    pending.clear()

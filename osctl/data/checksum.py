@@ -17,6 +17,7 @@ Both expose ``hexdigest()``, which waits for the result (and re-raises a read er
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import threading
@@ -82,6 +83,16 @@ class FileDigest:
                 return  # the hashing thread sees ``_known`` at its next block and stops
             self._claimed = True
         self._digest = known
+        os.close(self._fd)
+        self._done.set()
+
+    def discard(self) -> None:
+        """Close the file without hashing it (the caller gave up on the digest); ``hexdigest`` then raises."""
+        with self._claim:
+            if self._claimed:
+                return
+            self._claimed = True
+        self._error = OSError(errno.ECANCELED, "the digest was discarded")
         os.close(self._fd)
         self._done.set()
 

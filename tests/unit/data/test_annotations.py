@@ -340,3 +340,32 @@ def test_an_item_that_does_not_decode_comes_back_as_none(tmp_path: Path) -> None
                     assert _plain(table) == _plain(whole[k])
     finally:
         os.close(fd)
+
+
+def test_an_unexpected_error_leaves_no_file_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from osctl.data.annotations import read_annotations
+
+    clean = [{"path": f"v/{i}.mp4", "cap": f"clip {i}", "num_frames": 90, "fps": 30} for i in range(300)]
+    paths = [write_annotations(tmp_path, clean, "a.json"), write_annotations(tmp_path, RECORDS, "b.jsonl"),
+             write_annotations(tmp_path, clean[:200], "c.json")]
+    sources = [DataSource(i, i + 1, "/root", path, _source(path).format) for i, path in enumerate(paths)]
+    monkeypatch.setattr(annotations, "CHUNK_BYTES", 500)
+    monkeypatch.setattr(annotations, "hash_in_background", lambda digests: None)
+    sliced = read_annotations(sources[:1])[0]  # a.json is decoded in slices: its digest is pending
+    assert isinstance(sliced.digest, annotations.FileDigest) and sliced.sha256 is not None
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("reader bug")
+
+    monkeypatch.setitem(annotations._READERS, "jsonl", broken)
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError, match="reader bug"):
+        read_annotations(sources, workers=1)
+    with pytest.raises(RuntimeError, match="reader bug"):
+        annotations.read_annotation(sources[1])
+    monkeypatch.setattr(annotations, "read_slice", broken)  # a failure while decoding slices
+    with pytest.raises(RuntimeError, match="reader bug"):
+        annotations.read_annotation(sources[0])
+    with pytest.raises(RuntimeError, match="reader bug"):
+        read_annotations(sources, workers=1)
+    assert sorted(os.listdir("/proc/self/fd")) == before
