@@ -6,8 +6,8 @@ not well typed. No per-record Python object outlives loading.
 
 Speed: records are decoded by msgspec into typed structs (with the cyclic garbage collector paused)
 and gathered into columns with a few C-speed passes. A large JSON array is read and decoded in slices
-of whole records straight from the file, shared between processes when there are several workers
-(:mod:`osctl.data.parallel_decode`). Only when the typed decode fails does the slow path run: the
+of whole records straight from the file; the slices of all large JSON files of a data.txt are shared
+between processes when there are several workers (:mod:`osctl.data.parallel_decode`). Only when the typed decode fails does the slow path run: the
 whole file is split into raw records, each is decoded on its own, and those that still fail are read
 leniently (:func:`osctl.data.records.inspect_record`) so that every problem is reported, not just the
 first. Non-JSON formats go through :func:`msgspec.convert` with the same types. Pickles are loaded
