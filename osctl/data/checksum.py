@@ -77,45 +77,47 @@ class FileDigest:
         For a file whose digest an earlier run recorded and that has not changed since: re-hashing
         it would only cost time (about 0.6 s of CPU per GB).
         """
-        self._known = known
-        with self._claim:
-            if self._claimed:
-                return  # the hashing thread sees ``_known`` at its next block and stops
-            self._claimed = True
-        self._digest = known
-        os.close(self._fd)
-        self._done.set()
+        self._known = known  # a hashing thread sees it at its next block and stops
+        if self._take():
+            self._finish(known, None)
 
     def discard(self) -> None:
         """Close the file without hashing it (the caller gave up on the digest); ``hexdigest`` then raises."""
-        with self._claim:
-            if self._claimed:
-                return
-            self._claimed = True
-        self._error = OSError(errno.ECANCELED, "the digest was discarded")
-        os.close(self._fd)
-        self._done.set()
+        if self._take():
+            self._finish("", OSError(errno.ECANCELED, "the digest was discarded"))
 
     def compute(self) -> None:
         """Hash the file now, in this thread; returns at once when another thread has already begun."""
-        with self._claim:
-            if self._claimed:
-                return
-            self._claimed = True
+        if not self._take():
+            return
         digest = hashlib.sha256()
         buffer = bytearray(BLOCK)
         view = memoryview(buffer)
         offset = 0
+        result, error = "", None
         try:
             while self._known is None and (got := os.preadv(self._fd, [view], offset)) > 0:
                 digest.update(view[:got])
                 offset += got
-            self._digest = self._known if self._known is not None else digest.hexdigest()
+            result = self._known if self._known is not None else digest.hexdigest()
         except OSError as exc:
-            self._error = exc
+            error = exc
         finally:
-            os.close(self._fd)
-            self._done.set()
+            self._finish(result, error)
+
+    def _take(self) -> bool:
+        """Claim the file for this call; False when a call before it did (hashing, settling or discarding)."""
+        with self._claim:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+    def _finish(self, digest: str, error: OSError | None) -> None:
+        """Record the outcome, close the file and wake whoever waits in :meth:`hexdigest`."""
+        self._digest, self._error = digest, error
+        os.close(self._fd)
+        self._done.set()
 
     def hexdigest(self) -> str:
         """The hex SHA-256 of the file, computed here when no background thread has taken it."""
