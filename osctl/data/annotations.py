@@ -7,10 +7,10 @@ not well typed. No per-record Python object outlives loading.
 Speed: records are decoded by msgspec into typed structs (with the cyclic garbage collector paused)
 and gathered into columns with a few C-speed passes. A large JSON array is read and decoded in slices
 of whole records straight from the file; the slices of all large JSON files of a data.txt are shared
-between processes when there are several workers (:mod:`osctl.data.parallel_decode`). Only when the typed decode fails does the slow path run: the
-whole file is split into raw records, each is decoded on its own, and those that still fail are read
-leniently (:func:`osctl.data.records.inspect_record`) so that every problem is reported, not just the
-first. Non-JSON formats go through :func:`msgspec.convert` with the same types. Pickles are loaded
+between processes when there are several workers (:mod:`osctl.data.parallel_decode`). Only when the
+typed decode fails does the slow path run: the whole file is split into raw records, each is decoded
+on its own, and those that still fail are read leniently (:func:`osctl.data.records.inspect_record`)
+so that every problem is reported, not just the first. Non-JSON formats go through :func:`msgspec.convert` with the same types. Pickles are loaded
 with :func:`osctl.utils.safe_pickle.safe_loads` only.
 
 The SHA-256 of each file (for the index fingerprint) is computed on a background thread: while a
@@ -734,32 +734,18 @@ def build_columns(records: list[Record], issues: list[tuple[int, FieldIssue]] | 
     )
 
 
-def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = True, checksum: bool = True,
-                    meanwhile: Callable[[], None] | None = None) -> LoadedAnnotation:
+def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = True,
+                    checksum: bool = True) -> LoadedAnnotation:
     """Read one annotation file; never raises for bad content (problems are returned).
 
     ``workers > 1`` lets a large JSON array be decoded by that many processes (see
     :mod:`osctl.data.parallel_decode`). ``captions=False`` skips keeping the caption texts (their
     states are still computed) and ``checksum=False`` skips the file's SHA-256 (``sha256`` is None):
-    checks need neither, only the sample index does. ``meanwhile`` is called in this process once
-    the file is being decoded in slices (by other processes too, when there are workers), so the
-    caller's own work overlaps with theirs; it is not called for a file read in one piece.
-
-    The SHA-256 of a file decoded in slices is computed on a background thread after decoding (it
-    would slow the decoding processes down) and waited for on first use of ``sha256``.
+    checks need neither, only the sample index does. The SHA-256 of a file decoded in slices is
+    computed on a background thread after decoding (it would slow the decoding processes down) and
+    waited for on first use of ``sha256``.
     """
-    opened = _open(source)
-    if isinstance(opened, LoadedAnnotation):
-        return opened
-    with _closing([opened]):
-        table = None
-        if opened.ranges is not None:
-            with _gc_paused():
-                table = _decode_sliced([(opened.fd, opened.ranges)], workers, captions, meanwhile or _nothing)[0]
-        loaded = _finish(opened, table, captions, checksum)
-    if isinstance(loaded.digest, FileDigest):
-        hash_in_background([loaded.digest])
-    return loaded
+    return read_annotations([source], workers=workers, captions=captions, checksum=checksum)[0]
 
 
 @dataclass
