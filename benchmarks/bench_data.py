@@ -20,8 +20,9 @@ imports, reading, work, output) and with its peak RSS from ``os.wait4``:
 ``--files K`` splits the same records over K annotation files (as real data sets list one per source).
 Every round runs each command once, in turn, so slow phases of a shared machine hit all of them;
 the best and the median over ``--repeat`` rounds are printed. osctl's modules are byte-compiled first,
-as installing a wheel does (``--no-compile`` skips it). Prints seconds, peak RSS and the speed-up ratios. Targets (issue #3, 2-core machine): each command
-<= 10 s and <= 1.5 GB; validate >= 5x and bucket >= 10x faster than its baseline.
+as installing a wheel does (``--no-compile`` skips it). Prints seconds, peak RSS and the speed-up
+ratios. Targets (issue #3, 2-core machine): each command <= 10 s and <= 1.5 GB; validate >= 5x and
+bucket >= 10x faster than its baseline.
 """
 
 from __future__ import annotations

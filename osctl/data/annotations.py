@@ -757,18 +757,16 @@ class _Opened:
     stat: os.stat_result
     stat_ns: int
     ranges: list[tuple[int, int]] | None
-    closed: bool = False
 
 
 @contextlib.contextmanager
 def _closing(opened: Sequence[_Opened | LoadedAnnotation]) -> Iterator[None]:
-    """Close every opened file that :func:`_finish` did not get to (an error on the way)."""
+    """Close every file in ``opened`` on the way out, whether the reading succeeded or not."""
     try:
         yield
     finally:
         for item in opened:
-            if isinstance(item, _Opened) and not item.closed:
-                item.closed = True
+            if isinstance(item, _Opened):
                 os.close(item.fd)
 
 
@@ -799,34 +797,31 @@ def _open(source: DataSource) -> _Opened | LoadedAnnotation:
 
 
 def _finish(opened: _Opened, table: RecordTable | None, captions: bool, checksum: bool) -> LoadedAnnotation:
-    """The :class:`LoadedAnnotation` of an opened file (read whole here unless ``table`` came from its slices); closes it.
+    """The :class:`LoadedAnnotation` of an opened file (read whole here unless ``table`` came from its slices).
 
-    A file decoded in slices gets a pending :class:`FileDigest` (hashed later, off the decoding).
+    A file decoded in slices gets a pending :class:`FileDigest` (hashed later, off the decoding, from
+    its own descriptor); the caller closes ``opened`` (:func:`_closing`).
     """
     source, fd, stat = opened.source, opened.fd, opened.stat
-    try:
-        decoded: RecordTable | FileProblem
-        if table is not None:
-            decoded = table
-            digest: str | Digest | None = FileDigest(fd) if checksum else None
-        else:
-            try:
-                with open(fd, "rb", closefd=False) as handle:
-                    data = handle.read()
-            except OSError as exc:
-                return LoadedAnnotation(source, None, _unreadable(source.annotation, exc))
-            hasher = BytesDigest(data) if checksum else None  # hashes while the data is decoded
-            with _gc_paused():
-                decoded = _READERS[source.format](source.name, data, captions)
-            del data
-            digest = hasher.hexdigest() if hasher is not None else None  # no thread left running: forks may follow
-        problem = decoded if isinstance(decoded, FileProblem) else None
-        result = None if problem is not None else decoded
-        return LoadedAnnotation(source, result, problem, stat.st_size, stat.st_mtime_ns, digest,  # type: ignore[arg-type]
-                                stat.st_ctime_ns, stat.st_ino, stat.st_dev, opened.stat_ns)
-    finally:
-        opened.closed = True
-        os.close(fd)
+    decoded: RecordTable | FileProblem
+    if table is not None:
+        decoded = table
+        digest: str | Digest | None = FileDigest(fd) if checksum else None
+    else:
+        try:
+            with open(fd, "rb", closefd=False) as handle:
+                data = handle.read()
+        except OSError as exc:
+            return LoadedAnnotation(source, None, _unreadable(source.annotation, exc))
+        hasher = BytesDigest(data) if checksum else None  # hashes while the data is decoded
+        with _gc_paused():
+            decoded = _READERS[source.format](source.name, data, captions)
+        del data
+        digest = hasher.hexdigest() if hasher is not None else None  # no thread left running: forks may follow
+    problem = decoded if isinstance(decoded, FileProblem) else None
+    result = None if problem is not None else decoded
+    return LoadedAnnotation(source, result, problem, stat.st_size, stat.st_mtime_ns, digest,  # type: ignore[arg-type]
+                            stat.st_ctime_ns, stat.st_ino, stat.st_dev, opened.stat_ns)
 
 
 def _nothing() -> None:

@@ -173,10 +173,10 @@ earlier write keeps its times, so a change that close to the recording could go 
 
 
 def _unchanged(item: LoadedAnnotation, entry: dict[str, Any]) -> bool:
-    """Whether ``entry`` (a file of an index's fingerprint) describes ``item``'s file, unchanged since then."""
-    same = (entry.get("path") == str(item.source.annotation) and entry.get("size") == item.size
-            and entry.get("mtime_ns") == item.mtime_ns and entry.get("ctime_ns") == item.ctime_ns
-            and entry.get("inode") == item.inode and entry.get("device") == item.device)
+    """Whether ``entry`` (the same path in an index's fingerprint) describes ``item``'s file, unchanged since then."""
+    same = (entry.get("size") == item.size and entry.get("mtime_ns") == item.mtime_ns
+            and entry.get("ctime_ns") == item.ctime_ns and entry.get("inode") == item.inode
+            and entry.get("device") == item.device)
     digest, stat_ns = entry.get("sha256"), entry.get("stat_ns")
     return (same and isinstance(digest, str) and len(digest) == 64 and digest != PENDING_DIGEST
             and isinstance(stat_ns, int) and item.ctime_ns <= stat_ns - RACY_NS)
