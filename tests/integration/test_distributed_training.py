@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -228,18 +227,15 @@ def test_deepspeed_cpu_offload(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("mode", ["raise", "hang"])
 def test_a_failing_rank_ends_every_rank(tmp_path, mode):
-    """Rank 1 raises (or stops answering) at step 2: all ranks exit with rank 1's error, well before
-    the collective timeout of a real run would matter, and nobody hangs."""
+    """Rank 1 raises (or stops answering) at step 2: all ranks exit with rank 1's error, and nobody hangs
+    (the launch's own timeout fails the test if a rank never ends)."""
     job = {"kind": "train", "name": "run", "batch": 2, "fail_rank": 1,
            "sets": ["parallel.strategy=ddp", "train.max_steps=6", "parallel.timeout_s=5"]}
     job["fail_at_step" if mode == "raise" else "hang_at_step"] = 2
-    started = time.monotonic()
     proc, _ = launch(tmp_path, [job], timeout=120, expect_success=False)
-    elapsed = time.monotonic() - started
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-4000:]
     if mode == "raise":
         assert "rank 1: RuntimeError: deliberate failure on rank 1 at step 2" in output, output[-4000:]
     else:  # rank 0 waits in the step-2 collective until parallel.timeout_s, then fails
         assert "rank 0: " in output, output[-4000:]
-    assert elapsed < 90, elapsed

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -40,13 +39,11 @@ def test_every_rank_joins_and_reports_its_error(tmp_path, launcher):
         pytest.skip("the deepspeed launcher is not installed")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    started = time.monotonic()
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-3000:]
     for rank in (0, 1):
         assert f"error: rank {rank}: " in output, output[-3000:]
-    assert time.monotonic() - started < 90
     if launcher == "osctl":
         assert "failed first" in output, output[-3000:]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -28,11 +28,20 @@ def test_pyav_fallback_matches_decord(tmp_path):
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
 
 
-def test_width_decord_cannot_read_falls_back_to_pyav(tmp_path):
+def test_a_file_decord_cannot_read_falls_back_to_pyav(tmp_path, monkeypatch):
+    """decord fails on some files (some builds on some frame widths); the failure is forced here so the
+    test does not depend on which files a given decord release happens to reject."""
+    import decord
+
     path = coded_video(tmp_path / "w96.mp4", 10, 12, (64, 96))
+
+    def failing_reader(*args, **kwargs):
+        raise RuntimeError("[12:00:00] src/video/video_reader.cc:151: ERROR cannot find video stream")
+
+    monkeypatch.setattr(decord, "VideoReader", failing_reader)
     with pytest.raises(MediaError) as info:
         read_video(str(path), [0, 9], backend="decord")
-    assert info.value.code == "undecodable"
+    assert info.value.code == "undecodable" and "decord cannot read it" in info.value.detail
     frames = read_video(str(path), [0, 9])
     assert decode_frame_ids(frames[:, 10, 10, 0]) == [0, 9]
 
@@ -101,12 +110,21 @@ def test_time_budget_abandons_a_hung_decode_and_stops_after_too_many(monkeypatch
     assert call_with_timeout(lambda: 5, 1.0) == 5
     with pytest.raises(KeyError):
         call_with_timeout(lambda: {}["x"], 1.0)
-    started = time.perf_counter()
-    for _ in range(2):
-        with pytest.raises(MediaError, match=r"longer than 0\.05 s") as info:
-            call_with_timeout(lambda: time.sleep(0.5), 0.05, path="/slow.mp4")
-        assert info.value.code == "timeout"
-    assert time.perf_counter() - started < 0.4
-    with pytest.raises(DecodeHung, match="hung"):
-        call_with_timeout(lambda: 1, 0.05, path="/next.mp4")
-    reader._reset_abandoned()
+    release = threading.Event()  # the "decodes" block until the test lets them go
+    finished: list[int] = []
+
+    def stuck_decode() -> None:
+        release.wait(60)
+        finished.append(1)
+
+    try:
+        for _ in range(2):
+            with pytest.raises(MediaError, match=r"longer than 0\.05 s") as info:
+                call_with_timeout(stuck_decode, 0.05, path="/slow.mp4")
+            assert info.value.code == "timeout"
+        assert finished == []  # the caller was given back control while both decodes were still stuck
+        with pytest.raises(DecodeHung, match="hung"):
+            call_with_timeout(lambda: 1, 0.05, path="/next.mp4")
+    finally:
+        release.set()
+        reader._reset_abandoned()
