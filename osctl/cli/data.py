@@ -235,6 +235,7 @@ def bucket(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Folder for the index (default: data.index_dir, else <train.output_dir>/index).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write one JSON line per record (kept/dropped, reason, bucket, frames).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG histogram: samples per bucket, dropped records by reason.")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes used to decode large annotation files.")] = _default_workers(),
     rehash: Annotated[bool, typer.Option(
         "--rehash", help="Hash every annotation file, even those the index already in --out recorded as unchanged.")] = False,
@@ -248,7 +249,7 @@ def bucket(
     Rebuilding an index in the same folder reuses the recorded SHA-256 of annotation files that have
     not changed since (same size, times, inode); --rehash hashes them all again.
 
-    Example: [bold]osctl data bucket data.txt --recipe recipes/480p.yaml --world-size 8 --report drops.jsonl[/]
+    Example: [bold]osctl data bucket data.txt --recipe recipes/480p.yaml --world-size 8 --report drops.jsonl --plot buckets.png[/]
     """
     _no_blas_threads()
     from osctl.data.annotations import read_annotations
@@ -291,6 +292,10 @@ def bucket(
         from osctl.data.report import write_report
 
         write_report(result, report, names)
+    if plot is not None:
+        from osctl.plots import plot_buckets
+
+        plot_buckets(result, plot)
     index_path = write_index(result, data_txt, out_dir)
     reasons = result.reason_counts()
     invalid = reasons.get(Reason.INVALID_RECORD.code, 0)
@@ -350,4 +355,6 @@ def bucket(
                   f"samples lost to rounding: {result.samples_lost}.")
     if report is not None:
         console.print(f"report: {report}")
+    if plot is not None:
+        console.print(f"plot: {plot}")
     console.print(f"[green]index written[/] to {index_path}")

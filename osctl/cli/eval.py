@@ -6,12 +6,13 @@ accuracy below a ``--min-accuracy`` bound; 2 usage error.
 
 ``--json`` schema, stable: ``{"schema": "osctl.eval.shapes/1", "samples_dir", "settings":
 {"still_threshold", "max_frames"}, "totals": {"samples", "evaluated", "found", "color"|"shape"|"motion":
-{"correct", "total", "accuracy"}}, "prompts": [{"prompt", "expected": {"color", "shape", "motion"},
-"samples", "color"|"shape"|"motion": {"correct", "total", "accuracy"}, "most_common_prediction"}],
+{"correct", "total", "accuracy", "chance"}}, "prompts": [{"prompt", "expected": {"color", "shape", "motion"},
+"samples", "color"|"shape"|"motion": {"correct", "total", "accuracy", "chance"}, "most_common_prediction"}],
 "samples": [{"file", "prompt", "prompt_source", "expected", "predicted", "correct", "found", "reason",
 "measurements": {"frames", "frames_analysed", "frames_with_object", "background", "object_rgb",
 "fill_ratio", "displacement"}}], "checks": [{"attribute", "minimum", "accuracy", "ok"}]}``.
-Accuracies are ``null`` when no prompt names the attribute.
+Accuracies are ``null`` when no prompt names the attribute; ``chance`` is the accuracy of random guessing
+(1 / number of classes: colour 0.2, shape 0.3333, motion 0.2).
 """
 
 from __future__ import annotations
@@ -97,14 +98,16 @@ def _fmt(score: dict[str, Any]) -> str:
 
 def _print_report(report: Any, totals: dict[str, Any]) -> None:
     summary = Table(title=f"prompt adherence: {totals['samples']} samples in {escape(str(report.samples_dir))}")
-    for column in ("attribute", "correct", "total", "accuracy"):
+    for column in ("attribute", "correct", "total", "accuracy", "chance"):
         summary.add_column(column, justify="left" if column == "attribute" else "right")
     for a in _ATTRIBUTES:
         s = totals[a]
-        summary.add_row(a, str(s["correct"]), str(s["total"]), "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}")
+        summary.add_row(a, str(s["correct"]), str(s["total"]), "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}",
+                        f"{s['chance']:.3f}")
     console.print(summary)
     table = Table(title="per prompt")
-    for column in ("prompt", "n", "color", "shape", "motion", "most common prediction"):
+    chances = {a: f"{a} (chance {totals[a]['chance']:.2f})" for a in _ATTRIBUTES}
+    for column in ("prompt", "n", *chances.values(), "most common prediction"):
         table.add_column(column, overflow="fold")
     for row in report.per_prompt():
         table.add_row(escape(row["prompt"]), str(row["samples"]), _fmt(row["color"]), _fmt(row["shape"]),

@@ -107,7 +107,7 @@ def sample(
 
     from osctl.parallel.dist import shutdown
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(),  # a prompt is text, not markup TextColumn("{task.completed}/{task.total} steps"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as progress:
         records = run_sampling(checked, registry, request, progress=progress)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from osctl.cli._options import SetOpt
-from osctl.cli._output import console, print_json, warn
+from osctl.cli._output import console, err_console, print_json, warn
 
 Opt = typer.Option
 
@@ -74,9 +74,13 @@ def train(
         for message in checked.warnings:
             warn(message)
     # logs/metrics.jsonl and the recipe's train.trackers are written by run_training on rank 0
-    options = TrainOptions(dry_run=dry_run, allow_recipe_change=allow_recipe_change, log=_print_record,
-                           show_plan=_print_plan)
-    outcome = run_training(checked, registry, options)
+    display = TrainingDisplay(live=not dry_run and err_console.is_terminal)
+    options = TrainOptions(dry_run=dry_run, allow_recipe_change=allow_recipe_change, log=display.log,
+                           on_step=display.on_step, show_plan=_print_plan)
+    try:
+        outcome = run_training(checked, registry, options)
+    finally:
+        display.close()
     if isinstance(outcome, Plan):
         if as_json:
             print_json(outcome.as_dict())
@@ -110,15 +114,78 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-def _print_record(record: dict[str, Any]) -> None:
-    """Rank 0 prints one line per logged step (the same record goes to logs/metrics.jsonl and the trackers)."""
-    if not _is_main():
-        return
+def duration(seconds: float | None) -> str:
+    """``H:MM:SS`` (``D days, H:MM:SS`` past a day) for an ETA or elapsed time; ``?`` when unknown."""
+    if seconds is None or not seconds >= 0 or seconds == float("inf"):
+        return "?"
+    whole = round(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days} day{'s' if days > 1 else ''}, {text}" if days else text
+
+
+def record_line(record: dict[str, Any]) -> str:
+    """One logged step as a line: step N/total, loss (and its average since the last line), lr, grad norm,
+    samples/s, elapsed time, ETA and bad media (the same record goes to logs/metrics.jsonl and the trackers)."""
+    total = f"/{record['total_steps']}" if record.get("total_steps") is not None else ""
+    avg = f" (avg {record['loss_avg']:.4f})" if record.get("loss_avg") is not None else ""
     grad = f" grad {record['grad_norm']:.3f}" if record.get("grad_norm") is not None else ""
     speed = f"  {record['samples_per_s']:.1f} samples/s" if record.get("samples_per_s") is not None else ""
+    eta = f"  ETA {duration(record['eta_s'])}" if "eta_s" in record else ""
     bad = f"  bad media {record['data_bad_reads']}" if record.get("data_bad_reads") else ""
-    console.print(f"step {record['step']:>6}  loss {record['loss']:.4f} (avg {record['loss_avg']:.4f})  "
-                  f"lr {record['lr']:.2e}{grad}{speed}  {record['elapsed_s']:.1f}s{bad}")
+    return (f"step {record['step']:>6}{total}  loss {record['loss']:.4f}{avg}  lr {record['lr']:.2e}{grad}{speed}  "
+            f"{record['elapsed_s']:.1f}s{eta}{bad}")
+
+
+class TrainingDisplay:
+    """What rank 0 shows while training: a line per logged step (on stdout, for logs and CI) and, when
+    ``live`` (stderr is a terminal), a progress bar below them with step N/total, loss, samples/s and ETA,
+    refreshed every step. Other ranks show nothing. The library only hands over records; rich is here.
+    """
+
+    def __init__(self, *, live: bool, bar_console: Any = None) -> None:
+        self.main = _is_main()
+        self.live = live and self.main
+        self.bar_console = bar_console or err_console
+        self.progress: Any = None
+        self.task: Any = None
+        self.speed = "? samples/s"
+
+    def on_step(self, step: int, record: dict[str, Any]) -> None:
+        """Move the bar to ``step`` (started on the first step, so setup messages come before it)."""
+        if not self.live:
+            return
+        if self.progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.progress = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+                                     TextColumn("ETA {task.fields[eta]}"), console=self.bar_console,
+                                     # lines on a terminal stdout go above the bar; stdout to a file stays there
+                                     redirect_stdout=console.is_terminal)
+            self.task = self.progress.add_task("train", total=record.get("total_steps"), completed=step,
+                                               loss="?", speed=self.speed, eta="?")
+        self.progress.update(self.task, completed=step, total=record.get("total_steps"), speed=self.speed,
+                             loss=f"{record['loss']:.4f}", eta=duration(record.get("eta_s")))
+        if not self.progress.live.is_started:
+            self.progress.start()  # its first picture already shows this step
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Print a logged step's line on stdout (above the bar when both are on the terminal)."""
+        if not self.main:
+            return
+        if record.get("samples_per_s") is not None:
+            self.speed = f"{record['samples_per_s']:.1f} samples/s"
+            if self.progress is not None:
+                self.progress.update(self.task, speed=self.speed)
+        console.print(record_line(record), markup=False, soft_wrap=True)  # one line each, also in log files
+
+    def close(self) -> None:
+        """Stop the bar (leaving its last state on screen)."""
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
 
 def _is_main() -> bool:

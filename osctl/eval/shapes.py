@@ -25,7 +25,8 @@ it is ``still``, else the larger axis and its sign give left/right/up/down. A si
 
 The expected attributes come from the prompt in the sample's sidecar ``<stem>.json`` (written by
 ``osctl sample``), else from the file name (``NNNN-KK-<slug>`` or the dataset's ``NNNN-<words>``).
-Accuracy per attribute is over the samples whose prompt names that attribute.
+Accuracy per attribute is over the samples whose prompt names that attribute; beside it, the chance level
+(1 / number of classes of :data:`CLASSES`: colour 1/5, shape 1/3, motion 1/5) is what guessing scores.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ SCHEMA = "osctl.eval.shapes/1"
 """Schema id of the ``--json`` output of ``osctl eval shapes`` (see :meth:`EvalReport.to_json`)."""
 
 ATTRIBUTES: tuple[str, ...] = ("color", "shape", "motion")
+CLASSES: dict[str, tuple[str, ...]] = {"color": tuple(COLORS), "shape": SHAPES, "motion": MOTIONS}
+"""What the analysis can predict for each attribute: the shapes dataset's colours, shapes and motions."""
+
+
+def chance(attribute: str) -> float:
+    """The accuracy of guessing ``attribute`` uniformly at random: 1 / its number of classes."""
+    return round(1 / len(CLASSES[attribute]), 4)
+
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
 
 MAX_FRAMES = 16
@@ -344,11 +353,13 @@ class EvalReport:
     max_frames: int = MAX_FRAMES
 
     def score(self, attribute: str, samples: list[SampleEval] | None = None) -> dict[str, Any]:
-        """``{"correct", "total", "accuracy"}`` of one attribute (accuracy None when total is 0)."""
+        """``{"correct", "total", "accuracy", "chance"}`` of one attribute (accuracy None when total is 0;
+        chance is what random guessing scores, to read the accuracy against)."""
         marks = [s.correct(attribute) for s in (self.samples if samples is None else samples)]
         total = sum(m is not None for m in marks)
         correct = sum(m is True for m in marks)
-        return {"correct": correct, "total": total, "accuracy": round(correct / total, 4) if total else None}
+        return {"correct": correct, "total": total, "accuracy": round(correct / total, 4) if total else None,
+                "chance": chance(attribute)}
 
     def totals(self) -> dict[str, Any]:
         """Sample counts and the score of each attribute over the whole folder."""
@@ -378,7 +389,8 @@ class EvalReport:
         """The stable ``--json`` payload, schema :data:`SCHEMA`::
 
             {"schema", "samples_dir", "settings": {"still_threshold", "max_frames"},
-             "totals": {"samples", "evaluated", "found", "color"|"shape"|"motion": {"correct", "total", "accuracy"}},
+             "totals": {"samples", "evaluated", "found",
+                        "color"|"shape"|"motion": {"correct", "total", "accuracy", "chance"}},
              "prompts": [{"prompt", "expected": {...}, "samples", "color", "shape", "motion",
                           "most_common_prediction"}],
              "samples": [{"file", "prompt", "prompt_source", "expected", "predicted", "correct", "found",

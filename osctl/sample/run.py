@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from osctl.recipe.validate import CheckedRecipe
 from osctl.registry import Registry
 from osctl.sample.pipeline import VideoPipeline
 from osctl.sample.prompts import SampleJob, expand_jobs, read_prompts, slug
+from osctl.utils.files import file_sha256
 
 
 @dataclass
@@ -96,9 +99,11 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     from osctl.text import NEGATIVE_PROMPT
 
     records = []
+    per_prompt = Counter(job.prompt.index for job in jobs)
     for batch in batch_jobs(mine, cfg, NEGATIVE_PROMPT, cfg.batch_size):
+        label = progress_label([job for job, _ in batch], len(specs), per_prompt)
         records += _sample_batch(batch, cfg, checked, registry, request, model, ae, text_encoder, refiner,
-                                 info, dtype, out_dir, identities, progress, sp_group)
+                                 info, dtype, out_dir, identities, progress, sp_group, label)
     pdist.barrier()
     if request.grid and info.is_main:
         write_grid(out_dir, jobs, cfg)
@@ -143,11 +148,38 @@ def batch_jobs(jobs: list[SampleJob], cfg: Any, default_negative: str,
     return batches
 
 
+def progress_label(batch: list[SampleJob], prompt_count: int, per_prompt: Mapping[int, int]) -> str:
+    """What a progress bar calls a batch, counting from 1: ``prompt 1/3 · samples 1-2/2  a red circle ...``.
+
+    ``per_prompt`` is the number of samples of each prompt index. A batch that spans prompts names each
+    (``prompt 1/2 · sample 2/2 + prompt 2/2 · sample 1/2``); samples that are not neighbours (another
+    process makes the ones between) are listed (``samples 1,3/4``). The prompt's text follows when the
+    batch holds one prompt.
+    """
+    groups: dict[int, list[int]] = {}
+    for job in batch:
+        groups.setdefault(job.prompt.index, []).append(job.k)
+    parts = []
+    for index, ks in groups.items():
+        numbers = sorted(k + 1 for k in ks)
+        if len(numbers) == 1:
+            which = f"sample {numbers[0]}"
+        elif numbers == list(range(numbers[0], numbers[-1] + 1)):
+            which = f"samples {numbers[0]}-{numbers[-1]}"
+        else:
+            which = f"samples {','.join(map(str, numbers))}"
+        parts.append(f"prompt {index + 1}/{prompt_count} · {which}/{per_prompt.get(index, len(ks))}")
+    text = batch[0].prompt.text
+    shown = f"  {text[:40]}{'...' if len(text) > 40 else ''}" if len(groups) == 1 else ""
+    return " + ".join(parts) + shown
+
+
 def _sample_batch(batch: list[tuple[SampleJob, SampleSettings]], cfg: Any, checked: CheckedRecipe, registry: Registry,
                   request: SampleRequest, model: Any, ae: Any, text_encoder: Any, refiner: Any,
                   info: pdist.DistInfo, dtype: torch.dtype, out_dir: Path, identities: dict[str, Any],
-                  progress: Any, sp_group: Any = None) -> list[dict[str, Any]]:
-    """Denoise the videos of ``batch`` together (one seed and generator each) and write them one by one."""
+                  progress: Any, sp_group: Any = None, label: str = "") -> list[dict[str, Any]]:
+    """Denoise the videos of ``batch`` together (one seed and generator each) and write them one by one;
+    ``label`` names the batch on ``progress`` (see :func:`progress_label`)."""
     settings = batch[0][1]
     refined = [refiner([job.prompt.text])[0] for job, _ in batch]
     texts = list(refined)
@@ -161,8 +193,6 @@ def _sample_batch(batch: list[tuple[SampleJob, SampleSettings]], cfg: Any, check
                              sequence_parallel=sp_group if settings.num_frames > 1 else None)
     generators = [torch.Generator().manual_seed(job.seed) for job, _ in batch]
     started = time.perf_counter()
-    first = batch[0][0]
-    label = f"[{first.prompt.index}.{first.k}{'+' + str(len(batch) - 1) if len(batch) > 1 else ''}] {first.prompt.text[:40]}"
     task = progress.add_task(label, total=settings.num_sampling_steps) if progress is not None else None
     result = pipeline(
         texts, settings.negative, num_frames=settings.num_frames, height=settings.height, width=settings.width,
@@ -201,7 +231,10 @@ def _write_sample(job: SampleJob, i: int, settings: SampleSettings, refined: str
         "components": identities, "source": request.source, "osctl_version": __version__,
         "world_size": info.world_size, "sequence_parallel": bool(cfg.sp and info.world_size > 1),
         "batch_size": batch, "seconds": seconds,
+        # frames_sha256: the decoded frames before encoding (uint8 T x H x W x 3), equal across runs and process
+        # counts; H.264 changes them, so only file_sha256 checks the written file (what sha256sum FILE prints)
         "frames_sha256": hashlib.sha256(frames.tobytes()).hexdigest(),
+        "file_sha256": file_sha256(media) if sp_rank_writes else None,
     }
     if cfg.save_latents and sp_rank_writes:
         from safetensors.torch import save_file
@@ -234,30 +267,22 @@ def _sequence_parallel_group(model: Any, ae: Any, cfg: Any, info: pdist.DistInfo
 
 
 def write_grid(out_dir: Path, jobs: list[SampleJob], cfg: Any) -> Path | None:
-    """One grid video of every sample, read back from the files the ranks wrote."""
-    import numpy as np
-
+    """One grid of every sample, read back from the files the ranks wrote: a row per prompt, captioned
+    with its number and text, its samples side by side in sample order (column k is sample k of every
+    prompt; a missing file leaves its cell empty). Images give a PNG; videos an MP4 and a GIF."""
     from osctl.media.read import read_spread_frames
-    from osctl.media.write import grid, write_image, write_video
+    from osctl.media.write import captioned_grid, write_image, write_video
 
-    videos = []
+    rows: dict[int, tuple[str, list[Any]]] = {}
     for job in jobs:
         stem = f"{job.prompt.index:04d}-{job.k:02d}-{slug(job.prompt.text)}"
-        for media in (out_dir / f"{stem}.mp4", out_dir / f"{stem}.png"):
-            if media.exists():
-                videos.append(read_spread_frames(media)[0])
-                break
-    if not videos:
+        found = next((m for m in (out_dir / f"{stem}.mp4", out_dir / f"{stem}.png") if m.exists()), None)
+        row = rows.setdefault(job.prompt.index, (f"{job.prompt.index + 1}. {job.prompt.text}", []))[1]
+        row.extend([None] * (job.k - len(row)))
+        row.append(read_spread_frames(found)[0] if found is not None else None)
+    if not any(v is not None for _, row in rows.values() for v in row):
         return None
-    shapes = {v.shape[1:3] for v in videos}
-    if len(shapes) > 1:  # mixed sizes: pad to the largest
-        h = max(s[0] for s in shapes)
-        w = max(s[1] for s in shapes)
-        videos = [np.pad(v, ((0, 0), (0, h - v.shape[1]), (0, w - v.shape[2]), (0, 0))) for v in videos]
-    tiled = grid(videos)
-    if max(tiled.shape[1:3]) < 512:  # tiny samples (e.g. the 16-pixel demo): enlarge so a person can see them
-        factor = max(1, 512 // max(tiled.shape[1:3]))
-        tiled = tiled.repeat(factor, axis=1).repeat(factor, axis=2)
+    tiled = captioned_grid([rows[index] for index in sorted(rows)])
     name = f"grid-{cfg.sample_method}-gs{cfg.guidance_scale:g}-s{cfg.num_sampling_steps}"
     if tiled.shape[0] == 1:
         return write_image(out_dir / f"{name}.png", tiled[0])

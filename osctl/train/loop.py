@@ -1,7 +1,10 @@
 """The training loop, read top to bottom: micro-steps -> clip/step/EMA -> log -> checkpoint -> stop.
 
-Logged records go to ``parts.trackers`` (rank 0: ``logs/metrics.jsonl`` and the recipe's trackers,
-see ``osctl.train.tracking``) and to ``parts.log`` (the command line prints them).
+Every step's record (``step``, ``total_steps``, ``loss``, ``lr``, ``grad_norm``, ``elapsed_s``, ``eta_s``)
+goes to ``parts.on_step`` (the command line's progress bar); every ``log_interval``-th, with ``loss_avg``,
+``samples_per_s`` and the loader's counters added, to ``parts.trackers`` (rank 0: ``logs/metrics.jsonl``
+and the recipe's trackers, see ``osctl.train.tracking``) and to ``parts.log`` (the command line prints
+it). After each checkpoint rank 0 redraws ``logs/curves.png`` from ``logs/metrics.jsonl``.
 
 Everything engine-specific goes through the strategy (``osctl.protocols.Strategy``); everything
 random comes from the run's own generators (``TrainState``), so a resumed run continues exactly.
@@ -27,7 +30,7 @@ from osctl.train.ema import EMA
 from osctl.train.export import model_config, save_model_folder
 from osctl.train.sequence_parallel import SequenceShards
 from osctl.train.state import TrainState
-from osctl.train.tracking import Trackers
+from osctl.train.tracking import Trackers, write_curves
 
 
 class BatchSource(Protocol):
@@ -178,6 +181,14 @@ def data_counters(parts: TrainParts) -> dict[str, Any]:
     return out
 
 
+def eta_seconds(elapsed: float, steps_done: int, steps_left: int) -> float:
+    """Seconds until the last step at this run's average pace so far (checkpoints and validation included,
+    as they recur); 0 when nothing is left."""
+    if steps_left <= 0:
+        return 0.0
+    return elapsed / max(steps_done, 1) * steps_left
+
+
 def save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any]) -> Path | None:
     """Write ``checkpoint-N`` atomically (every rank takes part; rank 0 commits)."""
     step = parts.state.step
@@ -218,6 +229,7 @@ def save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any]) -> Path | Non
     if parts.dist.is_main:
         final = ckpt.commit(parts.output_dir, step)
         ckpt.purge(parts.output_dir, parts.recipe.train.checkpoints_total_limit)
+        write_curves(parts.output_dir)  # logs/curves.png as of this checkpoint (none without logs/metrics.jsonl)
     pdist.barrier()
     return final or parts.output_dir / ckpt.checkpoint_name(step)
 
@@ -258,8 +270,11 @@ def train(parts: TrainParts) -> TrainResult:
                 raise FloatingPointError(f"loss became {mean_loss} at step {parts.state.step}")
             losses.append(mean_loss)
             window.append(mean_loss)
-            record = {"step": parts.state.step, "loss": mean_loss, "lr": parts.strategy.lr_scheduler.get_last_lr()[0],
-                      "grad_norm": grad_norm, "elapsed_s": time.perf_counter() - started}
+            elapsed = time.perf_counter() - started
+            record = {"step": parts.state.step, "total_steps": parts.max_steps, "loss": mean_loss,
+                      "lr": parts.strategy.lr_scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                      "elapsed_s": elapsed, "eta_s": eta_seconds(elapsed, parts.state.step - first_step,
+                                                                 parts.max_steps - parts.state.step)}
             if parts.on_step is not None:
                 parts.on_step(parts.state.step, record)
             if parts.state.step % train_cfg.log_interval == 0 or parts.state.step == parts.max_steps:

@@ -17,6 +17,7 @@ from typing import Any
 log = logging.getLogger("osctl.train.tracking")
 
 METRICS_FILE = Path("logs") / "metrics.jsonl"
+CURVES_FILE = Path("logs") / "curves.png"
 
 
 class MetricsFile:
@@ -98,6 +99,27 @@ class Trackers:
                 if method != "close":
                     with contextlib.suppress(Exception):
                         tracker.close()
+
+
+def write_curves(output_dir: Path) -> Path | None:
+    """Redraw ``<output_dir>/logs/curves.png`` (loss, its moving average and the learning rate against the
+    step) from ``logs/metrics.jsonl``; rank 0 calls it after each checkpoint, so the picture is as current
+    as the newest checkpoint. Nothing is drawn before the first logged step.
+
+    A failure (no matplotlib, a full disk) is a warning naming the error, never the end of training.
+    """
+    metrics = Path(output_dir) / METRICS_FILE
+    try:
+        if not metrics.is_file():
+            return None
+        from osctl.plots import read_metrics, training_curves
+
+        records = read_metrics(metrics)
+        return training_curves(records, Path(output_dir) / CURVES_FILE) if records else None
+    except Exception as exc:
+        log.warning("could not draw %s (training goes on): %s: %s", Path(output_dir) / CURVES_FILE,
+                    type(exc).__name__, exc)
+        return None
 
 
 def open_trackers(checked: Any, registry: Any, *, output_dir: Path, start_step: int, is_main: bool) -> Trackers:

@@ -42,6 +42,12 @@ def test_registered_with_aliases(registry):
     assert registry.get("text_encoder", "umt5").name == "t5"
 
 
+def test_tiny_t5_summary_names_both_tokenizers(registry):
+    summary = registry.get("text_encoder", "tiny_t5").spec.summary
+    assert "byte-level tokenizer" in summary and "word-level over `vocabulary`" in summary
+    assert "ByT5 tokenizer" not in summary
+
+
 @pytest.mark.parametrize("which", ["prompt", "negative"])
 def test_golden_token_ids_masks_and_embeddings(golden_pipeline, which):
     encoder, manifest, common = golden_pipeline

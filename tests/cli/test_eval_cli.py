@@ -42,6 +42,9 @@ def test_eval_shapes_json(root, samples):
     assert payload["totals"]["samples"] == 7
     for attribute in ("color", "shape", "motion"):
         assert payload["totals"][attribute]["accuracy"] == 1.0
+    assert {a: payload["totals"][a]["chance"] for a in ("color", "shape", "motion")} == \
+        {"color": 0.2, "shape": 0.3333, "motion": 0.2}
+    assert payload["prompts"][0]["shape"]["chance"] == 0.3333
     assert set(payload["prompts"][0]) == {"prompt", "expected", "samples", "color", "shape", "motion",
                                           "most_common_prediction"}
     assert [c["ok"] for c in payload["checks"]] == [True, True]
@@ -52,6 +55,10 @@ def test_eval_shapes_human_tables(root, samples):
     assert result.exit_code == 0, result.output
     assert "prompt adherence: 7 samples" in result.stdout and "per prompt" in result.stdout
     assert "1.000" in result.stdout
+    rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in result.stdout.splitlines()]
+    summary = {row[0]: row[-1] for row in rows if row[0] in ("color", "shape", "motion")}
+    assert summary == {"color": "0.200", "shape": "0.333", "motion": "0.200"}  # the chance column
+    assert "color (chance 0.20)" in result.stdout and "shape (chance 0.33)" in result.stdout
 
 
 def test_eval_shapes_exit_codes(root, tmp_path):

@@ -12,11 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from osctl.cli import app
-from osctl.media.read import read_video_frames
+from osctl.media.read import read_spread_frames, read_video_frames
+from osctl.media.write import grid_layout
 from osctl.plugin_manager import default_registry
 from osctl.recipe.load import load_recipe
 from osctl.recipe.validate import check_recipe
 from osctl.train.run import TrainOptions, run_training
+from osctl.utils.files import file_sha256
 from tests.train_helpers import SyntheticClips, write_tiny_recipe
 
 runner = CliRunner()
@@ -54,7 +56,30 @@ def test_sample_from_checkpoint_writes_videos_and_sidecars(checkpoint, tmp_path)
         assert key in sidecar, key
     assert sidecar["sampler"] == "EulerAncestralDiscrete" and sidecar["steps"] == 3
     assert sidecar["source"]["weights"].endswith("model_ema")
+    assert sidecar["file_sha256"] == file_sha256(videos[0])  # the mp4 itself (frames_sha256: before encoding)
     assert (out / "grid-EulerAncestralDiscrete-gs7.5-s3.mp4").is_file()
+
+
+def test_image_grid_rows_are_prompts_and_progress_names_prompt_and_sample(checkpoint, tmp_path):
+    out = tmp_path / "s"
+    prompts = ["clip number 1", "clip number 2", "clip number 3"]
+    result = sample(["--checkpoint", str(checkpoint), *(a for p in prompts for a in ("-p", p)), "--num-frames", "1",
+                     "--num-samples-per-prompt", "2", "-o", str(out), "--grid", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "prompt 1/3 · sample 1/2  clip number 1" in result.stderr
+    assert "prompt 3/3 · sample 2/2  clip number 3" in result.stderr
+    files = [[out / f"{i:04d}-{k:02d}-clip-number-{i + 1}.png" for k in range(2)] for i in range(3)]
+    for file in (f for row in files for f in row):
+        sidecar = json.loads(file.with_suffix(".json").read_text())
+        assert sidecar["file_sha256"] == file_sha256(file) and len(sidecar["frames_sha256"]) == 64
+    rows = [(f"{i + 1}. {p}", [read_spread_frames(f)[0] for f in files[i]]) for i, p in enumerate(prompts)]
+    layout = grid_layout(rows)
+    grid = read_spread_frames(out / "grid-EulerAncestralDiscrete-gs7.5-s3.png")[0][0]
+    assert grid.shape == (layout.height, layout.width, 3)
+    for (_, row), top in zip(rows, layout.row_tops, strict=True):  # row i holds prompt i's samples in order
+        for video, left in zip(row, layout.column_lefts, strict=True):
+            enlarged = video[0].repeat(layout.factor, axis=0).repeat(layout.factor, axis=1)
+            assert (grid[top : top + layout.cell[0], left : left + layout.cell[1]] == enlarged).all()
 
 
 def test_same_seed_same_video_and_seeds_independent_of_order(checkpoint, tmp_path):

@@ -43,8 +43,10 @@ def test_shapes_demo_end_to_end(tmp_path):
     # 2. validate (decoding every file) and bucket
     report = json.loads(osctl("data", "validate", str(data / "data.txt"), "--probe", "--json").stdout)
     assert report["ok"] is True
-    bucket = osctl("data", "bucket", str(data / "data.txt"), "--recipe", recipe, *sets, "--json").stdout
+    bucket = osctl("data", "bucket", str(data / "data.txt"), "--recipe", recipe, *sets, "--json",
+                   "--plot", str(tmp_path / "buckets.png")).stdout
     buckets = json.loads(bucket)
+    assert (tmp_path / "buckets.png").stat().st_size > 0
     assert buckets["kept"] == 16 and buckets["buckets"]  # every clip gives a 5, 7 or 9-frame sample at 4 fps
     assert (out / "index" / "samples.arrow").is_file()
 
@@ -70,6 +72,8 @@ def test_shapes_demo_end_to_end(tmp_path):
     # 4. resume from the latest checkpoint and finish two more steps
     resumed = osctl("train", "--recipe", recipe, *sets, "--set", f"train.max_steps={last + 2}")
     assert f"finished at step {last + 2}" in resumed.stdout
+    assert f"step {last + 2:>6}/{last + 2}  loss " in resumed.stdout and "  ETA 0:00:00" in resumed.stdout
+    assert (out / "logs" / "curves.png").stat().st_size > 0  # redrawn at each checkpoint
     metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == last + 2
     assert (out / f"checkpoint-{last + 2}" / "model_ema" / "config.json").is_file()

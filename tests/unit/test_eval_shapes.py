@@ -10,15 +10,17 @@ import pytest
 
 from osctl.errors import DataError, UsageError
 from osctl.eval.shapes import (
+    CLASSES,
     Expected,
     analyse_frames,
+    chance,
     evaluate_dir,
     evaluate_file,
     parse_prompt,
     prompt_from_name,
 )
 from osctl.media.write import write_video
-from osctl.synth.shapes import plan_dataset, render, synth_shapes
+from osctl.synth.shapes import COLORS, MOTIONS, SHAPES, plan_dataset, render, synth_shapes
 from tests.shapes_helpers import covering_plans, write_noise_samples, write_shape_samples
 
 
@@ -35,7 +37,8 @@ def test_ground_truth_clips_score_one(shape_samples):
     totals = report.totals()
     assert totals["samples"] == totals["evaluated"] == totals["found"] == 18
     for attribute in ("color", "shape", "motion"):
-        assert totals[attribute] == {"correct": 18, "total": 18, "accuracy": 1.0}, attribute
+        assert totals[attribute] == {"correct": 18, "total": 18, "accuracy": 1.0,
+                                     "chance": round(1 / len(CLASSES[attribute]), 4)}, attribute
     assert {s.prompt_source for s in report.samples} == {"sidecar"}
     rows = report.per_prompt()
     assert sum(r["samples"] for r in rows) == 18
@@ -46,6 +49,18 @@ def test_ground_truth_clips_score_one(shape_samples):
     assert set(sample) == {"file", "prompt", "prompt_source", "expected", "predicted", "correct", "found", "reason",
                            "measurements"}
     assert sample["correct"] == {"color": True, "shape": True, "motion": True}
+
+
+def test_chance_is_one_over_the_classes_the_analysis_predicts(shape_samples):
+    """One owner: the classes are the shapes dataset's; every prediction is one of them."""
+    assert {"color": tuple(COLORS), "shape": SHAPES, "motion": MOTIONS} == CLASSES
+    assert {a: chance(a) for a in CLASSES} == {"color": 0.2, "shape": 0.3333, "motion": 0.2}
+    report = evaluate_dir(shape_samples)
+    for sample in report.samples:
+        for attribute, value in sample.measurement.predicted().items():
+            assert value in CLASSES[attribute], (sample.file, attribute, value)
+    for row in report.per_prompt():
+        assert all(row[a]["chance"] == chance(a) for a in CLASSES)
 
 
 def test_noise_videos_score_at_most_chance(tmp_path):
@@ -69,7 +84,7 @@ def test_empty_blank_and_broken_samples_count_as_wrong(tmp_path):
     report = evaluate_dir(tmp_path)
     assert [s.measurement.found for s in report.samples] == [False, False, False]
     assert report.samples[1].error.startswith("unreadable")
-    assert report.totals()["color"] == {"correct": 0, "total": 3, "accuracy": 0.0}
+    assert report.totals()["color"] == {"correct": 0, "total": 3, "accuracy": 0.0, "chance": 0.2}
     assert analyse_frames(np.zeros((0, 8, 8, 3), np.uint8)).found is False
     assert analyse_frames(np.zeros((3, 4, 4, 3), np.uint8)).found is False
 

@@ -23,7 +23,8 @@ def register_text_encoders(register: Any) -> None:
     ))
     register(osctl.ComponentSpec(
         name="tiny_t5",
-        summary="deterministic random tiny mT5 + ByT5 tokenizer built locally (demo, tests; no download)",
+        summary="deterministic random tiny mT5 built locally (demo, tests; no download): byte-level tokenizer, "
+                "or word-level over `vocabulary`",
         factory=t5.build_tiny_t5_encoder,
         config=t5.TinyT5Config,
     ))
