@@ -260,10 +260,9 @@ class IndexCheck:
         """The plan's word on the index: up to date, built or rebuilt (``done=False``: would be, in a dry run)."""
         if self.rebuild is None:
             return "up to date"
-        verb = "" if done else "would be "
         if self.rebuild == "missing":
-            return f"{verb}built now from {self.data_txt}" if done else f"{verb}built from {self.data_txt}"
-        return f"{verb}rebuilt ({self.rebuild})"
+            return f"built now from {self.data_txt}" if done else f"would be built from {self.data_txt}"
+        return f"rebuilt ({self.rebuild})" if done else f"would be rebuilt ({self.rebuild})"
 
 
 def check_index(recipe: Any, settings: Any) -> IndexCheck:

@@ -122,6 +122,7 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
         _check_sequence_parallel_model,
         _plan,
         memory_estimate_gb,
+        parameter_counts,
     )
     from osctl.train.state import TrainState
 
@@ -183,8 +184,7 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     lines, frozen_gb = frozen_lines(recipe, *frozen)
     for key, value in lines:
         plan.add(key, value)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total, trainable = parameter_counts(model)
     model_gb = memory_estimate_gb(trainable, total, train_cfg.use_ema, name, info.world_size)
     plan.add("memory with frozen components", f"{model_gb + frozen_gb:.2f} GB per process (activations extra)")
     missing = training_missing_weights(checked)

@@ -178,6 +178,22 @@ def test_the_2b_plan_counts_the_released_model(data_txt, user_machine, no_networ
     assert plan["steps"] == "0 -> 10" and no_network == []
 
 
+def test_a_dry_run_reads_a_fresh_index_and_only_plans_a_rebuild_of_a_stale_one(data_txt, user_machine, no_network):
+    recipe = str(REPO_ROOT / "recipes" / "480p.yaml")
+    built = runner.invoke(app, ["data", "bucket", str(data_txt), "--recipe", recipe, "--out", "out/index", "--json"])
+    assert built.exit_code == 0, built.output
+    before = file_tree(user_machine, data_txt.parent)
+    fresh = runner.invoke(app, ["train", "--recipe", recipe, "--dry-run", "--json", "--set", f"data.data={data_txt}"])
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads(fresh.stdout)["data index"].startswith("out/index (up to date)")
+    stale = runner.invoke(app, ["train", "--recipe", recipe, "--dry-run", "--json", "--set", f"data.data={data_txt}",
+                                "--set", "data.train_fps=12"])
+    assert stale.exit_code == 0, stale.output
+    note = json.loads(stale.stdout)["data index"]
+    assert "would be rebuilt" in note and "train_fps" in note and "dry run: not written" in note
+    assert file_tree(user_machine, data_txt.parent) == before and no_network == []
+
+
 def test_a_cached_text_encoder_is_found_and_planned_from_its_cached_config(data_txt, user_machine, no_network,
                                                                            golden):
     snapshot = Path(os.environ["HF_HOME"]) / "hub" / MT5_CACHE / "snapshots" / "0123abc"

@@ -271,9 +271,11 @@ def missing_pretrained(name_or_path: str, key: str, cache_dir: str | None = None
     path = Path(name_or_path).expanduser()
     fetch = f"save a {kind} there with save_pretrained (config.json, weights, tokenizer), or name a hub id"
     if path.is_dir():
-        if (path / "config.json").is_file() and _has_weights(path):
-            return None
-        return MissingWeights(key, f"the folder {name_or_path!r} holds no config.json and weights", str(path), fetch)
+        if not (path / "config.json").is_file():
+            return MissingWeights(key, f"the folder {name_or_path!r} has no config.json", str(path), fetch)
+        if not _has_weights(path):
+            return MissingWeights(key, f"the folder {name_or_path!r} holds no weights", str(path), fetch)
+        return None
     if _looks_like_path(name_or_path) or path.exists():
         return MissingWeights(key, f"{name_or_path!r} is not a folder", str(path), fetch)
     if not offline_mode():
@@ -339,9 +341,9 @@ def load_t5_encoder(name_or_path: str, *, max_length: int, dtype: Any = None, de
     ``AutoModelForTextEncoding``), rather than the reference's "path contains mt5" test. Weights that
     are not available raise ``ConfigError`` naming ``key``.
     """
-    import transformers
-
     source, local_only = resolve_pretrained(name_or_path, key=key, cache_dir=cache_dir)
+    import transformers  # after the offline check: a missing model costs no import
+
     common: dict[str, Any] = {"local_files_only": local_only}
     if cache_dir is not None:
         common["cache_dir"] = cache_dir
@@ -539,6 +541,11 @@ def tiny_t5_settings(*, seed: int, d_model: int, num_layers: int = 2, num_heads:
     }
 
 
+def mt5_config_fields(settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``MT5Config`` arguments of a tiny mT5 description (:func:`tiny_t5_settings` less osctl's own keys)."""
+    return {k: v for k, v in settings.items() if k not in ("format", "seed", "vocabulary")}
+
+
 def build_tiny_t5(folder: str | os.PathLike[str], *, seed: int = 0, d_model: int = 32, num_layers: int = 2,
                   num_heads: int = 4, vocabulary: Sequence[str] | None = None) -> Path:
     """Write a deterministic random tiny mT5 encoder and its tokenizer into ``folder``.
@@ -562,8 +569,7 @@ def build_tiny_t5(folder: str | os.PathLike[str], *, seed: int = 0, d_model: int
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        fields = {k: v for k, v in settings.items() if k not in ("format", "seed", "vocabulary")}
-        config = transformers.MT5Config(**fields, is_encoder_decoder=False, use_cache=False,
+        config = transformers.MT5Config(**mt5_config_fields(settings), is_encoder_decoder=False, use_cache=False,
                                         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
         model = transformers.MT5EncoderModel(config)
         fill_parameters_deterministically(model, seed)
@@ -615,8 +621,7 @@ def build_tiny_t5_encoder(config: TinyT5Config, **runtime: Any) -> T5TextEncoder
     if runtime.get("meta"):
         settings = tiny_t5_settings(seed=config.seed, d_model=config.d_model, num_layers=config.num_layers,
                                     num_heads=config.num_heads, vocabulary=config.vocabulary)
-        values = {k: v for k, v in settings.items() if k not in ("format", "seed", "vocabulary")}
-        return meta_t5_encoder({**values, "model_type": "mt5"}, max_length=config.max_length,
+        return meta_t5_encoder({**mt5_config_fields(settings), "model_type": "mt5"}, max_length=config.max_length,
                                dtype=_pick_dtype(config.dtype, runtime.get("dtype")), source="tiny_t5")
     folder = build_tiny_t5(tiny_t5_folder(config), seed=config.seed, d_model=config.d_model,
                            num_layers=config.num_layers, num_heads=config.num_heads, vocabulary=config.vocabulary)
