@@ -25,19 +25,34 @@ def build_model(checked: CheckedRecipe, registry: Registry, *, device: torch.dev
 
 
 def build_autoencoder(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu",
-                      dtype: torch.dtype | None = None) -> Any:
-    """The frozen autoencoder named by the recipe's ``autoencoder`` section (eval, no grad)."""
+                      dtype: torch.dtype | None = None, meta: bool = False) -> Any:
+    """The frozen autoencoder named by the recipe's ``autoencoder`` section (eval, no grad).
+
+    ``meta``: built on the meta device from its configuration alone, for a plan (see :func:`_meta`).
+    """
     section = checked.loaded.recipe.autoencoder
-    ae = registry.build("autoencoder", section.name, checked.components["autoencoder"], device=device, dtype=dtype)
+    ae = registry.build("autoencoder", section.name, checked.components["autoencoder"], device=device, dtype=dtype,
+                        **_meta(meta))
     _freeze(ae)
     return ae
 
 
 def build_text_encoder(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu",
-                       dtype: torch.dtype | None = None) -> Any:
-    """The frozen text encoder named by the recipe's ``text_encoder`` section."""
+                       dtype: torch.dtype | None = None, meta: bool = False) -> Any:
+    """The frozen text encoder named by the recipe's ``text_encoder`` section (``meta``: for a plan)."""
     section = checked.loaded.recipe.text_encoder
-    return registry.build("text_encoder", section.name, checked.components["text_encoder"], device=device, dtype=dtype)
+    return registry.build("text_encoder", section.name, checked.components["text_encoder"], device=device, dtype=dtype,
+                          **_meta(meta))
+
+
+def _meta(meta: bool) -> dict[str, Any]:
+    """The ``meta=True`` runtime argument, passed only when asked.
+
+    A factory given ``meta=True`` builds its component on the meta device from the configuration alone:
+    no weight file, no network, nothing written (plugins/README.md). Older factories without the
+    argument keep working for real builds.
+    """
+    return {"meta": True} if meta else {}
 
 
 def build_refiner(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu") -> Any:
@@ -64,13 +79,19 @@ def build_sampler(recipe: Any, registry: Registry, name: str | None = None,
     return registry.build("sampler", name or recipe.sample.sample_method, sampler_options(recipe, recorded))
 
 
-def build_strategy(recipe: Any, registry: Registry, *, world_size: int, device: torch.device) -> Any:
-    """The parallel strategy: ``auto`` means ``single`` for one process and ``ddp`` otherwise."""
+def strategy_name(recipe: Any, world_size: int) -> str:
+    """The parallel strategy the recipe selects: ``auto`` means ``single`` for one process and ``ddp`` otherwise."""
     name = recipe.parallel.strategy
     if name == "auto":
         name = "ddp" if world_size > 1 else "single"
-    return registry.build("strategy", name, None, mixed_precision=recipe.train.mixed_precision, device=device,
-                          parallel=recipe.parallel, train=recipe.train)
+    return str(name)
+
+
+def build_strategy(recipe: Any, registry: Registry, *, world_size: int, device: torch.device) -> Any:
+    """The parallel strategy named by :func:`strategy_name`."""
+    return registry.build("strategy", strategy_name(recipe, world_size), None,
+                          mixed_precision=recipe.train.mixed_precision, device=device, parallel=recipe.parallel,
+                          train=recipe.train)
 
 
 def build_trackers(checked: CheckedRecipe, registry: Registry, *, output_dir: Path,

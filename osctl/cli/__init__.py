@@ -7,6 +7,7 @@ configuration error. Errors print one sentence (and a hint) without a traceback 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 from typing import Any, NoReturn
@@ -25,6 +26,7 @@ from osctl.cli import synth as synth_cli
 from osctl.cli import train as train_cli
 from osctl.cli._output import debug_enabled, error
 from osctl.errors import OsctlError
+from osctl.hub import apply_network_policy
 
 
 class OsctlGroup(TyperGroup):
@@ -68,6 +70,8 @@ def _version(value: bool) -> None:
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    online: bool = typer.Option(False, "--online", help="Allow Hugging Face hub lookups and downloads "
+                                "(default: offline; also OSCTL_ONLINE=1)."),
 ) -> None:
     """osctl: one command suite for data checks, training, sampling and checkpoints.
 
@@ -75,6 +79,7 @@ def root(
     """
     if debug:
         os.environ["OSCTL_DEBUG"] = "1"
+    apply_network_policy(online)
 
 
 app.add_typer(plugins_cli.app, name="plugins")
@@ -136,6 +141,8 @@ def _exit_at_once(exc: SystemExit) -> NoReturn:
 
 def main() -> None:
     """Console-script entry point."""
+    root_options = list(itertools.takewhile(lambda arg: arg.startswith("-"), sys.argv[1:]))
+    apply_network_policy("--online" in root_options)  # before anything imports huggingface_hub
     data_command = _builtin_data_command(sys.argv[1:])
     _plugin_commands()
     from osctl.parallel.launch import absorb_local_rank

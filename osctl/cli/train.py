@@ -63,6 +63,10 @@ def train(
                            parallel.nnodes if nnodes is None else nnodes, node_rank, rdzv_endpoint)
     # the recipe's process count starts processes only from outside a launcher (its workers run this too)
     from_recipe_inside_launcher = nproc_per_node is None and under_launcher()
+    if not dry_run:  # without the weights, refuse before any process starts or anything is built
+        from osctl.train.plan import require_training_weights
+
+        require_training_weights(checked)
     if launch.wanted and not dry_run and not from_recipe_inside_launcher:
         _check_layout_before_launch(checked, launch.nproc_per_node * launch.nnodes)
         raise typer.Exit(relaunch(launch))

@@ -213,26 +213,64 @@ def bucket_settings(recipe: Any, world_size: int) -> tuple[Any, dict[str, int]]:
     return settings, geometry
 
 
-def build_index(data_txt: Path, settings: Any, geometry: dict[str, int], out_dir: Path, *, workers: int | None = None) -> Path:
-    """Build and write the sample index with the functions ``osctl data bucket`` uses; returns the Arrow file."""
+def bucket_annotations(data_txt: Path, settings: Any, geometry: dict[str, int], *, workers: int | None = None,
+                       digests_from: Path | None = None) -> Any:
+    """Read every annotation file of ``data_txt`` and apply the rules, in memory (``osctl data bucket``'s
+    functions); returns the :class:`~osctl.data.bucket.BucketResult`. Nothing is written.
+
+    ``digests_from``: an index folder whose recorded file digests are reused for unchanged files.
+    """
     from osctl.data.annotations import read_annotations
     from osctl.data.bucket import build_buckets
     from osctl.data.datatxt import load_data_txt
-    from osctl.data.index import reuse_recorded_digests, write_index
+    from osctl.data.index import reuse_recorded_digests
 
     workers = workers or max(1, min(8, os.cpu_count() or 1))  # as `osctl data bucket`
     loaded = read_annotations(load_data_txt(data_txt), workers=workers)
-    reuse_recorded_digests(loaded, out_dir)
+    if digests_from is not None:
+        reuse_recorded_digests(loaded, digests_from)
     broken = [item for item in loaded if item.problem is not None]
     if broken:
         more = f" (and {len(broken) - 1} more file(s))" if len(broken) > 1 else ""
         raise DataError(f"{broken[0].problem.message}{more}; no index was written.",  # type: ignore[union-attr]
                         hint=f"run `osctl data validate {data_txt}` to see every problem.")
-    return write_index(build_buckets(loaded, settings, latent=geometry), data_txt, out_dir)
+    return build_buckets(loaded, settings, latent=geometry)
 
 
-def _ensure_index(recipe: Any, settings: Any, geometry: dict[str, int]) -> tuple[Path, str]:
-    """Rank 0: make sure a fresh index exists; returns its folder and a note for the plan."""
+def build_index(data_txt: Path, settings: Any, geometry: dict[str, int], out_dir: Path, *, workers: int | None = None) -> Path:
+    """Build and write the sample index with the functions ``osctl data bucket`` uses; returns the Arrow file."""
+    from osctl.data.index import write_index
+
+    result = bucket_annotations(data_txt, settings, geometry, workers=workers, digests_from=out_dir)
+    return write_index(result, data_txt, out_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexCheck:
+    """Where the run's sample index lives and whether it must be (re)built from ``data_txt`` first.
+
+    ``rebuild`` is None for a fresh index, else why it is built: ``"missing"`` or the staleness reason.
+    """
+
+    folder: Path
+    data_txt: Path | None
+    rebuild: str | None
+
+    def note(self, done: bool = True) -> str:
+        """The plan's word on the index: up to date, built or rebuilt (``done=False``: would be, in a dry run)."""
+        if self.rebuild is None:
+            return "up to date"
+        if self.rebuild == "missing":
+            return f"built now from {self.data_txt}" if done else f"would be built from {self.data_txt}"
+        return f"rebuilt ({self.rebuild})" if done else f"would be rebuilt ({self.rebuild})"
+
+
+def check_index(recipe: Any, settings: Any) -> IndexCheck:
+    """The index's folder and freshness, read only; refuses what training would refuse.
+
+    A missing index without ``data.data``, and a stale one in an explicit ``data.index_dir``, are errors
+    naming the command that builds it.
+    """
     from osctl.data.index import INDEX_FILE, StaleIndexError, open_index
 
     data = recipe.data
@@ -243,8 +281,7 @@ def _ensure_index(recipe: Any, settings: Any, geometry: dict[str, int]) -> tuple
         if data_txt is None:
             raise ConfigError(f"no sample index in {folder} and data.data is not set; set data.data to your data.txt "
                               "(or data.index_dir to an index built with `osctl data bucket`).")
-        build_index(data_txt, settings, geometry, folder)
-        return folder, "built now from " + str(data_txt)
+        return IndexCheck(folder, data_txt, "missing")
     try:
         open_index(folder, data_txt=data_txt, settings=settings)
     except StaleIndexError as exc:
@@ -254,9 +291,17 @@ def _ensure_index(recipe: Any, settings: Any, geometry: dict[str, int]) -> tuple
                 f"rebuild it with `osctl data bucket {data_txt or 'DATA_TXT'} --recipe RECIPE --world-size {world} "
                 f"--out {folder}` (training checks it against {world} process(es)), or unset data.index_dir to let "
                 "training rebuild it under train.output_dir.")) from None
-        build_index(data_txt, settings, geometry, folder)
-        return folder, f"rebuilt ({exc.message.split(': ', 1)[-1].rstrip('.')})"
-    return folder, "up to date"
+        return IndexCheck(folder, data_txt, exc.message.split(": ", 1)[-1].rstrip("."))
+    return IndexCheck(folder, data_txt, None)
+
+
+def _ensure_index(recipe: Any, settings: Any, geometry: dict[str, int]) -> tuple[Path, str]:
+    """Rank 0: make sure a fresh index exists; returns its folder and a note for the plan."""
+    check = check_index(recipe, settings)
+    if check.rebuild is not None:
+        assert check.data_txt is not None  # check_index refuses a rebuild without data.data
+        build_index(check.data_txt, settings, geometry, check.folder)
+    return check.folder, check.note()
 
 
 def _agree(info: Any, payload: Any) -> Any:
@@ -349,8 +394,39 @@ def build_batch_source(checked: Any, registry: Any, info: Any, *, dp_rank: int, 
     recipe's text encoder's tokenizer.
     """
     recipe = checked.loaded.recipe
-    d, p, t = recipe.data, recipe.parallel, recipe.train
     index, settings, geometry, note = prepare_index(recipe, info)
+    plan = plan_stream(recipe, index, settings, geometry, note, dp_rank=dp_rank, dp_size=dp_size)
+    dataset = SampleDataset(index, plan.read, members=plan.sampler.members)
+    collate = Collate(tokenize or recipe_tokenizer(checked, registry), pad=plan.pad,
+                      global_batch=plan.sampler.global_batch)
+    source = IndexBatchSource(dataset, plan.sampler, collate, num_workers=recipe.data.num_workers,
+                              pin_memory=getattr(info.device, "type", "cpu") == "cuda",
+                              max_bad_fraction=plan.max_bad_fraction, timeout_s=plan.backstop_s)
+    return source, plan.summary
+
+
+@dataclasses.dataclass
+class StreamPlan:
+    """The batch schedule of one replica and the plan lines that describe it: everything but the reading."""
+
+    sampler: BucketBatchSampler
+    pad: PadSpec | None
+    read: ReadSettings
+    batch_size: int
+    max_bad_fraction: float
+    backstop_s: float  # the DataLoader's own timeout: far above every decode budget of one batch
+    summary: dict[str, str]
+
+
+def plan_stream(recipe: Any, index: Any, settings: Any, geometry: dict[str, int], note: str, *,
+                dp_rank: int, dp_size: int) -> StreamPlan:
+    """The sampler, padding and read settings over ``index`` and the plan lines (no file is read or written).
+
+    ``index`` is a :class:`~osctl.data.index.SampleIndex` or anything with its ``path``, ``buckets``,
+    ``bucket_ids()`` and ``len()`` (a dry run's index held in memory). Raises ``DataError`` when no full
+    batch can be formed.
+    """
+    d, p, t = recipe.data, recipe.parallel, recipe.train
     batch_size = stream_batch_size(t, p)
     pad = _pad_spec(recipe, index, geometry)
     leftover = str(_option(d, "leftover", "drop"))
@@ -369,12 +445,6 @@ def build_batch_source(checked: Any, registry: Any, info: Any, *, dp_rank: int, 
     max_bad = float(_option(d, "max_bad_fraction", DEFAULT_MAX_BAD_FRACTION))
     read = ReadSettings(frames=settings.frames, resolution=settings.resolution, captions=captions, seed=d.seed,
                         decode_timeout=timeout, max_retries=retries)
-    dataset = SampleDataset(index, read, members=sampler.members)
-    collate = Collate(tokenize or recipe_tokenizer(checked, registry), pad=pad, global_batch=sampler.global_batch)
-    backstop = max(600.0, 2 * timeout * (retries + 1) * batch_size)
-    source = IndexBatchSource(dataset, sampler, collate, num_workers=d.num_workers,
-                              pin_memory=getattr(info.device, "type", "cpu") == "cuda", max_bad_fraction=max_bad,
-                              timeout_s=backstop)
     summary = {
         "index": f"{index.path.parent} ({note}): {len(index)} samples in {len(index.buckets)} bucket(s)",
         "buckets": ", ".join(f"{b['key']} x{b['count']}" for b in index.buckets[:4]) + (" ..." if len(index.buckets) > 4 else ""),
@@ -391,4 +461,5 @@ def build_batch_source(checked: Any, registry: Any, info: Any, *, dp_rank: int, 
         "captions": f"cfg dropout {captions.cfg:g}, clean {'on' if captions.clean else 'off'}, aesthetic sentence at "
                     f">= {captions.aesthetic_high:g} / <= {captions.aesthetic_low:g}",
     }
-    return source, summary
+    backstop = max(600.0, 2 * timeout * (retries + 1) * batch_size)
+    return StreamPlan(sampler, pad, read, batch_size, max_bad, backstop, summary)

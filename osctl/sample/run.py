@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from osctl import __version__
+from osctl.availability import component_missing_weights, require_weights
 from osctl.build import (
     DTYPES,
     build_autoencoder,
@@ -66,7 +67,11 @@ def _identity(component: Any, path: str | None) -> dict[str, Any]:
 
 def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequest, *,
                  progress: Any = None) -> list[dict[str, Any]]:
-    """Sample every job assigned to this rank; returns the sidecar records this rank wrote."""
+    """Sample every job assigned to this rank; returns the sidecar records this rank wrote.
+
+    Without the weights the recipe names, refuses at once (one sentence, exit 2) before building anything.
+    """
+    require_weights(component_missing_weights(checked.components), what="sampling")
     quiet_libraries()
     recipe = checked.loaded.recipe
     cfg = recipe.sample

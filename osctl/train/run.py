@@ -34,6 +34,7 @@ from osctl.train.ema import EMA
 from osctl.train.loop import BatchSource, TrainParts, TrainResult, train
 from osctl.train.objective import build_objective
 from osctl.train.optim import build_lr_scheduler, build_optimizer
+from osctl.train.plan import frozen_lines, plan_training, require_training_weights, stop_step, validation_line
 from osctl.train.state import TrainState
 from osctl.train.tracking import open_trackers
 from osctl.train.weights import load_into
@@ -114,12 +115,16 @@ def memory_estimate_gb(trainable: int, total: int, use_ema: bool, strategy: str,
 def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> TrainResult | Plan:
     """Train as the recipe says; returns the plan alone with ``dry_run``.
 
+    The dry run plans from configurations alone (:func:`osctl.train.plan.plan_training`: components on
+    the meta device, data bucketed in memory, nothing written, no weights needed). A real run first
+    refuses to start without the weights the recipe names, before building anything.
     Rank 0 opens the trackers (``logs/metrics.jsonl`` and ``train.trackers``) before the first step and
     closes them however the loop ends: finished, failed, or stopped by a signal.
     """
-    parts = setup_training(checked, registry, options)
     if options.dry_run:
-        return parts.plan
+        return plan_training(checked, registry, options)
+    require_training_weights(checked)
+    parts = setup_training(checked, registry, options)
     if parts.dist.is_main:
         parts.output_dir.mkdir(parents=True, exist_ok=True)
         (parts.output_dir / "plan.json").write_text(json.dumps(parts.plan.as_dict(), indent=2))
@@ -157,12 +162,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         source, data_summary = build_batch_source(checked, registry, info, dp_rank=groups.dp_rank,
                                                   dp_size=groups.dp_size)
     steps_per_epoch = getattr(source, "steps_per_epoch", None)
-    if train_cfg.max_steps is not None:
-        max_steps = train_cfg.max_steps
-    elif train_cfg.num_epochs is not None and steps_per_epoch:
-        max_steps = train_cfg.num_epochs * steps_per_epoch // train_cfg.gradient_accumulation_steps
-    else:
-        raise ConfigError("train.max_steps or train.num_epochs must be set to know when to stop.")
+    max_steps = stop_step(train_cfg, steps_per_epoch)
 
     # 2. frozen components and the model
     precision = DTYPES[train_cfg.mixed_precision]
@@ -217,10 +217,11 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
 
         validate = Validator(checked, registry, strategy=strategy, ema=ema, autoencoder=ae,
                              text_encoder=text_encoder, info=info, output_dir=output_dir)
-        plan.add("validation", f"{len(train_cfg.validation_prompts)} prompts every {train_cfg.validation_steps} "
-                 f"steps -> {output_dir / 'validation'}")
-    elif train_cfg.validation_steps:
-        plan.add("note", "train.validation_steps is set but train.validation_prompts is empty: no validation")
+    line = validation_line(train_cfg, output_dir)
+    if line is not None:
+        plan.add(*line)
+    for key, value in frozen_lines(recipe, text_encoder, ae)[0]:
+        plan.add(key, value)
     return TrainParts(
         recipe=recipe, dist=info, strategy=strategy, objective=build_objective(recipe.diffusion), autoencoder=ae,
         text_encoder=text_encoder, data=source, state=state, output_dir=output_dir, max_steps=max_steps, ema=ema,

@@ -54,6 +54,13 @@ class LLMRefinerConfig(ComponentConfig):
         False, description="also wrap the refined prompt in the reference positive template (refine + template)"
     )
 
+    def missing_weights(self) -> list[Any]:
+        """The LM when its weights are not on this machine (sampling refuses to start without them)."""
+        from osctl_builtin.text_encoders.t5 import missing_pretrained
+
+        missing = missing_pretrained(self.path, "refiner.path", kind="chat causal LM")
+        return [missing] if missing is not None else []
+
 
 class LLMRefiner:
     """Rewrites each prompt with a chat LM: system + instruction, greedy, continuation only, stripped."""

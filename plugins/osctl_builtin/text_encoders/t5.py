@@ -5,9 +5,16 @@ the tokenizer pads to ``max_length``, truncates, appends ``</s>`` and returns an
 encoder's last hidden state, computed with that mask, is the text condition (reference §1.4, §6.4).
 :class:`T5TextEncoder` does exactly that and follows ``osctl.protocols.TextEncoder``.
 
-Loading goes through ``transformers``' ``from_pretrained``; with ``HF_HUB_OFFLINE`` (or
-``TRANSFORMERS_OFFLINE``) set only local files are used, and a model that is not available raises
-``osctl.ConfigError`` naming the id and the fix instead of a traceback or a hang.
+Loading goes through ``transformers``' ``from_pretrained``. osctl runs offline unless asked
+(``osctl --online``; see :mod:`osctl.hub`): a hub id that is not in the local Hugging Face cache raises
+``osctl.ConfigError`` at once, naming the cache folder searched and the download command, before
+transformers is even imported — no retries, no hang. ``T5Config.missing_weights()`` makes the same
+check for plans and for the commands that refuse to start without weights.
+
+With ``meta=True`` (a plan) the factories build the encoder on the meta device from its configuration
+alone — a local ``config.json``, the cached one, or the released configuration shipped in
+:mod:`~osctl_builtin.text_encoders.presets` — with no tokenizer and no weights, so its parameters can be
+counted without downloading 20 GB.
 
 ``tiny_t5`` builds a deterministic tiny mT5 encoder from a seed, with a ``ByT5Tokenizer`` (which needs
 no vocabulary file) or, given a ``vocabulary`` list, a word-level tokenizer over those words; it saves
@@ -22,35 +29,38 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from osctl import ConfigError
+from osctl.availability import MissingWeights
+from osctl.hub import cached_snapshot, hub_offline, missing_from_cache
 from osctl.registry import ComponentConfig
 from osctl.utils.dtypes import torch_dtype
+from osctl_builtin.text_encoders.presets import released_config
 
 if TYPE_CHECKING:
     import torch
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
-#: Hidden sizes of well-known encoders, so recipes can be checked without loading 50 GB.
+#: Hidden sizes of well-known encoders whose full configuration is not shipped (those in
+#: ``presets.RELEASED_CONFIGS`` give theirs), so recipes can be checked without loading 50 GB.
 KNOWN_HIDDEN_SIZES: dict[str, int] = {
-    "google/mt5-xxl": 4096,
     "google/mt5-xl": 2048,
     "google/mt5-large": 1024,
     "google/mt5-base": 768,
     "google/mt5-small": 512,
     "DeepFloyd/t5-v1_1-xxl": 4096,
     "google/t5-v1_1-xxl": 4096,
-    "google/umt5-xxl": 4096,
 }
 
 _ENCODER_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
-_TRUE = {"1", "true", "yes", "on"}
+#: files of which one must be present for a folder to hold weights (transformers' names, sharded or not)
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,7 +84,14 @@ class T5Config(ComponentConfig):
 
     def hidden_size(self) -> int | None:
         """The encoder's output width when it can be known without loading weights (for recipe checks)."""
-        return _peek_hidden_size(self.name_or_path)
+        return _peek_hidden_size(self.name_or_path, self.cache_dir)
+
+    def missing_weights(self) -> list[MissingWeights]:
+        """The configured encoders whose weights are not on this machine (file-system checks only)."""
+        missing = [missing_pretrained(self.name_or_path, "text_encoder.name_or_path", self.cache_dir)]
+        if self.name_or_path_2:
+            missing.append(missing_pretrained(self.name_or_path_2, "text_encoder.name_or_path_2", self.cache_dir))
+        return [item for item in missing if item is not None]
 
 
 class TinyT5Config(ComponentConfig):
@@ -135,6 +152,7 @@ class T5TextEncoder:
 
     def __init__(self, model: Any, tokenizer: Any, *, max_length: int, source: str,
                  text_encoder_2: T5TextEncoder | None = None) -> None:
+        # ``tokenizer`` is None for an encoder built on the meta device for a plan (shapes only)
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
@@ -152,6 +170,12 @@ class T5TextEncoder:
     def dtype(self) -> torch.dtype:
         """The dtype of the encoder's weights (and of its outputs)."""
         return next(self.model.parameters()).dtype
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        """The parameters of the encoder and of the second one, if any (a plan counts them)."""
+        yield from self.model.parameters()
+        if self.text_encoder_2 is not None:
+            yield from self.text_encoder_2.parameters()
 
     def to(self, device: Any = None, dtype: Any = None) -> T5TextEncoder:
         """Move (and optionally cast) the encoder, and the second one if any; returns ``self``."""
@@ -205,7 +229,7 @@ class T5TextEncoder:
 
 def offline_mode() -> bool:
     """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` asks for local files only."""
-    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return hub_offline()
 
 
 def _looks_like_path(name: str) -> bool:
@@ -213,10 +237,12 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
 
 
-def resolve_pretrained(name_or_path: str, *, key: str) -> tuple[str, bool]:
+def resolve_pretrained(name_or_path: str, *, key: str, cache_dir: str | None = None) -> tuple[str, bool]:
     """``(source, local_files_only)`` for ``from_pretrained``; a missing local folder is a ``ConfigError``.
 
-    ``key`` is the recipe key the value came from, used in the message.
+    Offline, a hub id that is not in the local cache (``cache_dir``, else the default hub cache) is a
+    ``ConfigError`` at once, naming the cache folder searched and the download command. ``key`` is the
+    recipe key the value came from, used in the messages.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -226,7 +252,56 @@ def resolve_pretrained(name_or_path: str, *, key: str) -> tuple[str, bool]:
             f"{key}: {name_or_path!r} is not a folder; point {key} to a folder holding config.json and the "
             "weights, or to a Hugging Face id."
         )
-    return name_or_path, offline_mode()
+    offline = offline_mode()
+    if offline and cached_snapshot(name_or_path, cache_dir) is None:
+        raise ConfigError(missing_from_cache(key, name_or_path, cache_dir).describe() + ".",
+                          hint=f"if the model is elsewhere on this machine, set {key} to its folder.")
+    return name_or_path, offline
+
+
+def _has_weights(folder: Path) -> bool:
+    """True when ``folder`` holds a transformers weights file (sharded or not)."""
+    return any(next(folder.glob(pattern), None) is not None for pattern in _WEIGHT_PATTERNS)
+
+
+def missing_pretrained(name_or_path: str, key: str, cache_dir: str | None = None, *,
+                       kind: str = "T5-family model") -> MissingWeights | None:
+    """What is missing for the transformers model ``name_or_path`` (recipe key ``key``), or None when it can be
+    loaded. A hub id counts as missing only offline (online, transformers downloads it at run time)."""
+    path = Path(name_or_path).expanduser()
+    fetch = f"save a {kind} there with save_pretrained (config.json, weights, tokenizer), or name a hub id"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return MissingWeights(key, f"the folder {name_or_path!r} has no config.json", str(path), fetch)
+        if not _has_weights(path):
+            return MissingWeights(key, f"the folder {name_or_path!r} holds no weights", str(path), fetch)
+        return None
+    if _looks_like_path(name_or_path) or path.exists():
+        return MissingWeights(key, f"{name_or_path!r} is not a folder", str(path), fetch)
+    if not offline_mode():
+        return None
+    snapshot = cached_snapshot(name_or_path, cache_dir)
+    if snapshot is not None and _has_weights(snapshot):
+        return None
+    return missing_from_cache(key, name_or_path, cache_dir, partial=snapshot is not None)
+
+
+def plan_config(name_or_path: str, cache_dir: str | None = None) -> dict[str, Any] | None:
+    """The ``config.json`` values of an encoder without its weights: the local folder's, the cached
+    snapshot's, else the released configuration shipped with osctl; None when none is known."""
+    path = Path(name_or_path).expanduser()
+    candidates = [path] if path.is_dir() or _looks_like_path(name_or_path) else []
+    if not candidates:
+        snapshot = cached_snapshot(name_or_path, cache_dir)
+        candidates = [snapshot] if snapshot is not None else []
+    for folder in candidates:
+        try:
+            data = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return None if _looks_like_path(name_or_path) else released_config(name_or_path)
 
 
 def unavailable(name_or_path: str, *, key: str, local_only: bool, exc: BaseException) -> ConfigError:
@@ -266,9 +341,9 @@ def load_t5_encoder(name_or_path: str, *, max_length: int, dtype: Any = None, de
     ``AutoModelForTextEncoding``), rather than the reference's "path contains mt5" test. Weights that
     are not available raise ``ConfigError`` naming ``key``.
     """
-    import transformers
+    source, local_only = resolve_pretrained(name_or_path, key=key, cache_dir=cache_dir)
+    import transformers  # after the offline check: a missing model costs no import
 
-    source, local_only = resolve_pretrained(name_or_path, key=key)
     common: dict[str, Any] = {"local_files_only": local_only}
     if cache_dir is not None:
         common["cache_dir"] = cache_dir
@@ -295,10 +370,47 @@ def load_t5_encoder(name_or_path: str, *, max_length: int, dtype: Any = None, de
     return T5TextEncoder(model, tokenizer, max_length=max_length, source=source)
 
 
+def meta_t5_encoder(values: dict[str, Any], *, max_length: int, dtype: Any, source: str) -> T5TextEncoder:
+    """An encoder built on the meta device from ``config.json`` values: shapes only, no tokenizer, no memory."""
+    import torch
+    import transformers
+
+    fields = {k: v for k, v in values.items() if not k.startswith("_") and k not in ("architectures",)}
+    model_type = str(fields.pop("model_type", "t5"))
+    fields.update(is_encoder_decoder=False, use_cache=False)
+    config = transformers.AutoConfig.for_model(model_type, **fields)
+    cls = getattr(transformers, _ENCODER_CLASSES.get(model_type, "AutoModelForTextEncoding"))
+    with torch.device("meta"):
+        model = cls(config) if cls is not transformers.AutoModelForTextEncoding else cls.from_config(config)
+    model.to(dtype=dtype)
+    model.requires_grad_(False)
+    return T5TextEncoder(model, None, max_length=max_length, source=source)
+
+
+def _plan_encoder(name_or_path: str, *, key: str, max_length: int, dtype: Any, cache_dir: str | None) -> T5TextEncoder:
+    """The encoder ``name_or_path`` on the meta device; ``ConfigError`` when its configuration is unknown."""
+    values = plan_config(name_or_path, cache_dir)
+    if values is None:
+        raise ConfigError(f"{key}: no configuration is known for {name_or_path!r} without its files; put the model "
+                          "there (or name a hub id osctl ships the configuration of, e.g. google/mt5-xxl).")
+    return meta_t5_encoder(values, max_length=max_length, dtype=dtype, source=name_or_path)
+
+
 def build_t5(config: T5Config, **runtime: Any) -> T5TextEncoder:
-    """Factory of ``t5``: the configured encoder (and the optional second one), frozen, on ``device``."""
+    """Factory of ``t5``: the configured encoder (and the optional second one), frozen, on ``device``.
+
+    ``meta=True`` builds both on the meta device from their configurations alone (see :func:`plan_config`).
+    """
     dtype = _pick_dtype(config.dtype, runtime.get("dtype"))
     device = runtime.get("device")
+    if runtime.get("meta"):
+        encoder = _plan_encoder(config.name_or_path, key="text_encoder.name_or_path", max_length=config.max_length,
+                                dtype=dtype, cache_dir=config.cache_dir)
+        if config.name_or_path_2:
+            encoder.text_encoder_2 = _plan_encoder(config.name_or_path_2, key="text_encoder.name_or_path_2",
+                                                   max_length=config.max_length, dtype=dtype,
+                                                   cache_dir=config.cache_dir)
+        return encoder
     encoder = load_t5_encoder(config.name_or_path, max_length=config.max_length, dtype=dtype, device=device,
                               cache_dir=config.cache_dir, key="text_encoder.name_or_path")
     if config.name_or_path_2:
@@ -309,14 +421,10 @@ def build_t5(config: T5Config, **runtime: Any) -> T5TextEncoder:
     return encoder
 
 
-def _peek_hidden_size(name_or_path: str) -> int | None:
-    """``d_model`` from a local ``config.json`` or the table of known ids; None when unknown."""
-    config_file = Path(name_or_path).expanduser() / "config.json"
-    if config_file.is_file():
-        try:
-            data = json.loads(config_file.read_text())
-        except (OSError, ValueError):
-            return None
+def _peek_hidden_size(name_or_path: str, cache_dir: str | None = None) -> int | None:
+    """``d_model`` from the encoder's configuration (:func:`plan_config`) or the table of known ids; None when unknown."""
+    data = plan_config(name_or_path, cache_dir)
+    if data is not None:
         value = data.get("d_model", data.get("hidden_size"))
         return int(value) if isinstance(value, int) else None
     return KNOWN_HIDDEN_SIZES.get(name_or_path)
@@ -433,6 +541,11 @@ def tiny_t5_settings(*, seed: int, d_model: int, num_layers: int = 2, num_heads:
     }
 
 
+def mt5_config_fields(settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``MT5Config`` arguments of a tiny mT5 description (:func:`tiny_t5_settings` less osctl's own keys)."""
+    return {k: v for k, v in settings.items() if k not in ("format", "seed", "vocabulary")}
+
+
 def build_tiny_t5(folder: str | os.PathLike[str], *, seed: int = 0, d_model: int = 32, num_layers: int = 2,
                   num_heads: int = 4, vocabulary: Sequence[str] | None = None) -> Path:
     """Write a deterministic random tiny mT5 encoder and its tokenizer into ``folder``.
@@ -456,8 +569,7 @@ def build_tiny_t5(folder: str | os.PathLike[str], *, seed: int = 0, d_model: int
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        fields = {k: v for k, v in settings.items() if k not in ("format", "seed", "vocabulary")}
-        config = transformers.MT5Config(**fields, is_encoder_decoder=False, use_cache=False,
+        config = transformers.MT5Config(**mt5_config_fields(settings), is_encoder_decoder=False, use_cache=False,
                                         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
         model = transformers.MT5EncoderModel(config)
         fill_parameters_deterministically(model, seed)
@@ -502,7 +614,15 @@ def tiny_t5_folder(config: TinyT5Config) -> Path:
 
 
 def build_tiny_t5_encoder(config: TinyT5Config, **runtime: Any) -> T5TextEncoder:
-    """Factory of ``tiny_t5``: build (once, cached) and load through the same path as ``t5``."""
+    """Factory of ``tiny_t5``: build (once, cached) and load through the same path as ``t5``.
+
+    ``meta=True`` builds the same shapes on the meta device and writes nothing (no cache folder).
+    """
+    if runtime.get("meta"):
+        settings = tiny_t5_settings(seed=config.seed, d_model=config.d_model, num_layers=config.num_layers,
+                                    num_heads=config.num_heads, vocabulary=config.vocabulary)
+        return meta_t5_encoder({**mt5_config_fields(settings), "model_type": "mt5"}, max_length=config.max_length,
+                               dtype=_pick_dtype(config.dtype, runtime.get("dtype")), source="tiny_t5")
     folder = build_tiny_t5(tiny_t5_folder(config), seed=config.seed, d_model=config.d_model,
                            num_layers=config.num_layers, num_heads=config.num_heads, vocabulary=config.vocabulary)
     return load_t5_encoder(str(folder), max_length=config.max_length,

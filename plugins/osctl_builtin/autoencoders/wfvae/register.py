@@ -1,21 +1,33 @@
 """Registers ``wfvae`` (alias ``WFVAEModel_D8_4x8x8``), Open-Sora-Plan v1.3's WF-VAE, as an autoencoder.
 
 Kept light: torch and diffusers are imported only when the factory runs, so every ``osctl`` command
-(and recipe validation, which reads the strides from the config) stays fast.
+(and recipe validation, which reads the strides from the config) stays fast. ``missing_weights()``
+tells plans and the commands that need the weights whether ``path`` holds them (file-system checks
+only); with ``meta=True`` the factory builds the VAE on the meta device from the folder's
+``config.json`` or, without it, the released D8 4x8x8 configuration.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 import osctl
+from osctl.availability import MissingWeights
 from osctl.registry import ComponentConfig
 
 LATENT_CHANNELS = 8
 TEMPORAL_STRIDE = 4
 SPATIAL_STRIDE = 8
+#: weight files of a diffusers VAE folder (a folder with a training ``*.ckpt`` also loads)
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+#: how to get the released VAE (also the hint of every "autoencoder.path" error)
+FETCH_HINT = ("download the Open-Sora-Plan v1.3 'vae' folder (config.json + diffusion_pytorch_model.safetensors: "
+              "`hf download LanguageBind/Open-Sora-Plan-v1.3.0 --include 'vae/*' --local-dir "
+              "ckpt/Open-Sora-Plan-v1.3.0`) and set autoencoder.path (--ae-path) to it, or use autoencoder.preset: "
+              "tiny for a random test VAE")
 
 
 class WFVAEConfig(ComponentConfig):
@@ -48,11 +60,35 @@ class WFVAEConfig(ComponentConfig):
         """Channels of the latents (8 for the D8 VAE)."""
         return LATENT_CHANNELS
 
+    def missing_weights(self) -> list[MissingWeights]:
+        """``path`` when it is unset or does not hold a VAE's config.json and weights (a preset needs none)."""
+        if self.preset:
+            return []
+        if not self.path:
+            return [MissingWeights("autoencoder.path", "not set (the WF-VAE needs its weights folder)", "",
+                                   FETCH_HINT)]
+        folder = Path(self.path).expanduser()
+        if not folder.is_dir():
+            detail = f"{self.path!r} does not exist" if not folder.exists() else f"{self.path!r} is not a folder"
+        elif not (folder / "config.json").is_file():
+            detail = f"{self.path!r} has no config.json"
+        elif not any((folder / name).is_file() for name in WEIGHT_FILES) and not any(folder.glob("*.ckpt")):
+            detail = f"{self.path!r} holds no weights (diffusion_pytorch_model.safetensors or a *.ckpt)"
+        else:
+            return []
+        return [MissingWeights("autoencoder.path", detail, str(folder), FETCH_HINT)]
 
-def build(config: WFVAEConfig, *, device: Any = None, dtype: Any = None, **_: Any) -> Any:
-    """Load (or, with ``preset``, randomly build) the WF-VAE behind the osctl ``Autoencoder`` protocol."""
+
+def build(config: WFVAEConfig, *, device: Any = None, dtype: Any = None, meta: bool = False, **_: Any) -> Any:
+    """Load (or, with ``preset``, randomly build) the WF-VAE behind the osctl ``Autoencoder`` protocol.
+
+    ``meta=True``: the same architecture on the meta device, from ``path``'s config.json when it is there,
+    else from the preset (``released`` when none is set); nothing is read but that file.
+    """
     from osctl_builtin.autoencoders.wfvae.wrapper import WFVAEAutoencoder
 
+    if meta:
+        return WFVAEAutoencoder.on_meta(config.path, config.preset or "released", dtype=dtype)
     if config.preset:
         ae = WFVAEAutoencoder.from_preset(config.preset, seed=config.seed, dtype=dtype, device=device)
     else:

@@ -23,6 +23,7 @@ from torch import nn
 from osctl.errors import ConfigError
 from osctl.utils.dtypes import torch_dtype
 from osctl_builtin.autoencoders.wfvae.model import WFVAEModel
+from osctl_builtin.autoencoders.wfvae.register import FETCH_HINT, WEIGHT_FILES
 
 # Constructor arguments of the presets that build randomly initialised weights (no files needed).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -36,7 +37,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                  norm_type="layernorm", t_interpolation="trilinear", connect_res_layer_num=2),
 }
 
-_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -95,6 +95,27 @@ class WFVAEAutoencoder(nn.Module):
         if dtype is not None:
             vae = vae.to(dtype)
         return cls._finish(vae.eval(), device)
+
+    @classmethod
+    def on_meta(cls, path: str | os.PathLike | None, preset: str, *,
+                dtype: torch.dtype | str | None = None) -> WFVAEAutoencoder:
+        """The VAE on the meta device (shapes only, nothing allocated) for a plan: ``path``'s config.json
+        when it is readable, else preset ``preset``'s architecture."""
+        arch: dict[str, Any] = dict(PRESETS.get(preset, PRESETS["released"]))
+        config_file = Path(path).expanduser() / "config.json" if path is not None else None
+        if config_file is not None and config_file.is_file():  # never a hub lookup: local files only
+            try:
+                loaded = json.loads(config_file.read_text())
+            except (OSError, ValueError):
+                loaded = None
+            if isinstance(loaded, dict):
+                arch = loaded
+        with torch.device("meta"):
+            vae = WFVAEModel.from_config(arch)
+            dtype = resolve_dtype(dtype)
+            if dtype is not None:
+                vae = vae.to(dtype)
+            return cls(vae).eval()
 
     @classmethod
     def _finish(cls, vae: WFVAEModel, device: torch.device | str | None) -> WFVAEAutoencoder:
@@ -174,8 +195,7 @@ class WFVAEAutoencoder(nn.Module):
 
 def check_vae_folder(path: str | os.PathLike | None) -> Path:
     """The VAE folder, or a ``ConfigError`` naming the missing/wrong file with a hint."""
-    hint = ("download the Open-Sora-Plan v1.3 'vae' folder (config.json + diffusion_pytorch_model.safetensors) "
-            "and set autoencoder.path (--ae_path) to it, or use autoencoder.preset: tiny for a random test VAE.")
+    hint = FETCH_HINT + "."
     if path is None or str(path).strip() == "":
         raise ConfigError("autoencoder.path is not set; the WF-VAE needs its weights folder.", hint=hint)
     folder = Path(path).expanduser()
@@ -195,7 +215,7 @@ def check_vae_folder(path: str | os.PathLike | None) -> Path:
         raise ConfigError(
             f"autoencoder.path: {config_file} describes a {class_name}, not a WFVAEModel; "
             "point it at the VAE folder, not the transformer's.", hint=hint)
-    if not any((folder / name).is_file() for name in _WEIGHT_FILES) and not list(folder.glob("*.ckpt")):
+    if not any((folder / name).is_file() for name in WEIGHT_FILES) and not list(folder.glob("*.ckpt")):
         raise ConfigError(
             f"autoencoder.path: no weights in {folder} (expected diffusion_pytorch_model.safetensors or a *.ckpt).",
             hint=hint)

@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 import osctl
+from osctl.availability import MissingWeights
 from osctl.registry import ComponentConfig
 from osctl_builtin.models.osp_v13.presets import (
     PRESET_SUMMARIES,
@@ -36,6 +37,10 @@ SHAPE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "captio
               "out_channels", "patch_size", "patch_size_t", "abs_pos_embed", "abs_pos_max_size")
 #: shape keys a released config.json leaves out because v1.3 has no such part (absent means unset)
 OPTIONAL_SHAPE_KEYS = ("abs_pos_embed", "abs_pos_max_size")
+#: how to get the released transformer (the recipes expect it under ckpt/Open-Sora-Plan-v1.3.0/)
+FETCH_HINT = ("put an OpenSoraT2V_v1_3 diffusers folder there (the released one: `hf download "
+              "LanguageBind/Open-Sora-Plan-v1.3.0 --include 'any93x640x640/*' --local-dir ckpt/Open-Sora-Plan-v1.3.0`), "
+              "or drop model.path to start from the preset")
 #: keys that only change the computation: with ``path`` set an explicit value overrides config.json
 RUNTIME_KEYS = ("sparse1d", "sparse_n", "sparse_blocks", "interpolation_scale_t", "interpolation_scale_h",
                 "interpolation_scale_w", "rope")
@@ -129,6 +134,32 @@ class OSPv13Config(ComponentConfig):
             arch = {k: v for k, v in folder.items() if not k.startswith("_")}
             arch.update(self.overrides(RUNTIME_KEYS))
             return arch
+        return self._preset_architecture()
+
+    def plan_architecture(self) -> dict[str, Any]:
+        """The architecture a plan builds on the meta device: :meth:`architecture`, except that a ``path``
+        without its config.json yet (weights not downloaded) plans with the preset (2B/122 by default, the
+        released model) and its overrides, so a plan never needs the files."""
+        if self.path is not None and not (Path(self.path).expanduser() / "config.json").is_file():
+            return self._preset_architecture()
+        return self.architecture()
+
+    def missing_weights(self) -> list[MissingWeights]:
+        """``path`` when it does not hold a config.json and weights (a preset builds fresh weights)."""
+        if self.path is None:
+            return []
+        folder = Path(self.path).expanduser()
+        if not folder.is_dir():
+            detail = f"{self.path!r} does not exist" if not folder.exists() else f"{self.path!r} is not a folder"
+        elif not (folder / "config.json").is_file():
+            detail = f"{self.path!r} has no config.json"
+        elif not _has_weights(self.path):
+            detail = f"{self.path!r} has a config.json but no diffusion_pytorch_model weights"
+        else:
+            return []
+        return [MissingWeights("model.path", detail, str(folder), FETCH_HINT)]
+
+    def _preset_architecture(self) -> dict[str, Any]:
         arch = preset_config(self.preset)
         overrides = self.overrides()
         if "num_layers" in overrides and "sparse_blocks" not in overrides and arch.get("sparse_blocks"):
@@ -181,12 +212,14 @@ def _has_weights(path: str) -> bool:
 
 
 def build_model(config: OSPv13Config, *, device: Any = None, dtype: Any = None, meta: bool = False, **_: Any) -> Any:
-    """Build the transformer: load ``config.path`` or make a fresh ``config.preset`` (meta: shapes only)."""
+    """Build the transformer: load ``config.path`` or make a fresh ``config.preset`` (meta: shapes only, from
+    the folder's config.json or, before it is downloaded, the preset: see ``plan_architecture``)."""
     import torch
 
     from osctl_builtin.models.osp_v13.transformer import OpenSoraT2V_v1_3
 
-    arch = config.architecture()  # validates the folder (ConfigError) before torch work starts
+    # validates the folder (ConfigError) before torch work starts
+    arch = config.plan_architecture() if meta else config.architecture()
     try:
         if config.path is not None and not meta:
             if not _has_weights(config.path):

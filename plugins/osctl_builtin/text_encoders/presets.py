@@ -1,0 +1,46 @@
+"""The released configurations of the text encoders osctl's recipes name, shipped so a plan needs no download.
+
+``osctl train --dry-run`` counts the encoder's parameters on the meta device from these values when the
+model is neither a local folder nor in the Hugging Face cache. They are the encoder-relevant keys of each
+model's ``config.json`` on the hub (``model_type`` picks the transformers class); the values below are
+those published with the models (google/mt5-xxl: mT5 paper and its t5x gin ``mt5/xxl.gin`` — d_model
+4096, 64 heads of 64, 24 layers, d_ff 10240 gated-GELU, vocabulary 250112; google/umt5-xxl: the same
+sizes with vocabulary 256384, the UniMax release). Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any
+
+_XXL: dict[str, Any] = {
+    "d_model": 4096,
+    "d_kv": 64,
+    "d_ff": 10240,
+    "num_heads": 64,
+    "num_layers": 24,
+    "num_decoder_layers": 24,
+    "feed_forward_proj": "gated-gelu",
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "layer_norm_epsilon": 1e-6,
+    "dropout_rate": 0.1,
+    "initializer_factor": 1.0,
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
+
+RELEASED_CONFIGS: dict[str, dict[str, Any]] = {
+    # the reference's --text_encoder_name_1 (Open-Sora-Plan v1.3)
+    "google/mt5-xxl": {**_XXL, "model_type": "mt5", "vocab_size": 250112},
+    # UniMax mT5 (a relative position bias in every layer instead of the first only)
+    "google/umt5-xxl": {**_XXL, "model_type": "umt5", "vocab_size": 256384},
+}
+
+
+def released_config(repo_id: str) -> dict[str, Any] | None:
+    """A fresh copy of the shipped ``config.json`` values of hub model ``repo_id``, or None when not shipped."""
+    config = RELEASED_CONFIGS.get(repo_id)
+    return deepcopy(config) if config is not None else None
