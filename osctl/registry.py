@@ -135,15 +135,26 @@ class Registry:
         A module listed in the spec's ``metadata["requires"]`` that cannot be found is a ``ConfigError``
         naming the install command, so a missing optional dependency stops a run before it starts.
         """
+        entry = self.check_requirements(kind, name, where=where)
+        try:
+            return entry.spec.config.model_validate(options)
+        except ValidationError as exc:
+            problems = validation_problems(exc, prefix=where, model=entry.spec.config)
+            raise ConfigError(_joined(problems), problems=problems) from None
+
+    def check_requirements(self, kind: str, name: str, *, where: str) -> Registered:
+        """The component ``name`` of ``kind``, after checking the modules its ``metadata["requires"]`` lists.
+
+        A missing module is a ``ConfigError`` naming ``where`` (the recipe key that chose the component)
+        and the install command the plugin gave, so a recipe selecting, say, ``parallel.strategy:
+        deepspeed`` without deepspeed installed fails when it is checked, not in the middle of a run.
+        """
         entry = self.get(kind, name)
         for module, install in dict(entry.spec.metadata.get("requires", {})).items():
             if not module_available(module):
                 raise ConfigError(f"{where}: the {kind} {name!r} needs the Python package {module!r}, which is not "
                                   f"installed; install it with `{install}`.")
-        try:
-            return entry.spec.config.model_validate(options)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, prefix=where, model=entry.spec.config)) from None
+        return entry
 
     def build(self, kind: str, name: str, config: BaseModel | dict[str, Any] | None = None, **runtime: Any) -> Any:
         """Build component ``name`` of ``kind`` from its config and runtime arguments."""
@@ -163,19 +174,29 @@ def module_available(name: str) -> bool:
 
 def format_validation_error(exc: ValidationError, *, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     """One line per pydantic error, as ``dotted.key: message`` with a did-you-mean for unknown keys."""
-    lines = []
+    return _joined(validation_problems(exc, prefix=prefix, model=model))
+
+
+def _joined(problems: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{key}: {text}" for key, text in problems)
+
+
+def validation_problems(exc: ValidationError, *, prefix: str = "",
+                        model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+    """``(dotted.key, message)`` per pydantic error, with a did-you-mean for unknown keys."""
+    problems = []
     for err in exc.errors():
         path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(model, err["loc"][:-1]) if model is not None else []
             close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else (f"; known keys: {', '.join(allowed)}" if allowed else "")
-            lines.append(f"{path}: unknown key{hint}")
+            problems.append((path, f"unknown key{hint}"))
         else:
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            lines.append(f"{path}: {err['msg']}{shown}")
-    return "; ".join(lines)
+            problems.append((path, f"{err['msg']}{shown}"))
+    return problems
 
 
 def _fields_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:

@@ -1,7 +1,9 @@
 """The ``osctl`` command line: composes one Typer app per command group and maps errors to exit codes.
 
-Exit codes: 0 success; 1 the command ran and found a problem (invalid data, failed check); 2 usage or
-configuration error. Errors print one sentence (and a hint) without a traceback unless ``--debug``.
+Exit codes: 0 success; 1 the command ran and found a problem (invalid data, failed check, a disk that
+could not store the output); 2 usage or configuration error (including an output folder that cannot be
+written). Errors print one plain-text sentence (and a hint) without a traceback unless ``--debug``; in a
+multi-process run each rank prints its own, prefixed ``rank R:``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from osctl.cli import sample as sample_cli
 from osctl.cli import synth as synth_cli
 from osctl.cli import train as train_cli
 from osctl.cli._output import debug_enabled, error
-from osctl.errors import OsctlError
+from osctl.errors import OsctlError, io_error
 from osctl.hub import apply_network_policy
 
 
@@ -45,6 +47,11 @@ class OsctlGroup(TyperGroup):
         except Exception as exc:
             if debug_enabled() or type(exc).__module__.startswith(("click", "typer")):
                 raise
+            # a disk that is full or read-only where no write path named its folder: still one sentence
+            known = io_error(exc) if isinstance(exc, OSError) else None
+            if known is not None:
+                error(known.message, known.hint)
+                raise typer.Exit(known.exit_code) from None
             error(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug for the traceback.")
             raise typer.Exit(1) from None
 

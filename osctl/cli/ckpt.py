@@ -167,7 +167,7 @@ def _render_inspect(report: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console.print(f"[bold]{escape(report['path'])}[/]  {report['description']}  "
+    console.print(f"[bold]{escape(report['path'])}[/]  {escape(report['description'])}  "
                   f"({report['file_count']} file(s), {_size(report['size_bytes'])} on disk)")
     table = Table.grid(padding=(0, 2))
     table.add_column(style="cyan", no_wrap=True)
@@ -175,7 +175,7 @@ def _render_inspect(report: dict[str, Any]) -> None:
     arch = report.get("architecture")
     if arch:
         loads = arch.get("loads_with")
-        how = (f" — loads with {loads['kind']} [bold]{loads['name']}[/] ({escape(loads['provider'])})" if loads
+        how = (f" — loads with {loads['kind']} [bold]{escape(loads['name'])}[/] ({escape(loads['provider'])})" if loads
                else " — no installed osctl plugin declares this class")
         guessed = " (guessed from tensor names)" if arch.get("source") == "tensor names" else ""
         table.add_row("architecture", f"{escape(str(arch.get('class_name')))}{guessed}{how}")
@@ -188,7 +188,7 @@ def _render_inspect(report: dict[str, Any]) -> None:
         if arch.get("warning"):
             table.add_row("", f"[yellow]{escape(arch['warning'])}[/]")
         for kind, section in (arch.get("recipe_section") or {}).items():
-            table.add_row("", f"recipe: {kind}: {{name: {section['name']}, path: {escape(section['path'])}}}")
+            table.add_row("", escape(f"recipe: {kind}: {{name: {section['name']}, path: {section['path']}}}"))
     weights = report.get("weights")
     if weights:
         table.add_row("weights", escape(_weights_line(weights)))

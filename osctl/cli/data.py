@@ -25,7 +25,7 @@ import typer
 from rich.table import Table
 
 from osctl.cli._options import JsonOpt, RecipeOpt, SetOpt
-from osctl.cli._output import console, print_json, warn
+from osctl.cli._output import console, escape, print_json, warn
 from osctl.errors import DataError, OsctlError, UsageError
 
 app = typer.Typer(help="Check annotation files and build the sample index.", no_args_is_help=True)
@@ -113,7 +113,7 @@ def validate(
     else:
         files = len(report.files)
         console.print(f"Checked {files} annotation file{'s' if files != 1 else ''} with {report.n_records} records "
-                      f"listed in {data_txt}{' (media probed)' if probe else ''}.")
+                      f"listed in {escape(data_txt)}{' (media probed)' if probe else ''}.")
         table = Table(show_lines=False, header_style="bold")
         table.add_column("check")
         table.add_column("severity")
@@ -128,7 +128,7 @@ def validate(
                 continue
             severity = "/".join(s for s in ("error", "warning") if s in found)
             colour = "red" if "error" in found else "yellow"
-            examples = "\n".join(f.short() for f in report.examples(check.code, EXAMPLES_PER_CHECK))
+            examples = "\n".join(escape(f.short()) for f in report.examples(check.code, EXAMPLES_PER_CHECK))
             if total > EXAMPLES_PER_CHECK:
                 examples += f"\n... and {total - EXAMPLES_PER_CHECK} more"
             table.add_row(f"[{colour}]{check.code}[/]", f"[{colour}]{severity}[/]", f"[{colour}]{total}[/]", examples)
@@ -300,7 +300,8 @@ def bucket(
     reasons = result.reason_counts()
     invalid = reasons.get(Reason.INVALID_RECORD.code, 0)
     if invalid and not as_json:
-        warn(f"{invalid} record(s) have fields of the wrong type and were dropped; run `osctl data validate {data_txt}`.")
+        warn(f"{invalid} record(s) have fields of the wrong type or implausible values and were dropped; "
+             f"run `osctl data validate {data_txt}`.")
     batch = settings.batch
     threshold = settings.minority_threshold
     minority_records = reasons.get(Reason.MINORITY_BUCKET.code, 0)
@@ -354,7 +355,7 @@ def bucket(
                   f" // sp {batch.sp_size} x {batch.train_sp_batch_size}), counted {accounting}; "
                   f"samples lost to rounding: {result.samples_lost}.")
     if report is not None:
-        console.print(f"report: {report}")
+        console.print(f"report: {escape(report)}")
     if plot is not None:
-        console.print(f"plot: {plot}")
-    console.print(f"[green]index written[/] to {index_path}")
+        console.print(f"plot: {escape(plot)}")
+    console.print(f"[green]index written[/] to {escape(index_path)}")

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from osctl.cli._options import JsonOpt, RecipeArg, SetOpt
-from osctl.cli._output import console, print_json, warn
+from osctl.cli._output import console, escape, print_json, warn
 
 app = typer.Typer(help="Show and validate YAML recipes.", no_args_is_help=True)
 
@@ -43,7 +43,7 @@ def show(recipe: RecipeArg, overrides: SetOpt = None, as_json: JsonOpt = False) 
     from rich.syntax import Syntax
 
     text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
-    console.print(f"# resolved from {', '.join(str(p) for p in checked.loaded.files)}")
+    console.print(f"# resolved from {', '.join(str(p) for p in checked.loaded.files)}", markup=False)
     console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
 
 
@@ -61,4 +61,4 @@ def validate(recipe: RecipeArg, overrides: SetOpt = None, as_json: JsonOpt = Fal
         return
     for message in checked.warnings:
         warn(message)
-    console.print(f"[green]ok[/] {recipe} is valid ({len(checked.loaded.files)} file(s))")
+    console.print(f"[green]ok[/] {escape(recipe)} is valid ({len(checked.loaded.files)} file(s))")

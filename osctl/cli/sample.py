@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from osctl.cli._options import SetOpt
-from osctl.cli._output import console, err_console, warn
+from osctl.cli._output import console, err_console, escape, warn
 from osctl.errors import UsageError
 
 Opt = typer.Option
@@ -107,13 +107,14 @@ def sample(
 
     from osctl.parallel.dist import shutdown
 
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(),  # a prompt is text, not markup TextColumn("{task.completed}/{task.total} steps"),
+    columns = (TextColumn("{task.description}", markup=False),  # the description holds the prompt
+               BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as progress:
         records = run_sampling(checked, registry, request, progress=progress)
     for record in records:
         if record["file"]:
-            console.print(f"wrote {Path(cfg.output_dir) / record['file']}  (seed {record['seed']})")
+            console.print(f"wrote {escape(Path(cfg.output_dir) / record['file'])}  (seed {record['seed']})")
     shutdown()
 
 

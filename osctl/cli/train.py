@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from osctl.cli._options import SetOpt
-from osctl.cli._output import console, err_console, print_json, warn
+from osctl.cli._output import console, err_console, escape, print_json, warn
 
 Opt = typer.Option
 
@@ -95,7 +95,7 @@ def train(
     last = outcome.checkpoints[-1] if outcome.checkpoints else None
     if _is_main():
         status = "stopped by signal at" if outcome.interrupted else "finished at"
-        console.print(f"{status} step {outcome.final_step}; last checkpoint: {last}")
+        console.print(f"{status} step {outcome.final_step}; last checkpoint: {escape(last)}")
     # several processes: leave the group and exit at once (gloo can abort during interpreter teardown)
     shutdown(0 if _world_size() > 1 else None)
 
@@ -203,7 +203,7 @@ def _print_plan(plan: Any) -> None:
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in plan.lines:
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))
     console.print(table)
 
 

@@ -83,7 +83,7 @@ class Reason(IntEnum):
 
 REASON_HELP: dict[Reason, str] = {
     Reason.KEPT: "kept",
-    Reason.INVALID_RECORD: "a field has the wrong type (see `osctl data validate`)",
+    Reason.INVALID_RECORD: "a field has the wrong type or an implausible value (see `osctl data validate`)",
     Reason.NO_PATH: "no `path`",
     Reason.UNKNOWN_EXTENSION: "extension is neither an image nor a video type",
     Reason.NO_CAPTION: "no caption, or an empty one",

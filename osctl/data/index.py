@@ -71,7 +71,7 @@ from osctl.data.annotations import LoadedAnnotation
 from osctl.data.bucket import BucketResult, BucketSettings, FileOutcome
 from osctl.data.checksum import FileDigest
 from osctl.data.datatxt import parse_data_txt
-from osctl.errors import DataError, UsageError
+from osctl.errors import DataError, UsageError, writing
 from osctl.utils.atomic import atomic_file, atomic_write_text
 
 INDEX_FILE = "samples.arrow"
@@ -328,6 +328,10 @@ def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None =
 def write_index(result: BucketResult, data_txt: Path, out_dir: Path) -> Path:
     """Write ``samples.arrow`` and ``index.json`` into ``out_dir`` atomically; return the Arrow file's path.
 
+    Both files are written under temporary names first and published together: ``index.json``, then
+    ``samples.arrow`` (the file readers open, so it appears last). A failed write (a full disk) leaves
+    the previous pair, or nothing, never a new ``samples.arrow`` without its ``index.json``; it is
+    reported as one sentence naming ``out_dir`` (:func:`osctl.errors.writing`).
     Refuses (``DataError``) when no sample survived, naming the largest drop reasons.
     """
     if result.n_kept == 0:
@@ -336,19 +340,21 @@ def write_index(result: BucketResult, data_txt: Path, out_dir: Path) -> Path:
         raise DataError(f"no sample survived the rules ({top}); nothing was written to {out_dir}.",
                         hint="run `osctl data bucket ... --report drops.jsonl` to see every record's reason.")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = index_table(result)
-    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    # The annotation digests may still be computed on a background thread: the columns are written
-    # with placeholder digests, and the metadata bytes rewritten once the digests are known.
-    draft = index_meta(result, data_txt, created=created, pending=True)
-    target = out_dir / INDEX_FILE
-    with atomic_file(target, root=out_dir, release_old_later=True) as tmp:
-        layout = ipc_file.write_table(tmp, table, _schema_metadata(draft))
-        meta = index_meta(result, data_txt, created=created)
-        if meta != draft:
-            ipc_file.rewrite_metadata(tmp, table, layout, _schema_metadata(meta))
-    atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(meta, indent=2, default=str) + "\n", root=out_dir)
+    with writing(out_dir, action="write the sample index to"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table = index_table(result)
+        created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        # The annotation digests may still be computed on a background thread: the columns are written
+        # with placeholder digests, and the metadata bytes rewritten once the digests are known.
+        draft = index_meta(result, data_txt, created=created, pending=True)
+        target = out_dir / INDEX_FILE
+        with atomic_file(target, root=out_dir, release_old_later=True) as tmp:
+            layout = ipc_file.write_table(tmp, table, _schema_metadata(draft))
+            meta = index_meta(result, data_txt, created=created)
+            if meta != draft:
+                ipc_file.rewrite_metadata(tmp, table, layout, _schema_metadata(meta))
+            # inside the Arrow file's block: index.json is published first, samples.arrow only after it
+            atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(meta, indent=2, default=str) + "\n", root=out_dir)
     return target
 
 

@@ -49,6 +49,30 @@ RECORD_FIELDS: tuple[str, ...] = (
 )
 SCORE_FIELDS: tuple[str, ...] = ("aesthetic", "aes", "tech", "motion")
 
+MAX_FRAMES = 10_000_000
+"""Most frames a record may count (``num_frames``, ``cut`` ends): 10^7 frames are 46 hours at 60 fps,
+far beyond any training clip; a larger value is a broken annotation (and overflows the frame arithmetic)."""
+
+MAX_SIDE = 65_536
+"""Most pixels a frame side may have (``resolution``, ``crop``): 2^16, above 16K video (15360 px) and the
+largest frames JPEG and WebP can store (65535 px); area products of such sides still fit in int64."""
+
+MAX_FPS = 1_000.0
+"""Highest plausible frame rate of a file (``fps``): playback rates are 24-240 (high-speed footage is
+stored at a playback rate); resampling a 10^308 fps clip to the training rate overflows."""
+
+MIN_FPS = 0.01
+"""Lowest plausible positive frame rate (one frame every 100 s, slower than any slideshow video): a
+1e-300 fps clip would give 10^300 candidate frames. Zero and negative rates are ``bad_fps`` instead."""
+
+PLAUSIBLE_MAX: dict[str, float] = {"num_frames": MAX_FRAMES, "resolution.height": MAX_SIDE,
+                                   "resolution.width": MAX_SIDE, "fps": MAX_FPS, "cut": MAX_FRAMES,
+                                   "crop": MAX_SIDE}
+"""The upper bound of every bounded field (``out_of_range`` above it): the one place these limits live."""
+
+PLAUSIBLE_MIN: dict[str, float] = {"fps": MIN_FPS}
+"""Lower bounds of positive values (``out_of_range`` when above 0 but below the bound)."""
+
 _NAN = math.nan
 _DBL_MAX = sys.float_info.max
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import orjson
 
 from osctl.data.bucket import BucketResult, Reason
+from osctl.errors import writing
 from osctl.utils.atomic import atomic_file
 
 
@@ -33,7 +34,8 @@ def write_report(result: BucketResult, path: Path, names: list[str]) -> int:
     begins = result.crop_begins()
     lines = 0
     bucketed = (Reason.KEPT, Reason.MINORITY_BUCKET)
-    with atomic_file(path, root=path.parent) as tmp, open(tmp, "wb") as handle:
+    with writing(path, action="write the report"), atomic_file(path, root=path.parent) as tmp, \
+            open(tmp, "wb") as handle:
         for f, (item, outcome) in enumerate(zip(result.loaded, result.outcomes, strict=True)):
             name = names[f]
             if outcome is None:

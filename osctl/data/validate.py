@@ -7,12 +7,13 @@ megabytes until someone asks for them one by one (:meth:`ValidationReport.findin
 
 Checks (code, severity) -- :data:`CHECKS` is the authoritative list:
 
-- files: ``datatxt_malformed``, ``file_missing``, ``file_unreadable``, ``json_syntax`` (line and column),
+- files: ``datatxt_malformed``, ``datatxt_empty`` (no annotation file listed), ``file_missing``, ``file_unreadable``, ``json_syntax`` (line and column),
   ``not_a_list``, ``pickle_refused``;
 - records: ``not_an_object``, ``missing_path``, ``missing_caption``, ``empty_caption``, ``wrong_type``,
   ``missing_resolution``, ``bad_resolution`` (not positive), ``missing_num_frames``, ``bad_num_frames``,
   ``missing_fps``, ``bad_fps`` (videos; not positive or not finite), ``not_finite``
-  (aesthetic/aes/tech/motion), ``bad_cut``, ``bad_crop``, ``unknown_extension``, ``media_missing``,
+  (aesthetic/aes/tech/motion), ``out_of_range`` (above the bounds of
+  :data:`osctl.data.records.PLAUSIBLE_MAX`: frames, sides, fps, cut, crop), ``bad_cut``, ``bad_crop``, ``unknown_extension``, ``media_missing``,
   ``path_escapes_root`` (warning), ``duplicate_path`` (warning);
 - with ``probe=True``: ``media_undecodable``, ``resolution_mismatch``, ``frame_count_mismatch``,
   ``cut_beyond_media``, ``fps_mismatch`` -- errors when the difference changes the sample's bucket or
@@ -60,6 +61,7 @@ class Check:
 
 CHECKS: dict[str, Check] = {c.code: c for c in [
     Check("datatxt_malformed", ERROR, "data.txt line malformed"),
+    Check("datatxt_empty", ERROR, "data.txt lists no annotation file"),
     Check("file_missing", ERROR, "annotation file missing"),
     Check("file_unreadable", ERROR, "annotation file unreadable"),
     Check("json_syntax", ERROR, "JSON syntax error"),
@@ -78,6 +80,7 @@ CHECKS: dict[str, Check] = {c.code: c for c in [
     Check("missing_fps", ERROR, "video without fps"),
     Check("bad_fps", ERROR, "fps not positive/finite"),
     Check("not_finite", ERROR, "score not a finite number"),
+    Check("out_of_range", ERROR, "number beyond plausible bounds"),
     Check("bad_cut", ERROR, "cut invalid"),
     Check("bad_crop", ERROR, "crop invalid"),
     Check("media_missing", ERROR, "media file missing"),
@@ -456,6 +459,10 @@ def validate_data(data_txt: Path, *, probe: bool = False, workers: int = 4) -> V
         report.blocks.append(FindingBlock(
             "datatxt_malformed", ERROR, txt_name, np.array([p.line for p in problems]), "line",
             lambda k: problems[k].message))
+    elif not sources:
+        report.blocks.append(FindingBlock(
+            "datatxt_empty", ERROR, txt_name, np.array([-1]), None,
+            lambda k: f"{data_txt} lists no annotation files; add DATA_ROOT,ANNOTATION_FILE lines"))
     joined_all: list[_Joined] = []
     raw_all: list[pa.Array | pa.ChunkedArray] = []
     owners: list[tuple[str, int]] = []

@@ -83,11 +83,17 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], Origins]:
 
 
 def _collect_origins(node: Any, prefix: tuple[str, ...], path: Path, out: Origins) -> None:
+    """The ``file:line`` of every mapping key and list item (items are keyed by their index, ``"0"``...)."""
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = (*prefix, str(key_node.value))
             out[key] = f"{path}:{key_node.start_mark.line + 1}"
             _collect_origins(value_node, key, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            key = (*prefix, str(index))
+            out[key] = f"{path}:{item.start_mark.line + 1}"
+            _collect_origins(item, key, path, out)
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +129,9 @@ def _load_chain(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], Ori
     files: list[Path] = []
     for parent in parents:
         parent_path = (path.parent / parent).resolve()
+        if parent_path.is_dir():
+            raise ConfigError(f"{path}: `extends: {parent}` points to {parent_path}, which is a folder; "
+                              "name a recipe file in it (paths are relative to the file that names them).")
         if not parent_path.is_file():
             raise ConfigError(
                 f"{path}: `extends: {parent}` points to {parent_path}, which does not exist; "
@@ -155,16 +164,39 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], origins: Origins
         path, value = parse_override(item)
         _check_override_path(path, item)
         node = data
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
             child = node.get(part)
             if child is None:
-                child = node[part] = {}
+                child = node[part] = _required_defaults(path[:depth + 1])
             elif not isinstance(child, dict):
                 raise ConfigError(f"--set {item}: {'.'.join(path[:-1])} is a value, not a section.")
             node = child
         node[path[-1]] = value
         origins[path] = f"--set {item}"
     return data
+
+
+def _required_defaults(path: tuple[str, ...]) -> dict[str, Any]:
+    """The required keys of the section at ``path`` as its schema default sets them (``{}`` for most).
+
+    A ``--set model.path=M`` into a recipe without a ``model`` section starts that section from its
+    default: the required ``name`` (``opensora_v1_3``) stays, the override is added on top.
+    """
+    model: Any = Recipe
+    info = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return {}
+        info = fields[part]
+        model = _submodel(info.annotation)
+    if info is None or info.is_required():
+        return {}
+    default = info.get_default(call_default_factory=True)
+    if not isinstance(default, BaseModel):
+        return {}
+    return {name: getattr(default, name) for name, field_info in type(default).model_fields.items()
+            if field_info.is_required()}
 
 
 def _check_override_path(path: tuple[str, ...], item: str) -> None:

@@ -65,33 +65,30 @@ def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
     checked = CheckedRecipe(loaded=loaded)
     for section, kind in COMPONENT_SECTIONS.items():
         comp = getattr(recipe, section)
-        where = loaded.origin((section,))
         try:
             checked.components[section] = registry.make_config(kind, comp.name, comp.options, where=section)
         except OsctlError as exc:
-            problems.append(f"{where}: {exc.message}" if where and not exc.message.startswith(where) else exc.message)
+            problems.extend(_located(loaded, exc, section, chosen_by=f"{section}.name"))
     try:
-        sampler = registry.get("sampler", recipe.sample.sample_method)
+        sampler = registry.check_requirements("sampler", recipe.sample.sample_method, where="sample.sample_method")
     except OsctlError as exc:
-        problems.append(f"sample.sample_method: {exc.message}")
+        problems.extend(_located(loaded, exc, "sample.sample_method"))
     else:
         mismatch = sampler_objective_mismatch(sampler, recipe.diffusion.objective)
         if mismatch:
             problems.append(mismatch)
     for i, tracker in enumerate(recipe.train.trackers):
         key = f"train.trackers.{i}"
-        where = loaded.origin(("train", "trackers"))
         try:
             checked.trackers.append((tracker.name, registry.make_config("tracker", tracker.name, tracker.options,
                                                                         where=key)))
         except OsctlError as exc:
-            message = exc.message if exc.message.startswith(key) else f"{key}: {exc.message}"
-            problems.append(f"{where}: {message}" if where else message)
+            problems.extend(_located(loaded, exc, key, chosen_by=f"{key}.name"))
     if recipe.parallel.strategy != "auto":
         try:
-            registry.get("strategy", recipe.parallel.strategy)
+            registry.check_requirements("strategy", recipe.parallel.strategy, where="parallel.strategy")
         except OsctlError as exc:
-            problems.append(f"parallel.strategy: {exc.message}")
+            problems.extend(_located(loaded, exc, "parallel.strategy"))
 
     ae = checked.components.get("autoencoder")
     model = checked.components.get("model")
@@ -116,5 +113,27 @@ def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
             "weights, so pretrained is ignored when a checkpoint is found"
         )
     if problems:
-        raise ConfigError("; ".join(p.rstrip(".") for p in problems) + ".")
+        joined = "; ".join(p.rstrip(".") for p in problems)
+        raise ConfigError(joined if joined.endswith("?") else joined + ".")
     return checked
+
+
+def _located(loaded: LoadedRecipe, exc: OsctlError, key: str, *, chosen_by: str | None = None) -> list[str]:
+    """The problems of ``exc`` (raised for the recipe key ``key``), each as ``file:line: key: message``.
+
+    Each problem points at the line of its own key (``model.num_layers``), else at the closest key
+    above it that the recipe sets; a problem with the component itself (unknown, or a module it
+    needs is missing) points at the key that chose it (``chosen_by``, e.g. ``model.name``). A message
+    that does not name its key gets ``key`` in front.
+    """
+    problems = getattr(exc, "problems", None) or []
+    if not problems:
+        text = exc.message if exc.message.startswith(key) else f"{key}: {exc.message}"
+        parts = [(chosen_by or key, text)]
+    else:
+        parts = [(dotted, f"{dotted}: {message}") for dotted, message in problems]
+    located = []
+    for dotted, text in parts:
+        where = loaded.origin(tuple(dotted.split(".")))
+        located.append(f"{where}: {text}" if where else text)
+    return located

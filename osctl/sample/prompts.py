@@ -9,14 +9,63 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from osctl.data.records import MAX_FRAMES, MAX_SIDE
 from osctl.errors import UsageError
 
-OVERRIDES = {"negative_prompt": str, "seed": int, "num_frames": int, "height": int, "width": int,
-             "num_samples": int, "guidance_scale": float, "num_sampling_steps": int}
+MAX_SEED = 2**63 - 1
+"""Largest seed a prompt may fix (torch generators take 64-bit seeds; sample k of it uses seed + k)."""
+
+
+def _integer(value: Any, *, low: int, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high]`` (integral floats such as ``720.0`` too), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError
+    if isinstance(value, float) and not value.is_integer():
+        raise TypeError
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        raise ValueError
+    return number
+
+
+def _frames(value: Any) -> int:
+    number = _integer(value, low=1, high=MAX_FRAMES)
+    if (number - 1) % 4:
+        raise ValueError
+    return number
+
+
+def _guidance(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError
+    if not math.isfinite(value) or value < 0:
+        raise ValueError
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+# key -> (converter that raises TypeError/ValueError, what a valid value is)
+OVERRIDES: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "negative_prompt": (_text, "a string"),
+    "seed": (lambda v: _integer(v, low=0, high=MAX_SEED), f"an integer from 0 to 2**63 - 1 ({MAX_SEED})"),
+    "num_frames": (_frames, "a 4k+1 integer (1, 5, 9, ...)"),
+    "height": (lambda v: _integer(v, low=1, high=MAX_SIDE), f"an integer from 1 to {MAX_SIDE}"),
+    "width": (lambda v: _integer(v, low=1, high=MAX_SIDE), f"an integer from 1 to {MAX_SIDE}"),
+    "num_samples": (lambda v: _integer(v, low=1, high=10_000), "an integer from 1 to 10000"),
+    "guidance_scale": (_guidance, "a finite number >= 0"),
+    "num_sampling_steps": (lambda v: _integer(v, low=1, high=100_000), "an integer from 1 to 100000"),
+}
 
 
 @dataclass(frozen=True)
@@ -38,12 +87,14 @@ class SampleJob:
 
 
 def read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> list[PromptSpec]:
-    """The prompts to sample, in order; an empty list is a usage error."""
+    """The prompts to sample, in order; an empty list is a usage error.
+
+    Every line of ``prompts_file`` is checked here, before anything is sampled: a bad line late in the
+    file stops the command before the first video instead of after the videos above it.
+    """
     specs: list[PromptSpec] = [PromptSpec(i, p) for i, p in enumerate(prompts or [])]
     if prompts_file is not None:
-        if not prompts_file.is_file():
-            raise UsageError(f"--prompts {prompts_file} does not exist.")
-        lines = prompts_file.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(Path(prompts_file)).splitlines()
         jsonl = prompts_file.suffix.lower() in (".jsonl", ".ndjson")
         for number, line in enumerate(lines, start=1):
             stripped = line.strip()
@@ -62,11 +113,34 @@ def read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> list[P
     return specs
 
 
+def _read_text(path: Path) -> str:
+    """The text of a prompts file; a missing, unreadable or binary file is a ``UsageError`` naming it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"--prompts {path} does not exist.") from None
+    except IsADirectoryError:
+        raise UsageError(f"--prompts {path} is a folder; pass a .txt or .jsonl file of prompts.") from None
+    except OSError as exc:
+        raise UsageError(f"--prompts {path} cannot be read: {exc.strerror}.") from None
+    if b"\0" in data:
+        raise UsageError(f"--prompts {path} is a binary file (it contains NUL bytes); pass a UTF-8 text file "
+                         "with one prompt per line.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(f"--prompts {path} is not UTF-8 text (line {line}: {exc.reason}); save it as UTF-8 "
+                         "with one prompt per line.") from None
+
+
 def _json_line(path: Path, number: int, text: str, index: int) -> PromptSpec:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+    except RecursionError:
+        raise UsageError(f"{path}:{number}: values are nested too deeply; each line is one flat JSON object.") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
         raise UsageError(f"{path}:{number}: each JSONL line must be an object with a string 'prompt'.")
     overrides = {}
@@ -75,10 +149,12 @@ def _json_line(path: Path, number: int, text: str, index: int) -> PromptSpec:
             continue
         if key not in OVERRIDES:
             raise UsageError(f"{path}:{number}: unknown key {key!r}; allowed: prompt, {', '.join(OVERRIDES)}.")
+        convert, valid = OVERRIDES[key]
         try:
-            overrides[key] = OVERRIDES[key](value)
-        except (TypeError, ValueError):
-            raise UsageError(f"{path}:{number}: {key} must be {OVERRIDES[key].__name__}, got {value!r}.") from None
+            overrides[key] = convert(value)
+        except (TypeError, ValueError, OverflowError):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise UsageError(f"{path}:{number}: {key} must be {valid}, got {shown}.") from None
     return PromptSpec(index, obj["prompt"], overrides)
 
 

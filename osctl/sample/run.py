@@ -28,6 +28,7 @@ from osctl.build import (
     build_sampler,
     build_text_encoder,
 )
+from osctl.errors import writing
 from osctl.parallel import dist as pdist
 from osctl.quiet import quiet_libraries
 from osctl.recipe.validate import CheckedRecipe
@@ -35,6 +36,7 @@ from osctl.registry import Registry
 from osctl.sample.pipeline import VideoPipeline
 from osctl.sample.prompts import SampleJob, expand_jobs, read_prompts, slug
 from osctl.utils.files import file_sha256
+from osctl.utils.output_dir import check_output_dir
 
 
 @dataclass
@@ -81,8 +83,7 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     specs = read_prompts(request.prompts or cfg.prompts or None, request.prompts_file or cfg.prompts_file)
     jobs = expand_jobs(specs, cfg.seed, cfg.num_samples_per_prompt)
     mine = jobs if cfg.sp else jobs[info.rank :: info.world_size]
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dir(cfg.output_dir, key="sample.output_dir")
 
     model = build_model(checked, registry, device=device, dtype=dtype).eval()
     # cpu_offload: the text encoder runs on the CPU and the autoencoder visits the GPU only to decode
@@ -206,9 +207,10 @@ def _sample_batch(batch: list[tuple[SampleJob, SampleSettings]], cfg: Any, check
         callback=(lambda i, n: progress.update(task, completed=i)) if task is not None else None,
     )
     seconds = round((time.perf_counter() - started) / len(batch), 3)
-    return [_write_sample(job, i, settings, refined[i], texts[i], result, cfg, checked, info, out_dir, identities,
-                          scheduler, request, seconds, len(batch))
-            for i, (job, _) in enumerate(batch)]
+    with writing(out_dir):
+        return [_write_sample(job, i, settings, refined[i], texts[i], result, cfg, checked, info, out_dir, identities,
+                              scheduler, request, seconds, len(batch))
+                for i, (job, _) in enumerate(batch)]
 
 
 def _write_sample(job: SampleJob, i: int, settings: SampleSettings, refined: str, text: str, result: Any, cfg: Any,

@@ -107,6 +107,11 @@ def prepare_partial(output_dir: Path, step: int) -> Path:
     return path
 
 
+def discard_partial(output_dir: Path, step: int) -> None:
+    """Remove the partial folder of ``step`` after a failed save (it is never resumed from; this frees its space)."""
+    shutil.rmtree(partial_dir(output_dir, step), ignore_errors=True)
+
+
 def write_manifest(folder: Path) -> dict[str, Any]:
     """Record every file below ``folder`` with size and SHA-256 in ``manifest.json``."""
     files = []

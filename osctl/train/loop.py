@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
+from osctl.errors import writing
 from osctl.parallel import dist as pdist
 from osctl.parallel.groups import ParallelGroups, global_batch_size
 from osctl.train import checkpoint as ckpt
@@ -190,8 +191,22 @@ def eta_seconds(elapsed: float, steps_done: int, steps_left: int) -> float:
 
 
 def save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any]) -> Path | None:
-    """Write ``checkpoint-N`` atomically (every rank takes part; rank 0 commits)."""
+    """Write ``checkpoint-N`` atomically (every rank takes part; rank 0 commits).
+
+    A write that fails (a full disk, a read-only folder) removes the unfinished ``.checkpoint-N.partial``
+    folder, which frees the space it took, and is reported as one sentence naming the checkpoint
+    (:func:`osctl.errors.writing`); the previous checkpoints are untouched.
+    """
     step = parts.state.step
+    final = parts.output_dir / ckpt.checkpoint_name(step)
+    with writing(final, action="save checkpoint", cleanup=lambda: ckpt.discard_partial(parts.output_dir, step),
+                 hint="the unfinished checkpoint folder was removed; the previous checkpoints are intact "
+                      "(resume with --resume-from-checkpoint latest)."):
+        return _save_checkpoint(parts, epoch_info, step)
+
+
+def _save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any], step: int) -> Path | None:
+    """The body of :func:`save_checkpoint`."""
     if parts.dist.is_main:
         ckpt.prepare_partial(parts.output_dir, step)
     pdist.barrier()

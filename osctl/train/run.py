@@ -38,6 +38,7 @@ from osctl.train.plan import frozen_lines, plan_training, require_training_weigh
 from osctl.train.state import TrainState
 from osctl.train.tracking import open_trackers
 from osctl.train.weights import load_into
+from osctl.utils.output_dir import check_output_dir
 
 # Recipe keys that change what is learned from which data: resuming with a different value needs
 # --allow-recipe-change. Everything else (learning rate, logging, checkpoint cadence...) may change.
@@ -147,7 +148,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     train_cfg, parallel = recipe.train, recipe.parallel
     info = pdist.init_distributed(parallel.timeout_s)
     groups = ParallelGroups(info.world_size, info.rank, parallel.sp_size)
-    output_dir = Path(train_cfg.output_dir)
+    output_dir = check_output_dir(train_cfg.output_dir, key="train.output_dir", create=False)  # before any work
     resolved = checked.loaded.resolved()
     fingerprint = recipe_hash(resolved)
     torch.manual_seed(train_cfg.seed)

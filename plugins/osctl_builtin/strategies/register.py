@@ -40,4 +40,5 @@ def register_strategies(register: Any) -> None:
     register(osctl.ComponentSpec(name="fsdp", summary="fully sharded data parallel (torch FSDP2 fully_shard)",
                                  factory=_fsdp, metadata={"multi_process": True}))
     register(osctl.ComponentSpec(name="deepspeed", summary="DeepSpeed ZeRO stage 2/3 (parallel.zero_stage), CPU offload",
-                                 factory=_deepspeed, metadata={"multi_process": True}))
+                                 factory=_deepspeed, metadata={"multi_process": True, "requires": {
+                                     "deepspeed": 'pip install -c constraints.txt "osctl[deepspeed]"'}}))

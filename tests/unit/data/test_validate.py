@@ -49,6 +49,13 @@ DEFECTS: list[tuple[Any, set[str]]] = [
     ({**V, "path": "../outside/e.mp4"}, {"path_escapes_root"}),
     ({**V, "path": "v/good.mp4"}, {"duplicate_path"}),
     ({**I, "path": "i/d24.jpg", "resolution": {"height": 24.5, "width": 32}}, {"wrong_type"}),
+    ({**V, "path": "v/d25.mp4", "num_frames": 1e30}, {"out_of_range"}),
+    ({**V, "path": "v/d26.mp4", "resolution": {"height": 1e25, "width": 32}}, {"out_of_range"}),
+    ({**V, "path": "v/d27.mp4", "resolution": {"height": 24, "width": 1e308}}, {"out_of_range"}),
+    ({**V, "path": "v/d28.mp4", "fps": 1e-300}, {"out_of_range"}),
+    ({**V, "path": "v/d29.mp4", "cut": [1e17, 1e17 + 64]}, {"out_of_range"}),
+    ({**I, "path": "i/d30.jpg", "crop": [0, 1e300, 0, 24]}, {"out_of_range"}),
+    ({**V, "path": "v/d31.mp4", "fps": 1e308}, {"out_of_range"}),
 ]
 WARNINGS = {"path_escapes_root", "duplicate_path"}
 
@@ -100,8 +107,30 @@ def test_every_check_flags_exactly_its_records(tmp_path: Path) -> None:
     for finding in report.findings():
         assert finding.severity == (WARNING if finding.code in WARNINGS else ERROR)
         assert finding.code in CHECKS
-    covered = {code for codes in expected.values() for code in codes}
+    covered = {code for codes in expected.values() for code in codes} | {"datatxt_empty"}  # see the test below
     assert covered == {c.code for c in CHECKS.values() if not c.probe}  # every non-probe check is exercised
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
+def test_a_data_txt_listing_no_file_is_an_error(tmp_path: Path, text: str) -> None:
+    data_txt = tmp_path / "data.txt"
+    data_txt.write_text(text)
+    report = validate_data(data_txt)
+    assert report.errors == 1
+    (finding,) = report.findings()
+    assert finding.code == "datatxt_empty" and "lists no annotation files" in finding.message
+
+
+def test_absurd_numbers_name_the_field_and_the_bound(tmp_path: Path) -> None:
+    report = validate_data(_dataset(tmp_path))
+    messages = {(f.index, f.field): f.message for f in report.findings("out_of_range")}
+    first = next(i for i, (_, codes) in enumerate(DEFECTS) if codes == {"out_of_range"})
+    assert messages[(first, "num_frames")] == "num_frames is 1e+30, beyond the plausible maximum 10000000"
+    assert messages[(first + 1, "resolution.height")] == "resolution.height is 1e+25, beyond the plausible maximum 65536"
+    assert messages[(first + 2, "resolution.width")] == "resolution.width is 1e+308, beyond the plausible maximum 65536"
+    assert messages[(first + 3, "fps")] == "fps is 1e-300, below the plausible minimum 0.01"
+    assert messages[(first + 4, "cut")] == "cut is [1e+17, 1.0000000000000006e+17], beyond the plausible maximum 10000000"
+    assert messages[(first + 6, "fps")] == "fps is 1e+308, beyond the plausible maximum 1000"
 
 
 def test_messages_name_the_problem(tmp_path: Path) -> None:

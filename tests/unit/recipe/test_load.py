@@ -110,3 +110,29 @@ def test_fingerprint_is_stable_and_sensitive():
 
 def test_seed_shortcut_sets_train_seed():
     assert load_recipe(None, ["seed=7"]).recipe.train.seed == 7
+
+
+@pytest.mark.parametrize("recipe_text", [None, "train:\n  max_steps: 3\n"])
+def test_set_into_a_missing_component_section_keeps_its_default_name(tmp_path, recipe_text):
+    """The README's `osctl sample --model-path M --ae-path V --text-encoder-name-1 T` sets keys of sections the
+    recipe does not have; each section starts from its schema default (its plugin name), not from nothing."""
+    path = None if recipe_text is None else write(tmp_path / "r.yaml", recipe_text)
+    loaded = load_recipe(path, ["model.path=M", "autoencoder.path=V", "text_encoder.name_or_path=T"])
+    recipe = loaded.recipe
+    assert (recipe.model.name, recipe.autoencoder.name, recipe.text_encoder.name) == ("opensora_v1_3", "wfvae", "t5")
+    assert recipe.model.options == {"path": "M"} and recipe.text_encoder.options == {"name_or_path": "T"}
+    assert load_recipe(path, ["model.name=other", "model.path=M"]).recipe.model.name == "other"
+
+
+def test_extends_naming_a_folder_says_so(tmp_path):
+    (tmp_path / "base").mkdir()
+    child = write(tmp_path / "child.yaml", "extends: base\n")
+    with pytest.raises(ConfigError, match=r"`extends: base` points to .*/base, which is a folder; name a recipe file"):
+        load_recipe(child)
+
+
+def test_list_items_have_their_own_line(tmp_path):
+    path = write(tmp_path / "r.yaml", "train:\n  trackers:\n  - name: tensorboard\n\n    flush_secs: 3\n")
+    loaded = load_recipe(path)
+    assert loaded.origin(("train", "trackers", "0")).endswith("r.yaml:3")
+    assert loaded.origin(("train", "trackers", "0", "flush_secs")).endswith("r.yaml:5")

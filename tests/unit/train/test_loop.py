@@ -84,3 +84,36 @@ def test_changed_recipe_is_refused_on_resume(tmp_path):
         _run(tmp_path, out, ["train.resume_from_checkpoint=latest", "diffusion.snr_gamma=2.0"])
     result = _run(tmp_path, out, ["train.resume_from_checkpoint=latest", "train.learning_rate=5e-4"])
     assert result.final_step == 6
+
+
+@pytest.mark.parametrize("failure", ["enospc", "torch-writer"])
+def test_a_full_disk_during_a_save_names_the_checkpoint_and_removes_the_partial_folder(tmp_path, monkeypatch, failure):
+    import errno
+    import os
+
+    from osctl import errors
+    from osctl.errors import StorageError
+    from osctl.train.state import TrainState
+
+    real_save = TrainState.save
+
+    def save(self, folder):
+        if self.step < 2:
+            return real_save(self, folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if failure == "enospc":
+            (folder / "rank-0.pt").write_bytes(b"half written")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        (folder / "rank-0.pt").write_bytes(b"half written")
+        monkeypatch.setattr(errors, "free_bytes", lambda path: 0)  # the disk is full, and torch's writer says:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 757248 vs 757140")
+
+    monkeypatch.setattr(TrainState, "save", save)
+    out = tmp_path / "out"
+    with pytest.raises(StorageError) as caught:
+        _run(tmp_path, out, ["train.max_steps=2", "train.checkpointing_steps=1"])
+    message = caught.value.message
+    assert message.startswith(f"cannot save checkpoint {out / 'checkpoint-2'}: the disk is full"), message
+    assert "unfinished checkpoint folder was removed" in caught.value.hint
+    assert not ckpt.partial_dir(out, 2).exists() and not (out / "checkpoint-2").exists()
+    assert ckpt.latest_checkpoint(out) == out / "checkpoint-1"
