@@ -118,6 +118,9 @@ def probe_video(path: str) -> MediaProbe:
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
+        if _starts_as_mp4(path):
+            return _fail("video", "truncated", "it starts as an MP4 but its index (moov atom) cannot be read: it was cut "
+                                               "short, is still being written, or is damaged; copy it again or remove it")
         return _fail("video", "unreadable", f"not a readable video ({_short(exc)}); re-encode it "
                                             "(ffmpeg -i IN -c:v libx264 OUT.mp4) or remove it")
     with container:
@@ -185,6 +188,15 @@ def probe_video(path: str) -> MediaProbe:
         duration = seconds if seconds else count / fps
         return MediaProbe(kind="video", width=width, height=height, num_frames=count, fps=fps,
                           duration=round(duration, 6), codec=codec, warnings=tuple(warnings))
+
+
+def _starts_as_mp4(path: str) -> bool:
+    """True when the file begins with an MP4/QuickTime ``ftyp`` box (so an open that fails means damage, not format)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8)[4:8] == b"ftyp"
+    except OSError:
+        return False
 
 
 def _variable_rate(timestamps: list[int], time_base: float | None) -> tuple[float, float] | None:
