@@ -26,6 +26,15 @@ def ensure_curation_plugins(monkeypatch: pytest.MonkeyPatch, root: Path) -> None
     reset_caches()
 
 
+def curation_registry() -> Any:
+    """A registry holding the built-in curation plugins, whether or not osctl was reinstalled with their entry point."""
+    from osctl.plugin_manager import build_registry, find_plugins, new_plugin_manager
+    from osctl_builtin.curation import register
+
+    installed = any(p.name == "osctl.curation" for p in find_plugins())
+    return build_registry(new_plugin_manager([] if installed else [("osctl.curation", register)]))
+
+
 def write_clip(path: Path, frames: np.ndarray, fps: float = 24, *, rotation: int = 0, faststart: bool = False,
                pts_ms: list[int] | None = None) -> Path:
     """Encode ``T x H x W x 3`` uint8 frames as H.264 mp4 (optionally with a display rotation, or timestamps in ms)."""

@@ -88,9 +88,9 @@ def import_media(src: Path, out: Path, *, captions: str = "auto", path_column: s
     """
     started = time.perf_counter()
     engine = engine if engine is not None else LocalEngine()
-    out_root = prepare_out(out, "import")
     source = read_source(src, captions=captions, path_column=path_column, caption_column=caption_column,
-                         root=root, exclude=out_root)
+                         root=root, exclude=Path(out).expanduser().resolve())
+    out_root = prepare_out(out, "import")
     items = source.items
     cache = WorkCache(out_root, "import")
     keys = [file_key(item.path, PROBE_FORMAT) for item in items]

@@ -11,16 +11,15 @@ import pytest
 
 from osctl.curate.clip import clip_from_record
 from osctl.errors import ConfigError
-from osctl.plugin_manager import build_registry, new_plugin_manager
 from osctl.protocols import Captioner, Scorer
-from osctl_builtin.curation import aesthetic, register, vlm
-from tests.curate_helpers import moving_square, write_clip
+from osctl_builtin.curation import aesthetic, vlm
+from tests.curate_helpers import curation_registry, moving_square, write_clip
 from tests.unit.data.pipeline_helpers import still_image
 
 
 @pytest.fixture(scope="module")
 def registry() -> Any:
-    return build_registry(new_plugin_manager([("osctl.curation.test", register)]))
+    return curation_registry()
 
 
 def _clip(path: Path, frames: int = 16, fps: float = 24) -> Any:

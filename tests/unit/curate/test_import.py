@@ -171,3 +171,9 @@ def test_unrelated_output_folder_is_refused(tmp_path: Path) -> None:
     noise_clip(tmp_path / "src" / "a.mp4", frames=3)
     with pytest.raises(UsageError, match=r"is not empty and holds no osctl-curate\.json"):
         import_media(tmp_path / "src", tmp_path / "out")
+
+
+def test_bad_source_creates_no_output_folder(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        import_media(tmp_path / "missing", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
