@@ -49,7 +49,11 @@ class Component:
 
 
 def parse_options(pairs: Sequence[str] | None, *, scoped: bool) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs (values read as YAML) as a dict; ``scoped``: ``NAME.KEY=VALUE`` into ``{NAME: {KEY: v}}``."""
+    """``KEY=VALUE`` pairs as a dict; ``scoped``: ``NAME.KEY=VALUE`` into ``{NAME: {KEY: v}}``.
+
+    Values are read as YAML (``8`` is a number, ``true`` a boolean, ``[a, b]`` a list), except that text
+    which only looks like a mapping or a list to YAML (``Describe: briefly``) stays text.
+    """
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, equals, text = pair.partition("=")
@@ -60,6 +64,8 @@ def parse_options(pairs: Sequence[str] | None, *, scoped: bool) -> dict[str, Any
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
+        if isinstance(value, dict | list) and not text.lstrip().startswith(("{", "[")):
+            value = text  # "Describe: briefly" is a sentence, not a mapping
         if scoped:
             name, dot, option = key.partition(".")
             if not dot or not name or not option:

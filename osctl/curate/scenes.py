@@ -69,8 +69,12 @@ def detect_scenes(path: str, *, threshold: float = 27.0, min_scene_len: int = 15
         raise DataError(f"PySceneDetect cannot open it ({type(exc).__name__}: {exc})") from None
     manager = SceneManager()
     manager.add_detector(ContentDetector(threshold=threshold, min_scene_len=min_scene_len))
-    manager.detect_scenes(video=video)
-    scenes = [(int(start.frame_num), int(end.frame_num)) for start, end in manager.get_scene_list(start_in_scene=True)]
+    try:
+        manager.detect_scenes(video=video)
+        found = manager.get_scene_list(start_in_scene=True)
+    except Exception as exc:  # OpenCV and PySceneDetect raise their own types for damaged streams
+        raise DataError(f"scene detection failed ({type(exc).__name__}: {exc})") from None
+    scenes = [(int(start.frame_num), int(end.frame_num)) for start, end in found]
     if not scenes:
         raise DataError("no frame could be decoded for scene detection")
     return scenes

@@ -37,3 +37,4 @@ def test_engine_choice_errors() -> None:
         make_engine("spark")
     with pytest.raises(UsageError, match="--address names a Ray cluster; add --engine ray"):
         make_engine("local", address="auto")
+
