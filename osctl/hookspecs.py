@@ -28,6 +28,8 @@ KIND_HOOKS: dict[str, str] = {
     "strategy": "register_strategies",
     "reader": "register_readers",
     "tracker": "register_trackers",
+    "captioner": "register_captioners",
+    "scorer": "register_scorers",
 }
 
 
@@ -106,6 +108,30 @@ def register_trackers(register: Any) -> None:
         ``osctl.protocols.Tracker``. List Python packages the tracker needs in
         ``metadata={"requires": {"module": "pip install ..."}}`` so a recipe selecting it fails before
         training when one is missing.
+    """
+
+
+@hookspec
+def register_captioners(register: Any) -> None:
+    """Register captioners that describe a clip in words (kind ``captioner``), used by ``osctl data caption``.
+
+    :param register: call ``register(ComponentSpec(...))`` once per captioner. The factory is called as
+        ``factory(config)`` inside each worker process of the chosen engine (once per process) and
+        returns an object following ``osctl.protocols.Captioner``. The factory must be a module-level
+        function (workers import it by name); its config model is validated before any work starts, so
+        a missing model folder is reported at once. Never download weights: take a local path.
+    """
+
+
+@hookspec
+def register_scorers(register: Any) -> None:
+    """Register quality scorers that add one number to each record (kind ``scorer``), used by ``osctl data score``.
+
+    :param register: call ``register(ComponentSpec(...))`` once per scorer, with
+        ``metadata={"field": "motion"}`` naming the record key it writes (``aesthetic``, ``tech`` and
+        ``motion`` are the ones ``data.filters`` filters on). The factory is called as ``factory(config)``
+        inside each worker process and returns an object following ``osctl.protocols.Scorer``; like a
+        captioner's, it must be a module-level function.
     """
 
 

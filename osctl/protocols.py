@@ -164,3 +164,28 @@ class Tracker(Protocol):
     def close(self) -> None:
         """Flush and release everything; called exactly once."""
         ...
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    """Describes one clip in words (``osctl data caption``).
+
+    ``clip`` is an ``osctl.curate.clip.Clip``: the media path, its usable span (``cut``), fps, size and
+    record, with ``frames(count)`` returning ``count`` evenly spread frames (crop applied) as
+    ``K x H x W x 3`` uint8 RGB. Raise ``osctl.DataError`` for a clip that cannot be captioned; it is
+    reported for that record and the others go on.
+    """
+
+    def caption(self, clip: Any) -> str:
+        """One caption for ``clip`` (non-empty text)."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Gives one clip a quality number (``osctl data score``), written to the record key the spec's
+    ``metadata["field"]`` names. ``clip`` is as for :class:`Captioner`."""
+
+    def score(self, clip: Any) -> float | None:
+        """A finite number, or None when the score does not apply (e.g. motion of an image)."""
+        ...
