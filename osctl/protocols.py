@@ -134,7 +134,8 @@ class Strategy(Protocol):
         ...
 
     def load_state(self, folder: Any) -> None:
-        """Restore what ``save_state`` wrote."""
+        """Restore what ``save_state`` wrote, never running code from it (``osctl.train.checkpoint.restore_file``
+        for torch/JSON files); a damaged or refused file is a ``DataError`` naming it."""
         ...
 
 

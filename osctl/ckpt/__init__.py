@@ -6,7 +6,12 @@ Modules:
   touching tensor data (a 10 GB file is described from its first few kilobytes).
 - :mod:`osctl.ckpt.detect`: which format a path holds, and which registered plugin loads its config.
 - :mod:`osctl.ckpt.torch_files`: ``.pt/.pth/.bin/.ckpt`` read with ``weights_only=True`` (code-carrying
-  pickles are refused unless explicitly trusted) and the key-layout normalisation of wrapped states.
+  pickles are refused unless explicitly trusted), ``hold_torch_load`` for third-party loaders (DeepSpeed,
+  diffusers), and the key-layout normalisation of wrapped states.
+- :mod:`osctl.ckpt.dcp_metadata`: a DCP ``.metadata`` file read through an unpickler that admits only the
+  DCP metadata classes (used by ``inspect``/``convert`` and by the fsdp resume).
+- :mod:`osctl.ckpt.dcp_reader`: ``torch.distributed.checkpoint.load`` for resuming, through a reader that
+  never runs code from the folder.
 - :mod:`osctl.ckpt.engines`: training-engine state: DeepSpeed ZeRO folders and torch.distributed.checkpoint
   (FSDP/DCP) folders, described and consolidated into one state dict without unpickling code.
 - :mod:`osctl.ckpt.inspect`: the report of ``osctl ckpt inspect``.

@@ -3,7 +3,8 @@
 Formats (the ``format`` field of ``ckpt inspect --json``):
 
 ========================= ==================================================================================
-``osctl-checkpoint``      ``checkpoint-N/`` written by ``osctl train`` (``trainer_state.json``/``manifest.json``)
+``osctl-checkpoint``      ``checkpoint-N/`` written by ``osctl train`` (``trainer_state.json``/``manifest.json``);
+                          also ``.checkpoint-N.partial/``, a save that never finished (``partial``)
 ``osp-training-checkpoint`` an Open-Sora-Plan (accelerate + DeepSpeed) ``checkpoint-N/``: ``model/``,
                           ``model_ema/``, ``pytorch_model/`` engine state, ``latest``, ``random_states_*.pkl``
 ``diffusers``             a diffusers model folder: ``config.json`` + ``diffusion_pytorch_model*.safetensors``
@@ -58,6 +59,8 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 DIFFUSERS_STEM = "diffusion_pytorch_model"
 TRANSFORMERS_STEMS = ("model", "pytorch_model")
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+#: the folder ``osctl train`` writes a checkpoint into before renaming it (left behind by an interrupted save)
+PARTIAL_NAME = re.compile(r"^\.(checkpoint-\d+)\.partial$")
 GLOBAL_STEP = re.compile(r"^global_step(\d+)$")
 
 #: ``_class_name`` / ``architectures[0]`` -> (registry kind, component name); used when the registry itself
@@ -92,11 +95,14 @@ class Detected:
     ema_dir: Path | None = None
     engine: Path | None = None  # DeepSpeed root folder or DCP folder
     engine_tag: str | None = None
+    partial: bool = False  # an osctl checkpoint whose save never finished (``.checkpoint-N.partial``)
     notes: list[str] = field(default_factory=list)
 
     @property
     def description(self) -> str:
         """A human name of the format."""
+        if self.partial:
+            return f"incomplete {DESCRIPTIONS[self.format]} (its save was interrupted)"
         return DESCRIPTIONS[self.format]
 
 
@@ -135,8 +141,10 @@ def _detect_file(path: Path) -> Detected:
 
 def _detect_folder(path: Path) -> Detected:
     osctl_markers = (path / "training_state").is_dir() and (path / "rng").is_dir()  # also an unsealed save
-    if (path / "trainer_state.json").is_file() or _manifest_format(path) == "osctl-checkpoint" or osctl_markers:
-        found = Detected(OSCTL_CHECKPOINT, path)
+    partial = PARTIAL_NAME.match(path.name) is not None  # by name: a save killed early has no marker yet
+    if partial or (path / "trainer_state.json").is_file() or _manifest_format(path) == "osctl-checkpoint" \
+            or osctl_markers:
+        found = Detected(OSCTL_CHECKPOINT, path, partial=partial)
         _training_parts(found)
         state = path / "training_state"
         if (state / "deepspeed").is_dir():

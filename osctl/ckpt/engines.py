@@ -4,9 +4,9 @@ Both are described (tensor names/shapes/dtypes, optimizer size, ranks) and conso
 dict on CPU, in one process, without running code from the files:
 
 - **DCP** (``.metadata`` + ``__R_K.distcp``): torch's own reader unpickles ``.metadata`` with plain
-  ``pickle`` and non-tensor items with ``weights_only=False``. Here ``.metadata`` goes through an
-  unpickler that admits only the DCP metadata classes, ``torch.Size`` and dtypes, and every item is read
-  with ``torch.load(weights_only=True)``; chunks (one per rank for sharded FSDP parameters) are placed at
+  ``pickle`` and non-tensor items with ``weights_only=False``. Here ``.metadata`` goes through
+  :func:`osctl.ckpt.dcp_metadata.read_dcp_metadata` (only the DCP metadata classes, ``torch.Size`` and
+  dtypes are admitted), and every item is read with ``torch.load(weights_only=True)``; chunks (one per rank for sharded FSDP parameters) are placed at
   their offsets. Items are grouped by their first key: ``model``, ``optim``/``optimizer``, ``ema``...
 - **DeepSpeed** (``latest`` + ``global_stepN/`` with ``*model_states.pt`` and ``*optim_states.pt``):
   consolidated by DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint`` (ZeRO-1/2/3) with its
@@ -18,46 +18,19 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import pickle
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from osctl.ckpt.dcp_metadata import read_dcp_metadata
 from osctl.ckpt.headers import ITEMSIZE, TensorInfo
-from osctl.ckpt.torch_files import dtype_name, load_torch, normalize_keys
+from osctl.ckpt.torch_files import dtype_name, hold_torch_load, load_torch, normalize_keys
 from osctl.errors import DataError
 
 MODEL_GROUPS = ("model", "module", "state_dict", "")
 EMA_GROUPS = ("ema", "model_ema", "ema_model", "ema_state_dict")
 OPTIMIZER_GROUPS = ("optim", "optimizer", "optimizer_state_dict", "optimizers")
-
-_DCP_CLASSES = {
-    ("torch.distributed.checkpoint.metadata", name) for name in (
-        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
-        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")
-} | {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "Path"),
-}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles a DCP ``.metadata`` file admitting only the classes such a file legitimately holds."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        """Resolve only allowlisted DCP metadata classes, ``torch.Size`` and dtypes; refuse anything else."""
-        import torch
-
-        if (module, name) in _DCP_CLASSES or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
-            return super().find_class(module, name)
-        raise _RefusedGlobal(f"{module}.{name}")
-
-
-class _RefusedGlobal(Exception):
-    pass
 
 
 @dataclass
@@ -116,18 +89,8 @@ class DCPCheckpoint:
 def read_dcp(folder: Path) -> DCPCheckpoint:
     """Describe a DCP folder from its ``.metadata`` (restricted unpickling, no tensor data read)."""
     meta_path = folder / ".metadata"
-    try:
-        with meta_path.open("rb") as handle:
-            metadata = _MetadataUnpickler(handle).load()
-    except _RefusedGlobal as exc:
-        raise DataError(f"{meta_path} refers to {exc}, which a DCP metadata file never needs; refused "
-                        "without running it.") from None
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as exc:
-        raise DataError(f"cannot read {meta_path} ({type(exc).__name__}: {exc}); the DCP folder is damaged.") from None
-    state_md = getattr(metadata, "state_dict_metadata", None)
-    storage = getattr(metadata, "storage_data", None)
-    if not isinstance(state_md, dict) or not isinstance(storage, dict):
-        raise DataError(f"{meta_path} is not torch.distributed.checkpoint metadata; the DCP folder is damaged.")
+    metadata = read_dcp_metadata(meta_path)
+    state_md, storage = metadata.state_dict_metadata, metadata.storage_data
     planner = getattr(metadata, "planner_data", None) or {}
     by_chunk: dict[tuple[str, tuple[int, ...] | None], Any] = {}
     for index, info in storage.items():
@@ -295,36 +258,18 @@ def consolidate_deepspeed(root: Path, tag: str | None, *, trust_pickle: bool = F
         except ImportError:
             raise DataError("consolidating a DeepSpeed checkpoint needs the deepspeed package; install it "
                             "(pip install -c constraints.txt deepspeed).") from None
-        with _safe_torch_in(zero_to_fp32, trust_pickle):
+        with hold_torch_load(trust_pickle=trust_pickle) as held:
             try:
                 state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(root), tag=described.tag)
             except DataError:
                 raise
             except Exception as exc:
+                if held.error is not None:
+                    raise held.error from None
                 raise DataError(f"DeepSpeed could not consolidate {described.folder}: {type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ") + ".") from None
     state, _ = normalize_keys(dict(state))
     return state
-
-
-@contextlib.contextmanager
-def _safe_torch_in(module: Any, trust_pickle: bool) -> Iterator[None]:
-    """Within the block, ``module.torch.load`` is osctl's ``load_torch`` (weights_only unless trusted)."""
-    real = module.torch
-
-    class _Torch:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        @staticmethod
-        def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-            return load_torch(Path(f), trust_pickle=trust_pickle, mmap=bool(kwargs.get("mmap", False)))
-
-    module.torch = _Torch()
-    try:
-        yield
-    finally:
-        module.torch = real
 
 
 def _natural(path: Path) -> list[Any]:

@@ -96,6 +96,8 @@ def _osctl_checkpoint(found: fmt.Detected, report: dict[str, Any], *, trust_pick
                       verify_hashes: bool) -> list[TensorInfo]:
     root = found.path
     report["integrity"] = check_manifest(root, verify_hashes=verify_hashes)
+    if found.partial:
+        _unfinished(found, report)
     state_file = root / "trainer_state.json"
     if state_file.is_file():
         state = _read_json(state_file)
@@ -115,6 +117,18 @@ def _osctl_checkpoint(found: fmt.Detected, report: dict[str, Any], *, trust_pick
         report["engine"] = {"kind": "torch", "path": "training_state", "files": [_rel(p, root) for p in files]}
     _engine(found, report, trust_pickle=trust_pickle)
     return infos
+
+
+def _unfinished(found: fmt.Detected, report: dict[str, Any]) -> None:
+    """A ``.checkpoint-N.partial`` folder fails integrity whatever it holds: its save never finished."""
+    match = fmt.PARTIAL_NAME.match(found.path.name)
+    name = match.group(1) if match else found.path.name
+    integrity = report["integrity"]
+    sentence = (f"{found.path} is the unfinished save of {name} (the run stopped while writing it); it is not "
+                "resumable and may miss files — use a complete checkpoint-N.")
+    kept = integrity["problems"] if integrity.get("manifest") else []  # "manifest missing" says less than this
+    integrity.update(ok=False, problems=[sentence, *kept])
+    report["notes"].append(f"an interrupted save: osctl train writes {name} here and renames it when complete")
 
 
 def _osp_training(found: fmt.Detected, report: dict[str, Any], *, trust_pickle: bool,

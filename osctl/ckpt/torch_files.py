@@ -20,17 +20,19 @@ against the reference fixtures). What differs between files is the wrapping:
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import pickle
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from osctl.ckpt.headers import TensorInfo
-from osctl.errors import DataError, UsageError
+from osctl.errors import DataError, OsctlError, UsageError
 
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
 EMA_KEYS = ("ema_state_dict", "ema", "model_ema", "ema_model", "ema_state")
@@ -62,77 +64,211 @@ DEEPSPEED_STAND_INS: tuple[tuple[type, str], ...] = (
 )
 
 
-def load_torch(path: Path, *, trust_pickle: bool = False, mmap: bool = True, stand_ins: bool = True) -> Any:
-    """``torch.load`` a file on CPU with ``weights_only=True`` (memory-mapped when possible).
+#: what a refusal tells the user to do, by default (the convert/inspect commands offer --trust-pickle)
+TRUST_PICKLE_ADVICE = "convert it with --trust-pickle only if you trust where it came from"
+#: plain values a record class admitted by weights_only loading may hold (checked after loading)
+_PLAIN_SCALARS = (bool, int, float, complex, str, bytes, type(None))
 
-    Refusals and damage are one-sentence ``DataError``\\ s naming the file; with ``trust_pickle`` the
-    file is unpickled with full Python semantics (only for files whose origin the user trusts).
+
+def load_torch(source: Path | BinaryIO, *, trust_pickle: bool = False, mmap: bool = True,
+               allowed: Sequence[Any] = DEEPSPEED_STAND_INS, map_location: Any = "cpu",
+               advice: str = TRUST_PICKLE_ADVICE, name: str | None = None) -> Any:
+    """``torch.load`` a file (or an in-memory stream) with ``weights_only=True``, memory-mapped when possible.
+
+    ``allowed`` are the classes admitted beyond torch's own allowlist (``(class, "module.Name")``
+    pairs or classes, as ``torch.serialization.safe_globals`` takes them); instances of them must hold
+    plain data only. Refusals and damage are one-sentence ``DataError``\\ s naming the file (``name``
+    for a stream) and ending with ``advice``; with ``trust_pickle`` the file is unpickled with full
+    Python semantics (only for files whose origin the user trusts).
     """
     import torch
 
-    kwargs: dict[str, Any] = {"map_location": "cpu"}
+    label = name or str(source)
+    if not isinstance(source, Path):
+        source = io.BytesIO(source.read())
+    kwargs: dict[str, Any] = {"map_location": map_location}
     try:
         if trust_pickle:
-            return _load_with_mmap_fallback(torch, path, weights_only=False, mmap=mmap, **kwargs)
-        allowed = list(DEEPSPEED_STAND_INS) if stand_ins else []
-        with torch.serialization.safe_globals(allowed):
-            return _load_with_mmap_fallback(torch, path, weights_only=True, mmap=mmap, **kwargs)
+            return _load_with_mmap_fallback(torch, source, weights_only=False, mmap=mmap, **kwargs)
+        with torch.serialization.safe_globals(list(allowed)):
+            loaded = _load_with_mmap_fallback(torch, source, weights_only=True, mmap=mmap, **kwargs)
     except pickle.UnpicklingError as exc:
-        found = [] if trust_pickle else unsafe_globals(path)
+        admitted = {_global_name(entry) for entry in allowed}
+        found = [] if trust_pickle else [g for g in unsafe_globals(source) if g not in admitted]
         if not found and (trust_pickle or "weights only load failed" not in str(exc).lower()):
-            raise DataError(f"{path} cannot be unpickled ({_first_line(exc)}); the file is damaged.") from None
+            raise DataError(f"{label} cannot be unpickled ({first_line(exc)}); the file is damaged.") from None
         named = f" (it refers to {', '.join(found[:3])})" if found else ""
-        raise DataError(
-            f"{path} needs arbitrary unpickling{named}, so it was refused and nothing in it ran; "
-            "convert it with --trust-pickle only if you trust where it came from."
-        ) from None
+        raise DataError(f"{label} needs arbitrary unpickling{named}, so it was refused and nothing in it ran; "
+                        f"{advice}.") from None
     except DataError:
         raise
     except Exception as exc:  # torch raises many types for damaged files; none of them ran file code
-        raise DataError(f"{path} cannot be read as a torch file ({_first_line(exc)}); it is damaged or not a "
+        raise DataError(f"{label} cannot be read as a torch file ({first_line(exc)}); it is damaged or not a "
                         "torch checkpoint.") from None
+    records = tuple(_class_of(entry) for entry in allowed)
+    if records:
+        _check_plain_records(loaded, records, label)
+    return loaded
 
 
-def _load_with_mmap_fallback(torch: Any, path: Path, *, mmap: bool, **kwargs: Any) -> Any:
+def _load_with_mmap_fallback(torch: Any, source: Path | io.BytesIO, *, mmap: bool, **kwargs: Any) -> Any:
+    load = getattr(torch.load, "osctl_real_load", torch.load)  # the real loader, also while a hold is active
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise for a user
-        if mmap and zipfile.is_zipfile(path):
-            return torch.load(path, mmap=True, **kwargs)
-        return torch.load(path, **kwargs)  # legacy (non-zip) files cannot be memory-mapped
+        if mmap and isinstance(source, Path) and zipfile.is_zipfile(source):
+            return load(source, mmap=True, **kwargs)
+        return load(source, **kwargs)  # legacy (non-zip) files and streams cannot be memory-mapped
 
 
-def unsafe_globals(path: Path) -> list[str]:
+def _class_of(entry: Any) -> type:
+    return entry[0] if isinstance(entry, tuple) else entry
+
+
+def _global_name(entry: Any) -> str:
+    if isinstance(entry, tuple):
+        return str(entry[1])
+    return f"{entry.__module__}.{entry.__qualname__}"
+
+
+def _check_plain_records(obj: Any, records: tuple[type, ...], label: str) -> None:
+    """Instances of the admitted record classes must hold plain data (numbers, strings, tensors, dtypes and
+    containers of them) and never shadow one of their class's methods: a file cannot smuggle a callable in."""
+    import torch
+
+    def plain(value: Any) -> bool:
+        if isinstance(value, (*_PLAIN_SCALARS, torch.Tensor, torch.dtype, torch.device, torch.Size)):
+            return True
+        if isinstance(value, list | tuple | set | frozenset):
+            return all(plain(v) for v in value)
+        if isinstance(value, dict):
+            return all(plain(k) and plain(v) for k, v in value.items())
+        return False
+
+    stack, seen = [obj], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or isinstance(item, (*_PLAIN_SCALARS, torch.Tensor)):
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+        elif isinstance(item, records) and hasattr(item, "__dict__"):
+            cls = type(item)
+            for key, value in vars(item).items():
+                if key.startswith("__") or callable(getattr(cls, key, None)) or not plain(value):
+                    raise DataError(f"{label} holds a {cls.__module__}.{cls.__qualname__} whose {key!r} is not "
+                                    "plain data; it was refused (the file is damaged or crafted).")
+
+
+@dataclass
+class TorchLoadHold:
+    """What happened under :func:`hold_torch_load`: the first refusal or damage its loads reported."""
+
+    error: OsctlError | None = None
+
+
+@contextlib.contextmanager
+def hold_torch_load(*, trust_pickle: bool = False, allowed: Sequence[Any] = DEEPSPEED_STAND_INS,
+                    advice: str = TRUST_PICKLE_ADVICE) -> Iterator[TorchLoadHold]:
+    """Within the block every ``torch.load`` call is osctl's :func:`load_torch` (weights_only, ``allowed``).
+
+    For third-party loaders (DeepSpeed's engine and ``zero_to_fp32``, diffusers' ``from_pretrained``)
+    that call ``torch.load(..., weights_only=False)`` or wrap its errors in their own: the first
+    ``DataError`` raised is kept in the yielded :class:`TorchLoadHold`, so the caller can report it
+    even when the library replaced it with a vaguer exception.
+    """
+    import torch
+
+    real = torch.load
+    hold = TorchLoadHold()
+
+    def held_load(f: Any, map_location: Any = None, *args: Any, **kwargs: Any) -> Any:
+        source = Path(f) if isinstance(f, str | os.PathLike) else f
+        name = None if isinstance(source, Path) else getattr(f, "name", None)
+        try:
+            return load_torch(source, trust_pickle=trust_pickle, allowed=allowed, advice=advice, name=name,
+                              map_location=map_location if map_location is not None else "cpu",
+                              mmap=bool(kwargs.get("mmap", False)))
+        except OsctlError as exc:
+            if hold.error is None:
+                hold.error = exc
+            raise
+
+    held_load.osctl_real_load = getattr(real, "osctl_real_load", real)  # type: ignore[attr-defined]
+    torch.load = held_load
+    try:
+        yield hold
+    finally:
+        torch.load = real
+
+
+def deepspeed_classes() -> list[type]:
+    """The real DeepSpeed classes behind :data:`DEEPSPEED_STAND_INS` (imports DeepSpeed).
+
+    Resuming a ZeRO run needs them, not the stand-ins: the engine keeps the loaded loss scaler and calls
+    its methods. Admitted through :func:`load_torch`, their instances are built without running any code
+    and may hold plain data only.
+    """
+    import importlib
+
+    classes = []
+    for _, qualified in DEEPSPEED_STAND_INS:
+        module, _, attribute = qualified.rpartition(".")
+        classes.append(getattr(importlib.import_module(module), attribute))
+    return classes
+
+
+def unsafe_globals(source: Path | io.BytesIO) -> list[str]:
     """The globals a torch file asks for beyond what ``weights_only`` allows (read, never executed)."""
     import torch
 
     try:
-        if zipfile.is_zipfile(path):
-            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        return _scan_pickle_globals(path.read_bytes())
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        if zipfile.is_zipfile(source):
+            if isinstance(source, io.BytesIO):
+                source.seek(0)
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(source))
+        data = source.getvalue() if isinstance(source, io.BytesIO) else source.read_bytes()
+        return _scan_pickle_globals(data)
     except Exception:  # a best-effort explanation only
         return []
 
 
 def _scan_pickle_globals(data: bytes) -> list[str]:
+    """Globals named by a plain pickle, found by walking its opcodes (strings followed through the memo)."""
     import pickletools
 
     found: list[str] = []
-    strings: list[str] = []
+    pushed: list[Any] = []  # values pushed onto the pickle stack (strings; None for anything else)
+    memo: dict[Any, Any] = {}
     try:
         for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
-            if opcode.name == "GLOBAL" and isinstance(arg, str):
+            name = opcode.name
+            if name == "GLOBAL" and isinstance(arg, str):
                 found.append(arg.replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-            elif isinstance(arg, str):
-                strings.append(arg)
+                pushed.append(None)
+            elif name == "STACK_GLOBAL":
+                if len(pushed) >= 2 and isinstance(pushed[-2], str) and isinstance(pushed[-1], str):
+                    found.append(f"{pushed[-2]}.{pushed[-1]}")
+                pushed.append(None)
+            elif name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = pushed[-1] if pushed else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(arg))
+            else:
+                pushed.append(arg if isinstance(arg, str) else None)
     except Exception:
         pass
     safe = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset")
     return [name for name in dict.fromkeys(found) if not name.startswith(safe)]
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The first sentence of an exception message (torch's are long), for one-line errors."""
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else ""

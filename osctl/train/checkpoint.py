@@ -21,6 +21,11 @@ checkpoint-N/
   recipe.yaml            the resolved recipe
   manifest.json          every file with its size and SHA-256 (written last; marks completeness)
 ```
+
+Reading one back (resume) never runs code from it: torch files go through ``load_torch``
+(``weights_only=True``), engine folders through the strategies' restricted readers, and every file
+must have the size ``manifest.json`` records. A damaged, truncated or crafted file is a ``DataError``
+naming it.
 """
 
 from __future__ import annotations
@@ -29,15 +34,18 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from osctl.errors import ConfigError
+from osctl.errors import ConfigError, DataError, OsctlError
 from osctl.utils.files import file_sha256
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
+#: what a refused checkpoint state file tells the user to do
+STATE_FILE_ADVICE = "a training checkpoint never needs that: restore the file or resume from an earlier checkpoint"
 
 
 def checkpoint_name(step: int) -> str:
@@ -160,8 +168,62 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Read a JSON file written by ``write_json``."""
-    return json.loads(path.read_text())
+    """Read a JSON file written by ``write_json``; a missing or damaged file is a ``DataError`` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing; the checkpoint is incomplete — resume from an earlier checkpoint.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read {path} ({exc}); the file is damaged — restore it or resume from an earlier "
+                        "checkpoint.") from None
+
+
+# --- reading a checkpoint back (resume): nothing from a file runs, damage is one sentence naming the file ----
+
+def check_files(folder: Path) -> None:
+    """Every file ``manifest.json`` lists is present with its recorded size (a stat each, no hashing)."""
+    from osctl.ckpt.inspect import check_manifest, integrity_error
+
+    problem = integrity_error({"path": str(folder), "integrity": check_manifest(folder)})
+    if problem:
+        raise DataError(problem)
+
+
+def read_trainer_state(folder: Path) -> dict[str, Any]:
+    """``trainer_state.json`` of a checkpoint, with the integer ``step`` resume needs."""
+    path = folder / TRAINER_STATE
+    state = read_json(path)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
+        raise DataError(f"{path} has no integer 'step'; the file is damaged — restore it or resume from an earlier "
+                        "checkpoint.")
+    return state
+
+
+def restore_file(path: Path, apply: Callable[[Any], Any], *, map_location: Any = "cpu") -> None:
+    """Read one state file of a checkpoint and hand its content to ``apply`` (e.g. a ``load_state_dict``).
+
+    ``.json`` files are parsed as JSON; anything else is a torch file read by
+    :func:`osctl.ckpt.torch_files.load_torch` with ``weights_only=True`` and nothing admitted beyond
+    torch's allowlist, so no code in it runs. Missing, truncated, refused or mismatched content (``apply``
+    failing on it) is a ``DataError`` naming the file.
+    """
+    import torch
+
+    from osctl.ckpt.torch_files import first_line, load_torch
+
+    if path.suffix == ".json":
+        value = read_json(path)
+    elif not path.is_file():
+        raise DataError(f"{path} is missing; the checkpoint is incomplete — resume from an earlier checkpoint.")
+    else:
+        value = load_torch(path, allowed=(), mmap=False, map_location=map_location, advice=STATE_FILE_ADVICE)
+    try:
+        apply(value)
+    except (OsctlError, torch.OutOfMemoryError):
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, AssertionError, RuntimeError) as exc:
+        raise DataError(f"{path} does not hold the state this run expects ({first_line(exc)}); it is damaged or "
+                        "from another run — restore it or resume from an earlier checkpoint.") from None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -296,7 +296,9 @@ def _check_recipe_change(resume_dir: Path, resolved: dict[str, Any], allow: bool
 
 def _restore(folder: Path, strategy: Any, ema: EMA | None, state: TrainState, source: BatchSource,
              info: pdist.DistInfo) -> None:
-    trainer = ckpt.read_json(folder / ckpt.TRAINER_STATE)
+    """Load the training state of ``folder``: every file checked against the manifest, read without running code."""
+    ckpt.check_files(folder)
+    trainer = ckpt.read_trainer_state(folder)
     if trainer.get("world_size") != info.world_size and not getattr(strategy, "supports_resharding", False):
         raise UsageError(
             f"{folder.name} was saved by {trainer.get('world_size')} processes and this run has {info.world_size}; "
@@ -308,9 +310,9 @@ def _restore(folder: Path, strategy: Any, ema: EMA | None, state: TrainState, so
         if not ema_file.exists():
             ema_file = folder / "training_state" / "ema-rank-0.pt"
         if ema_file.exists():
-            ema.load_state_dict(torch.load(ema_file, weights_only=True))
-    state.step = int(trainer["step"])
+            ckpt.restore_file(ema_file, ema.load_state_dict)
+    state.step = trainer["step"]
     state.load(folder / "rng")
     data_file = folder / "data" / f"rank-{info.rank}.json"
     if data_file.exists():
-        source.load_state_dict(ckpt.read_json(data_file))
+        ckpt.restore_file(data_file, source.load_state_dict)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from osctl.train.checkpoint import restore_file
+
 
 @dataclass
 class TrainState:
@@ -55,9 +57,9 @@ class TrainState:
         torch.save(self.rng_state(), folder / f"rank-{self.rank}.pt")
 
     def load(self, folder: Path) -> bool:
-        """Read this rank's RNG file; False when the checkpoint has none for this rank."""
+        """Read this rank's RNG file (never running code from it); False when the checkpoint has none for this rank."""
         path = folder / f"rank-{self.rank}.pt"
         if not path.is_file():
             return False
-        self.load_rng_state(torch.load(path, weights_only=True))
+        restore_file(path, self.load_rng_state)
         return True

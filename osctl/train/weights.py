@@ -2,23 +2,25 @@
 
 Accepted: a ``.safetensors`` file; a diffusers folder (``diffusion_pytorch_model*.safetensors``,
 sharded with an index, or ``*.bin``); a ``.pt/.pth/.bin/.ckpt`` torch file read with
-``weights_only=True`` (a ``state_dict``/``model``/``ema_state_dict`` entry is unwrapped). Loading
-is non-strict and reported: loaded x/y tensors, and each skipped key with its reason.
+``weights_only=True`` (a ``state_dict``/``model``/``ema_state_dict`` entry is unwrapped). A file that
+needs arbitrary unpickling is refused and nothing in it runs; a truncated or damaged file is a
+``DataError`` naming it. Loading is non-strict and reported: loaded x/y tensors, and each skipped key
+with its reason.
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from osctl.errors import ConfigError
+from osctl.errors import ConfigError, DataError
 
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
+#: what a refused weights file tells the user to do
+REFUSED_ADVICE = "convert it to safetensors where you trust it (`osctl ckpt convert --trust-pickle`)"
 
 
 @dataclass
@@ -52,16 +54,12 @@ class LoadReport:
 
 
 def load_torch_file(path: Path) -> dict[str, Any]:
-    """A torch checkpoint read with ``weights_only=True``; code-carrying pickles are refused."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError) as exc:
-        raise ConfigError(
-            f"{path} needs arbitrary unpickling (it holds Python objects, not just tensors), so it was "
-            "refused; convert it to safetensors where you trust it (`osctl ckpt convert --trust-pickle`)."
-        ) from exc
+    """A torch checkpoint read with ``weights_only=True``; code-carrying pickles are refused, damage is named."""
+    from osctl.ckpt.torch_files import load_torch
+
+    obj = load_torch(path, allowed=(), advice=REFUSED_ADVICE)
     if not isinstance(obj, dict):
-        raise ConfigError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors.")
+        raise DataError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors.")
     for key in ("ema_state_dict", "state_dict", "model", "module"):
         inner = obj.get(key)
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
@@ -69,31 +67,45 @@ def load_torch_file(path: Path) -> dict[str, Any]:
     return obj
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a weights file or diffusers/transformers folder."""
+def load_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file, its header checked against the file first (a truncated file is named)."""
     from safetensors.torch import load_file
 
+    from osctl.ckpt.headers import read_header
+    from osctl.ckpt.torch_files import first_line
+
+    read_header(path)
+    try:
+        return load_file(path)
+    except Exception as exc:  # safetensors' own errors for damage the header check cannot see
+        raise DataError(f"cannot read {path} ({first_line(exc)}); the file is damaged — copy it again.") from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a weights file or diffusers/transformers folder."""
     if not path.exists():
         raise ConfigError(f"weights path {path} does not exist; check train.pretrained / the --model-path.")
     if path.is_file():
         if path.suffix == ".safetensors":
-            return load_file(path)
+            return load_safetensors_file(path)
         if path.suffix in TORCH_SUFFIXES:
             return load_torch_file(path)
         raise ConfigError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pt/.pth/.bin or a folder.")
     for index_name in ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json"):
         index = path / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            from osctl.ckpt.headers import read_index
+
+            shards = sorted(set(read_index(index).values()))
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
                 if not (path / shard).is_file():
                     raise ConfigError(f"{index} lists shard {shard}, which is missing from {path}.")
-                state.update(load_file(path / shard))
+                state.update(load_safetensors_file(path / shard))
             return state
     for name in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
         if (path / name).is_file():
-            return load_file(path / name)
+            return load_safetensors_file(path / name)
     for name in ("diffusion_pytorch_model.bin", "pytorch_model.bin"):
         if (path / name).is_file():
             return load_torch_file(path / name)

@@ -23,7 +23,8 @@ and so breaks under ZeRO-3.
 Start-up on CPU: DeepSpeed's communication set-up JIT-compiles a shared-memory all-reduce op
 (25-30 s of gcc on each fresh start) that only its inference path uses; it is skipped here.
 Optimizer offload needs DeepSpeed's compiled CPU Adam (about 45 s the first time, cached under
-``TORCH_EXTENSIONS_DIR``).
+``TORCH_EXTENSIONS_DIR``). A build lock an interrupted build left there would make torch wait forever;
+it is removed first (with a warning) when no process holds it (``build_lock``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from osctl.errors import ConfigError
+from osctl.errors import ConfigError, DataError, OsctlError
 from osctl.parallel import dist as pdist
+from osctl.train.checkpoint import STATE_FILE_ADVICE
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +99,23 @@ def skip_shm_comm_build() -> None:
         module.build_shm_op = lambda: None
 
 
+def clear_stale_build_locks(builders: list[str]) -> None:
+    """Remove build locks of DeepSpeed ops that an interrupted build left behind (see ``build_lock``).
+
+    Every rank checks, then all wait for each other, so no rank of this run starts building (and takes a
+    fresh lock) while another still looks.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    from osctl_builtin.strategies.build_lock import clear_stale_lock, extension_lock
+
+    world = dist.get_world_size()
+    single_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1" if world == 1 else "0")) >= world
+    for builder in builders:
+        clear_stale_lock(extension_lock(get_accelerator().get_op_builder(builder).NAME), single_machine=single_machine)
+    dist.barrier()
+
+
 class DeepSpeedStrategy:
     """ZeRO-2/3 data parallel through ``deepspeed.initialize``."""
 
@@ -150,6 +169,8 @@ class DeepSpeedStrategy:
         model = model.to(self.device, torch.float32)
         if self.parallel.offload_optimizer:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            clear_stale_build_locks(["CPUAdamBuilder"])
 
             t = self.train
             optimizer = DeepSpeedCPUAdam([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
@@ -236,8 +257,26 @@ class DeepSpeedStrategy:
         self.engine.save_checkpoint(str(folder / "deepspeed"))
 
     def load_state(self, folder: Path) -> None:
-        """Restore the engine checkpoint written by ``save_state`` (same world size)."""
-        path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"))
+        """Restore the engine checkpoint written by ``save_state`` (same world size), never running code from it.
+
+        The engine reads its files with ``torch.load(weights_only=False)``; here every ``torch.load`` it
+        makes is osctl's weights-only ``load_torch`` admitting only the DeepSpeed record classes a ZeRO
+        checkpoint holds (loss scaler, fragment address, stage enum; plain data only). A refused or
+        damaged file is a ``DataError`` naming it.
+        """
+        from osctl.ckpt.torch_files import deepspeed_classes, first_line, hold_torch_load
+
+        engine_dir = folder / "deepspeed"
+        with hold_torch_load(allowed=deepspeed_classes(), advice=STATE_FILE_ADVICE) as held:
+            try:
+                path, _ = self.engine.load_checkpoint(str(engine_dir))
+            except OsctlError:
+                raise
+            except Exception as exc:
+                if held.error is not None:
+                    raise held.error from None
+                raise DataError(f"DeepSpeed could not restore {engine_dir} ({first_line(exc)}); the engine state is "
+                                "damaged or from another run — resume from an earlier checkpoint.") from None
         if path is None:
             raise ConfigError(f"{folder.parent.name} has no DeepSpeed engine state in training_state/deepspeed/; "
                               "resume with the strategy that wrote it.")

@@ -7,7 +7,9 @@ reduces gradients in fp32. The optimizer works on the local shards.
 
 State: ``training_state/dcp/`` is a ``torch.distributed.checkpoint`` of model, optimizer and EMA
 shards (DCP re-shards on load, so a run can resume on another world size), plus
-``lr_scheduler.pt``. The EMA keeps fp32 copies of the local shards only; exporting it (``model_ema/``)
+``lr_scheduler.pt``. Both are read back without running code from them: DCP through
+``osctl.ckpt.dcp_reader`` (restricted metadata unpickler, weights-only items), the scheduler through
+``osctl.train.checkpoint.restore_file``. The EMA keeps fp32 copies of the local shards only; exporting it (``model_ema/``)
 gathers them the same way as the weights.
 """
 
@@ -23,6 +25,7 @@ import torch.distributed as dist
 
 from osctl.errors import ConfigError
 from osctl.parallel import dist as pdist
+from osctl.train.checkpoint import restore_file
 from osctl_builtin.strategies.torch_native import SingleStrategy
 
 _PARAM_DTYPES = {"bf16": torch.bfloat16, "fp32": None}
@@ -122,20 +125,21 @@ class FSDPStrategy(SingleStrategy):
 
     def load_state(self, folder: Path) -> None:
         """Restore model, optimizer and EMA shards (re-sharded to this world size) and the LR scheduler."""
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        from osctl.ckpt.dcp_reader import load_dcp_state
 
         if not (folder / "dcp").is_dir():
             raise ConfigError(f"{folder.parent.name} has no training_state/dcp/ (it was not saved by the fsdp "
                               "strategy); resume with the strategy that wrote it.")
         state = self._dcp_state()
-        dcp.load(state, checkpoint_id=folder / "dcp")
+        load_dcp_state(state, folder / "dcp")
         set_state_dict(self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         if self.ema is not None:
             for shadow, loaded in zip(self.ema.shadow, state["ema"].values(), strict=True):
                 shadow.copy_(loaded.to_local())
             self.ema.optimization_step = int(state["ema_step"])
-        self.lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=True))
+        restore_file(folder / "lr_scheduler.pt", self.lr_scheduler.load_state_dict)
 
 
 def _like(param: Any, local: torch.Tensor) -> Any:

@@ -2,7 +2,8 @@
 
 Mixed precision is autocast (bf16, or fp16 with a gradient scaler) over fp32 master weights, as
 accelerate does for the reference. Optimizer, LR scheduler and scaler state are saved with
-``torch.save`` and read back with ``weights_only=True``.
+``torch.save`` and read back through ``osctl.train.checkpoint.restore_file`` (``weights_only=True``: no
+code from a file runs, and a damaged or crafted file is an error naming it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from osctl.train.checkpoint import restore_file
 from osctl.utils.dtypes import torch_dtype
 
 
@@ -98,11 +100,11 @@ class SingleStrategy:
             torch.save(self.scaler.state_dict(), folder / "scaler.pt")
 
     def load_state(self, folder: Path) -> None:
-        """Restore what ``save_state`` wrote (never unpickling code)."""
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location=self.device))
-        self.lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=True))
+        """Restore what ``save_state`` wrote (never unpickling code; a damaged file is named)."""
+        restore_file(folder / "optimizer.pt", self.optimizer.load_state_dict, map_location=self.device)
+        restore_file(folder / "lr_scheduler.pt", self.lr_scheduler.load_state_dict)
         if self.scaler and (folder / "scaler.pt").exists():
-            self.scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
+            restore_file(folder / "scaler.pt", self.scaler.load_state_dict)
 
 
 class DDPStrategy(SingleStrategy):

@@ -199,5 +199,10 @@ def test_unsealed_osctl_checkpoint_fails_integrity(run, tmp_path):
     (partial / "trainer_state.json").unlink()
     report = inspect_path(partial)
     assert report["format"] == "osctl-checkpoint"
-    assert integrity_error(report) == (f"{partial / 'manifest.json'} is missing: the checkpoint was not sealed "
-                                       "(interrupted save?); use an earlier checkpoint.")
+    assert integrity_error(report) == (f"{partial} is the unfinished save of checkpoint-4 (the run stopped while "
+                                       "writing it); it is not resumable and may miss files — use a complete "
+                                       "checkpoint-N.")
+    sealed = copy_tree(run.checkpoint, tmp_path / "checkpoint-5")  # not a partial: the manifest is what is missing
+    (sealed / "manifest.json").unlink()
+    assert integrity_error(inspect_path(sealed)) == (f"{sealed / 'manifest.json'} is missing: the checkpoint was not "
+                                                     "sealed (interrupted save?); use an earlier checkpoint.")

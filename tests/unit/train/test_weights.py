@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from osctl.errors import ConfigError
+from osctl.errors import ConfigError, DataError
 from osctl.plugin_manager import default_registry
 from osctl.train.weights import load_into
 
@@ -81,7 +81,7 @@ def test_malicious_pickle_is_refused_not_executed(tmp_path, monkeypatch):
     monkeypatch.setenv("OSCTL_EVIL_MARK", str(mark))
     path = tmp_path / "evil.pt"
     torch.save({"weight": _Evil()}, path, pickle_module=pickle)
-    with pytest.raises(ConfigError, match="needs arbitrary unpickling"):
+    with pytest.raises(DataError, match="needs arbitrary unpickling"):
         load_into(tiny_model(0), path)
     assert not mark.exists()
 
