@@ -41,3 +41,7 @@ class DataError(OsctlError):
 
 class CheckFailed(OsctlError):
     """The command ran and a check it performs failed (exit 1)."""
+
+
+class PeerFailed(OsctlError):
+    """Another process of a multi-process run failed or stopped answering, so this one cannot go on (exit 1)."""
