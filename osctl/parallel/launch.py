@@ -164,7 +164,7 @@ def reporting_errors_to_launcher() -> Iterator[None]:
         yield
     except Exception as exc:
         path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-        if path:
+        if path and not type(exc).__module__.startswith("click"):  # click's Exit/Abort are exits, not errors
             text = exc.message if isinstance(exc, OsctlError) else f"{type(exc).__name__}: {exc}"
             now = time.time()
             record = {"message": " ".join(text.split()) or type(exc).__name__, "timestamp": int(now),
