@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from osctl.data.bucket import BatchGeometry, BucketSettings  # noqa: E402
+from osctl.data.bucket import BucketSettings  # noqa: E402
 from osctl.data.captions import CaptionPolicy, training_text  # noqa: E402
 from osctl.data.dataset import Collate, ReadSettings, SampleDataset  # noqa: E402
 from osctl.data.index import open_index  # noqa: E402
@@ -115,7 +115,7 @@ def throughput(folder: Path, clips: int, samples: int) -> None:
     settings = BucketSettings(
         frames=FrameRules(num_frames=17, train_fps=15, drop_short_ratio=0.0, min_frames=17),
         resolution=ResolutionRules(mode="area", max_hxw=128 * 160, min_hxw=64 * 64, hw_stride=16),
-        min_bucket_batches=0, group_data=True, batch=BatchGeometry())
+        min_bucket_batches=0, group_data=True)
     build_index(data_txt, settings, {"stride_t": 4}, folder / "index")
     index = open_index(folder / "index")
     read = ReadSettings(frames=settings.frames, resolution=settings.resolution, captions=CaptionPolicy(), seed=0)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from osctl.errors import ConfigError
 from osctl.recipe.validate import CheckedRecipe
 from osctl.registry import Registry
 
@@ -79,19 +80,29 @@ def build_sampler(recipe: Any, registry: Registry, name: str | None = None,
     return registry.build("sampler", name or recipe.sample.sample_method, sampler_options(recipe, recorded))
 
 
-def strategy_name(recipe: Any, world_size: int) -> str:
-    """The parallel strategy the recipe selects: ``auto`` means ``single`` for one process and ``ddp`` otherwise."""
+def strategy_name(recipe: Any, registry: Registry, world_size: int, *,
+                  processes: str = "{n} processes were started") -> str:
+    """The strategy plugin a run of ``world_size`` processes uses: ``auto`` means ``single`` for one process
+    and ``ddp`` otherwise.
+
+    A strategy registered as one-process (``metadata={"multi_process": False}``, as ``single`` is) is
+    refused for several processes (``ConfigError``): each process would train its own unsynchronised
+    copy and only rank 0's would be saved. ``processes`` words the count for the message (``{n}``).
+    """
     name = recipe.parallel.strategy
     if name == "auto":
-        name = "ddp" if world_size > 1 else "single"
-    return str(name)
+        return "ddp" if world_size > 1 else "single"
+    if world_size > 1 and registry.get("strategy", name).spec.metadata.get("multi_process") is False:
+        raise ConfigError(f"parallel.strategy is {name!r} but {processes.format(n=world_size)}; use 'auto' or 'ddp' "
+                          "(or fsdp/deepspeed), or start one process.")
+    return name
 
 
 def build_strategy(recipe: Any, registry: Registry, *, world_size: int, device: torch.device) -> Any:
-    """The parallel strategy named by :func:`strategy_name`."""
-    return registry.build("strategy", strategy_name(recipe, world_size), None,
-                          mixed_precision=recipe.train.mixed_precision, device=device, parallel=recipe.parallel,
-                          train=recipe.train)
+    """The parallel strategy named by the recipe for ``world_size`` processes (see :func:`strategy_name`)."""
+    name = strategy_name(recipe, registry, world_size)
+    return registry.build("strategy", name, None, mixed_precision=recipe.train.mixed_precision, device=device,
+                          parallel=recipe.parallel, train=recipe.train)
 
 
 def build_trackers(checked: CheckedRecipe, registry: Registry, *, output_dir: Path,

@@ -71,6 +71,10 @@ class StorageError(OsctlError):
     """The command ran but the system could not store its output: disk full, quota, I/O error (exit 1)."""
 
 
+class PeerFailed(OsctlError):
+    """Another process of a multi-process run failed or stopped answering, so this one cannot go on (exit 1)."""
+
+
 # ------------------------------------------------------------------------------ operating-system failures
 
 # errno -> (why the destination cannot be used as given, what to do); exit 2: choose another one

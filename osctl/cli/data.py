@@ -9,8 +9,12 @@
 "records", "kept", "reasons": {code: n}, "buckets": [{"key", "t", "h", "w", "count", "share",
 "latent_tokens", "batches", "lost"}], "minority": {"threshold", "rule", "buckets": [{"key", "count"}],
 "records"}, "batch": {"global_batch", "world_size", "train_batch_size", "grad_accum", "sp_size",
-"train_sp_batch_size", "group_data"}, "batches_per_epoch", "samples_lost", "resolution_mode",
-"fingerprint"}``.
+"train_sp_batch_size", "group_data", "dp_size", "stream_batch", "micro_batch", "leftover"},
+"batches_per_epoch", "micro_batches_per_epoch", "samples_lost", "samples_duplicated", "resolution_mode",
+"fingerprint"}``. ``batch`` describes the parallel layout (:class:`osctl.parallel.layout.ParallelLayout`):
+``global_batch`` samples per optimizer step = ``dp_size`` replicas x ``stream_batch`` x ``grad_accum``;
+``buckets[].batches`` and ``micro_batches_per_epoch`` count batches of ``micro_batch`` samples (what the
+loader yields); ``batches_per_epoch`` counts optimizer steps (what training runs in an epoch).
 """
 
 from __future__ import annotations
@@ -296,16 +300,17 @@ def bucket(
         from osctl.plots import plot_buckets
 
         plot_buckets(result, plot)
+    result.check_trainable()  # no batch at all: training would refuse this index
     index_path = write_index(result, data_txt, out_dir)
     reasons = result.reason_counts()
     invalid = reasons.get(Reason.INVALID_RECORD.code, 0)
     if invalid and not as_json:
         warn(f"{invalid} record(s) have fields of the wrong type or implausible values and were dropped; "
              f"run `osctl data validate {data_txt}`.")
-    batch = settings.batch
+    layout = settings.layout
     threshold = settings.minority_threshold
     minority_records = reasons.get(Reason.MINORITY_BUCKET.code, 0)
-    rule = (f"buckets with fewer than {settings.min_bucket_batches:g} x global batch {batch.global_batch} = "
+    rule = (f"buckets with fewer than {settings.min_bucket_batches:g} x global batch {layout.global_batch} = "
             f"{threshold} samples are dropped")
     if as_json:
         from osctl.data.index import read_meta
@@ -319,11 +324,11 @@ def bucket(
                          "latent_tokens": b.latent_tokens, "batches": b.batches, "lost": b.lost} for b in result.buckets],
             "minority": {"threshold": threshold, "rule": rule, "records": minority_records,
                          "buckets": [{"key": k, "count": c} for k, c in result.minority]},
-            "batch": {"global_batch": batch.global_batch, "world_size": batch.world_size,
-                      "train_batch_size": batch.train_batch_size, "grad_accum": batch.grad_accum,
-                      "sp_size": batch.sp_size, "train_sp_batch_size": batch.train_sp_batch_size,
-                      "group_data": settings.group_data},
-            "batches_per_epoch": result.batches_per_epoch, "samples_lost": result.samples_lost,
+            "batch": {**layout.as_dict(), "train_batch_size": rec.train.train_batch_size,
+                      "train_sp_batch_size": rec.parallel.train_sp_batch_size, "group_data": settings.group_data,
+                      "leftover": settings.leftover},
+            "batches_per_epoch": result.batches_per_epoch, "micro_batches_per_epoch": result.micro_batches_per_epoch,
+            "samples_lost": result.samples_lost, "samples_duplicated": result.samples_duplicated,
             "resolution_mode": settings.resolution.mode, "fingerprint": meta_fp,
         })
         return
@@ -350,10 +355,13 @@ def bucket(
     console.print(drops)
     console.print(f"minority rule: {rule}; {len(result.minority)} bucket(s) with {minority_records} record(s) dropped.")
     accounting = "per bucket (group_data)" if settings.group_data else "over all samples"
-    console.print(f"batches per epoch: {result.batches_per_epoch} of {batch.global_batch} samples "
-                  f"({batch.train_batch_size} per rank x {batch.world_size} rank(s) x {batch.grad_accum} accumulation"
-                  f" // sp {batch.sp_size} x {batch.train_sp_batch_size}), counted {accounting}; "
-                  f"samples lost to rounding: {result.samples_lost}.")
+    steps = (f"{result.batches_per_epoch} optimizer steps of {layout.global_batch} samples ({layout.describe()})"
+             if layout.grad_accum > 1 else f"{result.batches_per_epoch} of {layout.global_batch} samples "
+             f"({layout.describe().rsplit(' = ', 1)[0]})")
+    rounding = (f"samples lost to rounding: {result.samples_lost}" if settings.leftover == "drop" else
+                f"duplicates filling last batches: {result.samples_duplicated}")
+    micro = f"{result.micro_batches_per_epoch} batches of {layout.micro_batch} = " if layout.grad_accum > 1 else ""
+    console.print(f"batches per epoch: {micro}{steps}, counted {accounting}; {rounding}.")
     if report is not None:
         console.print(f"report: {escape(report)}")
     if plot is not None:

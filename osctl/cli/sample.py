@@ -10,10 +10,12 @@ import typer
 from osctl.cli._options import SetOpt
 from osctl.cli._output import console, err_console, escape, warn
 from osctl.errors import UsageError
+from osctl.parallel.launch import reporting_errors_to_launcher
 
 Opt = typer.Option
 
 
+@reporting_errors_to_launcher()  # a worker's error reaches the launcher's summary
 def sample(
     recipe: Annotated[Path | None, Opt("--recipe", "-r", help="YAML recipe (components and `sample` defaults).")] = None,
     overrides: SetOpt = None,

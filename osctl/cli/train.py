@@ -10,10 +10,12 @@ from rich.table import Table
 
 from osctl.cli._options import SetOpt
 from osctl.cli._output import console, err_console, escape, print_json, warn
+from osctl.parallel.launch import reporting_errors_to_launcher
 
 Opt = typer.Option
 
 
+@reporting_errors_to_launcher()  # a worker's error reaches the launcher's summary
 def train(
     recipe: Annotated[Path, Opt("--recipe", "-r", help="YAML recipe.", show_default=False)],
     overrides: SetOpt = None,
@@ -68,7 +70,7 @@ def train(
 
         require_training_weights(checked)
     if launch.wanted and not dry_run and not from_recipe_inside_launcher:
-        _check_layout_before_launch(checked, launch.nproc_per_node * launch.nnodes)
+        _check_layout_before_launch(checked, registry, launch.nproc_per_node * launch.nnodes)
         raise typer.Exit(relaunch(launch))
 
     from osctl.parallel.dist import shutdown
@@ -100,16 +102,17 @@ def train(
     shutdown(0 if _world_size() > 1 else None)
 
 
-def _check_layout_before_launch(checked: Any, world: int) -> None:
-    """Refuse a sequence-parallel layout that cannot run before any process starts."""
-    from osctl.parallel.groups import check_layout
+def _check_layout_before_launch(checked: Any, registry: Any, world: int) -> None:
+    """Refuse a layout or strategy that cannot run on ``world`` processes before any process starts."""
+    from osctl.build import strategy_name
+    from osctl.parallel.layout import LAUNCH_NAMES, ParallelLayout
 
-    parallel = checked.loaded.recipe.parallel
+    recipe = checked.loaded.recipe
+    layout = ParallelLayout.from_recipe(recipe, world_size=world, names=LAUNCH_NAMES)
     architecture = getattr(checked.components.get("model"), "architecture", None)
-    heads = None
-    if callable(architecture) and parallel.sp_size > 1:
-        heads = architecture().get("num_attention_heads")
-    check_layout(world, parallel.sp_size, heads, where="--nproc-per-node x --nnodes")
+    if callable(architecture) and layout.sequence_parallel:
+        layout.check_heads(architecture().get("num_attention_heads"))
+    strategy_name(recipe, registry, world, processes="--nproc-per-node x --nnodes starts {n} processes")
 
 
 def _world_size() -> int:

@@ -7,8 +7,10 @@ used (reference §2-4), and every step is a vectorised numpy/pyarrow operation.
 
 The reference's silent "minority" filter becomes an explicit rule: a bucket holding fewer than
 ``min_bucket_batches x global_batch`` samples is dropped and each of its records is reported with the
-reason ``minority_bucket``. ``global_batch = train_batch_size x world_size x grad_accum // sp_size x
-train_sp_batch_size`` (reference ``total_batch_size``).
+reason ``minority_bucket``. ``global_batch`` is the samples of one optimizer step of the run's
+:class:`~osctl.parallel.layout.ParallelLayout` (``world_size / sp_size x batch per replica x
+grad_accum``), the same number training uses; batches per epoch are counted with the sampler's own
+arithmetic (:func:`osctl.data.sampler.epoch_batches`), so they equal the steps training runs.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ from osctl.data.rules import (
     temporal_crop_begins,
     too_long_mask,
 )
+from osctl.data.sampler import epoch_batches
+from osctl.errors import DataError
+from osctl.parallel.layout import ParallelLayout
 
 
 class Reason(IntEnum):
@@ -107,23 +112,6 @@ REASON_HELP: dict[Reason, str] = {
 
 
 @dataclass(frozen=True)
-class BatchGeometry:
-    """The batch sizes that decide the minority threshold and the batches per epoch."""
-
-    train_batch_size: int = 1
-    world_size: int = 1
-    grad_accum: int = 1
-    sp_size: int = 1
-    train_sp_batch_size: int = 1
-
-    @property
-    def global_batch(self) -> int:
-        """Samples per optimizer step over all ranks (reference ``total_batch_size``), at least 1."""
-        total = self.train_batch_size * self.world_size * self.grad_accum // self.sp_size * self.train_sp_batch_size
-        return max(1, total)
-
-
-@dataclass(frozen=True)
 class ScoreFilters:
     """Optional quality thresholds; a record without the score always passes."""
 
@@ -143,25 +131,32 @@ class BucketSettings:
     keep_empty_captions: bool = False
     min_bucket_batches: float = 4.0
     group_data: bool = False
-    batch: BatchGeometry = field(default_factory=BatchGeometry)
+    layout: ParallelLayout = field(default_factory=ParallelLayout)
+    leftover: str = "drop"
+
+    def __post_init__(self) -> None:
+        if self.frames.sp_size != self.layout.sp_size:  # the frame rule's copy must be the layout's
+            raise ValueError(f"frames.sp_size {self.frames.sp_size} differs from the layout's sp_size "
+                             f"{self.layout.sp_size}")
 
     @property
     def minority_threshold(self) -> int:
         """Smallest bucket size that survives (0 keeps every bucket)."""
-        return math.ceil(self.min_bucket_batches * self.batch.global_batch - 1e-9)
+        return math.ceil(self.min_bucket_batches * self.layout.global_batch - 1e-9)
 
     @classmethod
-    def from_recipe(cls, recipe: Any, *, world_size: int | None = None) -> BucketSettings:
-        """Settings from a validated :class:`osctl.recipe.schema.Recipe` (``world_size`` overrides the recipe's)."""
+    def from_recipe(cls, recipe: Any, *, world_size: int | None = None,
+                    layout: ParallelLayout | None = None) -> BucketSettings:
+        """Settings from a validated :class:`osctl.recipe.schema.Recipe` on ``layout`` (default: the recipe's
+        layout on ``world_size`` processes, itself defaulting to the recipe's process count)."""
         d = recipe.data
-        p = recipe.parallel
-        if world_size is None:
-            world_size = p.nproc_per_node * p.nnodes if p.nproc_per_node else 1
+        if layout is None:
+            layout = ParallelLayout.from_recipe(recipe, world_size=world_size)
         return cls(
             frames=FrameRules(
                 num_frames=d.num_frames, train_fps=d.train_fps, speed_factor=d.speed_factor,
                 drop_short_ratio=d.drop_short_ratio, min_frames=d.min_frames, too_long_factor=d.too_long_factor,
-                sp_size=p.sp_size, default_fps=d.default_fps, seed=d.seed,
+                sp_size=layout.sp_size, default_fps=d.default_fps, seed=d.seed,
             ),
             resolution=ResolutionRules(
                 mode=d.effective_resolution_mode, max_height=d.max_height, max_width=d.max_width,
@@ -172,16 +167,16 @@ class BucketSettings:
             keep_empty_captions=d.keep_empty_captions,
             min_bucket_batches=d.min_bucket_batches,
             group_data=d.group_data,
-            batch=BatchGeometry(recipe.train.train_batch_size, world_size, recipe.train.gradient_accumulation_steps,
-                                p.sp_size, p.train_sp_batch_size),
+            layout=layout,
+            leftover=d.leftover,
         )
 
     def shaping_fields(self) -> dict[str, Any]:
-        """The settings that change the index content, for its fingerprint (``group_data`` does not)."""
+        """The settings that change the index content, for its fingerprint (``group_data`` and ``leftover`` do not)."""
         values = asdict(self)
-        values.pop("group_data")
-        values.pop("batch")
-        values["global_batch"] = self.batch.global_batch
+        for name in ("group_data", "layout", "leftover"):
+            values.pop(name)
+        values["global_batch"] = self.layout.global_batch
         values["minority_threshold"] = self.minority_threshold
         return values
 
@@ -204,7 +199,8 @@ class FileOutcome:
 
 @dataclass(frozen=True)
 class Bucket:
-    """One surviving ``T x H x W`` bucket and its batch arithmetic."""
+    """One surviving ``T x H x W`` bucket and its batch arithmetic: ``batches`` of the layout's micro-batch
+    per epoch (under ``group_data`` each holds this one shape), ``lost`` samples dropped by the rounding."""
 
     id: int
     t: int
@@ -250,20 +246,39 @@ class BucketResult:
                 totals += np.bincount(outcome.reason, minlength=len(Reason))
         return {reason.code: int(totals[reason]) for reason in Reason if totals[reason]}
 
+    def _epoch(self) -> tuple[int, int, int]:
+        """(micro-batches, samples dropped, duplicates added) per epoch, cut as training's sampler cuts them."""
+        s = self.settings
+        groups = [b.count for b in self.buckets] if s.group_data else [self.n_kept]
+        batches, dropped, duplicated = epoch_batches(groups, s.layout.micro_batch, s.leftover)
+        return int(batches.sum()), int(dropped.sum()), int(duplicated.sum())
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        """Batches of ``layout.micro_batch`` samples per pass (what the loader yields per epoch): per bucket
+        with ``group_data``, over all samples otherwise."""
+        return self._epoch()[0]
+
     @property
     def batches_per_epoch(self) -> int:
-        """Optimizer steps per pass: per bucket with ``group_data``, over all samples otherwise."""
-        gb = self.settings.batch.global_batch
-        if self.settings.group_data:
-            return sum(b.batches for b in self.buckets)
-        return self.n_kept // gb
+        """Optimizer steps per pass: what training runs in one epoch (``micro-batches // grad_accum``)."""
+        return self.settings.layout.optimizer_steps(self.micro_batches_per_epoch)
 
     @property
     def samples_lost(self) -> int:
-        """Samples that do not fill a whole global batch in one pass."""
-        if self.settings.group_data:
-            return sum(b.lost for b in self.buckets)
-        return self.n_kept % self.settings.batch.global_batch
+        """Samples that do not fill a whole micro-batch in one pass (``leftover: drop``; 0 with ``pad``)."""
+        return self._epoch()[1]
+
+    @property
+    def samples_duplicated(self) -> int:
+        """Duplicates that fill the last micro-batch of each group in one pass (``leftover: pad``)."""
+        return self._epoch()[2]
+
+    def check_trainable(self) -> None:
+        """Refuse (``DataError``) a result that gives training no batch (see :func:`check_epoch_batches`)."""
+        if self.n_kept:  # nothing kept at all: the index writer names the drop reasons
+            check_epoch_batches(self.micro_batches_per_epoch, self.settings.layout, [b.count for b in self.buckets],
+                                group_data=self.settings.group_data)
 
     def crop_begins(self, seed: int | None = None) -> list[np.ndarray | None]:
         """Build-time temporal crop start per record and file (-1: none), drawn in global record order.
@@ -299,6 +314,23 @@ class BucketResult:
             return [0]
         return build_frame_indices(int(outcome.start[record]), int(outcome.span[record]), float(outcome.fps[record]),
                                    self.settings.frames.train_fps, crop_begin, int(outcome.t[record])).tolist()
+
+
+def check_epoch_batches(micro_batches: int, layout: ParallelLayout, bucket_counts: list[int], *,
+                        group_data: bool) -> None:
+    """Refuse (``DataError``) an index whose epoch holds no batch for ``layout``: training could not run one
+    step. ``osctl data bucket`` checks before writing the index, training before its first step."""
+    if micro_batches > 0:
+        return
+    kept = sum(bucket_counts)
+    where = (f"the largest of its {len(bucket_counts)} buckets holds {max(bucket_counts)} (data.group_data keeps "
+             "each batch in one bucket)" if group_data and len(bucket_counts) > 1 else f"{kept} sample(s) are kept")
+    raise DataError(
+        f"an epoch has 0 batches: one micro-step needs {layout.micro_batch} samples ({layout.stream_batch} per "
+        f"replica x {layout.dp_size} data-parallel replica(s); global batch {layout.global_batch}) but {where}; "
+        "lower train.train_batch_size (parallel.train_sp_batch_size with sequence parallelism), use fewer "
+        "processes, add data, or keep partial batches with data.leftover: pad.",
+        hint="data.min_bucket_batches drops buckets with fewer samples than that many global batches (0 keeps all).")
 
 
 _COMMON_SUFFIXES = {".mp4": KIND_VIDEO, ".jpg": KIND_IMAGE}
@@ -505,16 +537,16 @@ def build_buckets(loaded: list[LoadedAnnotation], settings: BucketSettings, *,
     minority = [(_key_str(k), int(c)) for k, c in zip(uniq[small], counts[small], strict=True)]
     survivors = sorted(zip(uniq[~small].tolist(), counts[~small].tolist(), strict=True), key=lambda kc: (-kc[1], kc[0]))
     lookup = np.full(len(uniq), -1, dtype=np.int32)
-    gb = settings.batch.global_batch
     geometry = {"stride_t": fr.stride_t, "stride_hw": 8, "patch_t": 1, "patch_hw": 2, **(latent or {})}
     kept_total = sum(c for _, c in survivors)
+    batches, lost, _ = epoch_batches([c for _, c in survivors], settings.layout.micro_batch, settings.leftover)
     buckets = []
     for bucket_id, (key, count) in enumerate(survivors):
         lookup[np.searchsorted(uniq, key)] = bucket_id
         t, h, w = key >> 42, (key >> 21) & ((1 << 21) - 1), key & ((1 << 21) - 1)
         tokens = int(latent_tokens(t, h, w, **geometry))
         buckets.append(Bucket(bucket_id, t, h, w, count, count / kept_total if kept_total else 0.0, tokens,
-                              count // gb, count % gb))
+                              int(batches[bucket_id]), int(lost[bucket_id])))
     for outcome in outcomes:
         if outcome is None:
             continue

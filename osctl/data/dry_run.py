@@ -4,8 +4,8 @@ A dry run reads the run's existing sample index when it is fresh; otherwise it a
 rules to the annotations in memory, exactly as training would before writing the index, and plans
 the batches over that. No index, no folder, no cache file is written::
 
-    index, settings, geometry, note = plan_index(recipe, world_size)
-    plan = plan_stream(recipe, index, settings, geometry, note, dp_rank=0, dp_size=...)
+    index, settings, geometry, note = plan_index(recipe, layout)
+    plan = plan_stream(recipe, index, settings, geometry, note, layout=layout, dp_rank=0)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from osctl.data.loader import bucket_annotations, bucket_settings, check_index
+from osctl.parallel.layout import ParallelLayout
 
 
 class BucketedIndex:
@@ -40,12 +41,12 @@ class BucketedIndex:
         return self._bucket_ids
 
 
-def plan_index(recipe: Any, world_size: int) -> tuple[Any, Any, dict[str, int], str]:
+def plan_index(recipe: Any, layout: ParallelLayout) -> tuple[Any, Any, dict[str, int], str]:
     """``(index, settings, geometry, note)`` for a plan: the fresh index on disk (read only), else one
     bucketed in memory from ``data.data``. Refuses what training would refuse (see ``check_index``)."""
     from osctl.data.index import INDEX_FILE, open_index
 
-    settings, geometry = bucket_settings(recipe, world_size)
+    settings, geometry = bucket_settings(recipe, layout)
     check = check_index(recipe, settings)
     if check.rebuild is None:
         index = open_index(check.folder, data_txt=check.data_txt, settings=settings)

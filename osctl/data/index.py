@@ -318,8 +318,8 @@ def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None =
                      "latent_tokens": b.latent_tokens} for b in result.buckets],
         "reasons": result.reason_counts(),
         "minority_buckets": [{"key": key, "count": count} for key, count in result.minority],
-        "global_batch": settings.batch.global_batch,
-        "world_size": world_size if world_size is not None else settings.batch.world_size,
+        "global_batch": settings.layout.global_batch,
+        "world_size": world_size if world_size is not None else settings.layout.world_size,
         "settings": settings.shaping_fields(),
         "fingerprint": build_fingerprint(data_txt, result.loaded, settings, pending=pending),
     }

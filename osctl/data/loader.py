@@ -2,7 +2,7 @@
 
 ``osctl.train.run`` calls :func:`build_batch_source` once per rank::
 
-    source, summary = build_batch_source(checked, registry, info, dp_rank=..., dp_size=...)
+    source, summary = build_batch_source(checked, registry, info, layout=..., dp_rank=...)
     for batch in source: ...          # endless, epoch after epoch
     source.state_dict()               # saved in every checkpoint (JSON); load_state_dict() on resume
 
@@ -14,8 +14,9 @@ What it does, in order:
    (and said so in the plan), a stale one in an explicit ``data.index_dir`` is refused with the
    command that rebuilds it. The other ranks wait for rank 0's verdict, then map the same file.
 2. **Sampler.** :class:`~osctl.data.sampler.BucketBatchSampler` over the index's bucket column for
-   this data-parallel replica, with ``train.train_batch_size`` samples per step (or
-   ``parallel.train_sp_batch_size`` under sequence parallelism). Without ``data.group_data`` mixed
+   this data-parallel replica, with the layout's batch per replica (``train.train_batch_size``, or
+   ``parallel.train_sp_batch_size`` under sequence parallelism) and its ``dp_size`` replicas
+   (:class:`~osctl.parallel.layout.ParallelLayout`). Without ``data.group_data`` mixed
    shapes are padded with a latent mask in force resolution mode; area/absolute modes with more
    than one shape are refused (padding to max_height x max_width is wrong there).
 3. **Loader.** A ``torch.utils.data.DataLoader`` over :class:`~osctl.data.dataset.SampleDataset`
@@ -58,7 +59,7 @@ from osctl.data.dataset import (
 )
 from osctl.data.sampler import BucketBatchSampler, ResumableBatches
 from osctl.errors import ConfigError, DataError
-from osctl.parallel.groups import stream_batch_size
+from osctl.parallel.layout import ParallelLayout
 
 log = logging.getLogger("osctl.data")
 
@@ -202,11 +203,11 @@ def _latent_geometry(recipe: Any) -> dict[str, int]:
     return geometry(recipe)
 
 
-def bucket_settings(recipe: Any, world_size: int) -> tuple[Any, dict[str, int]]:
-    """The index's :class:`~osctl.data.bucket.BucketSettings` for this recipe and world size, and the latent geometry."""
+def bucket_settings(recipe: Any, layout: ParallelLayout) -> tuple[Any, dict[str, int]]:
+    """The index's :class:`~osctl.data.bucket.BucketSettings` for this recipe and layout, and the latent geometry."""
     from osctl.data.bucket import BucketSettings
 
-    settings = BucketSettings.from_recipe(recipe, world_size=world_size)
+    settings = BucketSettings.from_recipe(recipe, layout=layout)
     geometry = _latent_geometry(recipe)
     if "stride_t" in geometry:
         settings = dataclasses.replace(settings, frames=dataclasses.replace(settings.frames, stride_t=geometry["stride_t"]))
@@ -286,7 +287,7 @@ def check_index(recipe: Any, settings: Any) -> IndexCheck:
         open_index(folder, data_txt=data_txt, settings=settings)
     except StaleIndexError as exc:
         if explicit or data_txt is None:
-            world = settings.batch.world_size
+            world = settings.layout.world_size
             raise StaleIndexError(exc.message, hint=(
                 f"rebuild it with `osctl data bucket {data_txt or 'DATA_TXT'} --recipe RECIPE --world-size {world} "
                 f"--out {folder}` (training checks it against {world} process(es)), or unset data.index_dir to let "
@@ -306,18 +307,16 @@ def _ensure_index(recipe: Any, settings: Any, geometry: dict[str, int]) -> tuple
 
 def _agree(info: Any, payload: Any) -> Any:
     """Rank 0's ``payload`` on every rank (a no-op in one process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or info.world_size <= 1:
-        return payload
-    box = [payload]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
+    from osctl.parallel.dist import broadcast_object
+
+    return broadcast_object(payload)
 
 
-def prepare_index(recipe: Any, info: Any) -> tuple[Any, Any, dict[str, int], str]:
+def prepare_index(recipe: Any, info: Any, layout: ParallelLayout) -> tuple[Any, Any, dict[str, int], str]:
     """``(index, settings, geometry, note)``: rank 0 checks/builds the index, every rank then maps it."""
     from osctl.data.index import open_index
 
-    settings, geometry = bucket_settings(recipe, info.world_size)
+    settings, geometry = bucket_settings(recipe, layout)
     verdict: tuple[str, Any, Any] | None = None
     if info.rank == 0:
         try:
@@ -385,17 +384,18 @@ def _pad_spec(recipe: Any, index: Any, geometry: dict[str, int]) -> PadSpec | No
     return PadSpec(frames, math.ceil(height / unit) * unit, math.ceil(width / unit) * unit, stride_t, stride_hw)
 
 
-def build_batch_source(checked: Any, registry: Any, info: Any, *, dp_rank: int, dp_size: int,
+def build_batch_source(checked: Any, registry: Any, info: Any, *, layout: ParallelLayout, dp_rank: int,
                        tokenize: Tokenize | None = None) -> tuple[IndexBatchSource, dict[str, str]]:
     """The resumable batch source of this rank and the plan lines describing it (see the module docstring).
 
-    ``info`` is the run's :class:`osctl.parallel.dist.DistInfo`; ``dp_rank``/``dp_size`` the data-parallel
-    replica (all ranks of a sequence-parallel group get the same batches). ``tokenize`` defaults to the
-    recipe's text encoder's tokenizer.
+    ``info`` is the run's :class:`osctl.parallel.dist.DistInfo`; ``layout`` the run's parallel layout
+    (batch per replica, replicas); ``dp_rank`` this rank's data-parallel replica (all ranks of a
+    sequence-parallel group get the same batches). ``tokenize`` defaults to the recipe's text encoder's
+    tokenizer.
     """
     recipe = checked.loaded.recipe
-    index, settings, geometry, note = prepare_index(recipe, info)
-    plan = plan_stream(recipe, index, settings, geometry, note, dp_rank=dp_rank, dp_size=dp_size)
+    index, settings, geometry, note = prepare_index(recipe, info, layout)
+    plan = plan_stream(recipe, index, settings, geometry, note, layout=layout, dp_rank=dp_rank)
     dataset = SampleDataset(index, plan.read, members=plan.sampler.members)
     collate = Collate(tokenize or recipe_tokenizer(checked, registry), pad=plan.pad,
                       global_batch=plan.sampler.global_batch)
@@ -419,26 +419,28 @@ class StreamPlan:
 
 
 def plan_stream(recipe: Any, index: Any, settings: Any, geometry: dict[str, int], note: str, *,
-                dp_rank: int, dp_size: int) -> StreamPlan:
+                layout: ParallelLayout, dp_rank: int) -> StreamPlan:
     """The sampler, padding and read settings over ``index`` and the plan lines (no file is read or written).
 
     ``index`` is a :class:`~osctl.data.index.SampleIndex` or anything with its ``path``, ``buckets``,
-    ``bucket_ids()`` and ``len()`` (a dry run's index held in memory). Raises ``DataError`` when no full
-    batch can be formed.
+    ``bucket_ids()`` and ``len()`` (a dry run's index held in memory); ``layout`` gives the batch per
+    replica and the replicas, ``dp_rank`` this rank's replica. Raises ``DataError`` when no full batch
+    can be formed.
     """
-    d, p, t = recipe.data, recipe.parallel, recipe.train
-    batch_size = stream_batch_size(t, p)
+    from osctl.data.bucket import check_epoch_batches
+
+    d = recipe.data
+    batch_size, dp_size = layout.stream_batch, layout.dp_size
     pad = _pad_spec(recipe, index, geometry)
     leftover = str(_option(d, "leftover", "drop"))
     sampler = BucketBatchSampler(index.bucket_ids(), batch_size=batch_size, dp_size=dp_size, dp_rank=dp_rank,
                                  seed=d.seed, group_data=d.group_data, leftover=leftover,
                                  order=str(_option(d, "sampler_order", "osctl")))
-    if sampler.steps_per_epoch == 0:
-        largest = max((b["count"] for b in index.buckets), default=0)
-        raise DataError(
-            f"the sample index {index.path} ({len(index)} samples) gives no full batch of {sampler.global_batch} samples "
-            f"({batch_size} per replica x {dp_size} replicas){'; its largest bucket holds ' + str(largest) if d.group_data else ''}.",
-            hint="lower train.train_batch_size, add data, or keep leftover samples with data.leftover: pad.")
+    try:
+        check_epoch_batches(sampler.steps_per_epoch, layout, [b["count"] for b in index.buckets],
+                            group_data=d.group_data)
+    except DataError as exc:
+        raise DataError(f"the sample index {index.path}: {exc.message}", hint=exc.hint) from None
     captions = CaptionPolicy.from_recipe(recipe)
     timeout = float(_option(d, "decode_timeout_s", DEFAULT_DECODE_TIMEOUT_S))
     retries = int(_option(d, "max_retries", DEFAULT_MAX_RETRIES))
@@ -448,7 +450,7 @@ def plan_stream(recipe: Any, index: Any, settings: Any, geometry: dict[str, int]
     summary = {
         "index": f"{index.path.parent} ({note}): {len(index)} samples in {len(index.buckets)} bucket(s)",
         "buckets": ", ".join(f"{b['key']} x{b['count']}" for b in index.buckets[:4]) + (" ..." if len(index.buckets) > 4 else ""),
-        "batches per epoch": f"{sampler.steps_per_epoch} steps of {sampler.global_batch} samples "
+        "batches per epoch": f"{sampler.steps_per_epoch} batches of {sampler.global_batch} samples "
                              f"({batch_size} per replica x {dp_size} data-parallel replica(s))",
         "grouping": ("group_data: one bucket shape per step on every replica" if d.group_data else
                      f"mixed shapes padded to {pad.frames}x{pad.height}x{pad.width} with a latent mask" if pad else "one shape"),

@@ -73,6 +73,22 @@ def sample_rng(seed: int, epoch: int, position: int, attempt: int = 0) -> random
     return random.Random(int.from_bytes(state.tobytes(), "little"))
 
 
+def epoch_batches(counts: np.ndarray | Sequence[int], batch: int, leftover: str = "drop") -> tuple[np.ndarray, np.ndarray,
+                                                                                                  np.ndarray]:
+    """Per group of ``counts`` samples (a bucket, or all samples without ``group_data``): the batches of
+    ``batch`` samples one epoch cuts from it, the samples it drops, and the duplicates that fill its last
+    batch (see the leftover rule in the module docstring). The one place this arithmetic lives:
+    :class:`BucketBatchSampler` (training) and ``osctl data bucket`` both use it, so they agree.
+    """
+    if leftover not in LEFTOVER_RULES:
+        raise ValueError(f"leftover must be one of {', '.join(LEFTOVER_RULES)}, got {leftover!r}")
+    counts = np.asarray(counts, dtype=np.int64)
+    rest = counts % batch
+    if leftover == "drop":
+        return counts // batch, rest, np.zeros_like(counts)
+    return -(-counts // batch), np.zeros_like(counts), np.where(rest > 0, batch - rest, 0)
+
+
 class BucketMembers:
     """Sample ids grouped by bucket (one stable argsort of the bucket column; shared by forked workers)."""
 
@@ -173,23 +189,21 @@ class BucketBatchSampler:
         self.members = members if members is not None else BucketMembers(self.bucket_ids)
         self._cache: tuple[int, np.ndarray] | None = None
         groups = self.members.counts if group_data else np.array([len(self.bucket_ids)], dtype=np.int64)
-        g = self.global_batch
-        rest = groups % g
         if order == "reference":  # counts of epoch 0 (the reference's random padding varies a little per epoch)
             table = self.schedule(0)
             self.steps_per_epoch = len(table)
             unique = len(np.unique(table))
             self.dropped_per_epoch, self.duplicated_per_epoch = len(self.bucket_ids) - unique, table.size - unique
-        elif leftover == "drop":
-            self.steps_per_epoch = int((groups // g).sum())
-            self.dropped_per_epoch, self.duplicated_per_epoch = int(rest.sum()), 0
         else:
-            self.steps_per_epoch = int((-(-groups // g)).sum())
-            self.dropped_per_epoch, self.duplicated_per_epoch = 0, int(np.where(rest > 0, g - rest, 0).sum())
+            steps, dropped, duplicated = epoch_batches(groups, self.global_batch, leftover)
+            self.steps_per_epoch = int(steps.sum())
+            self.dropped_per_epoch, self.duplicated_per_epoch = int(dropped.sum()), int(duplicated.sum())
 
     @property
     def global_batch(self) -> int:
-        """Samples per step over all data-parallel replicas (``dp_size x batch_size``)."""
+        """Samples per step of the schedule over all data-parallel replicas (``dp_size x batch_size``): the
+        layout's ``micro_batch`` (:class:`osctl.parallel.layout.ParallelLayout`); an optimizer step takes
+        ``gradient_accumulation_steps`` of them."""
         return self.dp_size * self.batch_size
 
     @property

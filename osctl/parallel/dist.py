@@ -10,6 +10,7 @@ import datetime
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -54,7 +55,14 @@ def _env_from_slurm() -> None:
 
 
 def init_distributed(timeout_s: float = 600.0) -> DistInfo:
-    """Join the process group described by the launcher's environment (or run as a single process)."""
+    """Join the process group described by the launcher's environment (or run as a single process).
+
+    A process started by a launcher first arranges to die with it (:func:`osctl.parallel.launch.die_with_launcher`).
+    """
+    if under_launcher():
+        from osctl.parallel.launch import die_with_launcher
+
+        die_with_launcher()
     _env_from_slurm()
     use_cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -92,6 +100,15 @@ def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (``value`` itself in a single process); every rank must call it."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:

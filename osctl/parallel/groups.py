@@ -1,4 +1,4 @@
-"""Sequence-parallel and data-parallel process groups, and the layout checks made before launch.
+"""Sequence-parallel and data-parallel process groups of a layout (:mod:`osctl.parallel.layout`).
 
 With ``sp_size`` ranks per sequence-parallel (SP) group, the world is cut into consecutive groups
 ``[0..sp-1], [sp..2sp-1], ...`` (as the reference does, so one group sits on one node when
@@ -13,35 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from osctl.errors import ConfigError
-
-
-def check_layout(world: int, sp_size: int, heads: int | None = None, where: str = "the world size") -> None:
-    """Refuse a sequence-parallel layout that cannot run: ``sp_size`` must divide the world size and the
-    model's attention head count (Ulysses attention gives every rank ``heads / sp_size`` heads)."""
-    if sp_size < 1:
-        raise ConfigError(f"parallel.sp_size is {sp_size}; use 1 (off) or a group size of at least 2.")
-    if world % sp_size:
-        raise ConfigError(
-            f"parallel.sp_size {sp_size} does not divide {where} ({world}); use an sp_size that divides it "
-            "or change the process count."
-        )
-    if heads is not None and sp_size > 1 and heads % sp_size:
-        raise ConfigError(
-            f"parallel.sp_size {sp_size} does not divide the model's {heads} attention heads; use an sp_size "
-            f"that divides {heads}."
-        )
-
-
-def stream_batch_size(train: Any, parallel: Any) -> int:
-    """Samples per rank per micro-step read from the data stream: ``train.train_batch_size``, or with
-    sequence parallelism ``parallel.train_sp_batch_size`` (the batch one SP group shares)."""
-    return parallel.train_sp_batch_size if parallel.sp_size > 1 else train.train_batch_size
-
-
-def global_batch_size(train: Any, parallel: Any, world: int) -> int:
-    """Samples per optimizer step over all ranks: ``(world / sp) x stream batch x accumulation``."""
-    return (world // parallel.sp_size) * stream_batch_size(train, parallel) * train.gradient_accumulation_steps
+from osctl.parallel.layout import ParallelLayout
 
 
 @dataclass
@@ -59,7 +31,7 @@ class ParallelGroups:
     dp_group: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        check_layout(self.world, self.sp_size)
+        ParallelLayout(world_size=self.world, sp_size=self.sp_size)  # refuses an sp_size that does not divide
         if self.world == 1:
             return
         import torch.distributed as dist

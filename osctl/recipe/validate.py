@@ -58,6 +58,36 @@ def sampler_objective_mismatch(sampler: Registered, objective: str) -> str | Non
             f"{'FlowMatchEulerDiscrete' if objective == 'flow_matching' else 'EulerAncestralDiscrete'}).")
 
 
+def _parallel_problems(checked: CheckedRecipe, registry: Registry) -> list[str]:
+    """The recipe's parallel layout: ``sp_size`` against the model's heads and, when the recipe sets its process
+    count (``parallel.nproc_per_node x nnodes``), against that count, which a one-process strategy refuses.
+    Without a process count (a launcher decides it) the world is checked when the run starts."""
+    from osctl.build import strategy_name
+    from osctl.parallel.layout import ParallelLayout
+
+    recipe = checked.loaded.recipe
+
+    def problem(exc: OsctlError, key: str) -> list[str]:
+        where = checked.loaded.origin(("parallel", key))
+        return [f"{where}: {exc.message}" if where else exc.message]
+
+    counted = recipe.parallel.nproc_per_node is not None
+    try:
+        layout = ParallelLayout.from_recipe(recipe, world_size=None if counted else recipe.parallel.sp_size)
+        if layout.sequence_parallel:
+            architecture = _component_fact(checked.components["model"], "architecture", checked.warnings)
+            if isinstance(architecture, dict):
+                layout.check_heads(architecture.get("num_attention_heads"))
+    except OsctlError as exc:
+        return problem(exc, "sp_size")
+    try:
+        if counted:
+            strategy_name(recipe, registry, layout.world_size, processes="parallel.nproc_per_node x nnodes is {n}")
+    except OsctlError as exc:
+        return problem(exc, "strategy")
+    return []
+
+
 def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
     """Validate plugin sections and cross-plugin rules; raise one ``ConfigError`` listing every problem."""
     recipe = loaded.recipe
@@ -107,6 +137,8 @@ def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
                     problems.append(
                         f"data.{key}: {value} must be a multiple of {stride * patch} (autoencoder stride x patch size)"
                     )
+    if not problems:
+        problems += _parallel_problems(checked, registry)
     if recipe.train.pretrained and recipe.train.resume_from_checkpoint:
         checked.warnings.append(
             "both train.pretrained and train.resume_from_checkpoint are set: resuming restores the checkpoint's "

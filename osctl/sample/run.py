@@ -259,12 +259,11 @@ def _write_sample(job: SampleJob, i: int, settings: SampleSettings, refined: str
 def _sequence_parallel_group(model: Any, ae: Any, cfg: Any, info: pdist.DistInfo) -> Any:
     """The whole world as one sequence-parallel group, after checking the sizes split over it."""
     from osctl.errors import UsageError
+    from osctl.parallel.layout import SAMPLE_SP_NAMES, ParallelLayout
 
-    heads = int(model.config.num_attention_heads)
+    layout = ParallelLayout(world_size=info.world_size, sp_size=info.world_size, names=SAMPLE_SP_NAMES)
+    layout.check_heads(int(model.config.num_attention_heads))
     latent_frames = (cfg.num_frames - 1) // ae.temporal_stride + 1
-    if heads % info.world_size:
-        raise UsageError(f"--sp over {info.world_size} processes needs the model's {heads} attention heads to divide "
-                         f"by {info.world_size}; use a process count that divides {heads}.")
     if latent_frames < info.world_size:
         raise UsageError(f"--sp over {info.world_size} processes needs at least {info.world_size} latent frames, "
                          f"but {cfg.num_frames} frames give {latent_frames}; sample more frames or use fewer processes.")

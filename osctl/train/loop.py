@@ -25,7 +25,9 @@ import torch
 
 from osctl.errors import writing
 from osctl.parallel import dist as pdist
-from osctl.parallel.groups import ParallelGroups, global_batch_size
+from osctl.parallel.groups import ParallelGroups
+from osctl.parallel.layout import ParallelLayout
+from osctl.parallel.progress import RankProgress
 from osctl.train import checkpoint as ckpt
 from osctl.train.ema import EMA
 from osctl.train.export import model_config, save_model_folder
@@ -69,6 +71,7 @@ class TrainParts:
     groups: ParallelGroups | None = None  # sequence-/data-parallel groups (None: one process, no SP)
     plan: Any = None  # the run's plan (osctl.train.run.Plan), for callers that print it
     trackers: Trackers | None = None  # rank 0's metrics file and recipe trackers (None: nothing is tracked)
+    layout: ParallelLayout | None = None  # world, sp_size, batches (None: the recipe's on this world size)
 
 
 @dataclass
@@ -250,7 +253,29 @@ def _save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any], step: int) -
 
 
 def train(parts: TrainParts) -> TrainResult:
-    """Run optimizer steps until ``max_steps`` (or a stop signal), checkpointing on the way and at the end."""
+    """Run optimizer steps until ``max_steps`` (or a stop signal), checkpointing on the way and at the end.
+
+    With several processes, each rank records where it is before every collective
+    (:class:`~osctl.parallel.progress.RankProgress`); when a collective fails because another rank hung
+    or died, the error names that rank and the step (``PeerFailed``) instead of the backend's message.
+    """
+    progress = None
+    if parts.dist.distributed:
+        progress = RankProgress(parts.dist.rank, parts.dist.world_size, parts.recipe.parallel.timeout_s)
+    try:
+        return _train(parts, progress)
+    except Exception as exc:
+        explained = progress.explain(exc) if progress is not None else None
+        if explained is None:
+            raise
+        raise explained from exc
+
+
+def _train(parts: TrainParts, progress: RankProgress | None) -> TrainResult:
+    def mark(step: int, point: str, micro: int = 0) -> None:
+        if progress is not None:
+            progress.mark(step, point, micro)
+
     train_cfg = parts.recipe.train
     accumulation = train_cfg.gradient_accumulation_steps
     losses: list[float] = []
@@ -260,7 +285,8 @@ def train(parts: TrainParts) -> TrainResult:
     window: list[float] = []
     step_times: list[float] = []
     trackers = parts.trackers or Trackers()
-    samples_per_step = global_batch_size(train_cfg, parts.recipe.parallel, parts.dist.world_size)
+    layout = parts.layout or ParallelLayout.from_recipe(parts.recipe, world_size=parts.dist.world_size)
+    samples_per_step = layout.global_batch
     started = time.perf_counter()
     first_step = parts.state.step
     with StopRequest() as stop:
@@ -270,6 +296,7 @@ def train(parts: TrainParts) -> TrainResult:
             step_loss = 0.0
             for micro in range(accumulation):
                 batch = next(batches)
+                mark(parts.state.step + 1, "backward and optimizer step", micro)
                 step_loss += micro_step(parts, batch, sync=micro == accumulation - 1, scale=1.0 / accumulation)
             step_loss /= accumulation
             # 2. clip, optimizer step, EMA
@@ -280,6 +307,7 @@ def train(parts: TrainParts) -> TrainResult:
                 parts.ema.update(p for _, p in parts.strategy.local_parameters())
             step_times.append(time.perf_counter() - step_started)
             # 3. log: mean loss over ranks; rank 0 writes
+            mark(parts.state.step, "loss average")
             mean_loss = pdist.all_reduce_mean(step_loss, parts.dist.device)
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(f"loss became {mean_loss} at step {parts.state.step}")
@@ -295,6 +323,7 @@ def train(parts: TrainParts) -> TrainResult:
             if parts.state.step % train_cfg.log_interval == 0 or parts.state.step == parts.max_steps:
                 record["loss_avg"] = sum(window) / len(window)
                 record["samples_per_s"] = samples_per_step * len(step_times) / max(sum(step_times), 1e-9)
+                mark(parts.state.step, "logging")
                 record.update(data_counters(parts))
                 window.clear()
                 step_times.clear()
@@ -302,18 +331,22 @@ def train(parts: TrainParts) -> TrainResult:
                 parts.log(record)
             # 4. checkpoint and validation on schedule
             if parts.state.step % train_cfg.checkpointing_steps == 0 and parts.state.step < parts.max_steps:
+                mark(parts.state.step, "checkpoint")
                 saved.append(save_checkpoint(parts, {"reason": "schedule"}))
             if parts.validate is not None and train_cfg.validation_steps and \
                     parts.state.step % train_cfg.validation_steps == 0:
+                mark(parts.state.step, "validation")
                 videos = parts.validate(parts.state.step)
                 for label, paths in (videos or {}).items():
                     trackers.log_videos(parts.state.step, f"validation/{label}", paths)
             # 5. stop when asked (SIGINT/SIGTERM on any rank)
+            mark(parts.state.step, "stop check")
             if stop.agreed(parts.dist.device):
                 interrupted = True
                 break
         # 6. always end with a checkpoint (unless this step's already exists: e.g. a finished run resumed)
         current = parts.output_dir / ckpt.checkpoint_name(parts.state.step)
         if (not saved or saved[-1].name != current.name) and not (first_step == parts.state.step and ckpt.is_complete(current)):
+            mark(parts.state.step, "final checkpoint")
             saved.append(save_checkpoint(parts, {"reason": "interrupted" if interrupted else "end"}))
     return TrainResult(final_step=parts.state.step, losses=losses, checkpoints=saved, interrupted=interrupted)

@@ -23,6 +23,7 @@ from osctl.train import checkpoint as ckpt
 if TYPE_CHECKING:  # torch is imported by plan_training only: the weights check runs before any launch
     import torch
 
+    from osctl.parallel.layout import ParallelLayout
     from osctl.recipe.validate import CheckedRecipe
     from osctl.registry import Registry
 
@@ -52,12 +53,13 @@ def require_training_weights(checked: CheckedRecipe) -> None:
     require_weights(training_missing_weights(checked), what="training")
 
 
-def stop_step(train_cfg: Any, steps_per_epoch: int | None) -> int:
-    """The optimizer step the run ends at: ``train.max_steps``, else ``num_epochs`` whole passes over the data."""
+def stop_step(train_cfg: Any, layout: ParallelLayout, steps_per_epoch: int | None) -> int:
+    """The optimizer step the run ends at: ``train.max_steps``, else ``num_epochs`` whole passes over the data
+    (``steps_per_epoch`` counts the loader's micro-batches; the layout turns them into optimizer steps)."""
     if train_cfg.max_steps is not None:
         return int(train_cfg.max_steps)
     if train_cfg.num_epochs is not None and steps_per_epoch:
-        return int(train_cfg.num_epochs * steps_per_epoch // train_cfg.gradient_accumulation_steps)
+        return layout.optimizer_steps(train_cfg.num_epochs * steps_per_epoch)
     raise ConfigError("train.max_steps or train.num_epochs must be set to know when to stop.")
 
 
@@ -116,6 +118,7 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     from osctl.data.loader import plan_stream
     from osctl.parallel import dist as pdist
     from osctl.parallel.groups import ParallelGroups
+    from osctl.parallel.layout import ParallelLayout
     from osctl.quiet import quiet_libraries
     from osctl.train.run import (
         _check_recipe_change,
@@ -130,7 +133,8 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     recipe = checked.loaded.recipe
     train_cfg, parallel = recipe.train, recipe.parallel
     info = pdist.init_distributed(parallel.timeout_s)
-    groups = ParallelGroups(info.world_size, info.rank, parallel.sp_size)
+    layout = ParallelLayout.from_recipe(recipe, world_size=info.world_size)
+    groups = ParallelGroups(layout.world_size, info.rank, layout.sp_size)
     output_dir = Path(train_cfg.output_dir)
 
     # 1. data: the batches of this replica, over the fresh index or one bucketed in memory
@@ -138,19 +142,19 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     if options.data_source is not None:
         steps_per_epoch = getattr(options.data_source, "steps_per_epoch", None)
     else:
-        index, settings, geometry, note = plan_index(recipe, info.world_size)
-        stream = plan_stream(recipe, index, settings, geometry, note, dp_rank=groups.dp_rank, dp_size=groups.dp_size)
+        index, settings, geometry, note = plan_index(recipe, layout)
+        stream = plan_stream(recipe, index, settings, geometry, note, layout=layout, dp_rank=groups.dp_rank)
         steps_per_epoch, data_summary = stream.sampler.steps_per_epoch, stream.summary
     try:
-        max_steps: Any = stop_step(train_cfg, steps_per_epoch)
+        max_steps: Any = stop_step(train_cfg, layout, steps_per_epoch)
     except ConfigError as exc:  # the plan says so (the run itself stops with this error)
         max_steps = f"? ({exc.message.rstrip('.')})"
 
     # 2. components on the meta device: shapes and parameter counts, no weights, no memory
     precision = DTYPES[train_cfg.mixed_precision]
     model = build_model(checked, registry, device="meta", dtype=torch.float32, meta=True)
-    if parallel.sp_size > 1:
-        _check_sequence_parallel_model(model, info.world_size, parallel.sp_size)
+    if layout.sequence_parallel:
+        _check_sequence_parallel_model(model, layout)
     frozen: list[Any] = []
     for build, dtype in ((build_text_encoder, precision),
                          (build_autoencoder, torch.float32 if train_cfg.vae_fp32 else precision)):
@@ -173,8 +177,8 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     elif train_cfg.resume_from_checkpoint == "latest":
         notes.append(f"no checkpoint in {output_dir} yet: starting from step 0")
 
-    name = strategy_name(recipe, info.world_size)
-    plan = _plan(recipe, _PlannedStrategy(name, model), info, state, max_steps, steps_per_epoch, data_summary,
+    name = strategy_name(recipe, registry, info.world_size)
+    plan = _plan(recipe, _PlannedStrategy(name, model), layout, state, max_steps, steps_per_epoch, data_summary,
                  output_dir, notes)
     line = validation_line(train_cfg, output_dir)
     if line is not None:

@@ -21,10 +21,18 @@ import torch
 import yaml
 
 from osctl import __version__
-from osctl.build import DTYPES, build_autoencoder, build_model, build_strategy, build_text_encoder
-from osctl.errors import ConfigError, UsageError
+from osctl.build import (
+    DTYPES,
+    build_autoencoder,
+    build_model,
+    build_strategy,
+    build_text_encoder,
+    strategy_name,
+)
+from osctl.errors import ConfigError, OsctlError, StorageError, UsageError
 from osctl.parallel import dist as pdist
-from osctl.parallel.groups import ParallelGroups, check_layout, global_batch_size
+from osctl.parallel.groups import ParallelGroups
+from osctl.parallel.layout import ParallelLayout
 from osctl.quiet import quiet_libraries
 from osctl.recipe.load import recipe_hash
 from osctl.recipe.validate import CheckedRecipe
@@ -38,6 +46,7 @@ from osctl.train.plan import frozen_lines, plan_training, require_training_weigh
 from osctl.train.state import TrainState
 from osctl.train.tracking import open_trackers
 from osctl.train.weights import load_into
+from osctl.utils.dir_lock import DirLock
 from osctl.utils.output_dir import check_output_dir
 
 # Recipe keys that change what is learned from which data: resuming with a different value needs
@@ -120,11 +129,40 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     the meta device, data bucketed in memory, nothing written, no weights needed). A real run first
     refuses to start without the weights the recipe names, before building anything.
     Rank 0 opens the trackers (``logs/metrics.jsonl`` and ``train.trackers``) before the first step and
-    closes them however the loop ends: finished, failed, or stopped by a signal.
+    closes them however the loop ends: finished, failed, or stopped by a signal. Except in a dry run
+    (which writes nothing), rank 0 first locks ``train.output_dir`` (:func:`lock_output_dir`).
     """
     if options.dry_run:
         return plan_training(checked, registry, options)
     require_training_weights(checked)
+    info = pdist.init_distributed(checked.loaded.recipe.parallel.timeout_s)
+    lock = lock_output_dir(Path(checked.loaded.recipe.train.output_dir), info)
+    try:
+        return _run(checked, registry, options)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_output_dir(output_dir: Path, info: pdist.DistInfo) -> DirLock | None:
+    """Rank 0 takes ``output_dir``'s lock before anything is written there, so a second run on the same
+    folder (a resume racing a live run) is refused; every rank hears the verdict and stops with it.
+    Returns the lock on rank 0 (None elsewhere)."""
+    lock, refusal = None, None
+    if info.is_main:
+        try:
+            check_output_dir(output_dir, key="train.output_dir")  # a file, a read-only disk: one sentence
+            lock = DirLock(output_dir).acquire()
+        except OsctlError as exc:
+            refusal = (exc.message, exc.hint, exc.exit_code)
+    refusal = pdist.broadcast_object(refusal)
+    if refusal is not None:
+        message, hint, code = refusal
+        raise (UsageError if code == 2 else StorageError)(message, hint=hint)
+    return lock
+
+
+def _run(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> TrainResult:
     parts = setup_training(checked, registry, options)
     if parts.dist.is_main:
         parts.output_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +185,9 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     recipe = checked.loaded.recipe
     train_cfg, parallel = recipe.train, recipe.parallel
     info = pdist.init_distributed(parallel.timeout_s)
-    groups = ParallelGroups(info.world_size, info.rank, parallel.sp_size)
+    layout = ParallelLayout.from_recipe(recipe, world_size=info.world_size)
+    strategy_name(recipe, registry, info.world_size)  # a one-process strategy in several processes: refused now
+    groups = ParallelGroups(layout.world_size, info.rank, layout.sp_size)
     output_dir = check_output_dir(train_cfg.output_dir, key="train.output_dir", create=False)  # before any work
     resolved = checked.loaded.resolved()
     fingerprint = recipe_hash(resolved)
@@ -160,10 +200,9 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     if source is None:
         from osctl.data.loader import build_batch_source
 
-        source, data_summary = build_batch_source(checked, registry, info, dp_rank=groups.dp_rank,
-                                                  dp_size=groups.dp_size)
+        source, data_summary = build_batch_source(checked, registry, info, layout=layout, dp_rank=groups.dp_rank)
     steps_per_epoch = getattr(source, "steps_per_epoch", None)
-    max_steps = stop_step(train_cfg, steps_per_epoch)
+    max_steps = stop_step(train_cfg, layout, steps_per_epoch)
 
     # 2. frozen components and the model
     precision = DTYPES[train_cfg.mixed_precision]
@@ -171,8 +210,8 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
                            dtype=torch.float32 if train_cfg.vae_fp32 else precision)
     text_encoder = build_text_encoder(checked, registry, device=info.device, dtype=precision)
     model = build_model(checked, registry, device="cpu", dtype=torch.float32)
-    if parallel.sp_size > 1:
-        _check_sequence_parallel_model(model, info.world_size, parallel.sp_size)
+    if layout.sequence_parallel:
+        _check_sequence_parallel_model(model, layout)
     if train_cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
     model.train()
@@ -211,7 +250,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     if resume_dir is not None:
         _restore(resume_dir, strategy, ema, state, source, info)
 
-    plan = _plan(recipe, strategy, info, state, max_steps, steps_per_epoch, data_summary, output_dir, notes)
+    plan = _plan(recipe, strategy, layout, state, max_steps, steps_per_epoch, data_summary, output_dir, notes)
     validate = None
     if train_cfg.validation_steps and train_cfg.validation_prompts:
         from osctl.train.validate import Validator
@@ -228,14 +267,14 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         text_encoder=text_encoder, data=source, state=state, output_dir=output_dir, max_steps=max_steps, ema=ema,
         fingerprint=fingerprint, recipe_yaml=yaml.safe_dump(resolved, sort_keys=False),
         log=options.log or (lambda record: None), on_step=options.on_step, validate=validate,
-        versions={"osctl": __version__, "torch": torch.__version__}, groups=groups, plan=plan,
+        versions={"osctl": __version__, "torch": torch.__version__}, groups=groups, plan=plan, layout=layout,
     )
 
 
-def _plan(recipe: Any, strategy: Any, info: pdist.DistInfo, state: TrainState, max_steps: int,
+def _plan(recipe: Any, strategy: Any, layout: ParallelLayout, state: TrainState, max_steps: int,
           steps_per_epoch: int | None, data_summary: dict[str, Any], output_dir: Path, notes: list[str]) -> Plan:
     """What the run will do, line by line (printed at start and alone with --dry-run)."""
-    train_cfg, parallel = recipe.train, recipe.parallel
+    train_cfg = recipe.train
     total, trainable = parameter_counts(strategy.module)
     plan = Plan()
     plan.add("model", f"{recipe.model.name}: {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)")
@@ -243,22 +282,14 @@ def _plan(recipe: Any, strategy: Any, info: pdist.DistInfo, state: TrainState, m
              f"{' zero-SNR' if recipe.diffusion.rescale_betas_zero_snr else ''}"
              f"{f' min-SNR {recipe.diffusion.snr_gamma:g}' if recipe.diffusion.snr_gamma else ''}")
     plan.add("precision", f"{train_cfg.mixed_precision} (autoencoder {'fp32' if train_cfg.vae_fp32 else train_cfg.mixed_precision})")
-    plan.add("strategy", f"{strategy.name}, world {info.world_size}, sp_size {parallel.sp_size}")
-    effective = global_batch_size(train_cfg, parallel, info.world_size)
-    accumulation = train_cfg.gradient_accumulation_steps
-    if parallel.sp_size > 1:
-        plan.add("batch", f"{parallel.train_sp_batch_size} per sequence-parallel group of {parallel.sp_size} ranks x "
-                 f"{info.world_size // parallel.sp_size} groups x {accumulation} accumulation = {effective} "
-                 "per optimizer step")
-    else:
-        plan.add("batch", f"{train_cfg.train_batch_size} per rank x {info.world_size} ranks x "
-                 f"{accumulation} accumulation = {effective} per optimizer step")
+    plan.add("strategy", f"{strategy.name}, world {layout.world_size}, sp_size {layout.sp_size}")
+    plan.add("batch", layout.describe())
     for key, value in data_summary.items():
         plan.add(f"data {key}", value)
-    if steps_per_epoch:
-        plan.add("steps per epoch", steps_per_epoch)
+    if steps_per_epoch:  # optimizer steps: the loader's batches per epoch over the accumulation
+        plan.add("steps per epoch", layout.optimizer_steps(steps_per_epoch))
     plan.add("steps", f"{state.step} -> {max_steps}")
-    plan.add("memory estimate", f"{memory_estimate_gb(trainable, total, train_cfg.use_ema, strategy.name, info.world_size):.2f} "
+    plan.add("memory estimate", f"{memory_estimate_gb(trainable, total, train_cfg.use_ema, strategy.name, layout.world_size):.2f} "
              "GB per process for weights, grads, optimizer and EMA (activations extra)")
     plan.add("output", str(output_dir))
     trackers = "".join(f", {t.name}" for t in train_cfg.trackers)
@@ -268,13 +299,13 @@ def _plan(recipe: Any, strategy: Any, info: pdist.DistInfo, state: TrainState, m
     return plan
 
 
-def _check_sequence_parallel_model(model: Any, world: int, sp_size: int) -> None:
+def _check_sequence_parallel_model(model: Any, layout: ParallelLayout) -> None:
     """Sequence parallelism needs the model's hook and a head count that splits over the group."""
     if not callable(getattr(model, "set_sequence_parallel", None)):
-        raise ConfigError(f"parallel.sp_size {sp_size} needs a model with sequence-parallel support "
+        raise ConfigError(f"parallel.sp_size {layout.sp_size} needs a model with sequence-parallel support "
                           f"(set_sequence_parallel); {type(model).__name__} has none — set parallel.sp_size to 1.")
     heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
-    check_layout(world, sp_size, int(heads) if heads is not None else None)
+    layout.check_heads(int(heads) if heads is not None else None)
 
 
 def _check_recipe_change(resume_dir: Path, resolved: dict[str, Any], allow: bool, notes: list[str]) -> None:

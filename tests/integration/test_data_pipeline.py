@@ -125,6 +125,7 @@ import json, sys, torch
 from pathlib import Path
 from osctl.data.loader import build_batch_source
 from osctl.parallel import dist as pdist
+from osctl.parallel.layout import ParallelLayout
 from osctl.plugin_manager import default_registry
 from osctl.recipe.load import load_recipe
 from osctl.recipe.validate import check_recipe
@@ -134,8 +135,8 @@ checked = check_recipe(load_recipe(Path(sys.argv[1]), ["train.train_batch_size=1
 info = pdist.init_distributed(120)
 tokenize = lambda texts: {"input_ids": torch.zeros(len(texts), 4, dtype=torch.long),
                           "attention_mask": torch.ones(len(texts), 4, dtype=torch.long)}
-source, summary = build_batch_source(checked, registry, info, dp_rank=info.rank, dp_size=info.world_size,
-                                     tokenize=tokenize)
+layout = ParallelLayout.from_recipe(checked.loaded.recipe, world_size=info.world_size)
+source, summary = build_batch_source(checked, registry, info, layout=layout, dp_rank=info.rank, tokenize=tokenize)
 stream = iter(source)
 rows = [[list(b["pixel_values"].shape), b["samples"].tolist()] for b in (next(stream) for _ in range(source.steps_per_epoch))]
 Path(sys.argv[2]).joinpath(f"rank{info.rank}.json").write_text(json.dumps({"rows": rows, "summary": summary}))

@@ -27,7 +27,8 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize("launcher", ["osctl", "torchrun", "deepspeed"])
 def test_every_rank_joins_and_reports_its_error(tmp_path, launcher):
     recipe = write_tiny_recipe(tmp_path, tmp_path / "out", tmp_path / "cache")
-    train = ["train", "--recipe", str(recipe), "--resume-from-checkpoint", str(tmp_path / "missing")]
+    train = ["train", "--recipe", str(recipe), "--resume-from-checkpoint", str(tmp_path / "missing"),
+             "--set", "parallel.strategy=ddp"]  # the tiny recipe's `single` is refused for 2 processes
     command = {
         "osctl": [sys.executable, "-m", "osctl", *train, "--nproc-per-node", "2"],
         "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -156,13 +156,13 @@ class DeepSpeedStrategy:
         """Build the engine: ZeRO-wrapped optimizer (DeepSpeed's CPU AdamW when offloading), LR scheduler."""
         import deepspeed
 
-        from osctl.parallel.groups import stream_batch_size
+        from osctl.parallel.layout import ParallelLayout
 
         skip_shm_comm_build()
+        layout = ParallelLayout.from_sections(self.train, self.parallel, world_size=dist.get_world_size())
         config = deepspeed_config(
-            precision=self.precision, zero_stage=self.zero_stage,
-            micro_batch=stream_batch_size(self.train, self.parallel),
-            accumulation=self.train.gradient_accumulation_steps, world=dist.get_world_size(),
+            precision=self.precision, zero_stage=self.zero_stage, micro_batch=layout.stream_batch,
+            accumulation=layout.grad_accum, world=layout.world_size,
             max_grad_norm=self.train.max_grad_norm, offload_optimizer=self.parallel.offload_optimizer,
             offload_params=self.parallel.offload_params, extra=self.parallel.deepspeed_config,
         )

@@ -34,7 +34,8 @@ def _deepspeed(config: Any, **runtime: Any) -> Any:
 @osctl.hookimpl
 def register_strategies(register: Any) -> None:
     """Register ``single``, ``ddp``, ``fsdp`` and ``deepspeed``."""
-    register(osctl.ComponentSpec(name="single", summary="one process, one device", factory=_single))
+    register(osctl.ComponentSpec(name="single", summary="one process, one device", factory=_single,
+                                 metadata={"multi_process": False}))  # refused when several processes run
     register(osctl.ComponentSpec(name="ddp", summary="data parallel (torch DistributedDataParallel)", factory=_ddp,
                                  metadata={"multi_process": True}))
     register(osctl.ComponentSpec(name="fsdp", summary="fully sharded data parallel (torch FSDP2 fully_shard)",

@@ -61,14 +61,14 @@ def settings(*, num_frames: int = 9, train_fps: float = 12, min_frames: int = 5,
              max_hxw: int | None = 1024, hw_stride: int = 16, max_height: int | None = None,
              max_width: int | None = None, stride_t: int = 4, seed: int = 42, batch: int = 1) -> BucketSettings:
     """Bucket settings for small test clips (every bucket kept, short clips kept)."""
-    from osctl.data.bucket import BatchGeometry
+    from osctl.parallel.layout import ParallelLayout
 
     return BucketSettings(
         frames=FrameRules(num_frames=num_frames, train_fps=train_fps, drop_short_ratio=0.0, min_frames=min_frames,
                           stride_t=stride_t, seed=seed),
         resolution=ResolutionRules(mode=mode, max_hxw=max_hxw, min_hxw=(max_hxw // 4 if max_hxw else None),
                                    hw_stride=hw_stride, max_height=max_height, max_width=max_width),
-        min_bucket_batches=0, group_data=True, batch=BatchGeometry(train_batch_size=batch))
+        min_bucket_batches=0, group_data=True, layout=ParallelLayout(stream_batch=batch))
 
 
 def make_index(tmp: Path, records: list[dict[str, Any]], bucket_settings: BucketSettings) -> SampleIndex:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from osctl.data.annotations import read_annotations
-from osctl.data.bucket import BatchGeometry, BucketSettings, Reason, ScoreFilters, build_buckets
+from osctl.data.bucket import BucketSettings, Reason, ScoreFilters, build_buckets
 from osctl.data.datatxt import load_data_txt
 from osctl.data.rules import FrameRules, ResolutionRules
+from osctl.parallel.layout import ParallelLayout
 
 VIDEO = {"cap": "a clip", "resolution": {"height": 720, "width": 1280}, "num_frames": 100, "fps": 16}
 IMAGE = {"cap": "a photo", "resolution": {"height": 720, "width": 1280}}
@@ -108,18 +109,23 @@ def test_batches_per_epoch_and_rounding(make_data: Any, group: bool, batches: in
     records = [{**VIDEO, "path": f"v{i}.mp4"} for i in range(8)] + [{**IMAGE, "path": f"i{i}.jpg"} for i in range(5)]
     records.append({**VIDEO, "path": "odd.mp4", "resolution": {"height": 512, "width": 512}})
     settings = dataclasses.replace(SETTINGS, min_bucket_batches=1, group_data=group,
-                                   batch=BatchGeometry(train_batch_size=3, world_size=1))
+                                   layout=ParallelLayout(stream_batch=3))
     result = _build(make_data, records, settings)
-    assert settings.batch.global_batch == 3 and settings.minority_threshold == 3
+    assert settings.layout.global_batch == 3 and settings.minority_threshold == 3
     assert [(b.key, b.count, b.batches, b.lost) for b in result.buckets] == [("29x384x672", 8, 2, 2), ("1x384x672", 5, 1, 2)]
     assert result.minority == [("29x512x512", 1)]
     assert result.n_kept == 13
     assert (result.batches_per_epoch, result.samples_lost) == (batches, lost)
 
 
-def test_global_batch_formula() -> None:
-    assert BatchGeometry(train_batch_size=4, world_size=8, grad_accum=2, sp_size=4, train_sp_batch_size=2).global_batch == 32
-    assert BatchGeometry(train_batch_size=1, world_size=2, sp_size=4).global_batch == 1
+def test_global_batch_is_the_layouts() -> None:
+    # was the reference's `train_batch_size x world x accumulation // sp x train_sp_batch_size` (32 here):
+    # 2 SP groups of 4 ranks, each sharing a batch of 2, x 2 accumulation = 8 samples per optimizer step
+    layout = ParallelLayout(world_size=8, sp_size=4, stream_batch=2, grad_accum=2)
+    assert layout.global_batch == 8
+    settings = dataclasses.replace(SETTINGS, frames=dataclasses.replace(SETTINGS.frames, sp_size=4), layout=layout,
+                                   min_bucket_batches=2)
+    assert settings.minority_threshold == 16
 
 
 def test_settings_from_recipe(tmp_path: Path) -> None:
@@ -130,10 +136,11 @@ def test_settings_from_recipe(tmp_path: Path) -> None:
                       "train:\n  train_batch_size: 2\n  gradient_accumulation_steps: 3\n"
                       "parallel:\n  nproc_per_node: 4\n  nnodes: 2\n  sp_size: 2\n")
     settings = BucketSettings.from_recipe(load_recipe(recipe, []).recipe)
-    assert settings.batch.world_size == 8 and settings.batch.global_batch == 2 * 8 * 3 // 2
-    assert settings.minority_threshold == 48
+    # 8 ranks in SP groups of 2 = 4 replicas x train_sp_batch_size 1 x 3 accumulation (not the reference's 24)
+    assert settings.layout.world_size == 8 and settings.layout.global_batch == 4 * 1 * 3
+    assert settings.minority_threshold == 24
     assert settings.resolution.mode == "area" and settings.resolution.min_hxw == 65536
-    assert BucketSettings.from_recipe(load_recipe(recipe, []).recipe, world_size=2).batch.world_size == 2
+    assert BucketSettings.from_recipe(load_recipe(recipe, []).recipe, world_size=2).layout.world_size == 2
     assert np.isclose(settings.frames.train_fps, 24.0)
 
 

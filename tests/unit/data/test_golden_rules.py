@@ -22,13 +22,14 @@ import numpy as np
 import pytest
 
 from osctl.data.annotations import LoadedAnnotation, read_annotations
-from osctl.data.bucket import BatchGeometry, BucketResult, BucketSettings, Reason, build_buckets
+from osctl.data.bucket import BucketResult, BucketSettings, Reason, build_buckets
 from osctl.data.datatxt import load_data_txt, parse_data_txt
 from osctl.data.index import write_index
 from osctl.data.records import KIND_IMAGE, KIND_VIDEO
 from osctl.data.rules import FrameCountError, FrameRules, ResolutionRules, sample_frame_indices
 from osctl.data.validate import validate_data
 from osctl.errors import ConfigError, DataError
+from osctl.parallel.layout import ParallelLayout
 
 GOLDEN_SEED = 1234
 CHAR = {Reason.KEPT: "K", Reason.MINORITY_BUCKET: "K", Reason.NO_CAPTION: "c", Reason.NO_RESOLUTION: "r",
@@ -76,7 +77,9 @@ def reference_settings(setting: dict[str, Any], total_batch_size: int = 1) -> Bu
                                    max_width=setting.get("max_width"), max_hxw=setting.get("max_hxw"),
                                    min_hxw=setting.get("min_hxw"), hw_stride=setting.get("hw_stride", 32),
                                    crop_before_sizing=False),
-        keep_empty_captions=True, min_bucket_batches=4, batch=BatchGeometry(train_batch_size=total_batch_size),
+        keep_empty_captions=True, min_bucket_batches=4,
+        # one SP group (world = sp_size) reading total_batch_size samples: the fixtures' total_batch_size
+        layout=ParallelLayout(world_size=setting["sp_size"], sp_size=setting["sp_size"], stream_batch=total_batch_size),
     )
 
 

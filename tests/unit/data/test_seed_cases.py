@@ -108,9 +108,10 @@ def test_combined_recipe(loaded: Any, tmp_path: Path) -> None:
 data: {max_hxw: 236544, min_hxw: 102400, num_frames: 93, drop_short_ratio: 0.0, group_data: true, hw_stride: 32,
        train_fps: 16, speed_factor: 1.5, min_bucket_batches: 2}
 train: {train_batch_size: 4}
-parallel: {sp_size: 2, nproc_per_node: 4}
+parallel: {sp_size: 2, nproc_per_node: 4, train_sp_batch_size: 4}
 """)
-    assert settings.batch.global_batch == 4 * 4 // 2 and settings.minority_threshold == 16
+    # 2 SP groups sharing a batch of 4 each (train_batch_size is the per-rank batch without SP only)
+    assert settings.layout.global_batch == 4 * 4 // 2 and settings.minority_threshold == 16
     for b in _videos(result):
         assert ((b.t - 1) // 4 + 1) % 2 == 0  # latent frames divide by sp_size
         assert 102400 <= b.h * b.w <= 236544

@@ -70,7 +70,6 @@ def test_parse_override_forms():
         ("data:\n  drop_short_ratio: 1.5\n", [], r"data.drop_short_ratio: input should be less than or equal to 1, got 1.5"),
         ("data:\n  speed_factor: 0.5\n", [], r"data.speed_factor: input should be greater than or equal to 1"),
         ("data:\n  max_hxw: 1000\n  min_hxw: 2000\n", [], r"r.yaml:2: data.max_hxw: must be >= min_hxw \(2000\), got 1000"),
-        ("parallel:\n  sp_size: 3\n  nproc_per_node: 8\n", [], r"r.yaml:2: parallel.sp_size: must divide the world size \(8\), got 3"),
         ("- a\n- b\n", [], r"a recipe must be a mapping of sections, got list"),
     ],
 )
