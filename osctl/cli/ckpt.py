@@ -204,6 +204,16 @@ def _render_inspect(report: dict[str, Any]) -> None:
             table.add_row("", f"[yellow]{escape(arch['warning'])}[/]")
         for kind, section in (arch.get("recipe_section") or {}).items():
             table.add_row("", escape(f"recipe: {kind}: {{name: {section['name']}, path: {section['path']}}}"))
+    pipeline = report.get("pipeline")
+    if pipeline:
+        settings = ", ".join(f"{k} {v}" for k, v in pipeline["settings"].items())
+        table.add_row("pipeline", escape(f"{pipeline['class_name']}" + (f" ({settings})" if settings else "")))
+        for name, component in pipeline["components"].items():
+            loads = component.get("loads_with")
+            how = f" — {loads['kind']} {loads['name']}" if loads else ""
+            size = f", {_count(component['parameters'])} parameters" if "parameters" in component else ""
+            missing = "" if component["present"] else " [red](missing)[/]"
+            table.add_row(f"  {escape(name)}", escape(f"{component['class_name']}{size}{how}") + missing)
     weights = report.get("weights")
     if weights:
         table.add_row("weights", escape(_weights_line(weights)))
@@ -211,6 +221,8 @@ def _render_inspect(report: dict[str, Any]) -> None:
         shown_modules = ", ".join(f"{escape(name)} {_count(n)}" for name, n in modules[:8])
         more = f", … {len(modules) - 8} more" if len(modules) > 8 else ""
         table.add_row("  by module", shown_modules + more)
+        for name, part in (report.get("parts") or {}).items():
+            table.add_row(f"  {escape(name)}/", escape(_weights_line(part)))
     ema = report["ema"]
     if ema.get("present"):
         details = ema.get("details") or {}

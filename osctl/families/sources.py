@@ -81,13 +81,13 @@ def resolve_root(value: str, cache_dir: str | os.PathLike[str] | None = None) ->
 
 def missing_source(value: str, key: str, *, what: str, cache_dir: str | os.PathLike[str] | None = None,
                    fetch: str | None = None) -> MissingWeights:
-    """The :class:`MissingWeights` of ``value`` (recipe key ``key``) that :func:`resolve_root` did not find."""
+    """The :class:`MissingWeights` of ``value`` (recipe key ``key``) that :func:`resolve_root` did not find;
+    ``fetch`` says how to get a local folder (a hub id gets its download command)."""
     path = Path(value).expanduser()
-    if looks_like_hub_id(value):
+    if looks_like_hub_id(value):  # ``fetch`` is for local folders: a hub id names its own download
         where = repo_cache_folder(value, cache_dir)
         return MissingWeights(key, f"{value!r} is not available offline: it is not in the Hugging Face cache at "
-                                   f"{where}", str(where),
-                              fetch or f"download it with `{download_command(value, cache_dir)}`")
+                                   f"{where}", str(where), f"download it with `{download_command(value, cache_dir)}`")
     detail = f"{value!r} does not exist" if not path.exists() else f"{value!r} is not a folder"
     return MissingWeights(key, detail, str(path), fetch or f"put the {what} there, or point {key} at it")
 

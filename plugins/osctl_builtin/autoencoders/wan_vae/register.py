@@ -55,6 +55,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: the released pipelines whose VAE is Wan 2.2's (the others carry Wan 2.1's): what a plan assumes before download
+RELEASED_VAES: dict[str, str] = {"Wan-AI/Wan2.2-TI2V-5B-Diffusers": "wan2.2"}
+
+
 class WanVAEConfig(ComponentConfig):
     """Options of the ``wan_vae`` autoencoder (recipe section ``autoencoder``)."""
 
@@ -94,12 +98,13 @@ class WanVAEConfig(ComponentConfig):
         return found.folders["vae"] if found is not None else None
 
     def vae_config(self) -> dict[str, Any]:
-        """The VAE's constructor arguments: the folder's config.json, else the preset (``wan2.1`` by default)."""
+        """The VAE's constructor arguments: the folder's config.json, else the preset; before a released pipeline
+        is downloaded, the released VAE it carries (:data:`RELEASED_VAES`; Wan 2.1's otherwise)."""
         folder = self.folder()
         if folder is not None:
             data = read_json_object(folder / "config.json", "autoencoder.path")
             return {k: v for k, v in data.items() if not k.startswith("_")}
-        return dict(PRESETS[self.preset or "wan2.1"])
+        return dict(PRESETS[self.preset or RELEASED_VAES.get(self.path or "", "wan2.1")])
 
     def autoencoder_geometry(self) -> AutoencoderGeometry:
         """The VAE's half of the latent geometry: 4x time; 8x (Wan 2.1) or 16x (Wan 2.2) space; 16 or 48 channels."""
