@@ -13,5 +13,6 @@ names, subfolders, the points where its transformer's token sequence is split an
   timestep experts (Wan 2.2), Ulysses sequence parallelism without forking the model code, and the
   weight parts a checkpoint saves;
 - :mod:`osctl.families.ulysses_attention`: the all-to-alls around attention, for attention processors;
+- :mod:`osctl.families.loading`: diffusers' ``from_pretrained`` without running code from the files;
 - :mod:`osctl.families.pipeline_export`: ``osctl ckpt convert --to diffusers-pipeline``.
 """

@@ -27,3 +27,10 @@ def test_bench_data_runs_every_command_and_prints_its_figures(tmp_path: Path, fi
     assert (index / "samples.arrow").is_file()
     recorded = json.loads((index / "index.json").read_text())["fingerprint"]["annotations"]
     assert [entry["records"] for entry in recorded] == ([3000] if files == 1 else [1000] * files)
+
+
+def test_bench_train_step_runs_for_the_wan_family() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--family", "wan",
+                          "--steps", "2", "--warmup", "1"], capture_output=True, text=True, timeout=600,
+                         check=True).stdout
+    assert "ratio osctl / bare = " in out and "bare loop step" in out

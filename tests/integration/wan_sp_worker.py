@@ -84,10 +84,24 @@ def run_grads(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[st
 
 
 def run_train(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[str, Any]:
+    """Optimizer steps; also counts the micro-steps where a trained expert had no sample (its one-token run)."""
     from osctl.train.loop import train
 
     parts, _, _ = setup(job, root, rank, world)
-    return {"losses": train(parts).losses}
+    module = parts.strategy.module
+    touches = [0]
+    real_touch = module._touch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        touches[0] += 1
+        return real_touch(*args, **kwargs)
+
+    module._touch = counted
+    losses = train(parts).losses
+    touched = torch.tensor([float(touches[0])])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(touched)
+    return {"losses": losses, "touches": int(touched.item())}
 
 
 def run_sample(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[str, Any]:
