@@ -245,3 +245,38 @@ def test_missing_pipelines_are_reported_not_downloaded(registry, monkeypatch, tm
     assert type(planned.model).__name__ == "UMT5EncoderModel"
     (local,) = WanConfig(path=str(tmp_path / "nowhere")).missing_weights()
     assert "does not exist" in local.detail
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-a14b"])
+def test_saved_weights_load_back_part_by_part(registry, preset, tmp_path):
+    """A checkpoint's model/ (one transformer: the folder itself; two: transformer/ and transformer_2/) loads
+    back into a fresh model (resume, train.pretrained) and with diffusers' from_pretrained."""
+    from diffusers import WanTransformer3DModel
+
+    from osctl.train.export import save_model
+    from osctl.train.weights import load_into
+
+    torch.manual_seed(0)
+    trained = registry.build("model", "wan", {"preset": preset})
+    save_model(tmp_path / "model", trained, trained.state_dict())
+    names = [name for name, _ in trained.transformers()]
+    folders = [tmp_path / "model"] if len(names) == 1 else [tmp_path / "model" / name for name in names]
+    for name, folder in zip(names, folders, strict=True):
+        loaded = WanTransformer3DModel.from_pretrained(folder)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                     getattr(trained, name).state_dict().values(), strict=True))
+    torch.manual_seed(1)
+    fresh = registry.build("model", "wan", {"preset": preset})
+    report = load_into(fresh, tmp_path / "model")
+    assert report.loaded == report.total and not (report.missing or report.unexpected or report.mismatched)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), trained.state_dict().values(),
+                                                 strict=True))
+
+
+def test_a_plan_before_download_assumes_the_vae_of_the_released_pipeline(monkeypatch, tmp_path):
+    from osctl_builtin.autoencoders.wan_vae.register import WanVAEConfig
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    ti2v = WanVAEConfig(**WanVAEConfig.pipeline_options("Wan-AI/Wan2.2-TI2V-5B-Diffusers")).autoencoder_geometry()
+    t2v = WanVAEConfig(**WanVAEConfig.pipeline_options("Wan-AI/Wan2.2-T2V-A14B-Diffusers")).autoencoder_geometry()
+    assert (ti2v.stride_hw, ti2v.latent_channels) == (16, 48) and (t2v.stride_hw, t2v.latent_channels) == (8, 16)
