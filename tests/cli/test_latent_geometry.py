@@ -75,6 +75,11 @@ def test_data_bucket_snaps_frames_to_8k_plus_1_and_sizes_to_multiples_of_16(coar
             ((b["t"] - 1) // 8 + 1) * (b["h"] // 16) * (b["w"] // 16)
     meta = json.loads((coarse / "index" / "index.json").read_text())
     assert meta["settings"]["geometry"] == COARSE.as_dict()  # an index built for other strides is stale
+    checked = runner.invoke(app, ["recipe", "validate", str(coarse / "r.yaml"), "--json"])
+    assert checked.exit_code == 0 and json.loads(checked.stdout)["geometry"] == COARSE.as_dict()
+    shown = runner.invoke(app, ["recipe", "validate", str(coarse / "r.yaml")])
+    assert "latent geometry: autoencoder 8x16x16 (4 latent channels), patch 1x1x1: 8k+1 frames, sizes in multiples " \
+           "of 16" in " ".join(shown.output.split())
 
 
 @pytest.mark.parametrize(("setting", "message"), [
