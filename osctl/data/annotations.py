@@ -7,7 +7,7 @@ not well typed. No per-record Python object outlives loading.
 Speed: records are decoded by msgspec into typed structs (with the cyclic garbage collector paused)
 and gathered into columns with a few C-speed passes. A large JSON array is read and decoded in slices
 of whole records straight from the file; the slices of all large JSON files of a data.txt are shared
-between processes when there are several workers (:mod:`osctl.data.parallel_decode`). Only when the
+between processes when there are several workers (:mod:`osctl.data._fast.pool`). Only when the
 typed decode fails does the slow path run: the whole file is split into raw records, each is decoded
 on its own, and those that still fail are read leniently (:func:`osctl.data.records.inspect_record`)
 so that every problem is reported, not just the first. Non-JSON formats go through :func:`msgspec.convert` with the same types. Pickles are loaded
@@ -404,7 +404,7 @@ def _decode_sliced(files: list[tuple[int, list[tuple[int, int]]]], workers: int,
     decode = partial(read_slice, captions=captions)
     total = sum(stop - start for _, ranges in files for start, stop in ranges)
     if workers > 1 and total >= PARALLEL_MIN_BYTES:
-        from osctl.data.parallel_decode import decode_slices_parallel
+        from osctl.data._fast.pool import decode_slices_parallel
 
         items = [(fd, start, stop) for fd, ranges in files for start, stop in ranges]
         tables = decode_slices_parallel(items, workers, decode, start_background)
@@ -806,7 +806,7 @@ def read_annotation(source: DataSource, *, workers: int = 1, captions: bool = Tr
     """Read one annotation file; never raises for bad content (problems are returned).
 
     ``workers > 1`` lets a large JSON array be decoded by that many processes (see
-    :mod:`osctl.data.parallel_decode`). ``captions=False`` skips keeping the caption texts (their
+    :mod:`osctl.data._fast.pool`). ``captions=False`` skips keeping the caption texts (their
     states are still computed) and ``checksum=False`` skips the file's SHA-256 (``sha256`` is None):
     checks need neither, only the sample index does. The SHA-256 of a file decoded in slices is
     computed on a background thread after decoding (it would slow the decoding processes down) and

@@ -10,7 +10,7 @@ The reference's silent "minority" filter becomes an explicit rule: a bucket hold
 reason ``minority_bucket``. ``global_batch`` is the samples of one optimizer step of the run's
 :class:`~osctl.parallel.layout.ParallelLayout` (``world_size / sp_size x batch per replica x
 grad_accum``), the same number training uses; batches per epoch are counted with the sampler's own
-arithmetic (:func:`osctl.data.sampler.epoch_batches`), so they equal the steps training runs.
+arithmetic (:func:`osctl.data.stream.sampler.epoch_batches`), so they equal the steps training runs.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from osctl.data.rules import (
     temporal_crop_begins,
     too_long_mask,
 )
-from osctl.data.sampler import epoch_batches
+from osctl.data.stream.sampler import epoch_batches
 from osctl.errors import DataError
 from osctl.geometry import LatentGeometry
 from osctl.parallel.layout import ParallelLayout

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from osctl.data.loader import bucket_annotations, bucket_settings, check_index
+from osctl.data.stream.loader import bucket_annotations, bucket_settings, check_index
 from osctl.geometry import LatentGeometry
 from osctl.parallel.layout import ParallelLayout
 

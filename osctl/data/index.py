@@ -66,7 +66,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from osctl.data import ipc_file
+from osctl.data._fast import ipc_file
 from osctl.data.annotations import LoadedAnnotation
 from osctl.data.bucket import BucketResult, BucketSettings, FileOutcome
 from osctl.data.checksum import FileDigest

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from osctl.data import strings
+from osctl.data._fast import strings
 from osctl.data.annotations import LoadedAnnotation, RecordTable, read_annotations
 from osctl.data.bucket import media_kinds
 from osctl.data.datatxt import DataSource, parse_data_txt
@@ -364,7 +364,7 @@ def _matching(raw: pa.Array | pa.ChunkedArray, rows: np.ndarray, pattern: str) -
 def _path_facts(raw: pa.Array | pa.ChunkedArray) -> _PathFacts:
     """Validity, absolute, odd (``.``/``..`` segments, ``//``), ``..`` segments and last-slash position.
 
-    The regular expressions only run on the few paths :func:`osctl.data.strings.may_have_dot_segments`
+    The regular expressions only run on the few paths :func:`osctl.data._fast.strings.may_have_dot_segments`
     picks; every other path cannot match them.
     """
     candidates = np.flatnonzero(strings.may_have_dot_segments(raw))
@@ -518,7 +518,7 @@ def _duplicate_blocks(keys: list[pa.Array | pa.ChunkedArray], joined: list[_Join
     ``keys`` identify a media file (the joined paths, or the annotation's own paths when every file
     shares one root and no path is absolute or odd); ``joined`` are shown in the messages.
 
-    Only records whose 64-bit string hash (:func:`osctl.data.strings.hashes`) is shared with another
+    Only records whose 64-bit string hash (:func:`osctl.data._fast.strings.hashes`) is shared with another
     record can be listed twice; those few are then compared exactly (Arrow dictionary encoding).
     """
     if not keys:

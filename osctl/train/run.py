@@ -202,7 +202,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     source: BatchSource = options.data_source
     data_summary: dict[str, Any] = {}
     if source is None:
-        from osctl.data.loader import build_batch_source
+        from osctl.data.stream.loader import build_batch_source
 
         source, data_summary = build_batch_source(checked, registry, info, layout=layout, dp_rank=groups.dp_rank)
     steps_per_epoch = getattr(source, "steps_per_epoch", None)

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from osctl.cli import app
-from osctl.data.loader import build_batch_source
+from osctl.data.stream.loader import build_batch_source
 from osctl.parallel.dist import DistInfo
 from osctl.parallel.layout import ParallelLayout
 from osctl.plugin_manager import default_registry

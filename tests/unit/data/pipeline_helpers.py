@@ -11,8 +11,8 @@ import numpy as np
 
 from osctl.data.bucket import BucketSettings
 from osctl.data.index import SampleIndex, open_index
-from osctl.data.loader import build_index
 from osctl.data.rules import FrameRules, ResolutionRules
+from osctl.data.stream.loader import build_index
 from tests.geometry_helpers import v13_with
 
 STEP = 3

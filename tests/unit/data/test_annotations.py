@@ -211,7 +211,7 @@ def test_a_cut_inside_a_string_falls_back_to_the_whole_file(tmp_path: Path, monk
 def test_slices_are_shared_through_the_work_queue_and_leftovers_done_by_the_parent(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A child whose area fills up, or that dies, leaves slices undone: the parent decodes them."""
-    import osctl.data.parallel_decode as parallel
+    import osctl.data._fast.pool as parallel
 
     path = write_annotations(tmp_path, _many(600), "many.json")
     whole = _plain(_read(path))
@@ -291,7 +291,7 @@ def test_the_slices_of_several_files_share_the_processes(tmp_path: Path, monkeyp
     """One pool decodes the slices of every large JSON file; a file with a bad slice is read whole, alone."""
     import hashlib
 
-    import osctl.data.parallel_decode as parallel
+    import osctl.data._fast.pool as parallel
     from osctl.data.annotations import read_annotations
 
     tricky = [{"path": "a.jpg", "cap": "x" * 50 + '"}, {"path": "evil.jpg"' + "y" * 50}, {"path": "b.jpg", "cap": "z"}]
@@ -319,7 +319,7 @@ def test_the_slices_of_several_files_share_the_processes(tmp_path: Path, monkeyp
 
 def test_an_item_that_does_not_decode_comes_back_as_none(tmp_path: Path) -> None:
     """In a child or in the parent, a failed item does not stop the others (decode_slices_parallel)."""
-    from osctl.data.parallel_decode import decode_slices_parallel
+    from osctl.data._fast.pool import decode_slices_parallel
 
     records = [{"path": f"v/{i}.mp4", "cap": f"clip {i}", "resolution": {"height": 720, "width": 1280},
                 "num_frames": 90 + i, "fps": 30} for i in range(200)]

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from osctl.data.ipc_file import rewrite_metadata, write_table
+from osctl.data._fast.ipc_file import rewrite_metadata, write_table
 from tests.geometry_helpers import V13
 
 

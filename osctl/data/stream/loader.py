@@ -13,13 +13,13 @@ What it does, in order:
    with the same functions ``osctl data bucket`` uses, a stale one in the default folder is rebuilt
    (and said so in the plan), a stale one in an explicit ``data.index_dir`` is refused with the
    command that rebuilds it. The other ranks wait for rank 0's verdict, then map the same file.
-2. **Sampler.** :class:`~osctl.data.sampler.BucketBatchSampler` over the index's bucket column for
+2. **Sampler.** :class:`~osctl.data.stream.sampler.BucketBatchSampler` over the index's bucket column for
    this data-parallel replica, with the layout's batch per replica (``train.train_batch_size``, or
    ``parallel.train_sp_batch_size`` under sequence parallelism) and its ``dp_size`` replicas
    (:class:`~osctl.parallel.layout.ParallelLayout`). Without ``data.group_data`` mixed
    shapes are padded with a latent mask in force resolution mode; area/absolute modes with more
    than one shape are refused (padding to max_height x max_width is wrong there).
-3. **Loader.** A ``torch.utils.data.DataLoader`` over :class:`~osctl.data.dataset.SampleDataset`
+3. **Loader.** A ``torch.utils.data.DataLoader`` over :class:`~osctl.data.stream.dataset.SampleDataset`
    (``data.num_workers`` persistent workers, pinned memory on CUDA) fed with the sampler's tickets.
 4. **Source.** :class:`IndexBatchSource` yields the batches, counts bad media
    (:meth:`IndexBatchSource.stats`), stops with a ``DataError`` above ``max_bad_fraction``, and keeps
@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from osctl.data.captions import CaptionPolicy, Tokenize
-from osctl.data.dataset import (
+from osctl.data.stream.captions import CaptionPolicy, Tokenize
+from osctl.data.stream.dataset import (
     DEFAULT_DECODE_TIMEOUT_S,
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_MAX_RETRIES,
@@ -57,7 +57,7 @@ from osctl.data.dataset import (
     ReadSettings,
     SampleDataset,
 )
-from osctl.data.sampler import BucketBatchSampler, ResumableBatches
+from osctl.data.stream.sampler import BucketBatchSampler, ResumableBatches
 from osctl.errors import ConfigError, DataError
 from osctl.geometry import LatentGeometry
 from osctl.parallel.layout import ParallelLayout
