@@ -67,10 +67,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from osctl.data._fast import ipc_file
-from osctl.data.annotations import LoadedAnnotation
 from osctl.data.bucket import BucketResult, BucketSettings, FileOutcome
 from osctl.data.checksum import FileDigest
 from osctl.data.datatxt import parse_data_txt
+from osctl.data.table import LoadedAnnotation
 from osctl.errors import DataError, UsageError, writing
 from osctl.utils.atomic import atomic_file, atomic_write_text
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from osctl.data._fast import strings
-from osctl.data.annotations import LoadedAnnotation, RecordTable, read_annotations
+from osctl.data.annotations import read_annotations
 from osctl.data.bucket import media_kinds
 from osctl.data.datatxt import DataSource, parse_data_txt
 from osctl.data.index import join_paths
@@ -44,6 +44,7 @@ from osctl.data.records import (
     KIND_VIDEO,
     VIDEO_EXTENSIONS,
 )
+from osctl.data.table import LoadedAnnotation, RecordTable
 
 ERROR = "error"
 WARNING = "warning"

@@ -413,7 +413,7 @@ def plan_stream(recipe: Any, index: Any, settings: Any, note: str, *, layout: Pa
     replica and the replicas, ``dp_rank`` this rank's replica. Raises ``DataError`` when no full batch
     can be formed.
     """
-    from osctl.data.bucket import check_epoch_batches
+    from osctl.data.epochs import check_epoch_batches
 
     d = recipe.data
     batch_size, dp_size = layout.stream_batch, layout.dp_size

@@ -61,6 +61,7 @@ def test_the_index_is_the_same_whether_or_not_the_digests_were_ready(make_data: 
     """write_index writes the columns before the annotation digests are known, then fills them in."""
     import time
 
+    import osctl.data._fast.slices as slices
     import osctl.data.annotations as annotations
     import osctl.data.index as index
     from osctl.data.annotations import read_annotations
@@ -69,7 +70,7 @@ def test_the_index_is_the_same_whether_or_not_the_digests_were_ready(make_data: 
     from osctl.data.rules import FrameRules, ResolutionRules
 
     monkeypatch.setattr(time, "strftime", lambda *_args: "2026-01-01T00:00:00+0000")
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 500)  # decoded in slices: the digest is pending
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 500)  # decoded in slices: the digest is pending
     monkeypatch.setattr(annotations, "hash_in_background", lambda digests: None)  # until asked for
     records = [{"path": f"v/{i}.mp4", "cap": f"clip {i}", "resolution": {"height": 720, "width": 1280},
                 "num_frames": 100, "fps": 16} for i in range(60)]
