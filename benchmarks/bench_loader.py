@@ -53,11 +53,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from osctl.data.bucket import BucketSettings  # noqa: E402
+from osctl.data.build import IndexTarget, build_index  # noqa: E402
 from osctl.data.index import open_index  # noqa: E402
 from osctl.data.rules import FrameRules, ResolutionRules  # noqa: E402
 from osctl.data.stream.captions import CaptionPolicy, training_text  # noqa: E402
 from osctl.data.stream.dataset import Collate, ReadSettings, SampleDataset  # noqa: E402
-from osctl.data.stream.loader import IndexBatchSource, build_index  # noqa: E402
+from osctl.data.stream.loader import IndexBatchSource  # noqa: E402
 from osctl.data.stream.sampler import BucketBatchSampler, sample_rng  # noqa: E402
 from osctl.geometry import LatentGeometry  # noqa: E402
 
@@ -118,7 +119,7 @@ def throughput(folder: Path, clips: int, samples: int) -> None:
         resolution=ResolutionRules(mode="area", max_hxw=128 * 160, min_hxw=64 * 64, hw_stride=16),
         min_bucket_batches=0, group_data=True,
         geometry=LatentGeometry(stride_t=4, stride_hw=8, latent_channels=8, patch_t=1, patch_hw=2))  # v1.3's
-    build_index(data_txt, settings, folder / "index")
+    build_index(data_txt, IndexTarget(settings, folder / "index"))
     index = open_index(folder / "index")
     read = ReadSettings(frames=settings.frames, resolution=settings.resolution, captions=CaptionPolicy(), seed=0,
                         geometry=settings.geometry)

@@ -16,3 +16,13 @@ Modules, one job each (none imports a plugin, torch or a decoder at import time)
 - :mod:`~osctl.data._fast.ipc_file`: write an Arrow IPC file first and its schema metadata last;
 - :mod:`~osctl.data.report`: the per-record JSONL report of ``osctl data bucket --report``.
 """
+
+import os
+
+MAX_DEFAULT_WORKERS = 8
+"""Processes the data commands use by default: the CPU count, at most this many."""
+
+
+def default_workers() -> int:
+    """Processes that decode large annotation files (and probe media) unless told otherwise (``--workers``)."""
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))

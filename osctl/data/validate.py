@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from osctl.data._fast import strings
 from osctl.data.annotations import read_annotations
 from osctl.data.bucket import media_kinds
-from osctl.data.datatxt import DataSource, parse_data_txt
+from osctl.data.datatxt import DataSource, display_name, parse_data_txt
 from osctl.data.index import join_paths
 from osctl.data.records import (
     CAP_BLANK,
@@ -203,14 +203,6 @@ class ValidationReport:
         for finding in self.findings():
             out.setdefault((finding.file, finding.index), set()).add(finding.code)
         return out
-
-
-def display_name(path: Path, base: Path) -> str:
-    """``path`` relative to ``base`` when inside it, else the full path (how files appear in findings)."""
-    try:
-        return str(Path(path).relative_to(base))
-    except ValueError:
-        return str(path)
 
 
 def _block(code: str, file: str, mask_or_idx: np.ndarray, fld: Callable[[int], str | None] | str | None,
@@ -621,4 +613,4 @@ def checks_run(probe: bool) -> list[Check]:
 
 
 __all__ = ["CHECKS", "ERROR", "WARNING", "Check", "DataSource", "Finding", "FindingBlock", "ValidationReport",
-           "checks_run", "display_name", "validate_data"]
+           "checks_run", "validate_data"]
