@@ -151,11 +151,11 @@ def test_rebuilding_reuses_the_recorded_digest_unless_rehash(tmp_path: Path, mon
     """A second `data bucket` into the same folder takes the unchanged file's SHA-256 from the first index."""
     import osctl.data._fast.slices as slices
     import osctl.data.annotations as annotations
-    import osctl.data.index as index
+    import osctl.data.fingerprint as fingerprint
 
     monkeypatch.setattr(slices, "CHUNK_BYTES", 400)  # decoded in slices, so hashed after decoding
     monkeypatch.setattr(annotations, "hash_in_background", lambda digests: None)
-    monkeypatch.setattr(index, "RACY_NS", 0)
+    monkeypatch.setattr(fingerprint, "RACY_NS", 0)
     settled: list[str] = []
     real_settle = annotations.FileDigest.settle
     monkeypatch.setattr(annotations.FileDigest, "settle", lambda self, known: settled.append(known) or real_settle(self, known))

@@ -67,6 +67,7 @@ def test_the_index_is_the_same_whether_or_not_the_digests_were_ready(make_data: 
     from osctl.data.annotations import read_annotations
     from osctl.data.bucket import BucketSettings, build_buckets
     from osctl.data.datatxt import load_data_txt
+    from osctl.data.fingerprint import PENDING_DIGEST
     from osctl.data.rules import FrameRules, ResolutionRules
 
     monkeypatch.setattr(time, "strftime", lambda *_args: "2026-01-01T00:00:00+0000")
@@ -82,7 +83,7 @@ def test_the_index_is_the_same_whether_or_not_the_digests_were_ready(make_data: 
     assert not isinstance(result.loaded[0].digest, str)  # still pending when the index is written
     path = index.write_index(result, data_txt, tmp_path / "out")
     meta = index.read_meta(path)
-    assert meta["fingerprint"]["annotations"][0]["sha256"] == result.loaded[0].sha256 != index.PENDING_DIGEST
+    assert meta["fingerprint"]["annotations"][0]["sha256"] == result.loaded[0].sha256 != PENDING_DIGEST
     expected = index.index_meta(result, data_txt)
     assert meta == json.loads(json.dumps(expected, default=str))
     table = index.index_table(result)
