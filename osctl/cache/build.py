@@ -50,7 +50,7 @@ from osctl.cache.store import (
     write_tables,
 )
 from osctl.cache.views import frames_are_random, view_rng
-from osctl.errors import DataError, OsctlError, UsageError, writing
+from osctl.errors import DataError, OsctlError, PeerFailed, UsageError, writing
 from osctl.utils.atomic import atomic_write_text
 
 log = logging.getLogger("osctl.cache")
@@ -134,9 +134,19 @@ def build_cache(checked: Any, registry: Any, options: BuildOptions) -> dict[str,
                        seed=setup.read.seed)
     _agree(info, lambda: _write_prompts(setup, recipe, te, encoder))
     counts = _encode_my_shards(setup, encoder, info, recipe, options)
-    pdist.barrier()
-    totals = _gathered(info, counts)
-    summary = _agree(info, lambda: _finish(setup, totals, info, started))
+    try:
+        pdist.barrier()  # every rank's shards are published
+        totals = _gathered(info, counts)
+        weights = {"autoencoder": _weights_bytes(ae), "text_encoder": _weights_bytes(te)}
+        summary = _agree(info, lambda: _finish(setup, totals, info, started, weights))
+    except Exception as exc:
+        from osctl.parallel.progress import is_collective_failure
+
+        if not is_collective_failure(exc):
+            raise
+        raise PeerFailed("another rank failed or was killed before it finished its shards (this rank's are "
+                         "published).", hint="run the same `osctl data cache` command again: it skips the finished "
+                                             "shards.") from exc
     _check_bad_share(summary, recipe.data.max_bad_fraction)
     return summary if info.is_main else {}
 
@@ -162,7 +172,6 @@ class _Encoder:
         self.dataset, self.autoencoder, self.text_encoder = dataset, autoencoder, text_encoder
         self.device, self.views, self.seed = device, views, seed
         self.latent_info: dict[str, Any] | None = None
-        self.text_info: dict[str, Any] | None = None
 
     @torch.no_grad()
     def sample(self, sample: int) -> EncodedSample:
@@ -211,8 +220,6 @@ class _Encoder:
         else:
             tokens = te.tokenize([text], max_length=max_length)
         states = te.encode(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
-        if self.text_info is None and max_length is None:
-            self.text_info = {"shape": list(states.shape[1:]), "dtype": str(states.dtype).removeprefix("torch.")}
         return states[0], tokens["attention_mask"][0]
 
 
@@ -347,7 +354,14 @@ def _gathered(info: Any, counts: dict[str, Any]) -> list[dict[str, Any]]:
     return parts if info.is_main else []
 
 
-def _finish(setup: _Setup, totals: list[dict[str, Any]], info: Any, started: float) -> dict[str, Any]:
+def _weights_bytes(component: Any) -> int:
+    """Bytes of a component's parameters (what a run reading the cache does not hold)."""
+    parameters = component.parameters() if callable(getattr(component, "parameters", None)) else []
+    return int(sum(p.numel() * p.element_size() for p in parameters))
+
+
+def _finish(setup: _Setup, totals: list[dict[str, Any]], info: Any, started: float,
+            weights: dict[str, int]) -> dict[str, Any]:
     """Rank 0: the tables, the completed manifest and the summary (``error``: too many bad samples)."""
     tables = write_tables(setup.folder, len(setup.index), setup.spec["storage"]["shard_samples"],
                           spec_sha=setup.spec_sha)
@@ -356,7 +370,7 @@ def _finish(setup: _Setup, totals: list[dict[str, Any]], info: Any, started: flo
     from osctl.cache.store import read_prompts
 
     empty = read_prompts(setup.folder / PROMPTS_FILE).get(("", None))
-    manifest.update({"complete": tables["missing"] == 0, "latents": latents,
+    manifest.update({"complete": tables["missing"] == 0, "latents": latents, "weights_bytes": weights,
                      "text": {"shape": list(empty[0].shape), "dtype": setup.spec["text_encoder"]["dtype"]} if empty else None,
                      "counts": {k: tables[k] for k in ("ok", "bad", "missing", "texts", "bytes")}})
     with writing(setup.folder, action="write the cache manifest to"):

@@ -76,21 +76,22 @@ class TrainingCache:
                     "(rebuild the cache to include them)", self.folder)
         return build_text_encoder(checked, registry, device=device, dtype=dtype)
 
-    def plan_lines(self, checked: Any, registry: Any, autoencoder: Any, text_encoder: Any) -> list[tuple[str, str]]:
-        """The plan's lines on the frozen components: the cache, what was not built and the memory that saves."""
+    def plan_lines(self, recipe: Any, autoencoder: Any, text_encoder: Any) -> list[tuple[str, str]]:
+        """The plan's lines on the frozen components: the cache, what was not built and the memory that saves
+        (the encoders' weights as the build measured them, so nothing is built or imported to count them)."""
         from osctl.train.plan import frozen_lines
 
-        recipe = checked.loaded.recipe
         counts = self.reader.counts
         lines = [("cache", f"{self.folder}: {counts['ok']} samples ({counts['bad']} recorded bad), "
                            f"{str(self.reader.dtype).removeprefix('torch.')} storage; latents and text states are "
                            "read, not encoded")]
         real_te = None if isinstance(text_encoder, CachedPrompts) else text_encoder
-        spared = _meta_components(checked, registry, text=real_te is None, autoencoder=autoencoder is None)
+        weights = self.reader.manifest.get("weights_bytes") or {}
+        spared = [key for key, built in (("text_encoder", real_te), ("autoencoder", autoencoder)) if built is None]
         if spared:
-            _, saved_gb = frozen_lines(recipe, spared.get("text_encoder", "built"), spared.get("autoencoder", "built"))
+            saved = sum(int(weights.get(key, 0)) for key in spared) / 1024**3
+            amount = f"{saved:.2f} GB" if saved >= 0.1 else f"{saved * 1024:.1f} MB"
             names = " and the ".join(key.replace("_", " ") for key in spared)
-            amount = f"{saved_gb:.2f} GB" if saved_gb >= 0.1 else f"{saved_gb * 1024:.1f} MB"
             lines.append(("memory saved by the cache", f"{amount} of weights per process: the {names} not built"))
         built, _ = frozen_lines(recipe, real_te if real_te is not None else "-", autoencoder if autoencoder is not None
                                 else "-")
@@ -99,25 +100,6 @@ class TrainingCache:
             lines.append((label, f"{value} (for validation sampling)" if component is not None else
                           f"{section.name}: not built (its outputs are in the cache)"))
         return lines
-
-
-def _meta_components(checked: Any, registry: Any, *, text: bool, autoencoder: bool) -> dict[str, Any]:
-    """The components the cache spares, built on the meta device (no memory) to count their weights."""
-    from osctl.build import build_autoencoder, build_text_encoder
-    from osctl.cache.build import compute_dtypes
-    from osctl.errors import OsctlError
-
-    ae_dtype, te_dtype = compute_dtypes(checked.loaded.recipe)
-    out: dict[str, Any] = {}
-    for key, wanted, build, dtype in (("text_encoder", text, build_text_encoder, te_dtype),
-                                      ("autoencoder", autoencoder, build_autoencoder, ae_dtype)):
-        if not wanted:
-            continue
-        try:
-            out[key] = build(checked, registry, device="meta", dtype=dtype, meta=True)
-        except (OsctlError, TypeError) as exc:  # a plugin without meta builds: size unknown
-            out[key] = getattr(exc, "message", str(exc)).rstrip(".")
-    return out
 
 
 def _validation_texts(recipe: Any) -> list[str]:
@@ -139,6 +121,9 @@ def training_source(checked: Any, registry: Any, info: Any, *, layout: Any, dp_r
     if mode == "off" or (mode == "auto" and read_manifest(folder) is None):
         source, summary = build_batch_source(checked, registry, info, layout=layout, dp_rank=dp_rank)
         return source, summary, None
+    if read_manifest(folder) is None:  # require, and nothing to check: refuse before the index is built
+        raise ConfigError(f"data.cache is require but there is no cache in {folder}.",
+                          hint=f"build it with `{REBUILD}`, or set data.cache: auto to train without it.")
     from osctl.data.loader import plan_stream, prepare_index
 
     index, settings, geometry, note = prepare_index(recipe, info, layout)

@@ -54,7 +54,8 @@ from osctl.utils.output_dir import check_output_dir
 SHAPING_PREFIXES = ("model.", "autoencoder.", "text_encoder.", "diffusion.", "data.", "train.train_batch_size",
                     "train.gradient_accumulation_steps", "parallel.sp_size", "parallel.train_sp_batch_size",
                     "train.seed")
-IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir", "data.cache.mode", "data.cache.dir")
+IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir", "data.cache.mode", "data.cache.dir",
+                       "data.cache.shard_samples")
 
 
 @dataclass
@@ -263,7 +264,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     line = validation_line(train_cfg, output_dir)
     if line is not None:
         plan.add(*line)
-    for key, value in cache.plan_lines(checked, registry, ae, text_encoder) if cache else \
+    for key, value in cache.plan_lines(recipe, ae, text_encoder) if cache else \
             frozen_lines(recipe, text_encoder, ae)[0]:
         plan.add(key, value)
     return TrainParts(
