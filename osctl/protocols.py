@@ -39,6 +39,10 @@ class Autoencoder(Protocol):
     """Maps pixel videos to normalised latents and back.
 
     Strides: ``T_lat = (T - 1) // temporal_stride + 1`` (causal first frame), ``H_lat = H // spatial_stride``.
+
+    Optional: ``latent_moments(video) -> osctl.latent_moments.LatentMoments`` (the posterior and the
+    normalisation, with ``encode`` computed from it), so ``osctl data cache`` can store the posterior and
+    training draw from it exactly as ``encode`` would.
     """
 
     latent_channels: int

@@ -53,6 +53,23 @@ def cache_problem(checked: Any, index: Any, read: Any, folder: Path) -> str | No
     return None
 
 
+def dry_run_line(recipe: Any) -> tuple[str, str]:
+    """The dry run's word on the cache (read only: whether it matches the recipe is checked when the run starts)."""
+    mode = recipe.data.cache.mode
+    folder = cache_folder(recipe, index_folder(recipe))
+    if mode == "off":
+        return "data cache", "off (data.cache): the encoders run at every step"
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return "data cache", (f"none in {folder}: " + ("the run refuses to start (data.cache: require); build it with "
+                                                       f"`{REBUILD}`" if mode == "require" else
+                                                       "the encoders run at every step"))
+    state = "complete" if manifest.get("complete") else "not finished"
+    saved = sum(int(v) for v in (manifest.get("weights_bytes") or {}).values()) / 1024**3
+    return "data cache", (f"{folder} ({state}): used if it matches the recipe (checked at start), sparing "
+                          f"{saved:.2f} GB of encoder weights per process")
+
+
 @dataclass
 class TrainingCache:
     """The cache a run trains from, and what it spares the run."""

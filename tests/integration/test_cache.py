@@ -27,7 +27,7 @@ from osctl.recipe.load import load_recipe
 from osctl.recipe.validate import check_recipe
 from osctl.synth.shapes import synth_shapes
 from osctl.train.loop import train
-from osctl.train.run import TrainOptions, setup_training
+from osctl.train.run import TrainOptions, run_training, setup_training
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +149,8 @@ def test_a_cache_of_another_recipe_is_refused_or_ignored(space, tmp_path):
                        TrainOptions())
     parts = setup_training(_checked(space, [cache, "autoencoder.seed=1"]), default_registry(), TrainOptions())
     assert parts.autoencoder is not None and "autoencoder section" in parts.plan.as_dict()["data cache"]
+    plan = run_training(_checked(space, [cache]), default_registry(), TrainOptions(dry_run=True)).as_dict()
+    assert "(complete): used if it matches the recipe" in plan["data cache"]
     with pytest.raises(ConfigError, match="there is no cache in"):
         setup_training(_checked(space, [f"data.cache.dir={tmp_path}", "data.cache.mode=require"]), default_registry(),
                        TrainOptions())
