@@ -51,7 +51,8 @@ from osctl.utils.output_dir import check_output_dir
 
 # Recipe keys that change what is learned from which data: resuming with a different value needs
 # --allow-recipe-change. Everything else (learning rate, logging, checkpoint cadence...) may change.
-SHAPING_PREFIXES = ("model.", "autoencoder.", "text_encoder.", "diffusion.", "data.", "train.train_batch_size",
+SHAPING_PREFIXES = ("pipeline_path", "model.", "autoencoder.", "text_encoder.", "diffusion.", "data.",
+                    "train.train_batch_size",
                     "train.gradient_accumulation_steps", "parallel.sp_size", "parallel.train_sp_batch_size",
                     "train.seed")
 IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir", "data.cache.mode", "data.cache.dir",
@@ -138,11 +139,14 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     require_training_weights(checked)
     info = pdist.init_distributed(checked.loaded.recipe.parallel.timeout_s)
     lock = lock_output_dir(Path(checked.loaded.recipe.train.output_dir), info)
+    finished = False
     try:
-        return _run(checked, registry, options)
+        result = _run(checked, registry, options)
+        finished = True
+        return result
     finally:
         if lock is not None:
-            lock.release()
+            lock.release(discard_unused=not finished)  # a run refused before its first write leaves no folder
 
 
 def lock_output_dir(output_dir: Path, info: pdist.DistInfo) -> DirLock | None:
@@ -152,7 +156,7 @@ def lock_output_dir(output_dir: Path, info: pdist.DistInfo) -> DirLock | None:
     lock, refusal = None, None
     if info.is_main:
         try:
-            check_output_dir(output_dir, key="train.output_dir")  # a file, a read-only disk: one sentence
+            check_output_dir(output_dir, key="train.output_dir", create=False)  # a file, a read-only disk
             lock = DirLock(output_dir).acquire()
         except OsctlError as exc:
             refusal = (exc.message, exc.hint, exc.exit_code)
@@ -267,8 +271,15 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     for key, value in cache.plan_lines(recipe, ae, text_encoder) if cache else \
             frozen_lines(recipe, text_encoder, ae)[0]:
         plan.add(key, value)
+    objective = build_objective(recipe.diffusion)
+    window = getattr(model, "training_timestep_window", lambda: None)()
+    if window is not None:  # a two-expert model training one expert: its timesteps only
+        if not hasattr(objective, "restrict_timesteps"):
+            raise ConfigError(f"model.experts trains one expert, which needs a flow_matching objective "
+                              f"(diffusion.objective is {recipe.diffusion.objective!r}).")
+        objective.restrict_timesteps(*window)
     return TrainParts(
-        recipe=recipe, dist=info, strategy=strategy, objective=build_objective(recipe.diffusion), autoencoder=ae,
+        recipe=recipe, dist=info, strategy=strategy, objective=objective, autoencoder=ae,
         text_encoder=text_encoder, data=source, state=state, output_dir=output_dir, max_steps=max_steps, ema=ema,
         fingerprint=fingerprint, recipe_yaml=yaml.safe_dump(resolved, sort_keys=False),
         log=options.log or (lambda record: None), on_step=options.on_step, validate=validate,
@@ -283,9 +294,13 @@ def _plan(recipe: Any, strategy: Any, layout: ParallelLayout, state: TrainState,
     total, trainable = parameter_counts(strategy.module)
     plan = Plan()
     plan.add("model", f"{recipe.model.name}: {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)")
-    plan.add("objective", f"{recipe.diffusion.objective} / {recipe.diffusion.prediction_type}"
-             f"{' zero-SNR' if recipe.diffusion.rescale_betas_zero_snr else ''}"
-             f"{f' min-SNR {recipe.diffusion.snr_gamma:g}' if recipe.diffusion.snr_gamma else ''}")
+    diffusion = recipe.diffusion
+    if diffusion.objective == "flow_matching":
+        plan.add("objective", f"flow_matching, shift {diffusion.flow_shift:g}, {diffusion.weighting_scheme} timesteps")
+    else:
+        plan.add("objective", f"{diffusion.objective} / {diffusion.prediction_type}"
+                 f"{' zero-SNR' if diffusion.rescale_betas_zero_snr else ''}"
+                 f"{f' min-SNR {diffusion.snr_gamma:g}' if diffusion.snr_gamma else ''}")
     plan.add("precision", f"{train_cfg.mixed_precision} (autoencoder {'fp32' if train_cfg.vae_fp32 else train_cfg.mixed_precision})")
     plan.add("strategy", f"{strategy.name}, world {layout.world_size}, sp_size {layout.sp_size}")
     plan.add("batch", layout.describe())
