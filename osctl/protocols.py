@@ -41,16 +41,14 @@ class DiffusionModel(Protocol):
 class Autoencoder(Protocol):
     """Maps pixel videos to normalised latents and back.
 
-    Strides: ``T_lat = (T - 1) // temporal_stride + 1`` (causal first frame), ``H_lat = H // spatial_stride``.
+    Its strides and latent channels are declared by its config (``autoencoder_geometry()``, see
+    :mod:`osctl.geometry`), not read off the built object: ``T_lat = (T - 1) // stride_t + 1`` (causal
+    first frame), ``H_lat = H // stride_hw``.
 
     Optional: ``latent_moments(video) -> osctl.latent_moments.LatentMoments`` (the posterior and the
     normalisation, with ``encode`` computed from it), so ``osctl data cache`` can store the posterior and
     training draw from it exactly as ``encode`` would.
     """
-
-    latent_channels: int
-    temporal_stride: int
-    spatial_stride: int
 
     def encode(self, video: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalised latents of ``video`` (posterior sample, or mean when ``sample`` is False)."""

@@ -230,8 +230,8 @@ def _setup(checked: Any, info: Any, options: BuildOptions) -> _Setup:
 
     recipe = checked.loaded.recipe
     layout = ParallelLayout.from_recipe(recipe, world_size=options.world_size)
-    index, settings, geometry, note = prepare_index(recipe, info, layout)
-    read = plan_stream(recipe, index, settings, geometry, note, layout=layout, dp_rank=0).read
+    index, settings, note = prepare_index(recipe, info, layout, checked.geometry)
+    read = plan_stream(recipe, index, settings, note, layout=layout, dp_rank=0).read
     folder = Path(options.out) if options.out is not None else cache_folder(recipe, index.path.parent)
 
     def prepare() -> tuple[dict[str, Any], str, int]:

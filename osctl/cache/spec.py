@@ -27,7 +27,7 @@ FORMAT = "osctl.data-cache"
 VERSION = 1
 INDEX_CONTENT_COLUMNS = ("path", "kind", "captions_json", "aesthetic", "fps", "start_frame", "span_frames",
                          "n_candidates", "crop_x0", "crop_x1", "crop_y0", "crop_y1", "height", "width", "t", "h", "w")
-_FRAME_KEYS = {"stride_t": "autoencoder stride_t", "seed": "data.seed"}
+_FRAME_KEYS = {"seed": "data.seed"}
 _INDEX_ONLY = ("sp_size",)
 """Frame rules whose whole effect on a sample is its frame count in the index (compared through the index's
 content): a run with another ``parallel.sp_size`` reads a cache whose samples are unchanged."""

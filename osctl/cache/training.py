@@ -143,8 +143,8 @@ def training_source(checked: Any, registry: Any, info: Any, *, layout: Any, dp_r
                           hint=f"build it with `{REBUILD}`, or set data.cache: auto to train without it.")
     from osctl.data.loader import plan_stream, prepare_index
 
-    index, settings, geometry, note = prepare_index(recipe, info, layout)
-    plan = plan_stream(recipe, index, settings, geometry, note, layout=layout, dp_rank=dp_rank)
+    index, settings, note = prepare_index(recipe, info, layout, checked.geometry)
+    plan = plan_stream(recipe, index, settings, note, layout=layout, dp_rank=dp_rank)
     folder = cache_folder(recipe, index.path.parent)
     from osctl.cache.build import _agree
 
