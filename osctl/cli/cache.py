@@ -22,8 +22,7 @@ from osctl.cli._options import JsonOpt, SetOpt
 from osctl.cli._output import console, err_console, print_json, warn
 from osctl.parallel.launch import reporting_errors_to_launcher
 
-app = typer.Typer(help="Precompute latents and text embeddings once; training then reads them instead of encoding.",
-                  invoke_without_command=True)
+app = typer.Typer(invoke_without_command=True)  # its help: the docstring of `cache` below
 Opt = typer.Option
 
 
