@@ -59,6 +59,32 @@ class CaptionSettings(Section):
     low_image: list[str] | None = Field(None, description="low-aesthetic sentences for images (default: the reference's)")
 
 
+class CacheSettings(Section):
+    """Precomputed latents and text embeddings (`osctl data cache`): whether training uses them and how
+    they are stored. ``data.cache: auto`` is short for ``data.cache: {mode: auto}``."""
+
+    mode: Literal["auto", "require", "off"] = Field(
+        "auto", description="auto: train from a valid cache when there is one (a stale one is ignored with a "
+        "warning); require: refuse to train without a valid cache; off: always encode on the fly")
+    dir: Path | None = Field(None, description="cache folder (default: <index folder>/cache, next to the index)")
+    views: int = Field(1, ge=1, le=64, description="draws stored for samples whose frames are chosen at random "
+                       "(a temporal crop); deterministic samples always store one")
+    dtype: Literal["bf16", "fp32"] = Field("bf16", description="storage dtype of latents and embeddings "
+                                           "(fp32: training from the cache equals encoding on the fly bit for bit)")
+    shard_samples: int = Field(64, ge=1, description="samples per shard file (the unit of resume and of "
+                               "distribution over ranks)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_shorthand(cls, value: Any) -> Any:
+        """``data.cache: require`` means ``{mode: require}``; YAML reads a bare ``off`` as false."""
+        if isinstance(value, (str, bool)):
+            value = {"mode": value}
+        if isinstance(value, dict) and value.get("mode") is False:
+            value = {**value, "mode": "off"}
+        return value
+
+
 class DataSection(Section):
     """Where the data is and the frame / resolution rules that bucket it (reference §2-4)."""
 
@@ -122,6 +148,7 @@ class DataSection(Section):
     )
     filters: DataFilters = Field(default_factory=DataFilters)
     captions: CaptionSettings = Field(default_factory=CaptionSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @property
     def effective_resolution_mode(self) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
+from osctl.cache.dataset import cached_inputs
 from osctl.errors import writing
 from osctl.parallel import dist as pdist
 from osctl.parallel.groups import ParallelGroups
@@ -122,9 +123,12 @@ def micro_step(parts: TrainParts, batch: dict[str, Any], *, sync: bool, scale: f
     device = parts.dist.device
     groups = parts.groups or ParallelGroups(parts.dist.world_size, parts.dist.rank)
     with torch.no_grad():
-        pixels = batch["pixel_values"].to(device)
-        latents = parts.autoencoder.encode(pixels, sample=True, generator=parts.state.noise_generator).float()
-        text = parts.text_encoder.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        if "latent_mean" in batch:  # read from `osctl data cache`: the same draw, no encoder
+            latents, text = cached_inputs(batch, device, parts.state.noise_generator)
+        else:
+            pixels = batch["pixel_values"].to(device)
+            latents = parts.autoencoder.encode(pixels, sample=True, generator=parts.state.noise_generator).float()
+            text = parts.text_encoder.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
     text_states = text.unsqueeze(1)  # B x 1 x L x D, as the model expects
     text_mask = batch["attention_mask"].to(device).unsqueeze(1)
     latent_mask = batch.get("latent_mask")

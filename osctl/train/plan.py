@@ -183,6 +183,10 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     line = validation_line(train_cfg, output_dir)
     if line is not None:
         plan.add(*line)
+    if options.data_source is None:
+        from osctl.cache.training import dry_run_line
+
+        plan.add(*dry_run_line(recipe))
 
     # 4. memory with the frozen components, and the weights still to fetch
     lines, frozen_gb = frozen_lines(recipe, *frozen)

@@ -55,7 +55,8 @@ SHAPING_PREFIXES = ("pipeline_path", "model.", "autoencoder.", "text_encoder.", 
                     "train.train_batch_size",
                     "train.gradient_accumulation_steps", "parallel.sp_size", "parallel.train_sp_batch_size",
                     "train.seed")
-IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir")
+IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir", "data.cache.mode", "data.cache.dir",
+                       "data.cache.shard_samples")
 
 
 @dataclass
@@ -201,18 +202,21 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     #    group reads the same batches: data is sharded over data-parallel replicas
     source: BatchSource = options.data_source
     data_summary: dict[str, Any] = {}
+    cache = None  # `osctl data cache`: latents and text states are read, the encoders are not built
     if source is None:
-        from osctl.data.loader import build_batch_source
+        from osctl.cache.training import training_source
 
-        source, data_summary = build_batch_source(checked, registry, info, layout=layout, dp_rank=groups.dp_rank)
+        source, data_summary, cache = training_source(checked, registry, info, layout=layout, dp_rank=groups.dp_rank)
     steps_per_epoch = getattr(source, "steps_per_epoch", None)
     max_steps = stop_step(train_cfg, layout, steps_per_epoch)
 
     # 2. frozen components and the model
     precision = DTYPES[train_cfg.mixed_precision]
-    ae = build_autoencoder(checked, registry, device=info.device,
-                           dtype=torch.float32 if train_cfg.vae_fp32 else precision)
-    text_encoder = build_text_encoder(checked, registry, device=info.device, dtype=precision)
+    validating = bool(train_cfg.validation_steps and train_cfg.validation_prompts)
+    ae = build_autoencoder(checked, registry, device=info.device, dtype=torch.float32 if train_cfg.vae_fp32 else
+                           precision) if cache is None or validating else None  # with a cache: to decode samples
+    text_encoder = build_text_encoder(checked, registry, device=info.device, dtype=precision) if cache is None else \
+        cache.prompt_encoder(checked, registry, device=info.device, dtype=precision, validating=validating)
     model = build_model(checked, registry, device="cpu", dtype=torch.float32)
     if layout.sequence_parallel:
         _check_sequence_parallel_model(model, layout)
@@ -256,7 +260,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
 
     plan = _plan(checked, strategy, layout, state, max_steps, steps_per_epoch, data_summary, output_dir, notes)
     validate = None
-    if train_cfg.validation_steps and train_cfg.validation_prompts:
+    if validating:
         from osctl.train.validate import Validator
 
         validate = Validator(checked, registry, strategy=strategy, ema=ema, autoencoder=ae,
@@ -264,7 +268,8 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     line = validation_line(train_cfg, output_dir)
     if line is not None:
         plan.add(*line)
-    for key, value in frozen_lines(recipe, text_encoder, ae)[0]:
+    for key, value in cache.plan_lines(recipe, ae, text_encoder) if cache else \
+            frozen_lines(recipe, text_encoder, ae)[0]:
         plan.add(key, value)
     objective = build_objective(recipe.diffusion)
     window = getattr(model, "training_timestep_window", lambda: None)()
