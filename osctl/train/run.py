@@ -53,7 +53,7 @@ from osctl.utils.output_dir import check_output_dir
 # --allow-recipe-change. Everything else (learning rate, logging, checkpoint cadence...) may change.
 SHAPING_PREFIXES = ("model.", "autoencoder.", "text_encoder.", "diffusion.", "data.", "train.train_batch_size",
                     "train.gradient_accumulation_steps", "parallel.sp_size", "parallel.train_sp_batch_size",
-                    "train.seed")
+                    "train.seed", "train.lora", "train.base_dtype")
 IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir")
 
 
@@ -219,7 +219,14 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     # 3. weights: a checkpoint to resume wins over `pretrained`
     resume_dir = ckpt.resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     notes: list[str] = []
-    if resume_dir is not None:
+    adapter = None
+    if train_cfg.lora is not None:  # base from pretrained (also on resume), frozen; adapter added and restored
+        from osctl.train.lora import prepare_lora_model
+
+        adapter = prepare_lora_model(model, recipe, registry, resume_dir, notes)
+        if resume_dir is not None:
+            _check_recipe_change(resume_dir, resolved, options.allow_recipe_change, notes)
+    elif resume_dir is not None:
         report = load_into(model, resume_dir / "model")
         if report.missing or report.unexpected or report.mismatched:
             raise ConfigError(f"{resume_dir}/model does not match this model ({report.summary()}); "
@@ -236,8 +243,17 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
 
     # 4. strategy wraps model, optimizer and LR schedule; EMA follows the parameters it holds
     strategy = build_strategy(recipe, registry, world_size=info.world_size, device=info.device)
+    if adapter is not None:  # train.base_dtype: the frozen base stored in bf16/fp8 (before the strategy moves it)
+        from osctl.train.frozen_base import store_frozen_base
+
+        notes.extend(store_frozen_base(model, train_cfg.base_dtype, strategy=strategy.name))
     strategy.prepare(model, optimizer_factory=lambda params: build_optimizer(params, train_cfg),
                      lr_scheduler_factory=lambda opt: build_lr_scheduler(opt, train_cfg, max_steps))
+    if train_cfg.offload is not None:  # train.offload: frozen blocks stay on the CPU and stream in
+        from osctl.train.offload import offload_blocks
+
+        notes.append(offload_blocks(strategy.module, train_cfg.offload.blocks, device=info.device,
+                                    strategy=strategy.name))
     ema = None
     if train_cfg.use_ema:
         ema = EMA((p for _, p in strategy.local_parameters()), decay=train_cfg.ema_decay,
@@ -268,6 +284,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         fingerprint=fingerprint, recipe_yaml=yaml.safe_dump(resolved, sort_keys=False),
         log=options.log or (lambda record: None), on_step=options.on_step, validate=validate,
         versions={"osctl": __version__, "torch": torch.__version__}, groups=groups, plan=plan, layout=layout,
+        adapter=adapter,
     )
 
 
