@@ -42,6 +42,8 @@ DEEPSPEED = "deepspeed"
 DCP = "dcp"
 SAFETENSORS = "safetensors"
 TORCH = "torch"
+LORA_ADAPTER = "lora-adapter"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 DESCRIPTIONS = {
     OSCTL_CHECKPOINT: "osctl training checkpoint",
@@ -53,6 +55,7 @@ DESCRIPTIONS = {
     DCP: "torch.distributed.checkpoint folder (FSDP/DCP)",
     SAFETENSORS: "safetensors file",
     TORCH: "torch pickle file",
+    LORA_ADAPTER: "LoRA adapter (diffusers/PEFT format, loads with load_lora_weights)",
 }
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -127,7 +130,9 @@ def _detect_file(path: Path) -> Detected:
         folder.notes.append(f"{name} is an index; described its folder {path.parent}")
         return folder
     if name.endswith(".safetensors"):
-        return Detected(SAFETENSORS, path, weights=path)
+        from osctl.ckpt.adapters import is_adapter_file
+
+        return Detected(LORA_ADAPTER if is_adapter_file(path) else SAFETENSORS, path, weights=path)
     if name.endswith(TORCH_SUFFIXES):
         return Detected(TORCH, path, weights=path)
     with path.open("rb") as handle:
@@ -171,6 +176,8 @@ def _detect_folder(path: Path) -> Detected:
     transformers = find_weights(path, TRANSFORMERS_STEMS) or _bin_weights(path, "pytorch_model")
     if transformers and config.is_file():
         return Detected(TRANSFORMERS, path, weights=transformers, config=config)
+    if (path / LORA_WEIGHTS).is_file():
+        return Detected(LORA_ADAPTER, path, weights=path / LORA_WEIGHTS)
     loose = transformers or _single_index(path)
     if loose:
         return Detected(SAFETENSORS_FOLDER, path, weights=loose)
