@@ -113,6 +113,7 @@ class BlockOffloader:
     # --- hooks -------------------------------------------------------------------------------------------
     def _pre_hook(self, index: int) -> Any:
         def hook(module: torch.nn.Module, args: Any) -> None:
+            self.blocks[index].pending = 0  # markers of an earlier graph that backward never unpacked are void
             self.onload(index)
             if index + 1 < len(self.blocks) and self.stream is not None:
                 self._copy_in(index + 1)  # prefetch: overlaps the next block's transfer with this compute
@@ -126,8 +127,7 @@ class BlockOffloader:
             if self._saved_hooks is not None:
                 self._saved_hooks.__exit__(None, None, None)
                 self._saved_hooks = None
-            if self.blocks[index].pending == 0:
-                self.release(index)
+            self.release(index)  # backward brings the block back (saved markers, or checkpointing's re-run)
         return hook
 
     def _packer(self, index: int) -> Any:
