@@ -67,6 +67,8 @@ class TrainOptions:
     log: Any = None
     on_step: Any = None
     show_plan: Any = None  # called with the plan on rank 0 before the first step
+    device_memory: int | None = None  # bytes a process may use on its device (--device-memory; default: the GPU's)
+    memory_plan: Any = None  # osctl.train.memory.MemoryPlan checked before launch (offload "auto" reads it)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Plan:
     """What a run will do, printed at start (and alone with --dry-run)."""
 
     lines: list[tuple[str, str]] = field(default_factory=list)
+    memory: Any = None  # osctl.train.memory.MemoryPlan (dry run)
 
     def add(self, key: str, value: Any) -> None:
         self.lines.append((key, str(value)))
@@ -135,6 +138,7 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     if options.dry_run:
         return plan_training(checked, registry, options)
     require_training_weights(checked)
+    check_memory(checked, registry, options)
     info = pdist.init_distributed(checked.loaded.recipe.parallel.timeout_s)
     lock = lock_output_dir(Path(checked.loaded.recipe.train.output_dir), info)
     try:
@@ -142,6 +146,20 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     finally:
         if lock is not None:
             lock.release()
+
+
+def check_memory(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> None:
+    """With the device memory known (``--device-memory``, or the GPU's), refuse a run whose memory plan does not
+    fit, naming the knobs that would make it fit; keep the plan for ``train.offload.blocks: auto``."""
+    from osctl.train.memory import device_memory
+
+    if device_memory(options.device_memory) is None:
+        return
+    plan = plan_training(checked, registry, options)
+    memory = getattr(plan, "memory", None)
+    if memory is not None and not memory.fits():
+        raise ConfigError(memory.refusal(checked.loaded.recipe))
+    options.memory_plan = memory
 
 
 def lock_output_dir(output_dir: Path, info: pdist.DistInfo) -> DirLock | None:
@@ -252,8 +270,9 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     if train_cfg.offload is not None:  # train.offload: frozen blocks stay on the CPU and stream in
         from osctl.train.offload import offload_blocks
 
+        auto = getattr(options.memory_plan, "offload_blocks", None)
         notes.append(offload_blocks(strategy.module, train_cfg.offload.blocks, device=info.device,
-                                    strategy=strategy.name))
+                                    strategy=strategy.name, auto_blocks=auto))
     ema = None
     if train_cfg.use_ema:
         ema = EMA((p for _, p in strategy.local_parameters()), decay=train_cfg.ema_decay,

@@ -44,7 +44,7 @@ def test_low_precision_base_trains_and_only_with_lora(tmp_path):
 
     run = run_job({"kind": "train", "name": "fp8", "sets": [*LORA, "train.base_dtype=fp8_e4m3"], "batch": 2}, tmp_path)
     assert len(run["losses"]) == 3 and all(loss == loss for loss in run["losses"])
-    with pytest.raises(ConfigError, match="train.base_dtype: applies to the frozen base of a LoRA run; set train.lora"):
+    with pytest.raises(ConfigError, match=r"train\.base_dtype: applies to the frozen base of a LoRA run; set train\.lora"):
         run_job({"kind": "train", "name": "full", "sets": ["train.base_dtype=bf16"], "batch": 2}, tmp_path)
 
 
