@@ -13,8 +13,9 @@ from tests.integration.train_worker import run_job, setup
 pytestmark = pytest.mark.slow
 
 LORA = ["train.lora={rank: 4, alpha: 4, init: random}", "train.max_steps=3", "train.checkpointing_steps=3"]
-#: |loss(fp8 base) - loss(bf16 base)| of one step on the tiny model, relative to the loss (measured: about 1e-3)
-FP8_LOSS_TOLERANCE = 0.02
+#: |loss(fp8 base) - loss(bf16 base)| of one step on the tiny model, relative to the loss (measured on CPU:
+#: 2e-5 for fp8_e4m3, 1.3e-3 for fp8_e5m2, 1.4e-5 for bf16 against fp32)
+FP8_LOSS_TOLERANCE = 0.01
 
 
 def first_step_loss(tmp_path: Path, name: str, sets: list[str]) -> tuple[float, dict[str, int]]:
