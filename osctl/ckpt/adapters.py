@@ -18,9 +18,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from osctl.errors import UsageError
+from osctl.errors import DataError, UsageError
 
 ADAPTER_FORMAT = "lora-adapter"
+#: the adapter file diffusers' ``save_lora_weights`` writes and ``load_lora_weights`` reads
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+PREFIX = "transformer"  # diffusers' pipelines load a transformer LoRA from keys with this prefix
+DIFFUSERS_META_KEY = "lora_adapter_metadata"  # safetensors metadata: the LoraConfig, keys prefixed "transformer."
+OSCTL_META_KEY = "osctl_adapter"  # safetensors metadata: osctl's AdapterSpec (base class and fingerprint, step)
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The adapter facts in a file's safetensors metadata (diffusers' and osctl's), without reading tensors."""
+    import json
+
+    from osctl.ckpt.headers import read_header
+
+    raw = dict(read_header(path).metadata or {})
+    facts: dict[str, Any] = {}
+    for key in (DIFFUSERS_META_KEY, OSCTL_META_KEY):
+        if key in raw:
+            try:
+                facts[key] = json.loads(raw[key])
+            except json.JSONDecodeError:
+                raise DataError(f"{path}: the {key} metadata is not JSON; the file is damaged.") from None
+    return facts
 
 
 def _wan_name(module: str) -> str | None:
@@ -52,7 +74,6 @@ def describe_adapter(file: Path) -> dict[str, Any]:
     """Rank, alpha, targets, adapted modules and base (class, fingerprint) of an adapter file, from its
     header alone (no tensor data read)."""
     from osctl.ckpt.headers import read_header
-    from osctl.train.lora import DIFFUSERS_META_KEY, OSCTL_META_KEY, PREFIX, read_metadata
 
     header = read_header(file)
     meta = read_metadata(file)
@@ -81,7 +102,6 @@ def describe_adapter(file: Path) -> dict[str, Any]:
 def is_adapter_file(file: Path) -> bool:
     """True when a safetensors file holds a LoRA adapter (diffusers' metadata, or every tensor a LoRA matrix)."""
     from osctl.ckpt.headers import read_header
-    from osctl.train.lora import DIFFUSERS_META_KEY, OSCTL_META_KEY
 
     header = read_header(file)
     if header.metadata.keys() & {DIFFUSERS_META_KEY, OSCTL_META_KEY}:

@@ -43,7 +43,6 @@ DCP = "dcp"
 SAFETENSORS = "safetensors"
 TORCH = "torch"
 LORA_ADAPTER = "lora-adapter"
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 DESCRIPTIONS = {
     OSCTL_CHECKPOINT: "osctl training checkpoint",
@@ -176,6 +175,8 @@ def _detect_folder(path: Path) -> Detected:
     transformers = find_weights(path, TRANSFORMERS_STEMS) or _bin_weights(path, "pytorch_model")
     if transformers and config.is_file():
         return Detected(TRANSFORMERS, path, weights=transformers, config=config)
+    from osctl.ckpt.adapters import LORA_WEIGHTS
+
     if (path / LORA_WEIGHTS).is_file():
         return Detected(LORA_ADAPTER, path, weights=path / LORA_WEIGHTS)
     loose = transformers or _single_index(path)

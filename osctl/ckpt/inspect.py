@@ -342,15 +342,15 @@ def _lora_adapter(found: fmt.Detected, report: dict[str, Any], *, trust_pickle: 
 
 def _adapters(found: fmt.Detected, report: dict[str, Any]) -> None:
     """``adapter`` (and ``adapter_ema``): rank, alpha, targets and base of a LoRA adapter or LoRA checkpoint."""
-    from osctl.ckpt.adapters import describe_adapter
+    from osctl.ckpt.adapters import LORA_WEIGHTS, describe_adapter
 
     files: dict[str, Path] = {}
     if found.format == fmt.LORA_ADAPTER and found.weights is not None:
         files["adapter"] = found.weights
     elif found.format == fmt.OSCTL_CHECKPOINT:
         for key, sub in (("adapter", "adapter"), ("adapter_ema", "adapter_ema")):
-            if (found.path / sub / fmt.LORA_WEIGHTS).is_file():
-                files[key] = found.path / sub / fmt.LORA_WEIGHTS
+            if (found.path / sub / LORA_WEIGHTS).is_file():
+                files[key] = found.path / sub / LORA_WEIGHTS
         if files and report["weights"] is None:
             report["notes"] = [n for n in report["notes"] if not n.startswith("no model/ folder")]
             report["notes"].append("a LoRA run's checkpoint: it holds the adapter alone (the base comes from the "

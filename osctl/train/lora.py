@@ -28,14 +28,11 @@ from typing import Any
 
 import torch
 
+from osctl.ckpt.adapters import DIFFUSERS_META_KEY, LORA_WEIGHTS, OSCTL_META_KEY, PREFIX, read_metadata
 from osctl.errors import ConfigError, DataError, UsageError
 
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_DIR = "adapter"
 ADAPTER_EMA_DIR = "adapter_ema"
-PREFIX = "transformer"  # diffusers' pipelines load a transformer LoRA from keys with this prefix
-DIFFUSERS_META_KEY = "lora_adapter_metadata"
-OSCTL_META_KEY = "osctl_adapter"
 ADAPTER_NAME = "default"
 #: attention and feed-forward projections of diffusers-style transformers (used when a plugin names none)
 GENERIC_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "ffn.net.0.proj", "ffn.net.2")
@@ -207,22 +204,6 @@ def adapter_file(path: Path, *, ema: bool = True) -> Path:
         raise UsageError(f"{path} holds no {LORA_WEIGHTS} (nor adapter/ of a LoRA checkpoint); give the adapter "
                          "file or the folder that holds it.")
     raise UsageError(f"LoRA adapter {path} does not exist; give a {LORA_WEIGHTS} file or its folder.")
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    """The adapter facts in a file's safetensors metadata (diffusers' and osctl's), without reading tensors."""
-    from osctl.ckpt.headers import read_header
-
-    header = read_header(path)
-    raw = dict(getattr(header, "metadata", None) or {})
-    facts: dict[str, Any] = {}
-    for key in (DIFFUSERS_META_KEY, OSCTL_META_KEY):
-        if key in raw:
-            try:
-                facts[key] = json.loads(raw[key])
-            except json.JSONDecodeError:
-                raise DataError(f"{path}: the {key} metadata is not JSON; the file is damaged.") from None
-    return facts
 
 
 def read_adapter(path: Path, *, ema: bool = True) -> Adapter:
