@@ -71,6 +71,9 @@ class BlockOffloader:
                 homes.append(home)
                 param.data = torch.empty(0, dtype=param.dtype, device=self.device)
             self.blocks.append(_Block(params, homes))
+            names = {id(p): n for n, p in module.named_parameters()}
+            self._handles.append(module.register_state_dict_post_hook(
+                self._state_hook({names[id(p)]: h for p, h in zip(params, homes, strict=True)})))
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(index)))
             self._handles.append(module.register_forward_hook(self._post_hook(index), always_call=True))
 
@@ -111,6 +114,17 @@ class BlockOffloader:
         return self.blocks[index].onloaded
 
     # --- hooks -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _state_hook(homes: dict[str, torch.Tensor]) -> Any:
+        """``state_dict()`` shows an offloaded weight's host copy, not its empty device placeholder (exports,
+        validation and fingerprints see the real weights)."""
+        def hook(module: torch.nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+            for name, home in homes.items():
+                key = prefix + name
+                if key in state and state[key].numel() == 0:
+                    state[key] = home
+        return hook
+
     def _pre_hook(self, index: int) -> Any:
         def hook(module: torch.nn.Module, args: Any) -> None:
             self.blocks[index].pending = 0  # markers of an earlier graph that backward never unpacked are void

@@ -220,6 +220,9 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
                              index=index if options.data_source is None else None)
     except OsctlError as exc:
         plan.add("memory peak", f"not estimated ({exc.message.rstrip('.')})")
+    except Exception as exc:  # a model whose forward cannot run on the meta device: the plan goes on without it
+        plan.add("memory peak", f"not estimated (the model's forward did not run on the meta device: "
+                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
     else:
         for key, value in memory.lines(recipe):
             plan.add(key, value)
