@@ -51,3 +51,17 @@ def test_lora_defaults_and_bounds():
         TrainSection(lora={"rank": 0})
     with pytest.raises(ValidationError):
         TrainSection(lora={"rank": 4}, offload={"blocks": -1})
+
+
+def test_resuming_a_lora_run_does_not_warn_that_pretrained_is_ignored(tmp_path):
+    from osctl.plugin_manager import default_registry
+    from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import check_recipe
+    from tests.train_helpers import write_tiny_recipe
+
+    recipe = write_tiny_recipe(tmp_path, tmp_path / "out", tmp_path / "cache")
+    sets = ["train.pretrained=base.safetensors", "train.resume_from_checkpoint=latest"]
+    full = check_recipe(load_recipe(recipe, sets), default_registry())
+    lora = check_recipe(load_recipe(recipe, [*sets, "train.lora={rank: 4}"]), default_registry())
+    assert any("pretrained is ignored" in w for w in full.warnings)
+    assert not any("pretrained is ignored" in w for w in lora.warnings)
