@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script by torchrun
+if str(REPO) not in sys.path:  # run as a script by torchrun: use this checkout's osctl
     sys.path.insert(0, str(REPO))
 
 CONFIGS: dict[str, list[str]] = {
@@ -51,8 +51,8 @@ def build(name: str, root: Path, args: argparse.Namespace, steps: int) -> Any:
     from osctl.plugin_manager import default_registry
     from osctl.recipe.load import load_recipe
     from osctl.recipe.validate import check_recipe
+    from osctl.testing import SyntheticClips, write_tiny_recipe
     from osctl.train.run import TrainOptions, setup_training
-    from tests.train_helpers import SyntheticClips, write_tiny_recipe
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     folder = root / name / f"rank{rank}"

@@ -1,6 +1,7 @@
 """Recipe -> components: the one place (with recipe validation) that looks plugins up and builds them.
 
-Training and sampling both call these, so a checkpoint's model is built the same way everywhere.
+Training and sampling both call these, so a checkpoint's model is built the same way everywhere. Each
+component is checked against its kind's contract in :mod:`osctl.protocols` as it is built.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ from typing import Any
 import torch
 
 from osctl.errors import ConfigError
+from osctl.protocols import (
+    Autoencoder,
+    DiffusionModel,
+    Refiner,
+    Strategy,
+    TextEncoder,
+    Tracker,
+    check_contract,
+)
 from osctl.recipe.validate import CheckedRecipe
 from osctl.registry import Registry
 
@@ -19,14 +29,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_model(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu",
-                dtype: torch.dtype | None = None, meta: bool = False) -> Any:
+                dtype: torch.dtype | None = None, meta: bool = False) -> DiffusionModel:
     """The diffusion transformer named by the recipe's ``model`` section."""
     section = checked.loaded.recipe.model
-    return registry.build("model", section.name, checked.components["model"], device=device, dtype=dtype, meta=meta)
+    model = registry.build("model", section.name, checked.components["model"], device=device, dtype=dtype, meta=meta)
+    return check_contract(model, "model", section.name)
 
 
 def build_autoencoder(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu",
-                      dtype: torch.dtype | None = None, meta: bool = False) -> Any:
+                      dtype: torch.dtype | None = None, meta: bool = False) -> Autoencoder:
     """The frozen autoencoder named by the recipe's ``autoencoder`` section (eval, no grad).
 
     ``meta``: built on the meta device from its configuration alone, for a plan (see :func:`_meta`).
@@ -34,16 +45,18 @@ def build_autoencoder(checked: CheckedRecipe, registry: Registry, *, device: tor
     section = checked.loaded.recipe.autoencoder
     ae = registry.build("autoencoder", section.name, checked.components["autoencoder"], device=device, dtype=dtype,
                         **_meta(meta))
+    check_contract(ae, "autoencoder", section.name)
     _freeze(ae)
     return ae
 
 
 def build_text_encoder(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu",
-                       dtype: torch.dtype | None = None, meta: bool = False) -> Any:
+                       dtype: torch.dtype | None = None, meta: bool = False) -> TextEncoder:
     """The frozen text encoder named by the recipe's ``text_encoder`` section (``meta``: for a plan)."""
     section = checked.loaded.recipe.text_encoder
-    return registry.build("text_encoder", section.name, checked.components["text_encoder"], device=device, dtype=dtype,
-                          **_meta(meta))
+    encoder = registry.build("text_encoder", section.name, checked.components["text_encoder"], device=device,
+                             dtype=dtype, **_meta(meta))
+    return check_contract(encoder, "text_encoder", section.name)
 
 
 def _meta(meta: bool) -> dict[str, Any]:
@@ -56,10 +69,11 @@ def _meta(meta: bool) -> dict[str, Any]:
     return {"meta": True} if meta else {}
 
 
-def build_refiner(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu") -> Any:
+def build_refiner(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu") -> Refiner:
     """The caption refiner named by the recipe's ``refiner`` section."""
     section = checked.loaded.recipe.refiner
-    return registry.build("refiner", section.name, checked.components["refiner"], device=device)
+    refiner = registry.build("refiner", section.name, checked.components["refiner"], device=device)
+    return check_contract(refiner, "refiner", section.name)
 
 
 def sampler_options(recipe: Any, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -98,23 +112,26 @@ def strategy_name(recipe: Any, registry: Registry, world_size: int, *,
     return name
 
 
-def build_strategy(recipe: Any, registry: Registry, *, world_size: int, device: torch.device) -> Any:
+def build_strategy(recipe: Any, registry: Registry, *, world_size: int, device: torch.device) -> Strategy:
     """The parallel strategy named by the recipe for ``world_size`` processes (see :func:`strategy_name`)."""
     name = strategy_name(recipe, registry, world_size)
-    return registry.build("strategy", name, None, mixed_precision=recipe.train.mixed_precision, device=device,
-                          parallel=recipe.parallel, train=recipe.train)
+    strategy = registry.build("strategy", name, None, mixed_precision=recipe.train.mixed_precision, device=device,
+                              parallel=recipe.parallel, train=recipe.train)
+    return check_contract(strategy, "strategy", name)
 
 
 def build_trackers(checked: CheckedRecipe, registry: Registry, *, output_dir: Path,
-                   start_step: int = 0) -> list[tuple[str, Any]]:
+                   start_step: int = 0) -> list[tuple[str, Tracker]]:
     """(name, tracker) for each entry of ``train.trackers``, in recipe order (call on rank 0 only).
 
     A tracker that fails to build closes the ones already built, so no writer is left open.
     """
-    built: list[tuple[str, Any]] = []
+    built: list[tuple[str, Tracker]] = []
     try:
         for name, config in checked.trackers:
-            built.append((name, registry.build("tracker", name, config, output_dir=output_dir, start_step=start_step)))
+            tracker = registry.build("tracker", name, config, output_dir=output_dir, start_step=start_step)
+            built.append((name, tracker))
+            check_contract(tracker, "tracker", name)
     except BaseException:
         for _, tracker in built:
             with contextlib.suppress(Exception):

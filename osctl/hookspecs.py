@@ -26,7 +26,6 @@ KIND_HOOKS: dict[str, str] = {
     "sampler": "register_samplers",
     "refiner": "register_refiners",
     "strategy": "register_strategies",
-    "reader": "register_readers",
     "tracker": "register_trackers",
     "captioner": "register_captioners",
     "scorer": "register_scorers",
@@ -85,14 +84,6 @@ def register_strategies(register: Any) -> None:
 
     :param register: call ``register(ComponentSpec(...))`` once per strategy; the factory returns an
         object following ``osctl.protocols.Strategy``.
-    """
-
-
-@hookspec
-def register_readers(register: Any) -> None:
-    """Register media readers that decode video or image files (kind ``reader``).
-
-    :param register: call ``register(ComponentSpec(...))`` once per reader.
     """
 
 

@@ -1,5 +1,8 @@
 """The contracts plugins implement. The core only ever talks to components through these.
 
+:mod:`osctl.build` checks every component a plugin builds against its kind's contract
+(:func:`check_contract`), and the training loop and the builders are typed with them.
+
 Tensor layouts: videos are ``B x C x T x H x W`` with pixel values in [-1, 1]; latents are
 ``B x C_lat x T_lat x H_lat x W_lat`` already normalised by the autoencoder (shift/scale applied).
 """
@@ -190,3 +193,45 @@ class Scorer(Protocol):
     def score(self, clip: Any) -> float | None:
         """A finite number, or None when the score does not apply (e.g. motion of an image)."""
         ...
+
+
+#: registry kind -> the contract its components follow (samplers are diffusers schedulers; commands have none)
+CONTRACTS: dict[str, type] = {
+    "model": DiffusionModel, "autoencoder": Autoencoder, "text_encoder": TextEncoder, "refiner": Refiner,
+    "strategy": Strategy, "tracker": Tracker, "captioner": Captioner, "scorer": Scorer,
+}
+#: attributes a contract declares that exist only after a later call, not when the factory returns
+SET_LATER: dict[str, frozenset[str]] = {"strategy": frozenset({"model", "module", "optimizer", "lr_scheduler"})}
+
+
+def contract_members(contract: type) -> list[str]:
+    """The attributes and methods ``contract`` declares (``__call__`` included, other dunders not)."""
+    names: set[str] = set()
+    for klass in contract.__mro__:
+        if klass is object or klass.__module__ == "typing":
+            continue
+        names.update(getattr(klass, "__annotations__", {}))
+        names.update(name for name, value in vars(klass).items()
+                     if callable(value) and (not name.startswith("_") or name == "__call__"))
+    return sorted(names)
+
+
+def check_contract(component: Any, kind: str, name: str) -> Any:
+    """``component`` itself when it has every member of its kind's contract, else a ``ConfigError`` naming them.
+
+    The core calls this on what a plugin's factory returns, so a component that does not follow its
+    contract fails where it is built, naming the plugin, instead of with an ``AttributeError`` deep inside
+    a run. Only presence is checked (what ``isinstance`` of a runtime-checkable protocol checks), and not
+    of the attributes in :data:`SET_LATER` (a strategy's ``model`` appears with ``prepare``).
+    """
+    from osctl.errors import ConfigError
+
+    contract = CONTRACTS.get(kind)
+    if contract is None:
+        return component
+    later = SET_LATER.get(kind, frozenset())
+    missing = [member for member in contract_members(contract) if member not in later and not hasattr(component, member)]
+    if missing:
+        raise ConfigError(f"the {kind} {name!r} built a {type(component).__name__} without {', '.join(missing)}, "
+                          f"which osctl.protocols.{contract.__name__} requires; fix the plugin that registers it.")
+    return component

@@ -36,6 +36,7 @@ from typing import Any
 from osctl.ckpt import detect as fmt
 from osctl.ckpt.headers import INDEX_SUFFIX, TensorInfo, read_header, read_sharded, read_weights
 from osctl.ckpt.inspect import EMA_CONFIG_KEYS, nearby_config
+from osctl.ckpt.shards import Shard, index_name, plan_shards, write_shards
 from osctl.errors import CheckFailed, DataError, UsageError
 from osctl.utils.files import file_sha256
 
@@ -45,7 +46,6 @@ DTYPE_ALIASES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "b
                  "fp16": "float16", "float16": "float16"}
 #: dtypes ``--dtype`` casts (float8 and integer tensors are kept: casting them would change their meaning)
 CASTABLE = ("float64", "float32", "float16", "bfloat16")
-DEFAULT_SHARD_BYTES = 10 * 10**9  # diffusers' save_pretrained default ("10GB")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -358,24 +358,13 @@ def _plan(infos: list[TensorInfo], options: ConvertOptions, single_file: bool, t
     if options.to == "pt" or single_file:
         one = PlannedFile(target.name, [i.name for i in infos], sum(i.nbytes for i in infos))
         return [one]
-    stem = fmt.DIFFUSERS_STEM if options.to == "diffusers" else "model"
-    limit = options.max_shard_size or DEFAULT_SHARD_BYTES
-    shards: list[PlannedFile] = []
-    current = PlannedFile("")
-    for info in infos:
-        if current.tensors and current.bytes + info.nbytes > limit:
-            shards.append(current)
-            current = PlannedFile("")
-        current.tensors.append(info.name)
-        current.bytes += info.nbytes
-    if current.tensors or not shards:
-        shards.append(current)
-    if len(shards) == 1:
-        shards[0].name = f"{stem}.safetensors"
-    else:
-        for number, shard in enumerate(shards, 1):
-            shard.name = f"{stem}-{number:05d}-of-{len(shards):05d}.safetensors"
-    return shards
+    shards = plan_shards({i.name: i.nbytes for i in infos}, _stem(options.to), options.max_shard_size)
+    return [PlannedFile(shard.name, shard.tensors, shard.bytes) for shard in shards]
+
+
+def _stem(to: str) -> str:
+    """File stem of a folder output: ``diffusion_pytorch_model`` for diffusers, ``model`` for transformers-style."""
+    return fmt.DIFFUSERS_STEM if to == "diffusers" else "model"
 
 
 def _fill(report: dict[str, Any], infos: list[TensorInfo], plan: list[PlannedFile], config: Any,
@@ -386,18 +375,13 @@ def _fill(report: dict[str, Any], infos: list[TensorInfo], plan: list[PlannedFil
     report["bytes"] = sum(i.nbytes for i in infos)
     files = [{"path": f.name, "bytes": f.bytes, "tensors": len(f.tensors), "sha256": f.sha256} for f in plan]
     if len(plan) > 1:
-        files.append({"path": _index_name(plan), "bytes": None, "tensors": 0, "sha256": None})
+        files.append({"path": index_name(_stem(report["to"])), "bytes": None, "tensors": 0, "sha256": None})
     if config is not None:
         files.insert(0, {"path": "config.json", "bytes": None, "tensors": 0, "sha256": None})
     for entry in files:
         if sizes is not None:
             entry["bytes"] = sizes.get(entry["path"], entry["bytes"])
     report["files"] = files
-
-
-def _index_name(plan: list[PlannedFile]) -> str:
-    stem = plan[0].name.split("-00001-of-")[0]
-    return f"{stem}{INDEX_SUFFIX}"
 
 
 # --- tensors --------------------------------------------------------------------------------------------
@@ -483,18 +467,8 @@ def _write(staging: Path, plan: list[PlannedFile], state: dict[str, Any], config
 
         torch.save(dict(state), staging / plan[0].name)
         return [*written, plan[0].name]
-    from safetensors.torch import save_file
-
-    for shard in plan:
-        save_file({name: state[name] for name in shard.tensors}, str(staging / shard.name), metadata={"format": "pt"})
-        written.append(shard.name)
-    if len(plan) > 1:
-        index = {"metadata": {"total_size": sum(f.bytes for f in plan)},
-                 "weight_map": {name: shard.name for shard in plan for name in sorted(shard.tensors)}}
-        index["weight_map"] = dict(sorted(index["weight_map"].items()))
-        (staging / _index_name(plan)).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        written.append(_index_name(plan))
-    return written
+    shards = [Shard(f.name, f.tensors, f.bytes) for f in plan]
+    return [*written, *write_shards(staging, _stem(to), shards, state)]
 
 
 def _verify(staging: Path, plan: list[PlannedFile], infos: list[TensorInfo], expected: dict[str, str],
@@ -516,7 +490,7 @@ def _verify(staging: Path, plan: list[PlannedFile], infos: list[TensorInfo], exp
             for name, info in header.tensors.items():
                 got[name] = (info.shape, info.dtype, digests[name])
         if len(plan) > 1:
-            read_sharded(staging / _index_name(plan))  # the index agrees with the shards
+            read_sharded(staging / index_name(_stem(to)))  # the index agrees with the shards
     problems = []
     if set(got) != set(wanted):
         missing, extra = sorted(set(wanted) - set(got)), sorted(set(got) - set(wanted))

@@ -1,9 +1,10 @@
 """safetensors headers and sharded-weights indexes, read without torch and without reading tensor data.
 
-A safetensors file is ``u64 little-endian N`` + ``N`` bytes of JSON (name -> dtype, shape, byte range;
-optional ``__metadata__``) + the raw tensor bytes. Reading the first ``8 + N`` bytes describes every
-tensor, so a 10 GB checkpoint is inspected in milliseconds with almost no memory. The header is checked
-against the file size, which catches truncated copies before anything tries to load them.
+The header of a safetensors file describes every tensor, so a 10 GB checkpoint is inspected in a millisecond
+with almost no memory. It is read by the ``safetensors`` library itself (``safe_open``: the header only, the
+data is memory-mapped and never touched), which checks it against the file size: truncated copies are caught
+before anything tries to load them, and a file described here is one the library will load. Measured against
+osctl's former hand-written parser in ``benchmarks/bench_ckpt_headers.py``.
 
 A sharded set is ``<stem>.safetensors.index.json`` (``weight_map``: tensor -> shard file) next to its
 shards; :func:`read_sharded` checks that every listed shard exists and that the index and the shard
@@ -13,6 +14,7 @@ headers agree tensor for tensor.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -80,77 +82,112 @@ class SafetensorsHeader:
 
 
 def read_header(path: Path, *, label: str | None = None) -> SafetensorsHeader:
-    """Parse and check the header of ``path`` (reads ``8 + N`` bytes, never the tensor data).
+    """Describe every tensor of ``path`` from its header, through ``safetensors.safe_open`` (no tensor data read).
 
-    Raises ``DataError`` naming the file when it is not safetensors, is truncated, or its header
-    contradicts itself (offsets outside the file, sizes that do not match shape x dtype).
+    The library checks the header against the file (offsets contiguous and inside it, sizes matching
+    shape x dtype, the file fully covered), so a file described here is one ``safetensors`` will load.
+    When it refuses the file, :func:`_explain_refusal` reads the header raw to say what is wrong
+    (truncated, trailing bytes, not safetensors, ...): a ``DataError`` naming the file.
     ``label`` is how ``TensorInfo.file`` names the file (default: its name); messages use the path.
     """
+    from safetensors import SafetensorError, safe_open
+
     shown = str(path)
-    file_label = label or path.name
+    try:
+        size = path.stat().st_size
+        with safe_open(str(path), framework="numpy") as handle:
+            entries = []
+            for name in handle.offset_keys():  # data order: each tensor starts where the previous one ends
+                described = handle.get_slice(name)
+                entries.append((name, described.get_shape(), described.get_dtype()))
+            metadata = handle.metadata() or {}
+    except OSError as exc:
+        raise DataError(f"cannot read {shown}: {exc.strerror or exc}.") from None
+    except SafetensorError as exc:
+        raise _explain_refusal(path, str(exc)) from None
+    sized = []
+    for name, shape, code in entries:
+        if code not in DTYPES:
+            raise DataError(f"{shown}: tensor {name!r} has dtype {code!r}, which osctl does not know.")
+        dtype, itemsize = DTYPES[code]
+        sized.append((name, tuple(shape), dtype, int(math.prod(shape) * itemsize)))
+    data_start = size - sum(nbytes for *_, nbytes in sized)  # the library checked that the data fills the file
+    tensors: dict[str, TensorInfo] = {}
+    position = data_start
+    for name, shape, dtype, nbytes in sized:
+        tensors[name] = TensorInfo(name=name, shape=shape, dtype=dtype, file=label or path.name, begin=position,
+                                   end=position + nbytes)
+        position += nbytes
+    return SafetensorsHeader(path=path, tensors=tensors, metadata=dict(metadata), header_bytes=data_start,
+                             file_bytes=size)
+
+
+def _explain_refusal(path: Path, reason: str) -> DataError:
+    """One sentence saying why ``safetensors`` refused ``path`` (its own ``reason`` is terse), from the raw header.
+
+    A safetensors file is ``u64 little-endian N`` + ``N`` bytes of JSON (name -> dtype, shape, data_offsets;
+    optional ``__metadata__``) + the tensor bytes; the checks below find the first part that disagrees.
+    """
+    shown = str(path)
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
             prefix = handle.read(8)
             if len(prefix) < 8:
-                raise DataError(f"{shown} is {size} bytes, too short to be a safetensors file; it is truncated or empty.")
+                return DataError(f"{shown} is {size} bytes, too short to be a safetensors file; it is truncated or empty.")
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
-                raise DataError(f"{shown} declares a {length}-byte header, which is not a safetensors file "
-                                "(is it a torch .pt/.bin renamed to .safetensors?).")
+                return DataError(f"{shown} declares a {length}-byte header, which is not a safetensors file "
+                                 "(is it a torch .pt/.bin renamed to .safetensors?).")
             if 8 + length > size:
-                raise DataError(f"{shown} is truncated: its header needs {8 + length} bytes but the file has {size}; "
-                                "copy or download it again.")
+                return DataError(f"{shown} is truncated: its header needs {8 + length} bytes but the file has {size}; "
+                                 "copy or download it again.")
             raw = handle.read(length)
     except OSError as exc:
-        raise DataError(f"cannot read {shown}: {exc.strerror or exc}.") from None
+        return DataError(f"cannot read {shown}: {exc.strerror or exc}.")
     try:
         header = json.loads(raw.decode("utf-8").rstrip(" "))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DataError(f"{shown} does not start with a safetensors JSON header; it is damaged or not safetensors.") from None
+        return DataError(f"{shown} does not start with a safetensors JSON header; it is damaged or not safetensors.")
     if not isinstance(header, dict):
-        raise DataError(f"{shown} has a safetensors header that is not a JSON object; the file is damaged.")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + length
-    data_bytes = size - data_start
-    tensors: dict[str, TensorInfo] = {}
+        return DataError(f"{shown} has a safetensors header that is not a JSON object; the file is damaged.")
+    header.pop("__metadata__", None)
+    data_bytes = size - 8 - length
     furthest = 0
     for name, entry in header.items():
-        info = _tensor_entry(shown, file_label, name, entry, data_start)
-        if info.end - data_start > data_bytes:
-            raise DataError(
-                f"{shown} is truncated: tensor {name!r} ends at byte {info.end} but the file has {size} bytes; "
-                "copy or download it again."
-            )
-        furthest = max(furthest, info.end - data_start)
-        tensors[name] = info
+        problem = _entry_problem(name, entry)
+        if problem:
+            return DataError(f"{shown}: {problem}; the file is damaged.")
+        end = entry["data_offsets"][1]
+        if end > data_bytes:
+            return DataError(f"{shown} is truncated: tensor {name!r} ends at byte {8 + length + end} but the file has "
+                             f"{size} bytes; copy or download it again.")
+        furthest = max(furthest, end)
     if furthest < data_bytes:
-        raise DataError(f"{shown} has {data_bytes - furthest} bytes after its last tensor; the file is damaged "
-                        "(two files concatenated?) and safetensors will refuse to load it.")
-    return SafetensorsHeader(path=path, tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()},
-                             header_bytes=data_start, file_bytes=size)
+        return DataError(f"{shown} has {data_bytes - furthest} bytes after its last tensor; the file is damaged "
+                         "(two files concatenated?) and safetensors will refuse to load it.")
+    return DataError(f"{shown} is not a valid safetensors file ({reason.removeprefix('Error while deserializing header: ')}); "
+                     "it is damaged — copy or download it again.")
 
 
-def _tensor_entry(shown: str, file_label: str, name: str, entry: Any, data_start: int) -> TensorInfo:
+def _entry_problem(name: str, entry: Any) -> str | None:
+    """What is wrong with one tensor's header entry, or None."""
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-        raise DataError(f"{shown}: header entry {name!r} lacks dtype/shape/data_offsets; the file is damaged.")
-    code = entry["dtype"]
+        return f"header entry {name!r} lacks dtype/shape/data_offsets"
+    code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if code not in DTYPES:
-        raise DataError(f"{shown}: tensor {name!r} has dtype {code!r}, which osctl does not know.")
-    shape = entry["shape"]
-    offsets = entry["data_offsets"]
+        return f"tensor {name!r} has dtype {code!r}, which osctl does not know"
     if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise DataError(f"{shown}: tensor {name!r} has an invalid shape {shape!r}; the file is damaged.")
+        return f"tensor {name!r} has an invalid shape {shape!r}"
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
             and 0 <= offsets[0] <= offsets[1]):
-        raise DataError(f"{shown}: tensor {name!r} has invalid data_offsets {offsets!r}; the file is damaged.")
+        return f"tensor {name!r} has invalid data_offsets {offsets!r}"
     dtype, itemsize = DTYPES[code]
-    info = TensorInfo(name=name, shape=tuple(shape), dtype=dtype, file=file_label,
-                      begin=data_start + offsets[0], end=data_start + offsets[1])
-    if offsets[1] - offsets[0] != int(info.numel * itemsize):
-        raise DataError(f"{shown}: tensor {name!r} ({dtype} {list(shape)}) should take {int(info.numel * itemsize)} "
-                        f"bytes but its offsets span {offsets[1] - offsets[0]}; the file is damaged.")
-    return info
+    expected = int(math.prod(shape) * itemsize)
+    if offsets[1] - offsets[0] != expected:
+        return (f"tensor {name!r} ({dtype} {list(shape)}) should take {expected} bytes but its offsets span "
+                f"{offsets[1] - offsets[0]}")
+    return None
 
 
 @dataclass

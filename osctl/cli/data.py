@@ -63,9 +63,8 @@ def _tune_memory() -> None:
     These commands build a few hundred megabytes of short-lived columns once. numpy asks for
     transparent huge pages for every array of 4 MiB or more, and Arrow's default allocator
     (mimalloc) serves large buffers from huge-page-backed arenas; a huge page's first touch is slow
-    on virtual machines (2 MiB zeroed and backed at once). On the project's 2-core VM, ``data bucket``
-    spent about 0.6 s more CPU with Arrow's default and its rules and index took 0.3 s longer with
-    numpy's, for no gain: nothing here lives long enough to profit from larger pages.
+    on virtual machines (2 MiB zeroed and backed at once), and nothing here lives long enough to profit
+    from larger pages (measured: benchmarks/README.md, "Defaults measured").
     """
     if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         import pyarrow as pa

@@ -302,9 +302,8 @@ def _from_raws(raws: list[msgspec.Raw]) -> tuple[list[Record], list[tuple[int, F
 # only one slice of Python objects is alive at a time. A cut that falls inside a string or a nested
 # value always leaves its slice unbalanced, so that slice fails to decode and the whole file is decoded
 # in one piece instead: the result never depends on where the cuts fall. 1 MiB slices (about 3,600
-# records and 2 MB of their Python objects) stay in a core's cache better than larger ones: decoding a
-# million records took 0.91 s of CPU in 1 MiB slices, 1.14-1.22 s in 4 MiB ones, 0.96-1.0 s in 256-512 KiB
-# ones (more calls per record); `osctl data bucket` on the benchmark file, 10 runs each: median 1.32 s vs 1.40 s.
+# records) stay in a core's cache better than larger or smaller ones (benchmarks/README.md, "Defaults
+# measured").
 CHUNK_BYTES = 1 << 20
 PARALLEL_MIN_BYTES = 64 << 20
 _WHITESPACE = frozenset(b" \t\r\n")

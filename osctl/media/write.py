@@ -1,22 +1,31 @@
-"""Write generated frames to MP4 (PyAV, H.264), PNG/JPG and animated GIF, atomically."""
+"""Write generated frames to MP4 (PyAV, H.264), PNG/JPG and animated GIF, atomically.
+
+Each file is encoded under a temporary name next to it and renamed into place by
+:func:`osctl.utils.atomic.atomic_file`, so a crash or an interrupted run never leaves a half-written
+video; ``root`` is the output folder the caller chose (default: the file's own folder), which the
+destination must not leave.
+"""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from osctl.utils.atomic import atomic_file
 
-def write_video(path: Path, frames: np.ndarray, fps: float, *, crf: int = 18) -> Path:
+#: Pillow's format name for each image suffix osctl writes
+_IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float, *, crf: int = 18, root: Path | None = None) -> Path:
     """Write ``T x H x W x 3`` uint8 frames as H.264 MP4 (yuv420p; odd sizes are padded by one pixel)."""
     import av
 
     frames = _even(np.ascontiguousarray(frames))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_file(path, root=root or path.parent) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=_fps_fraction(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -26,28 +35,29 @@ def write_video(path: Path, frames: np.ndarray, fps: float, *, crf: int = 18) ->
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
     return path
 
 
-def write_image(path: Path, frame: np.ndarray) -> Path:
+def write_image(path: Path, frame: np.ndarray, *, root: Path | None = None) -> Path:
     """Write one ``H x W x 3`` uint8 frame as PNG or JPG (by suffix)."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    Image.fromarray(frame).save(tmp, quality=95)
-    os.replace(tmp, path)
+    image_format = _IMAGE_FORMATS.get(path.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"{path}: write_image writes {', '.join(_IMAGE_FORMATS)} files, not {path.suffix!r}")
+    with atomic_file(path, root=root or path.parent) as tmp:
+        Image.fromarray(frame).save(tmp, format=image_format, quality=95)
     return path
 
 
-def write_gif(path: Path, frames: np.ndarray, fps: float) -> Path:
+def write_gif(path: Path, frames: np.ndarray, fps: float, *, root: Path | None = None) -> Path:
     """Write ``T x H x W x 3`` uint8 frames as a looping animated GIF."""
     from PIL import Image
 
     images = [Image.fromarray(f) for f in frames]
-    tmp = path.with_name(f".{path.name}.tmp.gif")
-    images[0].save(tmp, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
-    os.replace(tmp, path)
+    with atomic_file(path, root=root or path.parent) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)),
+                       loop=0)
     return path
 
 

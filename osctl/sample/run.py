@@ -35,6 +35,7 @@ from osctl.recipe.validate import CheckedRecipe
 from osctl.registry import Registry
 from osctl.sample.pipeline import VideoPipeline
 from osctl.sample.prompts import SampleJob, expand_jobs, read_prompts, slug
+from osctl.utils.atomic import atomic_file, atomic_write_text
 from osctl.utils.files import file_sha256
 from osctl.utils.output_dir import check_output_dir
 
@@ -256,9 +257,9 @@ def _write_sample(job: SampleJob, i: int, settings: SampleSettings, refined: str
         from osctl.media.write import write_image, write_video
 
         if settings.num_frames == 1:
-            media = write_image(out_dir / f"{stem}.png", frames[0])
+            media = write_image(out_dir / f"{stem}.png", frames[0], root=out_dir)
         else:
-            media = write_video(out_dir / f"{stem}.mp4", frames, cfg.fps)
+            media = write_video(out_dir / f"{stem}.mp4", frames, cfg.fps, root=out_dir)
     record = {
         "file": media.name if sp_rank_writes else None,
         "prompt": spec.text, "refined_prompt": refined, "encoded_prompt": text, "negative_prompt": settings.negative,
@@ -278,13 +279,11 @@ def _write_sample(job: SampleJob, i: int, settings: SampleSettings, refined: str
     if cfg.save_latents and sp_rank_writes:
         from safetensors.torch import save_file
 
-        save_file({"latents": result.latents[i].cpu().contiguous()}, out_dir / f"{stem}.latents.safetensors")
+        with atomic_file(out_dir / f"{stem}.latents.safetensors", root=out_dir) as tmp:
+            save_file({"latents": result.latents[i].cpu().contiguous()}, str(tmp))
         record["latents_file"] = f"{stem}.latents.safetensors"
     if sp_rank_writes:
-        sidecar = out_dir / f"{stem}.json"
-        tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-        tmp.replace(sidecar)
+        atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, indent=2, sort_keys=True), root=out_dir)
     return record
 
 
@@ -323,8 +322,8 @@ def write_grid(out_dir: Path, jobs: list[SampleJob], cfg: Any) -> Path | None:
     tiled = captioned_grid([rows[index] for index in sorted(rows)])
     name = f"grid-{cfg.sample_method}-gs{cfg.guidance_scale:g}-s{cfg.num_sampling_steps}"
     if tiled.shape[0] == 1:
-        return write_image(out_dir / f"{name}.png", tiled[0])
+        return write_image(out_dir / f"{name}.png", tiled[0], root=out_dir)
     from osctl.media.write import write_gif
 
-    write_gif(out_dir / f"{name}.gif", tiled, min(cfg.fps, 12))  # viewable anywhere, e.g. a browser
-    return write_video(out_dir / f"{name}.mp4", tiled, cfg.fps)
+    write_gif(out_dir / f"{name}.gif", tiled, min(cfg.fps, 12), root=out_dir)  # viewable anywhere, e.g. a browser
+    return write_video(out_dir / f"{name}.mp4", tiled, cfg.fps, root=out_dir)

@@ -13,8 +13,6 @@ DEFAULT_LANE_SPREAD = 0.0
 """How far from the middle of the frame a clip's shape may be, as a fraction of the free range: 0 puts
 every moving shape on the centre line (a horizontal mover crosses at mid-height) and every still one in
 the middle, 1 anywhere (images always place their shape anywhere). Why 0: the prompt names the direction
-but not the lane, so a random lane is noise the model can never predict from the prompt; with it the
-demo's tiny model did not tie the direction words to the motion within its CPU budget (held-out motion
-0.29 with lanes anywhere, 0.21 with a spread of 0.3, 1.00 with the centre line, 2800 steps of
-``recipes/demo.yaml``); with still clips anywhere the held-out still prompt drifted in 2 to 4 of its 4
-samples (three runs), with still clips in the middle in none (two runs)."""
+but not the lane, so a random lane is noise the model can never predict from the prompt, and the demo's
+tiny model did not learn the direction words within its CPU budget with one (the runs that decided it:
+benchmarks/README.md, "Defaults measured")."""

@@ -1,7 +1,7 @@
 """Write a diffusers-style model folder (``config.json`` + safetensors) from a state dict.
 
 The folder loads with the model class's ``from_pretrained`` (ours and the reference's). Large
-state dicts are sharded with an index file, as diffusers does.
+state dicts are sharded with an index file, as diffusers does (:mod:`osctl.ckpt.shards`).
 """
 
 from __future__ import annotations
@@ -12,36 +12,23 @@ from typing import Any
 
 import torch
 
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+WEIGHTS_STEM = "diffusion_pytorch_model"
 
 
 def save_model_folder(folder: Path, config: dict[str, Any], state_dict: dict[str, torch.Tensor], *,
-                      dtype: torch.dtype | None = None, max_shard_bytes: int = 10 * 1024**3,
+                      dtype: torch.dtype | None = None, max_shard_bytes: int | None = None,
                       extra_files: dict[str, Any] | None = None) -> list[Path]:
-    """Write ``config.json`` and the weights (sharded above ``max_shard_bytes``); returns written files."""
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
+    """Write ``config.json`` and the weights (sharded above ``max_shard_bytes``, default diffusers' 10 GB);
+    returns the written files. The weights go through :mod:`osctl.ckpt.shards`, as ``ckpt convert``'s do."""
+    from osctl.ckpt.shards import plan_shards, write_shards
 
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
                for k, v in state_dict.items()}
-    written = []
     config_path = folder / "config.json"
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True, default=_json_default) + "\n")
-    written.append(config_path)
-    split = split_torch_state_dict_into_shards(
-        tensors, filename_pattern="diffusion_pytorch_model{suffix}.safetensors", max_shard_size=max_shard_bytes
-    )
-    for filename, names in split.filename_to_tensors.items():
-        shard = {name: tensors[name] for name in names}
-        save_file(shard, folder / filename, metadata={"format": "pt"})
-        written.append(folder / filename)
-    if split.is_sharded:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                 "weight_map": split.tensor_to_filename}
-        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        written.append(folder / INDEX_NAME)
+    shards = plan_shards({k: v.numel() * v.element_size() for k, v in tensors.items()}, WEIGHTS_STEM, max_shard_bytes)
+    written = [config_path, *(folder / name for name in write_shards(folder, WEIGHTS_STEM, shards, tensors))]
     for name, payload in (extra_files or {}).items():
         path = folder / name
         path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")

@@ -28,6 +28,7 @@ from osctl.parallel import dist as pdist
 from osctl.parallel.groups import ParallelGroups
 from osctl.parallel.layout import ParallelLayout
 from osctl.parallel.progress import RankProgress
+from osctl.protocols import Autoencoder, Strategy, TextEncoder
 from osctl.train import checkpoint as ckpt
 from osctl.train.ema import EMA
 from osctl.train.export import model_config, save_model_folder
@@ -52,10 +53,10 @@ class TrainParts:
 
     recipe: Any
     dist: pdist.DistInfo
-    strategy: Any
+    strategy: Strategy
     objective: Any
-    autoencoder: Any
-    text_encoder: Any
+    autoencoder: Autoencoder
+    text_encoder: TextEncoder
     data: BatchSource
     state: TrainState
     output_dir: Path

@@ -141,11 +141,14 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     check_memory(checked, registry, options)
     info = pdist.init_distributed(checked.loaded.recipe.parallel.timeout_s)
     lock = lock_output_dir(Path(checked.loaded.recipe.train.output_dir), info)
+    finished = False
     try:
-        return _run(checked, registry, options)
+        result = _run(checked, registry, options)
+        finished = True
+        return result
     finally:
         if lock is not None:
-            lock.release()
+            lock.release(discard_unused=not finished)  # a run refused before its first write leaves no folder
 
 
 def check_memory(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> None:
@@ -169,7 +172,7 @@ def lock_output_dir(output_dir: Path, info: pdist.DistInfo) -> DirLock | None:
     lock, refusal = None, None
     if info.is_main:
         try:
-            check_output_dir(output_dir, key="train.output_dir")  # a file, a read-only disk: one sentence
+            check_output_dir(output_dir, key="train.output_dir", create=False)  # a file, a read-only disk
             lock = DirLock(output_dir).acquire()
         except OsctlError as exc:
             refusal = (exc.message, exc.hint, exc.exit_code)

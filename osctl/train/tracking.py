@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from osctl.protocols import Tracker
+
 log = logging.getLogger("osctl.train.tracking")
 
 METRICS_FILE = Path("logs") / "metrics.jsonl"
@@ -55,8 +57,8 @@ class MetricsFile:
 class Trackers:
     """Fans every call out to named trackers; one that raises is warned about once and dropped."""
 
-    def __init__(self, trackers: list[tuple[str, Any]] | None = None) -> None:
-        self.active: list[tuple[str, Any]] = list(trackers or [])
+    def __init__(self, trackers: list[tuple[str, Tracker]] | None = None) -> None:
+        self.active: list[tuple[str, Tracker]] = list(trackers or [])
         self.disabled: list[str] = []
         self.closed = False
 

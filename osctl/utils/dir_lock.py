@@ -39,6 +39,7 @@ class DirLock:
         self.command = command
         self.key = key
         self._fd: int | None = None
+        self._created = False  # acquire() created the folder (so a run that writes nothing can take it back)
 
     @property
     def held(self) -> bool:
@@ -49,6 +50,7 @@ class DirLock:
         """Take the lock (creating the folder and the lock file), or raise ``UsageError`` naming the holder."""
         if self._fd is not None:
             return self
+        self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -69,11 +71,21 @@ class DirLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
-        """Drop the lock (closing the file releases it; the file stays, see the module docstring)."""
+    def release(self, *, discard_unused: bool = False) -> None:
+        """Drop the lock (closing the file releases it; the file stays, see the module docstring).
+
+        ``discard_unused``: when :meth:`acquire` created the folder and nothing but the lock file was
+        written into it since (a run that failed before its first write), remove both, so a refused run
+        leaves no trace.
+        """
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        if discard_unused and self._created:
+            with contextlib.suppress(OSError):
+                if [entry.name for entry in self.folder.iterdir()] == [LOCK_FILE]:
+                    self.path.unlink()
+                    self.folder.rmdir()
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)

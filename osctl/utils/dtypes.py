@@ -27,3 +27,14 @@ def torch_dtype(value: Any, what: str = "dtype") -> Any:
     if key not in _NAMES:
         raise ConfigError(f"{what} {value!r} is unknown; use fp32, bf16 or fp16.")
     return getattr(torch, _NAMES[key])
+
+
+def component_dtype(configured: Any, runtime: Any, what: str = "dtype") -> Any:
+    """The dtype a component loads its weights in: its recipe's ``dtype``, else the command's, else float32.
+
+    ``configured`` is the component's own setting (e.g. ``text_encoder.dtype``), ``runtime`` the dtype the
+    command passed its factory; ``what`` names the setting in the error.
+    """
+    import torch
+
+    return torch_dtype(configured, what) or torch_dtype(runtime, what) or torch.float32

@@ -48,10 +48,10 @@ def train_once(strategy: str, root: Path) -> Path:
     return root / "trained" / "checkpoint-1"
 
 
-def synthetic_source(checked: Any, registry: Any, info: Any, *, dp_rank: int, dp_size: int) -> Any:
+def synthetic_source(checked: Any, registry: Any, info: Any, *, layout: Any, dp_rank: int) -> Any:
     """Stands in for the sample index: the tiny recipe's synthetic clips."""
     text_encoder = registry.build("text_encoder", "tiny_t5", checked.components["text_encoder"])
-    return SyntheticClips(text_encoder.tokenize, dp_rank=dp_rank, dp_size=dp_size), {}
+    return SyntheticClips(text_encoder.tokenize, dp_rank=dp_rank, dp_size=layout.dp_size), {}
 
 
 def reseal(checkpoint: Path) -> None:

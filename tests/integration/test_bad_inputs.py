@@ -75,7 +75,8 @@ def _write(path: Path, text: str | bytes) -> Path:
 def _index(root: Path) -> Path:
     """A built sample index in ``root/idx`` (the pair a failed rebuild must leave as it was)."""
     data_txt = _dataset(root)
-    result = runner.invoke(app, ["data", "bucket", str(data_txt), "--recipe", str(DEMO), "--out", str(root / "idx")])
+    result = runner.invoke(app, ["data", "bucket", str(data_txt), "--recipe", str(DEMO), "--set",
+                                 "train.train_batch_size=1", "--out", str(root / "idx")])
     assert result.exit_code == 0, result.output
     return data_txt
 
@@ -112,8 +113,10 @@ def _validate(records: list[Any] | None = None, **kwargs: Any) -> Callable[[Path
 
 
 def _bucket(*extra: str, records: list[Any] | None = None, **kwargs: Any) -> Callable[[Path], list[str]]:
+    """``data bucket`` of a small data set with the demo recipe, its batch lowered so an epoch has batches."""
     return lambda root: ["data", "bucket", str(_dataset(root, records, **kwargs)), "--recipe", str(DEMO),
-                         "--out", str(root / "idx"), *[e.format(root=root) for e in extra]]
+                         "--set", "train.train_batch_size=1", "--out", str(root / "idx"),
+                         *[e.format(root=root) for e in extra]]
 
 
 def _recipe(text: str, *extra: str, name: str = "r.yaml") -> Callable[[Path], list[str]]:

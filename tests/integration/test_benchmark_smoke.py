@@ -27,3 +27,11 @@ def test_bench_data_runs_every_command_and_prints_its_figures(tmp_path: Path, fi
     assert (index / "samples.arrow").is_file()
     recorded = json.loads((index / "index.json").read_text())["fingerprint"]["annotations"]
     assert [entry["records"] for entry in recorded] == ([3000] if files == 1 else [1000] * files)
+
+
+def test_bench_ckpt_headers_compares_the_readers(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ckpt_headers.py"), "--size-gb", "0.01",
+                          "--reps", "3", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         check=True).stdout
+    assert "osctl read_header / hand parser:" in out and "safe_open keys only / osctl:" in out
+    assert not list(tmp_path.iterdir())  # the generated file is removed

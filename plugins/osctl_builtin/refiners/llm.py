@@ -130,14 +130,15 @@ def build_llm(config: LLMRefinerConfig, **runtime: Any) -> LLMRefiner:
     """Factory of ``llm``: load the chat LM and its tokenizer (local files only when offline)."""
     import transformers
 
-    from osctl_builtin.text_encoders.t5 import _pick_dtype, resolve_pretrained, unavailable
+    from osctl.utils.dtypes import component_dtype
+    from osctl_builtin.text_encoders.t5 import resolve_pretrained, unavailable
 
     source, local_only = resolve_pretrained(config.path, key="refiner.path")
     common = {"local_files_only": local_only, "trust_remote_code": config.trust_remote_code}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            source, dtype=_pick_dtype(config.dtype, runtime.get("dtype")), **common
+            source, dtype=component_dtype(config.dtype, runtime.get("dtype"), "refiner dtype"), **common
         )
     except (OSError, ValueError) as exc:
         raise unavailable(config.path, key="refiner.path", local_only=local_only, exc=exc) from None

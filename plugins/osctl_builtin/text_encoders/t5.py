@@ -39,7 +39,7 @@ from osctl import ConfigError
 from osctl.availability import MissingWeights
 from osctl.hub import cached_snapshot, hub_offline, missing_from_cache
 from osctl.registry import ComponentConfig
-from osctl.utils.dtypes import torch_dtype
+from osctl.utils.dtypes import component_dtype, torch_dtype
 from osctl_builtin.text_encoders.presets import released_config
 
 if TYPE_CHECKING:
@@ -327,9 +327,7 @@ def _torch_dtype(value: Any) -> Any:
 
 def _pick_dtype(configured: str | None, runtime: Any) -> Any:
     """The configured dtype, else the command's runtime dtype, else float32."""
-    import torch
-
-    return _torch_dtype(configured) or _torch_dtype(runtime) or torch.float32
+    return component_dtype(configured, runtime, "text_encoder dtype")
 
 
 def load_t5_encoder(name_or_path: str, *, max_length: int, dtype: Any = None, device: Any = None,

@@ -258,3 +258,24 @@ def test_bin_diffusers_folder(run, tmp_path):
     assert report["weights"]["files"] == ["diffusion_pytorch_model.bin"]
     convert(folder, ConvertOptions(to="diffusers", output=tmp_path / "modern"))
     assert _equal(load_file(tmp_path / "modern" / "diffusion_pytorch_model.safetensors"), run.model)
+
+
+def test_convert_and_training_export_write_the_same_shards(tmp_path):
+    """One shard writer: ``ckpt convert`` and a checkpoint's ``model/`` folder split as diffusers'
+    ``save_pretrained`` does (a tensor over the limit alone in its shard, the others packed around it)."""
+    from osctl.train.export import save_model_folder
+
+    state = {"a": torch.arange(10.0), "big": torch.arange(100.0), "c": torch.arange(10.0)}
+    save_file(state, str(tmp_path / "source.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "OpenSoraT2V_v1_3"}))
+    convert(tmp_path / "source.safetensors", ConvertOptions(to="diffusers", output=tmp_path / "converted",
+                                                            max_shard_size=200))
+    save_model_folder(tmp_path / "exported", {"_class_name": "OpenSoraT2V_v1_3"}, state, max_shard_bytes=200)
+    index = json.loads((tmp_path / "exported" / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    assert index["weight_map"] == {"a": "diffusion_pytorch_model-00002-of-00002.safetensors",
+                                   "big": "diffusion_pytorch_model-00001-of-00002.safetensors",
+                                   "c": "diffusion_pytorch_model-00002-of-00002.safetensors"}
+    weights = sorted(p.name for p in (tmp_path / "converted").iterdir() if p.name != "config.json")
+    assert weights == sorted(p.name for p in (tmp_path / "exported").iterdir() if p.name != "config.json")
+    for name in weights:
+        assert (tmp_path / "converted" / name).read_bytes() == (tmp_path / "exported" / name).read_bytes(), name

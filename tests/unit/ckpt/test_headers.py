@@ -32,6 +32,31 @@ def test_header_describes_every_tensor(tmp_path):
         assert handle.read(info.end - info.begin) == bytes(48)
 
 
+def test_offsets_follow_the_data_order_with_empty_and_scalar_tensors(tmp_path):
+    tensors = {"z": torch.arange(3, dtype=torch.float64), "empty": torch.zeros(0, 4), "s": torch.tensor(7.0),
+               "h": torch.arange(5, dtype=torch.float16), "m": torch.tensor([True, False])}
+    path = _write(tmp_path / "w.safetensors", tensors)
+    header = read_header(path)
+    raw = path.read_bytes()
+    assert header.header_bytes == 8 + struct.unpack("<Q", raw[:8])[0]
+    assert header.file_bytes == len(raw)
+    for name, tensor in tensors.items():
+        info = header.tensors[name]
+        assert raw[info.begin:info.end] == tensor.numpy().tobytes(), name
+
+
+def test_file_the_library_would_refuse_is_refused(tmp_path):
+    """A hole between two tensors: every size agrees with the file, but safetensors will not load it."""
+    header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+              "b": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]}}
+    raw = json.dumps(header).encode()
+    path = tmp_path / "holes.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(24))
+    with pytest.raises(DataError, match=r"holes\.safetensors is not a valid safetensors file \(invalid offset for "
+                                        r"tensor `b`\); it is damaged"):
+        read_header(path)
+
+
 def test_truncated_file_is_one_sentence(tmp_path):
     path = _write(tmp_path / "w.safetensors", {"a": torch.ones(100)})
     path.write_bytes(path.read_bytes()[:-10])
