@@ -9,6 +9,8 @@ Formats (the ``format`` field of ``ckpt inspect --json``):
                           ``model_ema/``, ``pytorch_model/`` engine state, ``latest``, ``random_states_*.pkl``
 ``diffusers``             a diffusers model folder: ``config.json`` + ``diffusion_pytorch_model*.safetensors``
                           (sharded with an index, or ``.bin``)
+``diffusers-pipeline``    a diffusers pipeline folder: ``model_index.json`` + one folder per component
+                          (``transformer/``, ``transformer_2/``, ``vae/``, ``text_encoder/``, ...), as released
 ``transformers``          a transformers folder: ``config.json`` + ``model*.safetensors`` / ``pytorch_model*.bin``
 ``safetensors-folder``    safetensors weights (single or sharded with an index) without a ``config.json``
 ``deepspeed``             a DeepSpeed engine folder (``latest`` + ``global_stepN/`` or the tag folder itself)
@@ -36,6 +38,7 @@ from osctl.errors import DataError, UsageError
 OSCTL_CHECKPOINT = "osctl-checkpoint"
 OSP_TRAINING = "osp-training-checkpoint"
 DIFFUSERS = "diffusers"
+DIFFUSERS_PIPELINE = "diffusers-pipeline"
 TRANSFORMERS = "transformers"
 SAFETENSORS_FOLDER = "safetensors-folder"
 DEEPSPEED = "deepspeed"
@@ -48,6 +51,7 @@ DESCRIPTIONS = {
     OSCTL_CHECKPOINT: "osctl training checkpoint",
     OSP_TRAINING: "Open-Sora-Plan training checkpoint (accelerate/DeepSpeed layout)",
     DIFFUSERS: "diffusers model folder",
+    DIFFUSERS_PIPELINE: "diffusers pipeline folder",
     TRANSFORMERS: "transformers model folder",
     SAFETENSORS_FOLDER: "safetensors weights folder (no config.json)",
     DEEPSPEED: "DeepSpeed engine checkpoint",
@@ -73,6 +77,8 @@ KNOWN_CLASSES: dict[str, tuple[str, str]] = {
     "MT5EncoderModel": ("text_encoder", "t5"),
     "T5EncoderModel": ("text_encoder", "t5"),
     "UMT5EncoderModel": ("text_encoder", "t5"),
+    "WanTransformer3DModel": ("model", "wan"),
+    "AutoencoderKLWan": ("autoencoder", "wan_vae"),
     "MT5ForConditionalGeneration": ("text_encoder", "t5"),
     "T5ForConditionalGeneration": ("text_encoder", "t5"),
 }
@@ -162,6 +168,8 @@ def _detect_folder(path: Path) -> Detected:
         if (path / "latest").is_file():
             found.engine, found.engine_tag = _deepspeed_root(path)
         return found
+    if (path / "model_index.json").is_file():
+        return Detected(DIFFUSERS_PIPELINE, path, config=path / "model_index.json")
     if (path / ".metadata").is_file() and any(path.glob("*.distcp")):
         return Detected(DCP, path, engine=path)
     if (path / "latest").is_file() or any(path.glob("*model_states.pt")):
@@ -187,11 +195,29 @@ def _detect_folder(path: Path) -> Detected:
 
 def _training_parts(found: Detected) -> None:
     path = found.path
-    if (path / "model" / "config.json").is_file():
+    config = model_config_file(path / "model")
+    if config is not None:
         found.model_dir = path / "model"
-        found.config = path / "model" / "config.json"
-    if (path / "model_ema" / "config.json").is_file():
+        found.config = config
+    if model_config_file(path / "model_ema") is not None:
         found.ema_dir = path / "model_ema"
+
+
+def part_folders(folder: Path) -> list[Path]:
+    """The subfolders of a model folder saved in parts (``model/transformer/``, ``model/transformer_2/``: a model
+    of several diffusers models, e.g. Wan 2.2's two experts), each with its own ``config.json``; empty when
+    ``folder`` holds one model itself."""
+    if (folder / "config.json").is_file() or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and (p / "config.json").is_file())
+
+
+def model_config_file(folder: Path) -> Path | None:
+    """The ``config.json`` describing a training checkpoint's model folder (its first part's when in parts)."""
+    if (folder / "config.json").is_file():
+        return folder / "config.json"
+    parts = part_folders(folder)
+    return parts[0] / "config.json" if parts else None
 
 
 def _looks_like_accelerate(path: Path) -> bool:

@@ -12,6 +12,7 @@ self-consistency (headers against file sizes, indexes against shards); damage th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -167,6 +168,16 @@ def _training_weights(found: fmt.Detected, report: dict[str, Any], *, trust_pick
 
 
 def _model_folder(folder: Path, root: Path, report: dict[str, Any], *, trust_pickle: bool) -> list[TensorInfo]:
+    parts = fmt.part_folders(folder)
+    if parts:  # a model saved in parts (e.g. model/transformer/ + model/transformer_2/)
+        infos = _folder_infos(folder, root, trust_pickle=trust_pickle)
+        report["weights"] = summarize(infos, _rel(folder, root))
+        report["parts"] = {p.name: summarize(_folder_infos(p, root, trust_pickle=trust_pickle), _rel(p, root))
+                           for p in parts}
+        config = fmt.read_config(parts[0] / "config.json")
+        report["architecture"] = _architecture(fmt.class_name_of(config), config,
+                                               _rel(parts[0] / "config.json", root), folder)
+        return infos
     config_path = folder / "config.json"
     config = fmt.read_config(config_path) if config_path.is_file() else None
     infos = _folder_infos(folder, root, trust_pickle=trust_pickle)
@@ -181,6 +192,10 @@ def _model_folder(folder: Path, root: Path, report: dict[str, Any], *, trust_pic
 
 
 def _folder_infos(folder: Path, root: Path, *, trust_pickle: bool) -> list[TensorInfo]:
+    parts = fmt.part_folders(folder)
+    if parts:  # tensors named as the whole model's state dict: "<part>.<name>"
+        return [dataclasses.replace(i, name=f"{p.name}.{i.name}")
+                for p in parts for i in _folder_infos(p, root, trust_pickle=trust_pickle)]
     weights = fmt.find_weights(folder, [fmt.DIFFUSERS_STEM, *fmt.TRANSFORMERS_STEMS])
     if weights is not None:
         return list(read_weights(weights, root=root).tensors.values())
@@ -237,6 +252,52 @@ def _diffusers(found: fmt.Detected, report: dict[str, Any], *, trust_pickle: boo
                verify_hashes: bool) -> list[TensorInfo]:
     report["integrity"]["checked"] = "safetensors headers and index"
     return _model_folder(found.path, found.path, report, trust_pickle=trust_pickle)
+
+
+def _pipeline(found: fmt.Detected, report: dict[str, Any], *, trust_pickle: bool,
+              verify_hashes: bool) -> list[TensorInfo]:
+    """A released (or exported) diffusers pipeline: its class, each component's class, loader and size; the
+    transformer(s) are the weights."""
+    root = found.path
+    index = fmt.read_config(root / "model_index.json")
+    components: dict[str, Any] = {}
+    transformers: list[TensorInfo] = []
+    for name, entry in sorted(index.items()):
+        if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2:
+            continue
+        library, class_name = entry
+        if class_name is None:
+            continue
+        folder = root / name
+        info: dict[str, Any] = {"library": library, "class_name": class_name, "loads_with": fmt.loader_for(class_name),
+                                "path": name, "present": folder.is_dir()}
+        if folder.is_dir() and (folder / "config.json").is_file():
+            try:
+                infos = _folder_infos(folder, root, trust_pickle=trust_pickle)
+            except DataError as exc:
+                info["problem"] = exc.message
+            else:
+                info["parameters"] = sum(i.numel for i in infos)
+                info["bytes"] = sum(i.nbytes for i in infos)
+                if name.startswith("transformer"):
+                    transformers += [dataclasses.replace(i, name=f"{name}.{i.name}") for i in infos]
+        components[name] = info
+    settings = {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
+    report["pipeline"] = {"class_name": index.get("_class_name"), "settings": settings, "components": components}
+    first = next((c for n, c in components.items() if n.startswith("transformer")), None)
+    if first is not None:
+        config_path = root / first["path"] / "config.json"
+        config = fmt.read_config(config_path) if config_path.is_file() else None
+        report["architecture"] = _architecture(first["class_name"], config, _rel(config_path, root), None)
+        report["architecture"]["pipeline"] = index.get("_class_name")
+    if transformers:
+        report["weights"] = summarize(transformers, ".")
+    missing = [n for n, c in components.items() if not c["present"]]
+    if missing:
+        report["integrity"].update(ok=False, problems=[f"model_index.json lists {', '.join(missing)} but the folder "
+                                                       "has no such subfolder: the download is incomplete."])
+    report["integrity"]["checked"] = "model_index.json against the component folders, safetensors headers"
+    return transformers
 
 
 def _safetensors_folder(found: fmt.Detected, report: dict[str, Any], *, trust_pickle: bool,
@@ -365,6 +426,7 @@ def _adapters(found: fmt.Detected, report: dict[str, Any]) -> None:
 
 _HANDLERS = {
     fmt.OSCTL_CHECKPOINT: _osctl_checkpoint, fmt.OSP_TRAINING: _osp_training, fmt.DIFFUSERS: _diffusers,
+    fmt.DIFFUSERS_PIPELINE: _pipeline,
     fmt.TRANSFORMERS: _diffusers, fmt.SAFETENSORS_FOLDER: _safetensors_folder, fmt.SAFETENSORS: _safetensors,
     fmt.TORCH: _torch_file, fmt.DEEPSPEED: _deepspeed, fmt.DCP: _dcp, fmt.LORA_ADAPTER: _lora_adapter,
 }

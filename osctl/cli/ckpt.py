@@ -30,6 +30,7 @@ class Target(StrEnum):
     """Output formats of ``ckpt convert``."""
 
     diffusers = "diffusers"
+    diffusers_pipeline = "diffusers-pipeline"
     safetensors = "safetensors"
     pt = "pt"
     comfyui_lora = "comfyui-lora"
@@ -108,6 +109,8 @@ def convert_cmd(
 
     Sources: anything `ckpt inspect` recognises (training checkpoints give model/ or, with --ema, model_ema/; DeepSpeed ZeRO-1/2/3 and FSDP/DCP shards are consolidated). Targets: a diffusers folder (config.json + diffusion_pytorch_model*.safetensors, sharded with an index above --max-shard-size), safetensors (one file when -o ends in .safetensors, else a folder of model*.safetensors), or pt (one torch file of a plain state dict). Training-wrapper prefixes (module., _orig_mod.) are removed.
 
+    diffusers-pipeline (a checkpoint of a diffusers family such as wan): a complete pipeline folder that diffusers.DiffusionPipeline.from_pretrained loads: model_index.json, the trained transformer/ (and transformer_2/), and the vae/, text_encoder/, tokenizer/ the checkpoint's recipe names (hard-linked or copied; built and saved for presets) and its sampler as scheduler/.
+
     Safety: writes into a temporary name next to the output and renames it only after verifying names, shapes, dtypes and the SHA-256 of every tensor; never replaces an existing output without --force; writes nothing on failure; reads .pt/.bin with weights_only=True and refuses code-carrying pickles unless --trust-pickle.
 
     JSON (--json, schema "osctl.ckpt.convert/1"): source {path, format, part, label}, output, to, layout (file|folder), dtype, dry_run, replaced, tensors, parameters, bytes, files [{path, bytes, tensors, sha256}], verified {tensors, names, shapes, dtypes, checksums} (null with --dry-run), config_source, notes.
@@ -121,6 +124,8 @@ def convert_cmd(
       [bold]osctl ckpt convert out/checkpoint-2000/training_state/deepspeed --to safetensors --max-shard-size 5GB -o merged/[/]
 
       [bold]osctl ckpt convert exported/ --to safetensors -o exported.safetensors --dry-run[/]
+
+      [bold]osctl ckpt convert out/checkpoint-2000 --to diffusers-pipeline --ema -o wan-finetuned/[/]
 
       [bold]osctl ckpt convert out/checkpoint-500/adapter --to comfyui-lora -o my_lora_comfyui.safetensors[/]
 
@@ -136,6 +141,16 @@ def convert_cmd(
         return
     if to is None:
         raise UsageError("ckpt convert needs --to FORMAT (or --merge-lora ADAPTER); see osctl ckpt convert --help.")
+    if to is Target.diffusers_pipeline:
+        from osctl.families.pipeline_export import export_pipeline
+
+        report = export_pipeline(src, output, ema=ema, dtype=dtype.value if dtype else None, force=force,
+                                 dry_run=dry_run)
+        if as_json:
+            print_json(report)
+        else:
+            _render_convert(report)
+        return
     if trust_pickle:
         warn(TRUST_WARNING)
     options = ConvertOptions(to=to.value, output=output, ema=ema, dtype=dtype.value if dtype else None,
@@ -229,6 +244,16 @@ def _render_inspect(report: dict[str, Any]) -> None:
             table.add_row("", f"[yellow]{escape(arch['warning'])}[/]")
         for kind, section in (arch.get("recipe_section") or {}).items():
             table.add_row("", escape(f"recipe: {kind}: {{name: {section['name']}, path: {section['path']}}}"))
+    pipeline = report.get("pipeline")
+    if pipeline:
+        settings = ", ".join(f"{k} {v}" for k, v in pipeline["settings"].items())
+        table.add_row("pipeline", escape(f"{pipeline['class_name']}" + (f" ({settings})" if settings else "")))
+        for name, component in pipeline["components"].items():
+            loads = component.get("loads_with")
+            how = f" — {loads['kind']} {loads['name']}" if loads else ""
+            size = f", {_count(component['parameters'])} parameters" if "parameters" in component else ""
+            missing = "" if component["present"] else " [red](missing)[/]"
+            table.add_row(f"  {escape(name)}", escape(f"{component['class_name']}{size}{how}") + missing)
     weights = report.get("weights")
     if weights:
         table.add_row("weights", escape(_weights_line(weights)))
@@ -236,6 +261,8 @@ def _render_inspect(report: dict[str, Any]) -> None:
         shown_modules = ", ".join(f"{escape(name)} {_count(n)}" for name, n in modules[:8])
         more = f", … {len(modules) - 8} more" if len(modules) > 8 else ""
         table.add_row("  by module", shown_modules + more)
+        for name, part in (report.get("parts") or {}).items():
+            table.add_row(f"  {escape(name)}/", escape(_weights_line(part)))
     for key in ("adapter", "adapter_ema"):
         facts = report.get(key)
         if facts:
@@ -331,7 +358,10 @@ def _render_convert(report: dict[str, Any]) -> None:
     for note in report["notes"]:
         console.print(f"[dim]note:[/] {escape(note)}")
     verified = report.get("verified")
-    if verified:
+    if verified and report["to"] == "diffusers-pipeline":
+        console.print(f"[green]verified[/] {verified['tensors']} transformer tensors read back with the checkpoint's "
+                      "names and shapes")
+    elif verified:
         console.print(f"[green]verified[/] {verified['tensors']} tensors read back: names, shapes, dtypes and "
                       "SHA-256 of every tensor match the source")
     if report["dry_run"]:

@@ -185,6 +185,10 @@ class DiffusionSection(Section):
     logit_mean: float = 0.0
     logit_std: float = 1.0
     mode_scale: float = 1.29
+    flow_shift: float = Field(
+        1.0, gt=0, description="flow matching only: timestep shift of the training noise levels, sigma -> "
+        "shift*sigma / (1 + (shift-1)*sigma) (diffusers' FlowMatchEulerDiscreteScheduler shift; Wan: 3.0 to 5.0)"
+    )
 
 
 class LoraSettings(Section):
@@ -340,6 +344,10 @@ class SampleSection(Section):
     width: int = Field(640, gt=0)
     fps: int = Field(18, gt=0, description="fps of the written mp4")
     guidance_scale: float = Field(7.5, ge=0)
+    guidance_scale_2: float | None = Field(
+        None, ge=0, description="guidance of a model's second (low-noise) expert, e.g. Wan 2.2 A14B's; default: "
+        "guidance_scale"
+    )
     num_sampling_steps: int = Field(100, gt=0)
     sample_method: str = Field("EulerAncestralDiscrete", description="sampler plugin name")
     sampler_options: dict[str, Any] = Field(default_factory=dict, description="extra options for the sampler")
@@ -378,6 +386,10 @@ class Recipe(Section):
     """A whole recipe; ``extends`` is resolved by the loader before validation."""
 
     seed: int | None = Field(None, description="shortcut: sets train.seed when given")
+    pipeline_path: str | None = Field(
+        None, description="a released diffusers pipeline (local folder or hub id, read offline) that fills every "
+        "component's source: model, autoencoder and text encoder keys the recipe leaves unset"
+    )
     model: ComponentSection = Field(default_factory=lambda: ComponentSection(name="opensora_v1_3"))
     autoencoder: ComponentSection = Field(default_factory=lambda: ComponentSection(name="wfvae"))
     text_encoder: ComponentSection = Field(default_factory=lambda: ComponentSection(name="t5"))

@@ -88,6 +88,28 @@ def _parallel_problems(checked: CheckedRecipe, registry: Registry) -> list[str]:
     return []
 
 
+def component_options(recipe: Any, section: str, registry: Registry) -> dict[str, Any]:
+    """The plugin options of component ``section``: its recipe keys over what ``pipeline_path`` fills in.
+
+    A released diffusers pipeline named by the recipe's ``pipeline_path`` gives every component whose config
+    class defines ``pipeline_options(pipeline_path) -> dict`` its sources (e.g. ``model.path``,
+    ``text_encoder.subfolder``); keys the recipe sets win. A model plugin that cannot be filled from a
+    pipeline is an error (the pipeline would be silently ignored).
+    """
+    comp = getattr(recipe, section)
+    options = comp.options
+    pipeline = getattr(recipe, "pipeline_path", None)
+    if not pipeline:
+        return options
+    fill = getattr(registry.get(COMPONENT_SECTIONS[section], comp.name).spec.config, "pipeline_options", None)
+    if fill is None:
+        if section == "model":
+            raise ConfigError(f"pipeline_path is set but model {comp.name!r} cannot be loaded from a diffusers "
+                              "pipeline; choose the model plugin of the pipeline's family or drop pipeline_path.")
+        return options
+    return {**fill(pipeline), **options}
+
+
 def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
     """Validate plugin sections and cross-plugin rules; raise one ``ConfigError`` listing every problem."""
     recipe = loaded.recipe
@@ -96,7 +118,8 @@ def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
     for section, kind in COMPONENT_SECTIONS.items():
         comp = getattr(recipe, section)
         try:
-            checked.components[section] = registry.make_config(kind, comp.name, comp.options, where=section)
+            options = component_options(recipe, section, registry)
+            checked.components[section] = registry.make_config(kind, comp.name, options, where=section)
         except OsctlError as exc:
             problems.extend(_located(loaded, exc, section, chosen_by=f"{section}.name"))
     try:

@@ -63,7 +63,8 @@ class VideoPipeline:
     @property
     def spatial_multiple(self) -> int:
         """Pixel sizes must be multiples of this: autoencoder spatial stride x model patch size."""
-        patch = int(getattr(getattr(self.model, "config", None), "patch_size", 1) or 1)
+        patch = getattr(getattr(self.model, "config", None), "patch_size", 1) or 1
+        patch = int(patch[-1] if isinstance(patch, list | tuple) else patch)  # diffusers' [t, h, w] patches
         return int(self.autoencoder.spatial_stride) * patch
 
     # 2. text ---------------------------------------------------------------------------------------
@@ -111,6 +112,7 @@ class VideoPipeline:
         width: int,
         num_inference_steps: int = 100,
         guidance_scale: float = 7.5,
+        guidance_scale_2: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         max_sequence_length: int | None = None,
@@ -121,7 +123,10 @@ class VideoPipeline:
         """Sample videos for ``prompt``; ``output_type`` is ``uint8``, ``float`` or ``latent``.
 
         ``generator`` may be a list with one generator per prompt (see :meth:`prepare_latents`); the
-        scheduler then draws each video's step noise from its own generator too.
+        scheduler then draws each video's step noise from its own generator too. ``guidance_scale_2`` is the
+        guidance of the steps a two-expert model (``model.expert_index(t)``: Wan 2.2 A14B) gives its second,
+        low-noise expert (default ``guidance_scale``); whether guidance runs at all follows ``guidance_scale``,
+        as in ``WanPipeline``.
         """
         self.check_inputs(num_frames, height, width)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -146,7 +151,7 @@ class VideoPipeline:
             prediction = self._predict(model_input.to(self.dtype), t_batch, text_states, latent_mask, text_mask)
             if do_cfg:
                 uncond, cond = prediction.chunk(2)
-                prediction = uncond + guidance_scale * (cond - uncond)
+                prediction = uncond + self._guidance_at(t, guidance_scale, guidance_scale_2) * (cond - uncond)
             x = scheduling.step(self.scheduler, prediction, t, x, generator=generator, eta=eta)
             if callback is not None:
                 callback(i + 1, len(timesteps))
@@ -156,6 +161,13 @@ class VideoPipeline:
         if output_type == "float":
             return PipelineOutput(videos=video, latents=x)
         return PipelineOutput(videos=to_uint8(video)[:, :num_frames, :height, :width], latents=x)
+
+    def _guidance_at(self, t: torch.Tensor, scale: float, scale_2: float | None) -> float:
+        """``scale_2`` at the steps the model's second expert takes, else ``scale``."""
+        expert_index = getattr(self.model, "expert_index", None)
+        if scale_2 is None or expert_index is None:
+            return scale
+        return scale_2 if int(expert_index(t.reshape(1))[0]) == 1 else scale
 
     def _predict(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, latent_mask: torch.Tensor,
                  text_mask: torch.Tensor) -> torch.Tensor:

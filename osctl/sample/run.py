@@ -236,6 +236,7 @@ def _sample_batch(batch: list[tuple[SampleJob, SampleSettings]], cfg: Any, check
     result = pipeline(
         texts, settings.negative, num_frames=settings.num_frames, height=settings.height, width=settings.width,
         num_inference_steps=settings.num_sampling_steps, guidance_scale=settings.guidance_scale,
+        guidance_scale_2=cfg.guidance_scale_2,
         generator=generators if len(batch) > 1 else generators[0], max_sequence_length=cfg.max_sequence_length,
         callback=(lambda i, n: progress.update(task, completed=i)) if task is not None else None,
     )
@@ -266,6 +267,7 @@ def _write_sample(job: SampleJob, i: int, settings: SampleSettings, refined: str
         "prompt_index": spec.index, "sample_index": job.k, "seed": job.seed,
         "sampler": cfg.sample_method, "sampler_ignored_options": getattr(scheduler, "osctl_ignored_options", {}),
         "steps": settings.num_sampling_steps, "guidance_scale": settings.guidance_scale,
+        "guidance_scale_2": cfg.guidance_scale_2,
         "num_frames": settings.num_frames, "height": settings.height, "width": settings.width,
         "fps": cfg.fps, "dtype": cfg.dtype, "refiner": checked.loaded.recipe.refiner.name,
         "components": identities, "source": request.source, "osctl_version": __version__,

@@ -36,6 +36,31 @@ def save_model_folder(folder: Path, config: dict[str, Any], state_dict: dict[str
     return written
 
 
+def save_model(folder: Path, module: Any, state_dict: dict[str, torch.Tensor], *, dtype: torch.dtype | None = None,
+               extra_files: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``module``'s weights (``state_dict``, its full state) as diffusers folder(s) under ``folder``.
+
+    A module made of several diffusers models says so with ``weight_parts() -> [(subfolder, key prefix,
+    submodule)]`` (osctl's diffusers families: ``transformer/`` and ``transformer_2/`` of a two-expert Wan
+    2.2, or one transformer saved as ``folder`` itself); each part is written with its own config and its keys
+    without the prefix, so the family's ``from_pretrained`` loads it. Other modules are one folder.
+    ``extra_files`` go to ``folder`` itself.
+    """
+    parts = getattr(module, "weight_parts", None)
+    if not callable(parts):
+        return save_model_folder(folder, model_config(module), state_dict, dtype=dtype, extra_files=extra_files)
+    written: list[Path] = []
+    for subfolder, prefix, part in parts():
+        tensors = {name[len(prefix):]: value for name, value in state_dict.items() if name.startswith(prefix)}
+        written += save_model_folder(folder / subfolder if subfolder else folder, model_config(part), tensors,
+                                     dtype=dtype)
+    for name, payload in (extra_files or {}).items():
+        path = folder / name
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+        written.append(path)
+    return written
+
+
 def model_config(module: Any) -> dict[str, Any]:
     """The diffusers config of ``module`` (``_class_name`` included), as written by ``save_pretrained``."""
     config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}

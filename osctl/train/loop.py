@@ -31,7 +31,7 @@ from osctl.parallel.progress import RankProgress
 from osctl.protocols import Autoencoder, Strategy, TextEncoder
 from osctl.train import checkpoint as ckpt
 from osctl.train.ema import EMA
-from osctl.train.export import model_config, save_model_folder
+from osctl.train.export import save_model
 from osctl.train.sequence_parallel import SequenceShards
 from osctl.train.state import TrainState
 from osctl.train.tracking import Trackers, write_curves
@@ -248,19 +248,19 @@ def _save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any], step: int) -
 
 
 def _save_model_folders(parts: TrainParts, folder: Path) -> None:
-    """``model/`` (and ``model_ema/``): the full weights as diffusers folders, written by rank 0."""
-    config = model_config(parts.strategy.module)
+    """``model/`` (and ``model_ema/``): the full weights as the model's own folders, written by rank 0."""
+    module = parts.strategy.module
     full = parts.strategy.full_state_dict()
     ema_full = None
     if parts.ema is not None:
         names = [name for name, _ in parts.strategy.local_parameters()]
         ema_full = parts.strategy.full_state_dict(list(zip(names, parts.ema.shadow, strict=True)))
     if parts.dist.is_main:
-        save_model_folder(folder / "model", config, full, dtype=parts.save_fp_dtype)
+        save_model(folder / "model", module, full, dtype=parts.save_fp_dtype)
         if ema_full is not None and parts.ema is not None:
-            save_model_folder(folder / "model_ema", config, ema_full, dtype=parts.save_fp_dtype,
-                              extra_files={"ema.json": {"decay": parts.ema.decay, "start_step": parts.ema.start_step,
-                                                        "optimization_step": parts.ema.optimization_step}})
+            save_model(folder / "model_ema", module, ema_full, dtype=parts.save_fp_dtype,
+                       extra_files={"ema.json": {"decay": parts.ema.decay, "start_step": parts.ema.start_step,
+                                                 "optimization_step": parts.ema.optimization_step}})
 
 
 def train(parts: TrainParts) -> TrainResult:

@@ -136,36 +136,78 @@ class DDPMObjective:
 
 
 class FlowMatchingObjective:
-    """Rectified flow: ``z_t = (1 - s) z + s n``, target ``n - z`` (the reference's ``--rf_scheduler``)."""
+    """Rectified flow: ``z_t = (1 - s) z + s n``, target ``n - z`` (the reference's ``--rf_scheduler``).
+
+    The noise level ``s`` of timestep index ``i`` is diffusers' ``FlowMatchEulerDiscreteScheduler(shift=...)``
+    table (``s -> shift*s / (1 + (shift-1)*s)``: a shift above 1 trains more at high noise, as Wan's trainers
+    do); indices are drawn from ``weighting_scheme``'s density. :meth:`restrict_timesteps` limits the draws to
+    the model timesteps one expert of a two-expert model (Wan 2.2) handles: the density truncated to that
+    range, so each expert sees exactly the timesteps it would see in a joint run.
+    """
+
+    #: draws per round when sampling in a restricted range (rounds repeat until the batch is full)
+    _ROUND = 256
+    _MAX_ROUNDS = 1000
 
     def __init__(self, *, num_train_timesteps: int = 1000, weighting_scheme: str = "logit_normal",
                  logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29,
-                 noise_offset: float = 0.0) -> None:
+                 noise_offset: float = 0.0, shift: float = 1.0) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps)
+        self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
         self.weighting_scheme = weighting_scheme
         self.logit_mean, self.logit_std, self.mode_scale = logit_mean, logit_std, mode_scale
         self.noise_offset = noise_offset
         self.num_train_timesteps = num_train_timesteps
+        self.shift = shift
         self.prediction_type = "flow"
+        self.window: tuple[float, float] | None = None
 
     @classmethod
     def from_recipe(cls, diffusion: Any) -> FlowMatchingObjective:
         """Build from a recipe's ``diffusion`` section."""
         return cls(num_train_timesteps=diffusion.num_train_timesteps, weighting_scheme=diffusion.weighting_scheme,
                    logit_mean=diffusion.logit_mean, logit_std=diffusion.logit_std, mode_scale=diffusion.mode_scale,
-                   noise_offset=diffusion.noise_offset)
+                   noise_offset=diffusion.noise_offset, shift=getattr(diffusion, "flow_shift", 1.0))
 
-    def sample_timesteps(self, batch: int, rng: random.Random, rank: int = 0, world: int = 1) -> torch.Tensor:
-        """Timestep indices drawn from the configured density (seeded by ``rng``)."""
+    def restrict_timesteps(self, low: float, high: float) -> None:
+        """Draw only indices whose model timestep ``t`` has ``low <= t < high``; ``ConfigError`` when none has."""
+        table = self.model_timesteps()
+        if not bool(((table >= low) & (table < high)).any()):
+            raise ConfigError(f"no training timestep lies in [{low:g}, {high:g}) with diffusion.flow_shift "
+                              f"{self.shift:g}; check the model's boundary_ratio.")
+        self.window = (low, high)
+
+    def model_timesteps(self) -> torch.Tensor:
+        """The model timestep of every index, ascending (index 0: least noise)."""
+        return self.scheduler.timesteps.flip(0)
+
+    def _draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
-        generator = torch.Generator().manual_seed(rng.getrandbits(63))
         scheme = "none" if self.weighting_scheme == "none" else self.weighting_scheme
-        u = compute_density_for_timestep_sampling(scheme, batch, self.logit_mean, self.logit_std, self.mode_scale,
+        u = compute_density_for_timestep_sampling(scheme, count, self.logit_mean, self.logit_std, self.mode_scale,
                                                   generator=generator)
         return (u * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
+
+    def sample_timesteps(self, batch: int, rng: random.Random, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """Timestep indices drawn from the configured density (seeded by ``rng``), within the restricted range."""
+        generator = torch.Generator().manual_seed(rng.getrandbits(63))
+        if self.window is None:
+            return self._draw(batch, generator)
+        low, high = self.window
+        table = self.model_timesteps()
+        kept: list[torch.Tensor] = []
+        found = 0
+        for _ in range(self._MAX_ROUNDS):
+            draws = self._draw(self._ROUND, generator)
+            chosen = draws[(table[draws] >= low) & (table[draws] < high)]
+            kept.append(chosen)
+            found += chosen.numel()
+            if found >= batch:
+                return torch.cat(kept)[:batch]
+        raise ConfigError(f"the timestep density ({self.weighting_scheme}) almost never draws timesteps in "
+                          f"[{low:g}, {high:g}); use another diffusion.weighting_scheme or boundary_ratio.")
 
     def sample_noise(self, latents: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Gaussian noise like ``latents``, plus the optional per-(sample, channel) offset."""

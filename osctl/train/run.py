@@ -51,7 +51,8 @@ from osctl.utils.output_dir import check_output_dir
 
 # Recipe keys that change what is learned from which data: resuming with a different value needs
 # --allow-recipe-change. Everything else (learning rate, logging, checkpoint cadence...) may change.
-SHAPING_PREFIXES = ("model.", "autoencoder.", "text_encoder.", "diffusion.", "data.", "train.train_batch_size",
+SHAPING_PREFIXES = ("pipeline_path", "model.", "autoencoder.", "text_encoder.", "diffusion.", "data.",
+                    "train.train_batch_size",
                     "train.gradient_accumulation_steps", "parallel.sp_size", "parallel.train_sp_batch_size",
                     "train.seed", "train.lora", "train.base_dtype")
 IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir")
@@ -300,8 +301,15 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         plan.add(*line)
     for key, value in frozen_lines(recipe, text_encoder, ae)[0]:
         plan.add(key, value)
+    objective = build_objective(recipe.diffusion)
+    window = getattr(model, "training_timestep_window", lambda: None)()
+    if window is not None:  # a two-expert model training one expert: its timesteps only
+        if not hasattr(objective, "restrict_timesteps"):
+            raise ConfigError(f"model.experts trains one expert, which needs a flow_matching objective "
+                              f"(diffusion.objective is {recipe.diffusion.objective!r}).")
+        objective.restrict_timesteps(*window)
     return TrainParts(
-        recipe=recipe, dist=info, strategy=strategy, objective=build_objective(recipe.diffusion), autoencoder=ae,
+        recipe=recipe, dist=info, strategy=strategy, objective=objective, autoencoder=ae,
         text_encoder=text_encoder, data=source, state=state, output_dir=output_dir, max_steps=max_steps, ema=ema,
         fingerprint=fingerprint, recipe_yaml=yaml.safe_dump(resolved, sort_keys=False),
         log=options.log or (lambda record: None), on_step=options.on_step, validate=validate,
@@ -317,9 +325,13 @@ def _plan(recipe: Any, strategy: Any, layout: ParallelLayout, state: TrainState,
     total, trainable = parameter_counts(strategy.module)
     plan = Plan()
     plan.add("model", f"{recipe.model.name}: {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)")
-    plan.add("objective", f"{recipe.diffusion.objective} / {recipe.diffusion.prediction_type}"
-             f"{' zero-SNR' if recipe.diffusion.rescale_betas_zero_snr else ''}"
-             f"{f' min-SNR {recipe.diffusion.snr_gamma:g}' if recipe.diffusion.snr_gamma else ''}")
+    diffusion = recipe.diffusion
+    if diffusion.objective == "flow_matching":
+        plan.add("objective", f"flow_matching, shift {diffusion.flow_shift:g}, {diffusion.weighting_scheme} timesteps")
+    else:
+        plan.add("objective", f"{diffusion.objective} / {diffusion.prediction_type}"
+                 f"{' zero-SNR' if diffusion.rescale_betas_zero_snr else ''}"
+                 f"{f' min-SNR {diffusion.snr_gamma:g}' if diffusion.snr_gamma else ''}")
     plan.add("precision", f"{train_cfg.mixed_precision} (autoencoder {'fp32' if train_cfg.vae_fp32 else train_cfg.mixed_precision})")
     plan.add("strategy", f"{strategy.name}, world {layout.world_size}, sp_size {layout.sp_size}")
     plan.add("batch", layout.describe())

@@ -135,7 +135,8 @@ class Validator:
                                          dtype=dtype)
                 result = pipeline(job.prompt.text, negative, num_frames=cfg.num_frames, height=cfg.height,
                                   width=cfg.width, num_inference_steps=cfg.num_sampling_steps,
-                                  guidance_scale=cfg.guidance_scale, generator=torch.Generator().manual_seed(job.seed),
+                                  guidance_scale=cfg.guidance_scale, guidance_scale_2=cfg.guidance_scale_2,
+                                  generator=torch.Generator().manual_seed(job.seed),
                                   max_sequence_length=cfg.max_sequence_length)
                 frames = result.videos[0].cpu().numpy()
                 stem = f"{job.prompt.index:04d}-{slug(job.prompt.text)}"

@@ -112,9 +112,25 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     raise ConfigError(f"{path} holds no weights file (diffusion_pytorch_model.safetensors, model.safetensors, *.bin).")
 
 
+def read_model_state(model: torch.nn.Module, source: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``source`` named as ``model``'s state dict.
+
+    A model made of several diffusers models (``weight_parts()``, see :func:`osctl.train.export.save_model`)
+    reads a folder part by part: each part's subfolder (or the folder itself), its keys given the part's prefix.
+    """
+    parts = getattr(model, "weight_parts", None)
+    if not (callable(parts) and Path(source).is_dir()):
+        return read_state_dict(source)
+    state: dict[str, torch.Tensor] = {}
+    for subfolder, prefix, _ in parts():
+        folder = Path(source) / subfolder if subfolder else Path(source)
+        state.update({prefix + name: value for name, value in read_state_dict(folder).items()})
+    return state
+
+
 def load_into(model: torch.nn.Module, source: Path) -> LoadReport:
     """Copy every tensor of ``source`` whose name and shape match into ``model``; report the rest."""
-    incoming = read_state_dict(source)
+    incoming = read_model_state(model, source)
     own = model.state_dict()
     report = LoadReport(source=str(source), total=len(own))
     usable = {}

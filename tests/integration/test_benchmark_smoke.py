@@ -35,3 +35,10 @@ def test_bench_ckpt_headers_compares_the_readers(tmp_path: Path) -> None:
                          check=True).stdout
     assert "osctl read_header / hand parser:" in out and "safe_open keys only / osctl:" in out
     assert not list(tmp_path.iterdir())  # the generated file is removed
+
+
+def test_bench_train_step_runs_for_the_wan_family() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--family", "wan",
+                          "--steps", "2", "--warmup", "1"], capture_output=True, text=True, timeout=600,
+                         check=True).stdout
+    assert "ratio osctl / bare = " in out and "bare loop step" in out

@@ -139,7 +139,13 @@ def file_tree(*roots: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
-def test_every_recipe_plans_offline_and_writes_nothing(recipe, data_txt, user_machine, no_network, built):
+def test_every_recipe_plans_offline_and_writes_nothing(recipe, data_txt, user_machine, no_network, built,
+                                                       monkeypatch):
+    from osctl.recipe.load import load_recipe
+    from tests.wan_helpers import ensure_wan_plugins
+
+    ensure_wan_plugins(monkeypatch, user_machine.parent / "site")  # until osctl is reinstalled with their entry points
+    model = load_recipe(recipe).recipe.model.name
     roots = (user_machine.parent, data_txt.parent)
     before = file_tree(*roots)
     started = time.perf_counter()
@@ -151,11 +157,19 @@ def test_every_recipe_plans_offline_and_writes_nothing(recipe, data_txt, user_ma
     print(f"{recipe.name}: plan in {seconds:.1f} s")
     assert no_network == []
     assert file_tree(*roots) == before  # no index, no output_dir, no plan.json, no cache folder
-    assert plan["model"].startswith("opensora_v1_3: ") and "parameters" in plan["model"]
+    assert plan["model"].startswith(f"{model}: ") and "parameters" in plan["model"]
     assert "dry run: not written" in plan["data index"] and plan["steps per epoch"]
     assert "GB per process" in plan["memory with frozen components"]
     assert {kind for kind, _, meta in built if not meta} <= {"sampler"}  # every component on the meta device
-    if plan["text encoder"].startswith("t5"):  # the shipped recipes name the released mT5-XXL and WF-VAE
+    if model == "wan":  # a released Wan pipeline by hub id: every component planned from its released config
+        pipeline = load_recipe(recipe).recipe.pipeline_path
+        assert plan["text encoder"].startswith("t5: 5.68 B parameters")  # UMT5-XXL's encoder
+        assert plan["autoencoder"].startswith("wan_vae: ")
+        for key in ("model.path", "autoencoder.path", "text_encoder.name_or_path"):
+            missing = plan[f"missing weights {key}"]
+            assert f"`hf download {pipeline}`" in missing and "models--Wan-AI--" in missing
+        assert plan["weights"].startswith("3 missing")
+    elif plan["text encoder"].startswith("t5"):  # the shipped v1.3 recipes name the released mT5-XXL and WF-VAE
         assert plan["text encoder"].startswith("t5: 5.66 B parameters")
         assert plan["autoencoder"].startswith("wfvae: 0.15 B parameters")
         missing = plan["missing weights text_encoder.name_or_path"]

@@ -1,4 +1,5 @@
-"""The twelve samplers Open-Sora-Plan offers through ``--sample_method``, built on diffusers' schedulers.
+"""The twelve samplers Open-Sora-Plan offers through ``--sample_method``, built on diffusers' schedulers, and
+the flow-matching ones (Euler; UniPC on flow sigmas, as Wan samples).
 
 Construction follows the reference's ``get_scheduler`` rules: every scheduler gets the training
 ``prediction_type`` and ``rescale_betas_zero_snr``, with ``trailing`` timestep spacing under zero
@@ -37,6 +38,10 @@ class SamplerConfig(ComponentConfig):
     beta_start: float = Field(1e-4, gt=0)
     beta_end: float = Field(0.02, gt=0)
     v1_5_betas: bool = Field(False, description="Stable Diffusion 1.5 betas (scaled_linear 0.00085..0.012)")
+    flow_shift: float | None = Field(
+        None, gt=0, description="flow-matching samplers: the noise-level shift (Wan: 3.0 at 480p, 5.0 at 720p, 12.0 "
+        "for Wan 2.2 A14B); default: the scheduler's 1.0"
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="passed unchanged to the diffusers class")
 
 
@@ -57,12 +62,20 @@ _TABLE: dict[str, tuple[str, dict[str, Any], bool, str]] = {
     "CogVideoX": ("CogVideoXDDIMScheduler", {}, False, "CogVideoX DDIM schedule"),
 }
 FLOW_MATCH = "FlowMatchEulerDiscrete"
+#: UniPC on flow sigmas: the sampler Wan's released pipelines ship (their scheduler/scheduler_config.json)
+FLOW_UNIPC = "UniPCMultistep"
 
 
 def scheduler_kwargs(name: str, config: SamplerConfig) -> tuple[str, dict[str, Any]]:
     """The diffusers class name and constructor kwargs the reference would use for ``name``."""
     if name == FLOW_MATCH:
-        return "FlowMatchEulerDiscreteScheduler", dict(config.extra)
+        shift = {} if config.flow_shift is None else {"shift": config.flow_shift}
+        return "FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": config.num_train_timesteps, **shift,
+                                                   **config.extra}
+    if name == FLOW_UNIPC:
+        return "UniPCMultistepScheduler", {"num_train_timesteps": config.num_train_timesteps,
+                                           "prediction_type": "flow_prediction", "use_flow_sigmas": True,
+                                           "flow_shift": config.flow_shift or 1.0, **config.extra}
     class_name, added, drops_zero_snr, _ = _TABLE[name]
     kwargs: dict[str, Any] = {"prediction_type": config.prediction_type}
     if not drops_zero_snr:
@@ -105,4 +118,8 @@ def register_samplers(register: Any) -> None:
                                      factory=_factory(name), config=SamplerConfig))
     register(osctl.ComponentSpec(name=FLOW_MATCH, summary="flow-matching Euler [diffusers FlowMatchEulerDiscreteScheduler]",
                                  factory=_factory(FLOW_MATCH), config=SamplerConfig,
+                                 metadata={"objective": "flow_matching"}))
+    register(osctl.ComponentSpec(name=FLOW_UNIPC, summary="UniPC multistep on flow sigmas with flow_shift (Wan's "
+                                 "released sampler) [diffusers UniPCMultistepScheduler]",
+                                 factory=_factory(FLOW_UNIPC), config=SamplerConfig,
                                  metadata={"objective": "flow_matching"}))

@@ -38,6 +38,10 @@ RELEASED_CONFIGS: dict[str, dict[str, Any]] = {
     # UniMax mT5 (a relative position bias in every layer instead of the first only)
     "google/umt5-xxl": {**_XXL, "model_type": "umt5", "vocab_size": 256384},
 }
+# the Wan diffusers pipelines carry google/umt5-xxl's encoder in their text_encoder/ folder
+for _repo in ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+              "Wan-AI/Wan2.2-TI2V-5B-Diffusers"):
+    RELEASED_CONFIGS[f"{_repo}/text_encoder"] = RELEASED_CONFIGS["google/umt5-xxl"]
 
 
 def released_config(repo_id: str) -> dict[str, Any] | None:

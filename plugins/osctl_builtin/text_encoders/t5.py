@@ -81,14 +81,69 @@ class T5Config(ComponentConfig):
     )
     dtype: Precision | None = Field(None, description="weights dtype; default: the command's dtype, else fp32")
     cache_dir: str | None = Field(None, description="download cache (the reference's --cache_dir); default HF's")
+    subfolder: str | None = Field(
+        None, description="folder inside name_or_path holding the encoder (a diffusers pipeline: text_encoder); "
+                          "pipeline_path fills it")
+    tokenizer_subfolder: str | None = Field(
+        None, description="folder inside name_or_path holding the tokenizer (a diffusers pipeline: tokenizer); "
+                          "default: the encoder's folder")
+    prompt_clean: Literal["none", "wan"] = Field(
+        "none", description="wan: fix text with ftfy, unescape HTML and collapse whitespace before tokenizing, as "
+                            "WanPipeline does")
+
+    @classmethod
+    def pipeline_options(cls, pipeline_path: str) -> dict[str, Any]:
+        """The options a recipe's ``pipeline_path`` fills in (explicit keys win): the pipeline's encoder and
+        tokenizer folders."""
+        return {"name_or_path": pipeline_path, "subfolder": "text_encoder", "tokenizer_subfolder": "tokenizer"}
+
+    def pipeline_root(self) -> Path | None:
+        """The local folder of ``name_or_path`` when it holds subfolders (``subfolder`` set), else None."""
+        if self.subfolder is None:
+            return None
+        from osctl.families.sources import resolve_root
+
+        return resolve_root(self.name_or_path, self.cache_dir)
+
+    def encoder_source(self) -> str:
+        """Where the encoder is: ``name_or_path``, or its ``subfolder`` on this machine."""
+        root = self.pipeline_root()
+        if self.subfolder is None:
+            return self.name_or_path
+        return str(root / self.subfolder) if root is not None else f"{self.name_or_path}/{self.subfolder}"
+
+    def tokenizer_source(self) -> str:
+        """Where the tokenizer is: ``tokenizer_subfolder`` of ``name_or_path``, else the encoder's folder."""
+        root = self.pipeline_root() if self.tokenizer_subfolder is not None else None
+        if root is not None and self.tokenizer_subfolder is not None:
+            return str(root / self.tokenizer_subfolder)
+        return self.encoder_source()
+
+    def diffusers_components(self) -> dict[str, Path] | None:
+        """``{"text_encoder": folder, "tokenizer": folder}`` when both are local folders (``ckpt convert --to
+        diffusers-pipeline`` copies them), else None (the exporter saves the built encoder and tokenizer)."""
+        encoder, tokenizer = Path(self.encoder_source()).expanduser(), Path(self.tokenizer_source()).expanduser()
+        if encoder.is_dir() and tokenizer.is_dir():
+            return {"text_encoder": encoder, "tokenizer": tokenizer}
+        return None
 
     def hidden_size(self) -> int | None:
         """The encoder's output width when it can be known without loading weights (for recipe checks)."""
-        return _peek_hidden_size(self.name_or_path, self.cache_dir)
+        if self.subfolder is not None and self.pipeline_root() is None:
+            values = released_config(self.encoder_source())
+            return int(values["d_model"]) if values else None
+        return _peek_hidden_size(self.encoder_source(), self.cache_dir)
 
     def missing_weights(self) -> list[MissingWeights]:
         """The configured encoders whose weights are not on this machine (file-system checks only)."""
-        missing = [missing_pretrained(self.name_or_path, "text_encoder.name_or_path", self.cache_dir)]
+        if self.subfolder is not None and self.pipeline_root() is None:
+            from osctl.families.sources import missing_source
+
+            missing: list[MissingWeights | None] = [
+                missing_source(self.name_or_path, "text_encoder.name_or_path", what="pipeline",
+                               cache_dir=self.cache_dir)]
+        else:
+            missing = [missing_pretrained(self.encoder_source(), "text_encoder.name_or_path", self.cache_dir)]
         if self.name_or_path_2:
             missing.append(missing_pretrained(self.name_or_path_2, "text_encoder.name_or_path_2", self.cache_dir))
         return [item for item in missing if item is not None]
@@ -151,8 +206,9 @@ class T5TextEncoder:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_length: int, source: str,
-                 text_encoder_2: T5TextEncoder | None = None) -> None:
+                 text_encoder_2: T5TextEncoder | None = None, prompt_clean: str = "none") -> None:
         # ``tokenizer`` is None for an encoder built on the meta device for a plan (shapes only)
+        self.prompt_clean = prompt_clean
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
@@ -189,6 +245,8 @@ class T5TextEncoder:
         import torch
 
         batch = [texts] if isinstance(texts, str) else list(texts)
+        if self.prompt_clean == "wan":
+            batch = [wan_prompt_clean(text) for text in batch]
         encoded = self.tokenizer(
             batch,
             padding="max_length",
@@ -217,9 +275,24 @@ class T5TextEncoder:
         tokens = self.tokenize(texts, max_length)
         return self.encode(tokens["input_ids"], tokens["attention_mask"]), tokens["attention_mask"]
 
+    def diffusers_modules(self) -> dict[str, Any]:
+        """The pipeline components this encoder is (``ckpt convert --to diffusers-pipeline`` saves them)."""
+        return {"text_encoder": self.model, "tokenizer": self.tokenizer}
+
     def __repr__(self) -> str:
         return (f"T5TextEncoder(source={self.source!r}, hidden_size={self.hidden_size}, "
                 f"max_length={self.max_length}, second={self.text_encoder_2 is not None})")
+
+
+def wan_prompt_clean(text: str) -> str:
+    """``WanPipeline``'s ``prompt_clean``: ftfy's ``fix_text``, HTML unescaped twice, whitespace collapsed and stripped."""
+    import html
+    import re
+
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,7 +404,8 @@ def _pick_dtype(configured: str | None, runtime: Any) -> Any:
 
 
 def load_t5_encoder(name_or_path: str, *, max_length: int, dtype: Any = None, device: Any = None,
-                    cache_dir: str | None = None, key: str = "text_encoder.name_or_path") -> T5TextEncoder:
+                    cache_dir: str | None = None, key: str = "text_encoder.name_or_path",
+                    tokenizer_path: str | None = None, prompt_clean: str = "none") -> T5TextEncoder:
     """Load a frozen T5/mT5/UMT5 encoder and its tokenizer from a hub id or a local folder.
 
     The encoder class follows the checkpoint's ``model_type`` (``t5`` -> ``T5EncoderModel``, ``mt5`` ->
@@ -358,14 +432,14 @@ def load_t5_encoder(name_or_path: str, *, max_length: int, dtype: Any = None, de
     cls = getattr(transformers, _ENCODER_CLASSES.get(model_type, "AutoModelForTextEncoding"))
     try:
         model = cls.from_pretrained(source, dtype=_pick_dtype(None, dtype), **common)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_path or source, **common)
     except (OSError, ValueError) as exc:
         raise unavailable(name_or_path, key=key, local_only=local_only, exc=exc) from None
     model.eval()
     model.requires_grad_(False)
     if device is not None:
         model.to(device)
-    return T5TextEncoder(model, tokenizer, max_length=max_length, source=source)
+    return T5TextEncoder(model, tokenizer, max_length=max_length, source=source, prompt_clean=prompt_clean)
 
 
 def meta_t5_encoder(values: dict[str, Any], *, max_length: int, dtype: Any, source: str) -> T5TextEncoder:
@@ -402,15 +476,26 @@ def build_t5(config: T5Config, **runtime: Any) -> T5TextEncoder:
     dtype = _pick_dtype(config.dtype, runtime.get("dtype"))
     device = runtime.get("device")
     if runtime.get("meta"):
-        encoder = _plan_encoder(config.name_or_path, key="text_encoder.name_or_path", max_length=config.max_length,
-                                dtype=dtype, cache_dir=config.cache_dir)
+        if config.subfolder is not None and config.pipeline_root() is None and released_config(config.encoder_source()):
+            encoder = meta_t5_encoder(released_config(config.encoder_source()) or {}, max_length=config.max_length,
+                                      dtype=dtype, source=config.encoder_source())
+        else:
+            encoder = _plan_encoder(config.encoder_source(), key="text_encoder.name_or_path",
+                                    max_length=config.max_length, dtype=dtype, cache_dir=config.cache_dir)
         if config.name_or_path_2:
             encoder.text_encoder_2 = _plan_encoder(config.name_or_path_2, key="text_encoder.name_or_path_2",
                                                    max_length=config.max_length, dtype=dtype,
                                                    cache_dir=config.cache_dir)
         return encoder
-    encoder = load_t5_encoder(config.name_or_path, max_length=config.max_length, dtype=dtype, device=device,
-                              cache_dir=config.cache_dir, key="text_encoder.name_or_path")
+    if config.subfolder is not None and config.pipeline_root() is None:
+        from osctl.families.sources import missing_source
+
+        raise ConfigError(missing_source(config.name_or_path, "text_encoder.name_or_path", what="pipeline",
+                                         cache_dir=config.cache_dir).describe() + ".")
+    encoder = load_t5_encoder(config.encoder_source(), max_length=config.max_length, dtype=dtype, device=device,
+                              cache_dir=config.cache_dir, key="text_encoder.name_or_path",
+                              tokenizer_path=None if config.tokenizer_subfolder is None else config.tokenizer_source(),
+                              prompt_clean=config.prompt_clean)
     if config.name_or_path_2:
         encoder.text_encoder_2 = load_t5_encoder(
             config.name_or_path_2, max_length=config.max_length, dtype=dtype, device=device,

@@ -1,0 +1,74 @@
+"""Ulysses sequence parallelism around a diffusers attention: the state a forward shares, and the two all-to-alls.
+
+Inside a transformer run sequence-parallel, every rank of the group holds a contiguous slice of the token
+sequence (``token_sizes``, one entry per rank). Self-attention needs every token: an attention processor
+turns its local queries, keys and values ``B x S_local x H x D`` into ``B x S x H/sp x D`` with one
+all-to-all (:func:`gather_sequence`), attends, and turns the result back with another
+(:func:`scatter_sequence`). Cross-attention to the (replicated) text needs nothing: local queries attend to
+all text keys. The all-to-all is osctl's (:mod:`osctl.parallel.ulysses`): autograd-aware, uneven splits
+allowed, gloo and NCCL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from osctl.parallel import ulysses
+
+
+@dataclass
+class SequenceParallelState:
+    """What a sequence-parallel forward shares between its split points and its attention processors.
+
+    ``group`` is None when the model runs on one process (every helper is then the identity);
+    ``token_sizes`` is set by the first split of the token sequence in each forward.
+    """
+
+    group: Any = None
+    token_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        """True when a group of more than one rank is set."""
+        return self.group is not None and ulysses.group_size(self.group) > 1
+
+    @property
+    def size(self) -> int:
+        return ulysses.group_size(self.group)
+
+    @property
+    def rank(self) -> int:
+        return ulysses.group_rank(self.group)
+
+    def split_sizes(self, total: int) -> list[int]:
+        """The per-rank token counts of a sequence of ``total`` tokens (remembered for the gathers that follow)."""
+        self.token_sizes = ulysses.shard_sizes(total, self.size)
+        return self.token_sizes
+
+    def local_slice(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's tokens of the replicated ``x`` along ``dim``.
+
+        A plain ``narrow``: its backward puts this rank's gradient in its own place and zeros elsewhere, so
+        the gradients of what comes before the split, summed over the group, are the full gradient (the
+        rule every strategy's averaging relies on; see :mod:`osctl.train.sequence_parallel`).
+        """
+        sizes = self.split_sizes(x.shape[dim])
+        return x.narrow(dim, sum(sizes[: self.rank]), sizes[self.rank])
+
+    def gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Every rank's tokens of ``x`` concatenated along ``dim`` (backward: each rank keeps its slice's gradient,
+        summed over the ranks that used it)."""
+        return ulysses.gather_along_dim(x.contiguous(), dim, self.group, sizes=self.token_sizes)
+
+
+def gather_sequence(x: torch.Tensor, state: SequenceParallelState) -> torch.Tensor:
+    """``B x S_local x H x D`` -> ``B x S x H/sp x D``: all tokens, this rank's heads."""
+    return ulysses.all_to_all(x, scatter_dim=2, gather_dim=1, group=state.group, gather_sizes=state.token_sizes)
+
+
+def scatter_sequence(x: torch.Tensor, state: SequenceParallelState) -> torch.Tensor:
+    """``B x S x H/sp x D`` -> ``B x S_local x H x D``: this rank's tokens, all heads."""
+    return ulysses.all_to_all(x, scatter_dim=1, gather_dim=2, group=state.group, scatter_sizes=state.token_sizes)

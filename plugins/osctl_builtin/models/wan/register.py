@@ -1,0 +1,266 @@
+"""Registers the Wan 2.1 / 2.2 text-to-video transformers (diffusers ``WanTransformer3DModel``) as model ``wan``.
+
+Light on purpose: every osctl command imports this module, so torch and diffusers are imported only inside
+the factory. The config resolves a preset, or the released files ``path`` names (a diffusers pipeline
+folder or hub id, one ``transformer/`` folder, or an osctl checkpoint's ``model/``), and reports the
+model's half of the latent geometry, the weights it misses and the pipeline it exports, without loading
+the model code.
+
+Wan 2.2 A14B has two experts: ``transformer`` (high noise, timesteps ``>= boundary_ratio x 1000``) and
+``transformer_2`` (low noise). ``experts`` names the ones to train (``high_noise``, ``low_noise``); the
+others are frozen and training draws timesteps in the trained expert's range only.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+import osctl
+from osctl.availability import MissingWeights
+from osctl.families.sources import (
+    Family,
+    Located,
+    has_diffusers_weights,
+    locate_transformers,
+    missing_source,
+    read_json_object,
+)
+from osctl.geometry import ModelGeometry
+from osctl.registry import ComponentConfig
+from osctl_builtin.models.wan.presets import (
+    NUM_TRAIN_TIMESTEPS,
+    PRESETS,
+    TEXT_LENGTH,
+    check_architecture,
+    preset,
+    preset_names,
+)
+
+FAMILY = Family(name="Wan", pipeline_classes=("WanPipeline",), transformer_classes=("WanTransformer3DModel",),
+                autoencoder_classes=("AutoencoderKLWan",), model_plugin="wan")
+#: recipe names of the experts -> the pipeline's component names
+EXPERTS: dict[str, str] = {"high_noise": "transformer", "low_noise": "transformer_2"}
+#: keys that change parameter shapes: with ``path`` set they must agree with the folder's config.json
+SHAPE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "ffn_dim", "text_dim", "in_channels",
+              "out_channels", "freq_dim", "patch_size")
+FETCH_HINT = ("download a Wan diffusers pipeline (e.g. `hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers`) and name it "
+              "with pipeline_path or model.path, or drop model.path to start from the preset")
+
+
+class WanConfig(ComponentConfig):
+    """Recipe section ``model`` for ``wan``: released files (``path``) or a ``preset`` with fresh weights."""
+
+    path: str | None = Field(
+        None, description="a Wan diffusers pipeline folder or hub id (transformer/ and transformer_2/ are read), one "
+                          "transformer folder, or an osctl checkpoint's model/ folder; pipeline_path fills it")
+    preset: str = Field("wan2.1-t2v-1.3b", description="architecture when no path is given: " + ", ".join(PRESETS))
+    num_layers: int | None = Field(None, ge=1)
+    num_attention_heads: int | None = Field(None, ge=1)
+    attention_head_dim: int | None = Field(None, ge=6)
+    ffn_dim: int | None = Field(None, ge=1)
+    text_dim: int | None = Field(None, ge=1, description="text-encoder width (4096 for UMT5-XXL)")
+    in_channels: int | None = Field(None, ge=1)
+    out_channels: int | None = Field(None, ge=1)
+    freq_dim: int | None = Field(None, ge=1)
+    patch_size: list[int] | None = Field(None, min_length=3, max_length=3)
+    boundary_ratio: float | None = Field(
+        None, gt=0, lt=1, description="two experts: timesteps >= boundary_ratio x 1000 go to the high-noise expert "
+                                      "(default: the preset's or the pipeline's model_index.json, 0.875 for Wan 2.2)")
+    experts: list[Literal["high_noise", "low_noise"]] | None = Field(
+        None, description="two experts: which to train (default both); the others are frozen and timesteps are "
+                          "drawn in the trained expert's range")
+    text_length: int = Field(TEXT_LENGTH, ge=1, description="text tokens the transformer sees: the prompt's states, "
+                                                           "zeros past the prompt (WanPipeline: 512)")
+    gradient_checkpointing: bool = Field(False, description="recompute each block in backward to save memory")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise PydanticCustomError("wan_preset", "unknown preset; known presets: {known}",
+                                      {"known": ", ".join(preset_names())})
+        return value
+
+    @field_validator("experts")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise PydanticCustomError("wan_experts", "list each expert once, e.g. [high_noise] or "
+                                                     "[high_noise, low_noise]")
+        return value
+
+    @model_validator(mode="after")
+    def _buildable(self) -> WanConfig:
+        try:
+            arch = self.architecture() if self.path is None else self.plan_architecture()
+            check_architecture(arch)
+            if self.experts is not None and self.transformer_count() == 1:
+                raise ValueError(f"experts {self.experts} is set but this model has a single transformer; "
+                                 "drop model.experts (it is for Wan 2.2 A14B's two experts)")
+        except (ValueError, osctl.OsctlError) as exc:
+            message = exc.message if isinstance(exc, osctl.OsctlError) else str(exc)
+            raise PydanticCustomError("wan_architecture", "{message}", {"message": message.rstrip(".")}) from None
+        return self
+
+    @classmethod
+    def pipeline_options(cls, pipeline_path: str) -> dict[str, Any]:
+        """The options a recipe's ``pipeline_path`` fills in (explicit keys win): the pipeline itself."""
+        return {"path": pipeline_path}
+
+    # -- what the files or the preset say ----------------------------------------------------------------
+    def located(self) -> Located | None:
+        """The transformer folders ``path`` holds (None when unset or not on this machine); ``ConfigError`` for a
+        folder of another family."""
+        if self.path is None:
+            return None
+        return locate_transformers(self.path, "model.path", FAMILY)
+
+    def overrides(self) -> dict[str, Any]:
+        """The architecture keys set explicitly in this config."""
+        return {k: getattr(self, k) for k in SHAPE_KEYS if k in self.model_fields_set and getattr(self, k) is not None}
+
+    def architecture(self) -> dict[str, Any]:
+        """The constructor arguments of the (each) transformer: the folder's config.json, or the preset with
+        overrides; a shape override that contradicts the folder is a ``ConfigError``."""
+        found = self.located()
+        if found is None:
+            if self.path is not None:
+                raise osctl.ConfigError(missing_source(self.path, "model.path", what="Wan pipeline").describe() + ".")
+            arch = preset(self.preset)["architecture"]
+            arch.update(self.overrides())
+            return arch
+        first = next(iter(found.folders.values()))
+        folder = read_json_object(first / "config.json", "model.path")
+        for key, value in self.overrides().items():
+            if folder.get(key) != value:
+                raise osctl.ConfigError(f"model.{key}={value} conflicts with {key}={folder.get(key)} in "
+                                        f"{str(first / 'config.json')!r}.",
+                                        hint="drop the override: a loaded model keeps the shapes of its weights")
+        return {k: v for k, v in folder.items() if not k.startswith("_")}
+
+    def plan_architecture(self) -> dict[str, Any]:
+        """:meth:`architecture`, except that files not on this machine yet plan with the preset (a plan never
+        needs them)."""
+        if self.path is not None and self.located() is None:
+            arch = preset(self.preset)["architecture"]
+            arch.update(self.overrides())
+            return arch
+        return self.architecture()
+
+    def transformer_names(self) -> tuple[str, ...]:
+        """The pipeline names of the transformers: ``("transformer",)`` or ``("transformer", "transformer_2")``."""
+        found = self.located() if self.path is not None else None
+        if found is not None:
+            return tuple(found.folders)
+        return ("transformer", "transformer_2")[: preset(self.preset)["transformers"]]
+
+    def transformer_count(self) -> int:
+        return len(self.transformer_names())
+
+    def boundary(self) -> float | None:
+        """The boundary ratio of a two-expert model (explicit, else the pipeline's, else the preset's); None for one."""
+        if self.transformer_count() == 1:
+            return None
+        if self.boundary_ratio is not None:
+            return self.boundary_ratio
+        found = self.located() if self.path is not None else None
+        if found is not None and found.index is not None and found.index.get("boundary_ratio") is not None:
+            return float(found.index["boundary_ratio"])
+        return preset(self.preset)["boundary_ratio"] or 0.875
+
+    def trained_transformers(self) -> tuple[str, ...]:
+        """The pipeline names of the experts training updates."""
+        names = self.transformer_names()
+        if self.experts is None:
+            return names
+        return tuple(EXPERTS[e] for e in self.experts)
+
+    def model_geometry(self) -> ModelGeometry:
+        """The transformer's half of the latent geometry: patch 1x2x2 and its latent channels."""
+        arch = self.plan_architecture()
+        patch_t, patch_h, _ = arch["patch_size"]
+        return ModelGeometry(patch_t=int(patch_t), patch_hw=int(patch_h), in_channels=int(arch["in_channels"]),
+                             out_channels=int(arch["out_channels"]))
+
+    def missing_weights(self) -> list[MissingWeights]:
+        """``path`` when it is not on this machine or a transformer folder in it holds no weights."""
+        if self.path is None:
+            return []
+        found = self.located()
+        if found is None:
+            return [missing_source(self.path, "model.path", what="Wan pipeline", fetch=FETCH_HINT)]
+        return [MissingWeights("model.path", f"{str(folder)!r} has a config.json but no diffusion_pytorch_model weights",
+                               str(folder), FETCH_HINT)
+                for folder in found.folders.values() if not has_diffusers_weights(folder)]
+
+    def diffusers_pipeline(self) -> dict[str, Any]:
+        """What ``model_index.json`` says besides the components: the pipeline class and its settings."""
+        found = self.located() if self.path is not None else None
+        expand = bool(found.index.get("expand_timesteps")) if found is not None and found.index is not None else \
+            bool(preset(self.preset)["expand_timesteps"])
+        return {"_class_name": "WanPipeline", "boundary_ratio": self.boundary(), "expand_timesteps": expand}
+
+
+def build_model(config: WanConfig, *, device: Any = None, dtype: Any = None, meta: bool = False, **_: Any) -> Any:
+    """The Wan transformer(s) as one osctl model: loaded from ``path`` or fresh from the preset (``meta``: shapes
+    only, from the folder's config.json or, before it is downloaded, the preset)."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    from osctl.families.loading import from_pretrained_safely
+    from osctl_builtin.models.wan.model import WanTransformers
+
+    names = config.transformer_names()
+    found = None if meta else config.located()
+    transformers: dict[str, Any] = {}
+    try:
+        if found is not None:
+            for name, folder in found.folders.items():
+                if not has_diffusers_weights(folder):
+                    raise osctl.ConfigError(f"model.path: {str(folder)!r} has a config.json but no "
+                                            "diffusion_pytorch_model weights.", hint=FETCH_HINT)
+                transformers[name] = from_pretrained_safely(WanTransformer3DModel, folder, dtype)
+        else:
+            arch = config.plan_architecture() if meta else config.architecture()
+            for name in names:
+                with torch.device("meta") if meta else nullcontext():
+                    module = WanTransformer3DModel.from_config(arch)
+                if dtype is not None:
+                    module = torch.nn.Module.to(module, dtype=dtype)  # diffusers' .to() warns on every cast
+                transformers[name] = module
+    except ValueError as exc:
+        raise osctl.ConfigError(f"model: {exc}") from None
+    boundary = config.boundary()
+    model = WanTransformers(transformers, boundary_timestep=None if boundary is None else boundary * NUM_TRAIN_TIMESTEPS,
+                            trained=config.trained_transformers(), text_length=config.text_length)
+    if device is not None and not meta:
+        model = model.to(device)
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+def source_paths(config: WanConfig) -> dict[str, Path]:
+    """The transformer folders ``path`` names (for ``ckpt convert --to diffusers-pipeline``); empty for a preset."""
+    found = config.located()
+    return dict(found.folders) if found is not None else {}
+
+
+@osctl.hookimpl
+def register_models(register: Any) -> None:
+    """Register the Wan transformer."""
+    register(osctl.ComponentSpec(
+        name="wan",
+        aliases=("WanTransformer3DModel",),
+        summary="Wan 2.1 / 2.2 text-to-video transformer (diffusers WanTransformer3DModel; Wan 2.2 A14B: two "
+                "experts); presets: " + ", ".join(preset_names()),
+        factory=build_model,
+        config=WanConfig,
+        metadata={"presets": {name: p["summary"] for name, p in PRESETS.items()},
+                  "class_names": ("WanTransformer3DModel",), "family": "wan", "pipeline_class": "WanPipeline"},
+    ))

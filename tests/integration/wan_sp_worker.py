@@ -1,0 +1,163 @@
+"""One rank of the Wan sequence-parallel test, started by torchrun (or called in-process for the one-process baseline).
+
+``python -m torch.distributed.run --standalone --nproc-per-node 2 wan_sp_worker.py SPEC.json`` runs every job of
+the spec on every rank; rank 0 saves ``results.pt`` beside the spec. Jobs (``{"kind", "name", "preset",
+"sets"}``):
+
+- ``grads``: one training micro-step of the real loop (``osctl.train.loop.micro_step``) on the first batch of a
+  tiny Wan pipeline: the loss averaged over ranks, the full model output and the reduced parameter gradients;
+- ``train``: a few optimizer steps (losses per step);
+- ``sample``: ``VideoPipeline`` with ``sequence_parallel`` over the world (as ``osctl sample --sp``): the final
+  latents from given initial latents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+for entry in (REPO, REPO / "plugins"):
+    if str(entry) not in sys.path:  # run as a script by torchrun
+        sys.path.insert(0, str(entry))
+
+RECIPE = """
+pipeline_path: {pipe}
+model: {{name: wan}}
+autoencoder: {{name: wan_vae}}
+text_encoder: {{name: t5, max_length: 32, prompt_clean: wan}}
+data: {{num_frames: 9, hw_stride: 16, max_height: 32, max_width: 32}}
+diffusion: {{objective: flow_matching, flow_shift: 3.0}}
+train: {{output_dir: {out}, max_steps: 3, train_batch_size: 2, learning_rate: 1.0e-3, mixed_precision: fp32,
+        checkpointing_steps: 100, log_interval: 1, adam_epsilon: 1.0e-6, seed: 5}}
+parallel: {{strategy: single}}
+sample: {{num_frames: 9, height: 32, width: 32, num_sampling_steps: 5, sample_method: UniPCMultistep,
+         sampler_options: {{flow_shift: 3.0}}, dtype: fp32, guidance_scale: 5.0, guidance_scale_2: 3.0}}
+"""
+
+
+def setup(job: dict[str, Any], root: Path, rank: int, world: int) -> Any:
+    """``TrainParts`` of the job's recipe (the tiny pipeline ``root/<preset>`` + the job's overrides)."""
+    from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import check_recipe
+    from osctl.train.run import TrainOptions, setup_training
+    from tests.train_helpers import SyntheticClips
+    from tests.wan_helpers import wan_registry
+
+    folder = root / job["name"] / f"rank{rank}"
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = folder / "wan.yaml"
+    recipe.write_text(RECIPE.format(pipe=root / job["preset"], out=root / job["name"] / "out"))
+    registry = wan_registry()
+    checked = check_recipe(load_recipe(recipe, list(job.get("sets", []))), registry)
+    text = registry.build("text_encoder", "t5", checked.components["text_encoder"])
+    sp = checked.loaded.recipe.parallel.sp_size
+    source = SyntheticClips(text.tokenize, frames=9, size=32, dp_rank=rank // sp, dp_size=world // sp)
+    return setup_training(checked, registry, TrainOptions(data_source=source)), registry, checked
+
+
+def run_grads(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[str, Any]:
+    from osctl.parallel import ulysses
+    from osctl.parallel.dist import all_reduce_mean
+    from osctl.train.loop import micro_step
+
+    parts, _, _ = setup(job, root, rank, world)
+    outputs: list[torch.Tensor] = []
+    parts.strategy.module.register_forward_hook(lambda module, args, out: outputs.append(out[0].detach()))
+    batch = next(iter(parts.data))
+    loss = micro_step(parts, batch, sync=True, scale=1.0)
+    group = parts.groups.sp_group
+    local = outputs[-1]
+    frames = 3  # 9 pixel frames -> 3 latent frames
+    output = local if local.shape[2] == frames else ulysses.gather_along_dim(
+        local.contiguous(), 2, group, ulysses.shard_sizes(frames, ulysses.group_size(group)))
+    grads = {n: p.grad.detach().clone() for n, p in parts.strategy.module.named_parameters() if p.grad is not None}
+    processor = type(parts.strategy.module.transformer.blocks[0].attn1.processor).__name__
+    return {"loss": all_reduce_mean(loss, parts.dist.device), "output": output, "grads": grads,
+            "local_frames": local.shape[2], "processor": processor}
+
+
+def run_train(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[str, Any]:
+    """Optimizer steps; also counts the micro-steps where a trained expert had no sample (its one-token run)."""
+    from osctl.train.loop import train
+
+    parts, _, _ = setup(job, root, rank, world)
+    module = parts.strategy.module
+    touches = [0]
+    real_touch = module._touch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        touches[0] += 1
+        return real_touch(*args, **kwargs)
+
+    module._touch = counted
+    losses = train(parts).losses
+    touched = torch.tensor([float(touches[0])])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(touched)
+    return {"losses": losses, "touches": int(touched.item())}
+
+
+def run_sample(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[str, Any]:
+    from osctl.build import build_autoencoder, build_model, build_sampler, build_text_encoder
+    from osctl.parallel import dist as pdist
+    from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import check_recipe
+    from osctl.sample.pipeline import VideoPipeline
+    from tests.wan_helpers import wan_registry
+
+    folder = root / job["name"] / f"rank{rank}"
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = folder / "wan.yaml"
+    recipe.write_text(RECIPE.format(pipe=root / job["preset"], out=root / job["name"] / "out"))
+    registry = wan_registry()
+    checked = check_recipe(load_recipe(recipe, list(job.get("sets", []))), registry)
+    info = pdist.init_distributed(60.0)
+    model = build_model(checked, registry, dtype=torch.float32).eval()
+    ae = build_autoencoder(checked, registry, dtype=torch.float32)
+    text = build_text_encoder(checked, registry, dtype=torch.float32)
+    group = None
+    if info.world_size > 1:
+        group = torch.distributed.group.WORLD
+        model.set_sequence_parallel(group)
+    cfg = checked.loaded.recipe.sample
+    latents = torch.randn((1, 16, 3, 4, 4), generator=torch.Generator().manual_seed(9))
+    pipeline = VideoPipeline(model, ae, text, build_sampler(checked.loaded.recipe, registry), sequence_parallel=group)
+    result = pipeline("a red ball", "blurry", num_frames=9, height=32, width=32,
+                      num_inference_steps=cfg.num_sampling_steps, guidance_scale=cfg.guidance_scale,
+                      guidance_scale_2=cfg.guidance_scale_2, latents=latents, max_sequence_length=512,
+                      output_type="latent")
+    return {"latents": result.latents, "processor": type(model.transformer.blocks[0].attn1.processor).__name__}
+
+
+def run_job(job: dict[str, Any], root: Path, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    return {"grads": run_grads, "train": run_train, "sample": run_sample}[job["kind"]](job, root, rank, world)
+
+
+def main(spec_path: str) -> None:
+    from osctl.parallel.dist import shutdown
+
+    torch.set_num_threads(1)
+    spec_file = Path(spec_path)
+    spec = json.loads(spec_file.read_text())
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        results = {job["name"]: run_job(job, spec_file.parent, rank, world) for job in spec["jobs"]}
+    except Exception as exc:
+        sys.stderr.write(f"rank {rank}: {type(exc).__name__}: {exc}\n")
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    if rank == 0:
+        torch.save(results, spec_file.parent / "results.pt")
+    shutdown(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
