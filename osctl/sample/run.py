@@ -131,12 +131,12 @@ def apply_loras(model: Any, refs: list[Any], base_weights: Path | None = None) -
         load_into(model, base_weights)
     if not refs:
         return []
-    from osctl.train.lora import base_fingerprint, merge_into_model, read_adapter
+    from osctl.train.lora import adapter_files, base_fingerprint, merge_into_model, read_adapter
 
     fingerprint = base_fingerprint(model.state_dict())
     applied = []
-    for ref in refs:
-        adapter = read_adapter(Path(ref.path))
+    for ref, file in ((r, f) for r in refs for f in adapter_files(Path(r.path))):
+        adapter = read_adapter(file)
         if adapter.spec.base_fingerprint and adapter.spec.base_fingerprint != fingerprint:
             import logging
 

@@ -114,8 +114,12 @@ def add_adapter(model: torch.nn.Module, spec: AdapterSpec) -> None:
 
     for param in model.parameters():
         param.requires_grad_(False)
+    trained = getattr(model, "trained", None)  # a family module of several transformers adapts the trained ones
+    roots = [getattr(model, name) for name in trained] if trained and callable(getattr(model, "weight_parts", None)) \
+        else [model]
     try:
-        inject_adapter_in_model(spec.peft_config(), model, adapter_name=ADAPTER_NAME)
+        for root in roots:
+            inject_adapter_in_model(spec.peft_config(), root, adapter_name=ADAPTER_NAME)
     except ValueError as exc:  # peft: a target module that does not exist or is not supported
         raise ConfigError(f"train.lora.target_modules {spec.target_modules}: {str(exc).splitlines()[0]}") from None
     for name, param in model.named_parameters():
@@ -169,6 +173,48 @@ def to_model_keys(tensors: Mapping[str, torch.Tensor], adapter_name: str = ADAPT
 
 
 # --- files --------------------------------------------------------------------------------------------------
+
+def adapter_parts(model: torch.nn.Module) -> list[tuple[str, str, torch.nn.Module]]:
+    """``(subfolder, key prefix, module)`` of each diffusers model inside ``model`` (a family's
+    ``weight_parts()``: one transformer is ``("", "transformer.", ...)``, Wan 2.2's experts are
+    ``transformer/`` and ``transformer_2/``); a plain model is ``[("", "", model)]``. Each part's adapter
+    is its own file, with keys relative to that diffusers model, so a pipeline loads it."""
+    parts = getattr(model, "weight_parts", None)
+    return list(parts()) if callable(parts) else [("", "", model)]
+
+
+def part_prefix(model: torch.nn.Module, file: Path) -> str:
+    """The key prefix in ``model`` of the part an adapter ``file`` belongs to (its folder names the part when
+    the model has several)."""
+    parts = adapter_parts(model)
+    if len(parts) == 1:
+        return parts[0][1]
+    for sub, prefix, _ in parts:
+        if Path(file).parent.name == sub:
+            return prefix
+    raise UsageError(f"{file} does not say which of {', '.join(s for s, _, _ in parts)} it adapts; give the "
+                     "adapter folder of a LoRA checkpoint (adapter/<transformer>/...) or apply it to a "
+                     "one-transformer model.")
+
+
+def adapter_files(path: Path, *, ema: bool = True) -> list[Path]:
+    """Every adapter file ``path`` names: :func:`adapter_file`, or one per part (``adapter/transformer/``,
+    ``adapter/transformer_2/`` of a two-expert checkpoint)."""
+    path = Path(path).expanduser()
+    try:
+        return [adapter_file(path, ema=ema)]
+    except UsageError:
+        if not path.is_dir():
+            raise
+    folder = path
+    for sub in ((ADAPTER_EMA_DIR, ADAPTER_DIR) if ema else (ADAPTER_DIR,)):
+        if (path / sub).is_dir():
+            folder = path / sub
+            break
+    found = sorted(folder.glob(f"*/{LORA_WEIGHTS}"))
+    if not found:
+        return [adapter_file(path, ema=ema)]  # its error names what is missing
+    return found
 
 def save_adapter(folder: Path, tensors: Mapping[str, torch.Tensor], spec: AdapterSpec) -> Path:
     """Write ``folder/pytorch_lora_weights.safetensors`` (diffusers' keys and metadata, plus osctl's)."""
@@ -292,8 +338,14 @@ def merge_into(state: dict[str, torch.Tensor], adapter: Adapter, scale: float = 
     return merged
 
 
-def merge_into_model(model: torch.nn.Module, adapter: Adapter, scale: float = 1.0) -> list[str]:
-    """:func:`merge_into` on a plain (not adapted) model's weights, in place."""
+def merge_into_model(model: torch.nn.Module, adapter: Adapter, scale: float = 1.0, prefix: str | None = None) -> list[str]:
+    """:func:`merge_into` on a plain (not adapted) model's weights, in place; ``prefix``: where the adapted
+    diffusers model sits in ``model`` (default: from the adapter file's place, see :func:`part_prefix`)."""
+    if prefix is None:
+        prefix = part_prefix(model, Path(adapter.source)) if adapter.source else ""
+    if prefix:
+        adapter = Adapter(spec=adapter.spec, modules={prefix + m: pair for m, pair in adapter.modules.items()},
+                          alphas={prefix + m: a for m, a in adapter.alphas.items()}, source=adapter.source)
     params = dict(model.named_parameters())
     state = {f"{m}.weight": params[f"{m}.weight"].data for m in adapter.modules if f"{m}.weight" in params}
     missing = [m for m in adapter.modules if f"{m}.weight" not in params]
@@ -340,12 +392,13 @@ def prepare_lora_model(model: torch.nn.Module, recipe: Any, registry: Any, resum
     notes.append(f"LoRA rank {spec.rank}, alpha {spec.alpha:g} on {', '.join(spec.target_modules)}: "
                  f"{trainable / 1e6:.3f} M adapter parameters; base {fingerprint} frozen")
     if resume_dir is not None:
-        adapter = read_adapter(resume_dir / ADAPTER_DIR, ema=False)
-        if adapter.spec.base_fingerprint and adapter.spec.base_fingerprint != fingerprint:
-            raise ConfigError(f"{resume_dir}/{ADAPTER_DIR} was trained on base {adapter.spec.base_fingerprint} but "
-                              f"this run's base is {fingerprint}; resume with the base weights it was trained on "
-                              "(model.path / train.pretrained).")
-        load_adapter_weights(model, adapter)
+        for file in adapter_files(resume_dir / ADAPTER_DIR, ema=False):
+            recorded = read_metadata(file).get(OSCTL_META_KEY, {}).get("base_fingerprint")
+            if recorded and recorded != fingerprint:
+                raise ConfigError(f"{resume_dir}/{ADAPTER_DIR} was trained on base {recorded} but this run's base "
+                                  f"is {fingerprint}; resume with the base weights it was trained on (model.path / "
+                                  "train.pretrained).")
+        load_checkpoint_adapters(model, resume_dir / ADAPTER_DIR)
     return spec
 
 
@@ -369,7 +422,25 @@ def save_checkpoint_adapters(folder: Path, strategy: Any, ema: Any, spec: Adapte
         ema_state = trainable_state(strategy, list(zip(names, ema.shadow, strict=True)))
     if not is_main:
         return
-    stamped = AdapterSpec(**{**asdict(spec), "step": step})
-    save_adapter(folder / ADAPTER_DIR, adapter_state(state or {}), stamped)
-    if ema_state is not None:
-        save_adapter(folder / ADAPTER_EMA_DIR, adapter_state(ema_state), stamped)
+    model = strategy.module
+    for sub, prefix, part in adapter_parts(model):
+        stamped = AdapterSpec(**{**asdict(spec), "step": step, "base_class": _class_name(part)})
+        for folder_name, values in ((ADAPTER_DIR, state), (ADAPTER_EMA_DIR, ema_state)):
+            if values is None:
+                continue
+            tensors = adapter_state({k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)})
+            if tensors:
+                save_adapter(folder / folder_name / sub if sub else folder / folder_name, tensors, stamped)
+
+
+def load_checkpoint_adapters(model: torch.nn.Module, folder: Path) -> list[Adapter]:
+    """Restore every part's adapter of a LoRA checkpoint's ``adapter/`` into the adapted ``model`` at once."""
+    adapters = []
+    merged = Adapter(spec=AdapterSpec(rank=1, alpha=1.0, target_modules=[]), source=str(folder))
+    for file in adapter_files(folder, ema=False):
+        adapter = read_adapter(file)
+        prefix = part_prefix(model, file)
+        merged.modules.update({prefix + m: pair for m, pair in adapter.modules.items()})
+        adapters.append(adapter)
+    load_adapter_weights(model, merged)
+    return adapters

@@ -168,3 +168,66 @@ def test_comfyui_conversion_of_v13_says_there_is_none(osp_lora):
     result = runner.invoke(app, ["ckpt", "convert", str(osp_lora[1] / "adapter"), "--to", "comfyui-lora"])
     assert result.exit_code == 2
     assert "OpenSoraT2V_v1_3, which has no ComfyUI LoRA naming" in result.output
+
+
+WAN_RECIPE = """
+pipeline_path: {pipe}
+model: {{name: wan}}
+autoencoder: {{name: wan_vae}}
+text_encoder: {{name: t5, max_length: 32, prompt_clean: wan}}
+data: {{num_frames: 9, hw_stride: 16, max_height: 32, max_width: 32}}
+diffusion: {{objective: flow_matching, flow_shift: 3.0, weighting_scheme: logit_normal}}
+train: {{output_dir: {out}, max_steps: 2, train_batch_size: 2, learning_rate: 1.0e-2, mixed_precision: fp32,
+        checkpointing_steps: 100, log_interval: 1, seed: 3, lora: {{rank: 4, alpha: 8, init: random}}}}
+parallel: {{strategy: single}}
+sample: {{num_frames: 9, height: 32, width: 32, num_sampling_steps: 4, sample_method: UniPCMultistep,
+         sampler_options: {{flow_shift: 3.0}}, guidance_scale: 5.0, negative_prompt: "blurry", save_latents: true,
+         dtype: fp32}}
+"""
+
+
+def test_wan_lora_trained_by_osctl_loads_in_diffusers_like_osctl_sample(tmp_path, monkeypatch):
+    """The Wan plugin end to end: `osctl train` with train.lora -> adapter/ -> WanPipeline.load_lora_weights gives
+    the latents `osctl sample --lora` gives (same prompt and seed, <= 1e-4)."""
+    import subprocess
+    import sys
+
+    from diffusers import WanPipeline
+
+    from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import check_recipe
+    from osctl.train.run import TrainOptions, run_training
+    from tests.train_helpers import SyntheticClips
+    from tests.wan_helpers import ensure_wan_plugins, subprocess_env, tiny_pipeline, wan_registry
+
+    pipe = tiny_pipeline(tmp_path / "pipe")
+    recipe = tmp_path / "wan.yaml"
+    recipe.write_text(WAN_RECIPE.format(pipe=pipe, out=tmp_path / "out"))
+    registry = wan_registry()
+    checked = check_recipe(load_recipe(recipe), registry)
+    text = registry.build("text_encoder", "t5", checked.components["text_encoder"])
+    run_training(checked, registry, TrainOptions(data_source=SyntheticClips(text.tokenize, frames=9, size=32)))
+    adapter = tmp_path / "out" / "checkpoint-2" / "adapter" / "pytorch_lora_weights.safetensors"
+    assert all(k.startswith("transformer.blocks.") for k in load_file(adapter))
+
+    site = ensure_wan_plugins(monkeypatch, tmp_path / "site")
+    samples = tmp_path / "samples"
+    proc = subprocess.run([sys.executable, "-m", "osctl", "sample", "--recipe", str(recipe), "--lora",
+                           str(adapter.parent), "-p", "a red ball", "--seed", "11", "-o", str(samples)],
+                          cwd=Path(__file__).resolve().parents[2], env=subprocess_env(site), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sidecar = json.loads(next(samples.glob("0000-00-*.json")).read_text())
+    ours = load_file(samples / sidecar["latents_file"])["latents"]
+
+    pipeline = WanPipeline.from_pretrained(pipe)
+    pipeline.load_lora_weights(str(adapter))
+    theirs = pipeline(sidecar["prompt"], sidecar["negative_prompt"], num_frames=9, height=32, width=32,
+                      num_inference_steps=4, guidance_scale=5.0, output_type="latent",
+                      generator=torch.Generator().manual_seed(sidecar["seed"])).frames[0]
+    base = WanPipeline.from_pretrained(pipe)(sidecar["prompt"], sidecar["negative_prompt"], num_frames=9, height=32,
+                                             width=32, num_inference_steps=4, guidance_scale=5.0,
+                                             output_type="latent",
+                                             generator=torch.Generator().manual_seed(sidecar["seed"])).frames[0]
+    assert (theirs - base).abs().max() > 1e-3  # the adapter changes the video
+    assert (ours - theirs).abs().max() <= 1e-4
