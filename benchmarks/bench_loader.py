@@ -59,6 +59,7 @@ from osctl.data.index import open_index  # noqa: E402
 from osctl.data.loader import IndexBatchSource, build_index  # noqa: E402
 from osctl.data.rules import FrameRules, ResolutionRules  # noqa: E402
 from osctl.data.sampler import BucketBatchSampler, sample_rng  # noqa: E402
+from osctl.geometry import LatentGeometry  # noqa: E402
 
 
 def tokenizer() -> Any:
@@ -115,10 +116,12 @@ def throughput(folder: Path, clips: int, samples: int) -> None:
     settings = BucketSettings(
         frames=FrameRules(num_frames=17, train_fps=15, drop_short_ratio=0.0, min_frames=17),
         resolution=ResolutionRules(mode="area", max_hxw=128 * 160, min_hxw=64 * 64, hw_stride=16),
-        min_bucket_batches=0, group_data=True)
-    build_index(data_txt, settings, {"stride_t": 4}, folder / "index")
+        min_bucket_batches=0, group_data=True,
+        geometry=LatentGeometry(stride_t=4, stride_hw=8, latent_channels=8, patch_t=1, patch_hw=2))  # v1.3's
+    build_index(data_txt, settings, folder / "index")
     index = open_index(folder / "index")
-    read = ReadSettings(frames=settings.frames, resolution=settings.resolution, captions=CaptionPolicy(), seed=0)
+    read = ReadSettings(frames=settings.frames, resolution=settings.resolution, captions=CaptionPolicy(), seed=0,
+                        geometry=settings.geometry)
     tokenize = tokenizer()
     batch = 4
     steps = max(2, samples // batch)
@@ -284,10 +287,14 @@ train:
 """
 
 
-def _recipe_model(path: Path) -> Any:
+def _recipe_settings(path: Path) -> Any:
+    """The bucket settings of the recipe at ``path``, with its components' latent geometry."""
+    from osctl.plugin_manager import default_registry
     from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import recipe_geometry
 
-    return load_recipe(path, []).recipe
+    loaded = load_recipe(path, [])
+    return BucketSettings.from_recipe(loaded.recipe, geometry=recipe_geometry(loaded, default_registry()))
 
 
 def memory(folder: Path, records: int, samples: int) -> None:
@@ -310,9 +317,10 @@ def memory(folder: Path, records: int, samples: int) -> None:
     index = open_index(folder / "index")
     print(f"memory: {records} records -> index of {len(index)} samples built by `osctl data bucket` in "
           f"{time.perf_counter() - started:.1f} s")
-    settings = BucketSettings.from_recipe(_recipe_model(recipe))
+    settings = _recipe_settings(recipe)
     policy = CaptionPolicy(clean=False)
-    read = ReadSettings(frames=settings.frames, resolution=settings.resolution, captions=policy, seed=0)
+    read = ReadSettings(frames=settings.frames, resolution=settings.resolution, captions=policy, seed=0,
+                        geometry=settings.geometry)
     rows = []
     mb = 1 / 2**20
     for name, make in (("index (mmap)", lambda: IndexOnly(index, read)),

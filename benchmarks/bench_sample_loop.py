@@ -23,11 +23,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from osctl.geometry import latent_geometry  # noqa: E402
 from osctl.plugin_manager import default_registry  # noqa: E402
 from osctl.sample.pipeline import VideoPipeline  # noqa: E402
 
 MODEL = {"preset": "tiny", "num_layers": 6, "num_attention_heads": 4, "attention_head_dim": 24, "in_channels": 12,
          "out_channels": 12, "sparse_blocks": [2, 3]}
+AUTOENCODER = {"spatial_stride": 2, "temporal_stride": 1}
 SAMPLER = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
 
 
@@ -40,7 +42,10 @@ def main() -> None:
     registry = default_registry()
     torch.manual_seed(0)
     model = registry.build("model", "opensora_v1_3", MODEL).eval()
-    ae = registry.build("autoencoder", "pixel", {"spatial_stride": 2, "temporal_stride": 1})
+    ae = registry.build("autoencoder", "pixel", AUTOENCODER)
+    geometry = latent_geometry(
+        registry.make_config("autoencoder", "pixel", AUTOENCODER, where="autoencoder").autoencoder_geometry(),
+        registry.make_config("model", "opensora_v1_3", MODEL, where="model").model_geometry())
     te = registry.build("text_encoder", "tiny_t5", {"d_model": 32, "max_length": 32,
                                                     "cache_dir": tempfile.mkdtemp(prefix="osctl-bench-")})
     prompt, negative = "a red circle moving left on a black background", ""
@@ -48,7 +53,8 @@ def main() -> None:
     init = torch.randn(shape, generator=torch.Generator().manual_seed(1))
 
     def run_osctl() -> float:
-        pipe = VideoPipeline(model, ae, te, registry.build("sampler", "EulerAncestralDiscrete", SAMPLER))
+        pipe = VideoPipeline(model, ae, te, registry.build("sampler", "EulerAncestralDiscrete", SAMPLER),
+                             geometry=geometry)
         started = time.perf_counter()
         pipe(prompt, negative, num_frames=9, height=32, width=32, num_inference_steps=args.steps, guidance_scale=7.5,
              generator=torch.Generator().manual_seed(2), latents=init, output_type="latent")

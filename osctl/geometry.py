@@ -89,6 +89,32 @@ class LatentGeometry:
         t, h, w = self.latent_shape(frames, height, width)
         return (t // self.patch_t) * (h // self.patch_hw) * (w // self.patch_hw)
 
+    def size_problems(self, *, num_frames: int | None = None, height: int | None = None,
+                      width: int | None = None) -> list[tuple[str, str]]:
+        """``(key, "must be ..., got ...; use ...")`` for each given video size this geometry cannot represent:
+        frames not ``k x stride_t + 1``, height or width not a multiple of :attr:`hw_unit`. The recipe check
+        (``data.num_frames``, validation sizes) and ``osctl sample`` say it with these words."""
+        problems = []
+        if num_frames is not None and not self.valid_frames(num_frames):
+            stride = self.stride_t
+            lower = max(1, num_frames - (num_frames - 1) % stride)
+            problems.append(("num_frames", f"must be {stride}k+1 (the autoencoder compresses time {stride}x with a "
+                                           f"causal first frame), got {num_frames}; use {lower} or {lower + stride}"))
+        unit = self.hw_unit
+        for key, value in (("height", height), ("width", width)):
+            if value is not None and (value <= 0 or value % unit):
+                lower = value - value % unit
+                problems.append((key, f"must be a multiple of {unit} (autoencoder stride {self.stride_hw} x patch "
+                                      f"size {self.patch_hw}), got {value}; use {max(lower, unit)} or {lower + unit}"))
+        return problems
+
+    def describe(self) -> str:
+        """One line for plans: ``autoencoder 4x8x8 (8 latent channels), patch 1x2x2: 4k+1 frames, sizes in
+        multiples of 16``."""
+        return (f"autoencoder {self.stride_t}x{self.stride_hw}x{self.stride_hw} ({self.latent_channels} latent "
+                f"channels), patch {self.patch_t}x{self.patch_hw}x{self.patch_hw}: {self.stride_t}k+1 frames, sizes "
+                f"in multiples of {self.hw_unit}")
+
     def as_dict(self) -> dict[str, int]:
         """The numbers, for plans, indexes and JSON output."""
         return asdict(self)

@@ -41,12 +41,10 @@ class DiffusionModel(Protocol):
 class Autoencoder(Protocol):
     """Maps pixel videos to normalised latents and back.
 
-    Strides: ``T_lat = (T - 1) // temporal_stride + 1`` (causal first frame), ``H_lat = H // spatial_stride``.
+    Its strides and latent channels are declared by its config (``autoencoder_geometry()``, see
+    :mod:`osctl.geometry`), not read off the built object: ``T_lat = (T - 1) // stride_t + 1`` (causal
+    first frame), ``H_lat = H // stride_hw``.
     """
-
-    latent_channels: int
-    temporal_stride: int
-    spatial_stride: int
 
     def encode(self, video: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalised latents of ``video`` (posterior sample, or mean when ``sample`` is False)."""

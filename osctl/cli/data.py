@@ -19,7 +19,6 @@ loader yields); ``batches_per_epoch`` counts optimizer steps (what training runs
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -147,53 +146,19 @@ def validate(
         raise typer.Exit(1)
 
 
-def _latent_geometry(recipe: Any) -> dict[str, int]:
-    """Autoencoder strides and patch sizes from the recipe's components, when their plugins expose them.
-
-    Only static config facts are read (nothing is built). A component whose plugin is not installed here
-    falls back to the v1.3 defaults (temporal stride 4, spatial stride 8, patch 1x2x2), so data can be
-    indexed on a machine without the model's plugin. Options the plugin rejects raise ``ConfigError``:
-    indexing with defaults would snap frames to the wrong 4k+1 rule and drop clips silently.
-    """
-    from osctl.errors import ConfigError
-
-    facts: dict[str, int] = {}
-    try:
-        from osctl.plugin_manager import default_registry
-
-        registry = default_registry()
-        ae = registry.make_config("autoencoder", recipe.autoencoder.name, recipe.autoencoder.options, where="autoencoder")
-        model = registry.make_config("model", recipe.model.name, recipe.model.options, where="model")
-    except ConfigError:
-        raise
-    except Exception:  # a plugin that is not installed (or broken) must not stop indexing; defaults apply
-        return facts
-    for config, attr, key in ((ae, "temporal_stride", "stride_t"), (ae, "spatial_stride", "stride_hw"),
-                              (model, "temporal_patch_size", "patch_t"), (model, "spatial_patch_size", "patch_hw")):
-        try:
-            value = getattr(config, attr, None)
-            value = value() if callable(value) else value
-        except Exception:  # a fact that needs weights that are not there yet
-            value = None
-        if isinstance(value, int) and value > 0:
-            facts[key] = value
-    return facts
-
-
 class _BucketSetup:
     """What ``data bucket`` takes from the recipe, each part loaded once, when first needed.
 
-    The recipe, its bucket settings and the latent geometry of its components (which loads plugins)
-    cost a few tenths of a second, mostly imports; :meth:`prepare` runs while other processes decode
-    the annotations, which takes that off the command's critical path. The parts load in the
-    command's original order (recipe, settings, then the geometry), so the same error is reported.
+    The recipe, the latent geometry of its autoencoder and model (which loads plugins) and the bucket
+    settings cost a few tenths of a second, mostly imports; :meth:`prepare` runs while other processes
+    decode the annotations, which takes that off the command's critical path. The parts load in that
+    order, so a broken recipe gives the same error whichever part asks first.
     """
 
     def __init__(self, recipe: Path, overrides: list[str], world_size: int | None) -> None:
         self._args = (recipe, overrides, world_size)
         self._recipe: Any = None
         self._settings: Any = None
-        self.geometry: dict[str, int] | None = None
 
     def recipe(self) -> Any:
         """The loaded recipe (:class:`osctl.recipe.load.LoadedRecipe`)."""
@@ -204,28 +169,28 @@ class _BucketSetup:
         return self._recipe
 
     def settings(self) -> Any:
-        """The :class:`osctl.data.bucket.BucketSettings`, with the geometry's ``stride_t`` once prepared."""
+        """The :class:`osctl.data.bucket.BucketSettings`, with the latent geometry of the recipe's components
+        (:func:`osctl.recipe.validate.recipe_geometry`: a plugin that declares none is a ``ConfigError``)."""
         if self._settings is None:
             from osctl.data.bucket import BucketSettings
+            from osctl.plugin_manager import default_registry
+            from osctl.recipe.validate import recipe_geometry
 
-            self._settings = BucketSettings.from_recipe(self.recipe().recipe, world_size=self._args[2])
+            loaded = self.recipe()
+            geometry = recipe_geometry(loaded, default_registry())
+            self._settings = BucketSettings.from_recipe(loaded.recipe, geometry=geometry, world_size=self._args[2])
         return self._settings
 
     def prepare(self) -> None:
-        """Load the recipe, the settings and the latent geometry of the recipe's components.
+        """Load the recipe, the latent geometry of its components and the settings.
 
         Also imports the modules the rest of the command uses, for the same reason.
         """
-        settings = self.settings()
-        if self.geometry is None:
-            self.geometry = _latent_geometry(self.recipe().recipe)
-            if "stride_t" in self.geometry:
-                self._settings = dataclasses.replace(
-                    settings, frames=dataclasses.replace(settings.frames, stride_t=self.geometry["stride_t"]))
-            import concurrent.futures  # noqa: F401  (the rules and the index run on threads)
+        self.settings()
+        import concurrent.futures  # noqa: F401  (the rules and the index run on threads)
 
-            import osctl.data.index
-            import osctl.data.validate  # noqa: F401
+        import osctl.data.index
+        import osctl.data.validate  # noqa: F401
 
 
 @app.command("bucket")
@@ -270,11 +235,11 @@ def bucket(
         setup.settings()  # a broken recipe is reported first, as when it is read before data.txt
         raise
     _tune_memory()
-    # The recipe, its settings and the plugins that give the latent geometry are loaded while other
+    # The recipe, the plugins that give the latent geometry and the settings are loaded while other
     # processes decode (a broken recipe is still reported, once the annotations are read).
     loaded = read_annotations(sources, workers=workers, meanwhile=setup.prepare)
     setup.prepare()
-    settings, geometry, rec = setup.settings(), setup.geometry or {}, setup.recipe().recipe
+    settings, rec = setup.settings(), setup.recipe().recipe
     from osctl.data.bucket import REASON_HELP, Reason, build_buckets
     from osctl.data.index import reuse_recorded_digests, write_index
     from osctl.data.validate import display_name
@@ -289,7 +254,7 @@ def bucket(
         more = f" (and {len(broken) - 1} more file(s))" if len(broken) > 1 else ""
         raise DataError(f"{broken[0].problem.message}{more}; no index was written.",  # type: ignore[union-attr]
                         hint=f"run `osctl data validate {data_txt}` to see every problem.")
-    result = build_buckets(loaded, settings, latent=geometry)
+    result = build_buckets(loaded, settings)
     names = [display_name(item.source.annotation, base) for item in loaded]
     if report is not None:
         from osctl.data.report import write_report

@@ -57,8 +57,10 @@ def validate(recipe: RecipeArg, overrides: SetOpt = None, as_json: JsonOpt = Fal
     """
     _, checked = _resolved(recipe, overrides)
     if as_json:
-        print_json({"valid": True, "warnings": checked.warnings, "fingerprint": checked.loaded.fingerprint()})
+        print_json({"valid": True, "warnings": checked.warnings, "fingerprint": checked.loaded.fingerprint(),
+                    "geometry": checked.geometry.as_dict()})
         return
     for message in checked.warnings:
         warn(message)
     console.print(f"[green]ok[/] {escape(recipe)} is valid ({len(checked.loaded.files)} file(s))")
+    console.print(f"[dim]latent geometry: {checked.geometry.describe()}[/]")

@@ -28,9 +28,11 @@ def sample(
     prompt: Annotated[list[str] | None, Opt("--prompt", "-p", help="A prompt (repeatable).")] = None,
     prompts: Annotated[Path | None, Opt("--prompts", help="Prompt file: .txt one per line, or .jsonl with overrides.")] = None,
     negative_prompt: Annotated[str | None, Opt("--negative-prompt", help="Default: the reference negative prompt.")] = None,
-    num_frames: Annotated[int | None, Opt("--num-frames", help="Frames (4k+1).")] = None,
-    height: Annotated[int | None, Opt("--height")] = None,
-    width: Annotated[int | None, Opt("--width")] = None,
+    num_frames: Annotated[int | None, Opt("--num-frames", help="Frames: k x the autoencoder's temporal stride + 1 "
+                                      "(4k+1 for WF-VAE).")] = None,
+    height: Annotated[int | None, Opt("--height", help="A multiple of the autoencoder's spatial stride x the patch "
+                                      "size (16 for v1.3).")] = None,
+    width: Annotated[int | None, Opt("--width", help="As --height.")] = None,
     num_sampling_steps: Annotated[int | None, Opt("--num-sampling-steps", help="Default 100.")] = None,
     guidance_scale: Annotated[float | None, Opt("--guidance-scale", help="Default 7.5.")] = None,
     sample_method: Annotated[str | None, Opt("--sample-method", help="Sampler plugin; default EulerAncestralDiscrete.")] = None,

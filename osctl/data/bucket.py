@@ -41,7 +41,6 @@ from osctl.data.rules import (
     aspect_ok,
     build_frame_indices,
     count_candidates,
-    latent_tokens,
     resample_interval,
     short_drop_draws,
     size_absolute,
@@ -53,6 +52,7 @@ from osctl.data.rules import (
 )
 from osctl.data.sampler import epoch_batches
 from osctl.errors import DataError
+from osctl.geometry import LatentGeometry
 from osctl.parallel.layout import ParallelLayout
 
 
@@ -123,7 +123,11 @@ class ScoreFilters:
 
 @dataclass(frozen=True)
 class BucketSettings:
-    """Everything that decides which records are kept and in which bucket."""
+    """Everything that decides which records are kept and in which bucket.
+
+    ``geometry`` is the latent geometry of the recipe's autoencoder and model (``CheckedRecipe.geometry``):
+    its temporal stride snaps frame counts, its strides and patch sizes count each bucket's tokens.
+    """
 
     frames: FrameRules = field(default_factory=FrameRules)
     resolution: ResolutionRules = field(default_factory=ResolutionRules)
@@ -133,6 +137,7 @@ class BucketSettings:
     group_data: bool = False
     layout: ParallelLayout = field(default_factory=ParallelLayout)
     leftover: str = "drop"
+    geometry: LatentGeometry = field(kw_only=True)
 
     def __post_init__(self) -> None:
         if self.frames.sp_size != self.layout.sp_size:  # the frame rule's copy must be the layout's
@@ -145,10 +150,11 @@ class BucketSettings:
         return math.ceil(self.min_bucket_batches * self.layout.global_batch - 1e-9)
 
     @classmethod
-    def from_recipe(cls, recipe: Any, *, world_size: int | None = None,
+    def from_recipe(cls, recipe: Any, *, geometry: LatentGeometry, world_size: int | None = None,
                     layout: ParallelLayout | None = None) -> BucketSettings:
-        """Settings from a validated :class:`osctl.recipe.schema.Recipe` on ``layout`` (default: the recipe's
-        layout on ``world_size`` processes, itself defaulting to the recipe's process count)."""
+        """Settings from a validated :class:`osctl.recipe.schema.Recipe` and its components' ``geometry`` on
+        ``layout`` (default: the recipe's layout on ``world_size`` processes, itself defaulting to the recipe's
+        process count)."""
         d = recipe.data
         if layout is None:
             layout = ParallelLayout.from_recipe(recipe, world_size=world_size)
@@ -169,10 +175,12 @@ class BucketSettings:
             group_data=d.group_data,
             layout=layout,
             leftover=d.leftover,
+            geometry=geometry,
         )
 
     def shaping_fields(self) -> dict[str, Any]:
-        """The settings that change the index content, for its fingerprint (``group_data`` and ``leftover`` do not)."""
+        """The settings that change the index content, for its fingerprint (``group_data`` and ``leftover`` do not;
+        the latent geometry does: an index built for other strides or patches is stale)."""
         values = asdict(self)
         for name in ("group_data", "layout", "leftover"):
             values.pop(name)
@@ -441,8 +449,8 @@ def apply_rules(table: RecordTable, settings: BucketSettings, draws: np.ndarray 
         if draws is None:
             draws = short_drop_draws(n, fr.seed)
         drop(short & (draws < fr.drop_short_ratio), Reason.SHORT_DROPPED)
-    frames = snap_frame_count(np.minimum(n_cand, fr.num_frames), min_frames=fr.min_frames, sp_size=fr.sp_size,
-                              stride_t=fr.stride_t)
+    frames = snap_frame_count(np.minimum(n_cand, fr.num_frames), stride_t=settings.geometry.stride_t,
+                              min_frames=fr.min_frames, sp_size=fr.sp_size)
     drop(video & (frames < 0), Reason.TOO_SHORT)
     t = np.where(image, 1, frames)
     kept = reason == 0
@@ -520,13 +528,10 @@ def apply_rules_all(loaded: list[LoadedAnnotation], settings: BucketSettings, *,
 
 
 def build_buckets(loaded: list[LoadedAnnotation], settings: BucketSettings, *,
-                  latent: dict[str, int] | None = None, threads: int | None = None) -> BucketResult:
-    """Apply the rules to every readable file, then the minority rule over all of them.
-
-    ``latent`` may give ``stride_t``, ``stride_hw``, ``patch_t`` and ``patch_hw`` for the token counts
-    (defaults: 4, 8, 1, 2 — the v1.3 WF-VAE and transformer). ``threads``: see :func:`apply_rules_all`.
+                  threads: int | None = None) -> BucketResult:
+    """Apply the rules to every readable file, then the minority rule over all of them; each bucket's tokens
+    follow ``settings.geometry``. ``threads``: see :func:`apply_rules_all`.
     """
-    fr = settings.frames
     outcomes = apply_rules_all(loaded, settings, threads=threads)
 
     keys = [_key(o.t, o.h, o.w)[o.reason == 0] for o in outcomes if o is not None]
@@ -537,14 +542,13 @@ def build_buckets(loaded: list[LoadedAnnotation], settings: BucketSettings, *,
     minority = [(_key_str(k), int(c)) for k, c in zip(uniq[small], counts[small], strict=True)]
     survivors = sorted(zip(uniq[~small].tolist(), counts[~small].tolist(), strict=True), key=lambda kc: (-kc[1], kc[0]))
     lookup = np.full(len(uniq), -1, dtype=np.int32)
-    geometry = {"stride_t": fr.stride_t, "stride_hw": 8, "patch_t": 1, "patch_hw": 2, **(latent or {})}
     kept_total = sum(c for _, c in survivors)
     batches, lost, _ = epoch_batches([c for _, c in survivors], settings.layout.micro_batch, settings.leftover)
     buckets = []
     for bucket_id, (key, count) in enumerate(survivors):
         lookup[np.searchsorted(uniq, key)] = bucket_id
         t, h, w = key >> 42, (key >> 21) & ((1 << 21) - 1), key & ((1 << 21) - 1)
-        tokens = int(latent_tokens(t, h, w, **geometry))
+        tokens = settings.geometry.tokens(t, h, w)
         buckets.append(Bucket(bucket_id, t, h, w, count, count / kept_total if kept_total else 0.0, tokens,
                               int(batches[bucket_id]), int(lost[bucket_id])))
     for outcome in outcomes:

@@ -47,6 +47,7 @@ from osctl.data.rules import FrameCountError, FrameRules, ResolutionRules, sampl
 from osctl.data.sampler import BucketMembers, sample_rng
 from osctl.data.transforms import ShapeMismatch, to_training_tensor
 from osctl.errors import DataError
+from osctl.geometry import LatentGeometry
 
 log = logging.getLogger("osctl.data")
 
@@ -60,7 +61,8 @@ DEFAULT_MAX_BAD_FRACTION = 0.01
 
 @dataclass(frozen=True)
 class ReadSettings:
-    """Everything read time needs besides the index (all picklable, identical on every worker)."""
+    """Everything read time needs besides the index (all picklable, identical on every worker); ``geometry``
+    is the one the index was built with (its temporal stride snaps the frames read)."""
 
     frames: FrameRules = field(default_factory=FrameRules)
     resolution: ResolutionRules = field(default_factory=ResolutionRules)
@@ -70,6 +72,7 @@ class ReadSettings:
     max_retries: int = DEFAULT_MAX_RETRIES
     reference_quirks: bool = False
     check_size: bool = True
+    geometry: LatentGeometry = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -111,9 +114,9 @@ class SampleDataset(Dataset):
             raise FrameCountError("the index has no fps for this video")
         return sample_frame_indices(
             info.fps, info.start_frame, info.span_frames, num_frames=fr.num_frames, train_fps=fr.train_fps,
-            expected_frames=info.shape[0], rng=rng, speed_factor=fr.speed_factor, sp_size=fr.sp_size,
-            min_frames=fr.min_frames, drop_short_ratio=fr.drop_short_ratio, stride_t=fr.stride_t,
-            reference_quirks=self.settings.reference_quirks)
+            expected_frames=info.shape[0], rng=rng, stride_t=self.settings.geometry.stride_t,
+            speed_factor=fr.speed_factor, sp_size=fr.sp_size, min_frames=fr.min_frames,
+            drop_short_ratio=fr.drop_short_ratio, reference_quirks=self.settings.reference_quirks)
 
     def load(self, sample: int, rng: Any) -> tuple[torch.Tensor, str]:
         """``(pixel_values, text)`` of ``sample`` using ``rng``; raises :class:`MediaError` for bad media."""
@@ -169,22 +172,23 @@ class SampleDataset(Dataset):
 @dataclass(frozen=True)
 class PadSpec:
     """Padding of mixed shapes (no ``group_data``): every sample is zero-padded at the end of T, H and W to
-    ``frames x height x width`` and a latent-resolution validity mask is added (reference §4.4)."""
+    ``frames x height x width`` and a latent-resolution validity mask is added (reference §4.4); the latent
+    sizes follow ``geometry``'s strides."""
 
     frames: int
     height: int
     width: int
-    stride_t: int = 4
-    stride_hw: int = 8
+    geometry: LatentGeometry
 
     def latent_shape(self) -> tuple[int, int, int]:
         """``T_lat x H_lat x W_lat`` of the padded tensor."""
-        return ((self.frames - 1) // self.stride_t + 1, math.ceil(self.height / self.stride_hw),
-                math.ceil(self.width / self.stride_hw))
+        st, ss = self.geometry.stride_t, self.geometry.stride_hw
+        return (self.frames - 1) // st + 1, math.ceil(self.height / ss), math.ceil(self.width / ss)
 
     def valid_latents(self, t: int, h: int, w: int) -> tuple[int, int, int]:
         """Latents covered by a ``t x h x w`` sample: ``ceil((t - 1) / st) + 1``, ``ceil(h / ss)``, ``ceil(w / ss)``."""
-        return (math.ceil((t - 1) / self.stride_t) + 1, math.ceil(h / self.stride_hw), math.ceil(w / self.stride_hw))
+        st, ss = self.geometry.stride_t, self.geometry.stride_hw
+        return math.ceil((t - 1) / st) + 1, math.ceil(h / ss), math.ceil(w / ss)
 
 
 class Collate:

@@ -4,8 +4,8 @@ A dry run reads the run's existing sample index when it is fresh; otherwise it a
 rules to the annotations in memory, exactly as training would before writing the index, and plans
 the batches over that. No index, no folder, no cache file is written::
 
-    index, settings, geometry, note = plan_index(recipe, layout)
-    plan = plan_stream(recipe, index, settings, geometry, note, layout=layout, dp_rank=0)
+    index, settings, note = plan_index(recipe, layout, checked.geometry)
+    plan = plan_stream(recipe, index, settings, note, layout=layout, dp_rank=0)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from osctl.data.loader import bucket_annotations, bucket_settings, check_index
+from osctl.geometry import LatentGeometry
 from osctl.parallel.layout import ParallelLayout
 
 
@@ -41,17 +42,18 @@ class BucketedIndex:
         return self._bucket_ids
 
 
-def plan_index(recipe: Any, layout: ParallelLayout) -> tuple[Any, Any, dict[str, int], str]:
-    """``(index, settings, geometry, note)`` for a plan: the fresh index on disk (read only), else one
-    bucketed in memory from ``data.data``. Refuses what training would refuse (see ``check_index``)."""
+def plan_index(recipe: Any, layout: ParallelLayout, geometry: LatentGeometry) -> tuple[Any, Any, str]:
+    """``(index, settings, note)`` for a plan: the fresh index on disk (read only), else one bucketed in
+    memory from ``data.data``, both for the recipe's latent ``geometry``. Refuses what training would refuse
+    (see ``check_index``)."""
     from osctl.data.index import INDEX_FILE, open_index
 
-    settings, geometry = bucket_settings(recipe, layout)
+    settings = bucket_settings(recipe, layout, geometry)
     check = check_index(recipe, settings)
     if check.rebuild is None:
         index = open_index(check.folder, data_txt=check.data_txt, settings=settings)
-        return index, settings, geometry, check.note()
+        return index, settings, check.note()
     assert check.data_txt is not None  # check_index refuses a rebuild without data.data
-    result = bucket_annotations(check.data_txt, settings, geometry)
+    result = bucket_annotations(check.data_txt, settings)
     note = f"{check.note(done=False)}; dry run: not written"
-    return BucketedIndex(result, check.folder / INDEX_FILE), settings, geometry, note
+    return BucketedIndex(result, check.folder / INDEX_FILE), settings, note

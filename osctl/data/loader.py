@@ -59,6 +59,7 @@ from osctl.data.dataset import (
 )
 from osctl.data.sampler import BucketBatchSampler, ResumableBatches
 from osctl.errors import ConfigError, DataError
+from osctl.geometry import LatentGeometry
 from osctl.parallel.layout import ParallelLayout
 
 log = logging.getLogger("osctl.data")
@@ -191,30 +192,14 @@ def _option(section: Any, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _latent_geometry(recipe: Any) -> dict[str, int]:
-    """Autoencoder strides / patch sizes exactly as ``osctl data bucket`` reads them (so the index agrees).
-
-    Uses the command's own function (a public ``osctl.data.bucket.latent_geometry`` once it moves there).
-    """
-    try:
-        from osctl.data.bucket import latent_geometry as geometry  # type: ignore[attr-defined]
-    except ImportError:
-        from osctl.cli.data import _latent_geometry as geometry
-    return geometry(recipe)
-
-
-def bucket_settings(recipe: Any, layout: ParallelLayout) -> tuple[Any, dict[str, int]]:
-    """The index's :class:`~osctl.data.bucket.BucketSettings` for this recipe and layout, and the latent geometry."""
+def bucket_settings(recipe: Any, layout: ParallelLayout, geometry: LatentGeometry) -> Any:
+    """The index's :class:`~osctl.data.bucket.BucketSettings` for this recipe, layout and latent geometry."""
     from osctl.data.bucket import BucketSettings
 
-    settings = BucketSettings.from_recipe(recipe, layout=layout)
-    geometry = _latent_geometry(recipe)
-    if "stride_t" in geometry:
-        settings = dataclasses.replace(settings, frames=dataclasses.replace(settings.frames, stride_t=geometry["stride_t"]))
-    return settings, geometry
+    return BucketSettings.from_recipe(recipe, geometry=geometry, layout=layout)
 
 
-def bucket_annotations(data_txt: Path, settings: Any, geometry: dict[str, int], *, workers: int | None = None,
+def bucket_annotations(data_txt: Path, settings: Any, *, workers: int | None = None,
                        digests_from: Path | None = None) -> Any:
     """Read every annotation file of ``data_txt`` and apply the rules, in memory (``osctl data bucket``'s
     functions); returns the :class:`~osctl.data.bucket.BucketResult`. Nothing is written.
@@ -235,14 +220,14 @@ def bucket_annotations(data_txt: Path, settings: Any, geometry: dict[str, int], 
         more = f" (and {len(broken) - 1} more file(s))" if len(broken) > 1 else ""
         raise DataError(f"{broken[0].problem.message}{more}; no index was written.",  # type: ignore[union-attr]
                         hint=f"run `osctl data validate {data_txt}` to see every problem.")
-    return build_buckets(loaded, settings, latent=geometry)
+    return build_buckets(loaded, settings)
 
 
-def build_index(data_txt: Path, settings: Any, geometry: dict[str, int], out_dir: Path, *, workers: int | None = None) -> Path:
+def build_index(data_txt: Path, settings: Any, out_dir: Path, *, workers: int | None = None) -> Path:
     """Build and write the sample index with the functions ``osctl data bucket`` uses; returns the Arrow file."""
     from osctl.data.index import write_index
 
-    result = bucket_annotations(data_txt, settings, geometry, workers=workers, digests_from=out_dir)
+    result = bucket_annotations(data_txt, settings, workers=workers, digests_from=out_dir)
     return write_index(result, data_txt, out_dir)
 
 
@@ -296,12 +281,12 @@ def check_index(recipe: Any, settings: Any) -> IndexCheck:
     return IndexCheck(folder, data_txt, None)
 
 
-def _ensure_index(recipe: Any, settings: Any, geometry: dict[str, int]) -> tuple[Path, str]:
+def _ensure_index(recipe: Any, settings: Any) -> tuple[Path, str]:
     """Rank 0: make sure a fresh index exists; returns its folder and a note for the plan."""
     check = check_index(recipe, settings)
     if check.rebuild is not None:
         assert check.data_txt is not None  # check_index refuses a rebuild without data.data
-        build_index(check.data_txt, settings, geometry, check.folder)
+        build_index(check.data_txt, settings, check.folder)
     return check.folder, check.note()
 
 
@@ -312,15 +297,15 @@ def _agree(info: Any, payload: Any) -> Any:
     return broadcast_object(payload)
 
 
-def prepare_index(recipe: Any, info: Any, layout: ParallelLayout) -> tuple[Any, Any, dict[str, int], str]:
-    """``(index, settings, geometry, note)``: rank 0 checks/builds the index, every rank then maps it."""
+def prepare_index(recipe: Any, info: Any, layout: ParallelLayout, geometry: LatentGeometry) -> tuple[Any, Any, str]:
+    """``(index, settings, note)``: rank 0 checks/builds the index, every rank then maps it."""
     from osctl.data.index import open_index
 
-    settings, geometry = bucket_settings(recipe, layout)
+    settings = bucket_settings(recipe, layout, geometry)
     verdict: tuple[str, Any, Any] | None = None
     if info.rank == 0:
         try:
-            folder, note = _ensure_index(recipe, settings, geometry)
+            folder, note = _ensure_index(recipe, settings)
             verdict = ("ok", str(folder), note)
         except Exception as exc:  # every rank must hear about it, or the others would wait forever
             _agree(info, ("error", type(exc).__name__, str(exc)))
@@ -330,7 +315,7 @@ def prepare_index(recipe: Any, info: Any, layout: ParallelLayout) -> tuple[Any, 
         raise DataError(f"rank 0 could not prepare the sample index ({verdict[1]}: {verdict[2]}).")
     data_txt = Path(recipe.data.data) if recipe.data.data is not None else None
     index = open_index(Path(verdict[1]), data_txt=data_txt, settings=settings)
-    return index, settings, geometry, verdict[2]
+    return index, settings, verdict[2]
 
 
 @contextlib.contextmanager
@@ -363,8 +348,9 @@ def recipe_tokenizer(checked: Any, registry: Any) -> Tokenize:
     return encoder.tokenize
 
 
-def _pad_spec(recipe: Any, index: Any, geometry: dict[str, int]) -> PadSpec | None:
-    """Padding for mixed shapes without group_data (None when every sample has one shape already)."""
+def _pad_spec(recipe: Any, index: Any, geometry: LatentGeometry) -> PadSpec | None:
+    """Padding for mixed shapes without group_data (None when every sample has one shape already): to whole
+    transformer tokens (``geometry.hw_unit``), as the reference pads to 16 for its 8x VAE and patch 2."""
     d = recipe.data
     shapes = {(b["t"], b["h"], b["w"]) for b in index.buckets}
     if d.group_data:
@@ -376,12 +362,11 @@ def _pad_spec(recipe: Any, index: Any, geometry: dict[str, int]) -> PadSpec | No
             f"data.group_data is false but the index holds {len(shapes)} sample shapes ({listed}{' ...' if len(shapes) > 4 else ''}) "
             f"in {mode} resolution mode, where padding every sample to max_height x max_width is wrong; use group_data: "
             "set data.group_data: true.")
-    stride_t, stride_hw = geometry.get("stride_t", 4), geometry.get("stride_hw", 8)
-    unit = stride_hw * geometry.get("patch_hw", 2)  # whole transformer patches, as the reference pads to 16
+    unit = geometry.hw_unit
     frames = max([d.num_frames] + [t for t, _, _ in shapes])
     height = max([d.max_height or 0] + [h for _, h, _ in shapes])
     width = max([d.max_width or 0] + [w for _, _, w in shapes])
-    return PadSpec(frames, math.ceil(height / unit) * unit, math.ceil(width / unit) * unit, stride_t, stride_hw)
+    return PadSpec(frames, math.ceil(height / unit) * unit, math.ceil(width / unit) * unit, geometry)
 
 
 def build_batch_source(checked: Any, registry: Any, info: Any, *, layout: ParallelLayout, dp_rank: int,
@@ -391,11 +376,11 @@ def build_batch_source(checked: Any, registry: Any, info: Any, *, layout: Parall
     ``info`` is the run's :class:`osctl.parallel.dist.DistInfo`; ``layout`` the run's parallel layout
     (batch per replica, replicas); ``dp_rank`` this rank's data-parallel replica (all ranks of a
     sequence-parallel group get the same batches). ``tokenize`` defaults to the recipe's text encoder's
-    tokenizer.
+    tokenizer. The index and the padding follow the checked recipe's latent geometry.
     """
     recipe = checked.loaded.recipe
-    index, settings, geometry, note = prepare_index(recipe, info, layout)
-    plan = plan_stream(recipe, index, settings, geometry, note, layout=layout, dp_rank=dp_rank)
+    index, settings, note = prepare_index(recipe, info, layout, checked.geometry)
+    plan = plan_stream(recipe, index, settings, note, layout=layout, dp_rank=dp_rank)
     dataset = SampleDataset(index, plan.read, members=plan.sampler.members)
     collate = Collate(tokenize or recipe_tokenizer(checked, registry), pad=plan.pad,
                       global_batch=plan.sampler.global_batch)
@@ -418,9 +403,10 @@ class StreamPlan:
     summary: dict[str, str]
 
 
-def plan_stream(recipe: Any, index: Any, settings: Any, geometry: dict[str, int], note: str, *,
-                layout: ParallelLayout, dp_rank: int) -> StreamPlan:
-    """The sampler, padding and read settings over ``index`` and the plan lines (no file is read or written).
+def plan_stream(recipe: Any, index: Any, settings: Any, note: str, *, layout: ParallelLayout,
+                dp_rank: int) -> StreamPlan:
+    """The sampler, padding and read settings over ``index`` and the plan lines (no file is read or written);
+    ``settings`` are the index's :class:`~osctl.data.bucket.BucketSettings`, with its latent geometry.
 
     ``index`` is a :class:`~osctl.data.index.SampleIndex` or anything with its ``path``, ``buckets``,
     ``bucket_ids()`` and ``len()`` (a dry run's index held in memory); ``layout`` gives the batch per
@@ -431,7 +417,7 @@ def plan_stream(recipe: Any, index: Any, settings: Any, geometry: dict[str, int]
 
     d = recipe.data
     batch_size, dp_size = layout.stream_batch, layout.dp_size
-    pad = _pad_spec(recipe, index, geometry)
+    pad = _pad_spec(recipe, index, settings.geometry)
     leftover = str(_option(d, "leftover", "drop"))
     sampler = BucketBatchSampler(index.bucket_ids(), batch_size=batch_size, dp_size=dp_size, dp_rank=dp_rank,
                                  seed=d.seed, group_data=d.group_data, leftover=leftover,
@@ -446,7 +432,7 @@ def plan_stream(recipe: Any, index: Any, settings: Any, geometry: dict[str, int]
     retries = int(_option(d, "max_retries", DEFAULT_MAX_RETRIES))
     max_bad = float(_option(d, "max_bad_fraction", DEFAULT_MAX_BAD_FRACTION))
     read = ReadSettings(frames=settings.frames, resolution=settings.resolution, captions=captions, seed=d.seed,
-                        decode_timeout=timeout, max_retries=retries)
+                        decode_timeout=timeout, max_retries=retries, geometry=settings.geometry)
     summary = {
         "index": f"{index.path.parent} ({note}): {len(index)} samples in {len(index.buckets)} bucket(s)",
         "buckets": ", ".join(f"{b['key']} x{b['count']}" for b in index.buckets[:4]) + (" ..." if len(index.buckets) > 4 else ""),

@@ -14,8 +14,9 @@ Frames (a video with frame rate ``fps``, usable span ``span`` frames starting at
 - short: fewer candidates than ``num_frames``; dropped with probability ``drop_short_ratio`` using a
   uniform number drawn per record position from ``numpy.random.default_rng(seed)``;
 - snap (:func:`snap_frame_count`): the largest ``y <= min(candidates, num_frames)`` with
-  ``y >= min_frames``, ``(y - 1) % 4 == 0`` and latent length ``(y - 1) / 4 + 1`` divisible by
-  ``sp_size``; none -> too short. Images are 1-frame samples.
+  ``y >= min_frames``, ``(y - 1) % stride_t == 0`` and latent length ``(y - 1) / stride_t + 1`` divisible
+  by ``sp_size``, where ``stride_t`` is the autoencoder's temporal stride (4 for WF-VAE, from the recipe's
+  :class:`~osctl.geometry.LatentGeometry`); none -> too short. Images are 1-frame samples.
 
 Resolution (``h x w`` = the crop box when a crop is present, else the annotation resolution):
 
@@ -36,16 +37,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-AE_STRIDE_T = 4
-"""Temporal compression of the autoencoder: latent frames = (frames - 1) / 4 + 1."""
-
 REFERENCE_MIN_FRAMES = 29
 """The reference's hard-coded minimum usable frame count (``find_closest_y``)."""
 
 
 @dataclass(frozen=True)
 class FrameRules:
-    """The frame settings of a build (recipe ``data`` section plus ``parallel.sp_size``)."""
+    """The frame settings of a build (recipe ``data`` section plus ``parallel.sp_size``; the autoencoder's
+    temporal stride comes with the build's latent geometry)."""
 
     num_frames: int = 93
     train_fps: float = 24.0
@@ -54,7 +53,6 @@ class FrameRules:
     min_frames: int = REFERENCE_MIN_FRAMES
     too_long_factor: float = 5.0
     sp_size: int = 1
-    stride_t: int = AE_STRIDE_T
     default_fps: float | None = None
     seed: int = 42
 
@@ -110,9 +108,10 @@ def candidate_indices(start: int, span: int, fps: float, train_fps: float) -> np
     return indices[indices < start + span]
 
 
-def snap_frame_count(count: np.ndarray | int, *, min_frames: int = REFERENCE_MIN_FRAMES, sp_size: int = 1,
-                     stride_t: int = AE_STRIDE_T) -> np.ndarray:
-    """Largest legal frame count ``<= count`` (4k+1, latent length divisible by sp_size, >= min_frames); -1 if none."""
+def snap_frame_count(count: np.ndarray | int, *, stride_t: int, min_frames: int = REFERENCE_MIN_FRAMES,
+                     sp_size: int = 1) -> np.ndarray:
+    """Largest legal frame count ``<= count`` (``k x stride_t + 1``, latent length divisible by sp_size,
+    ``>= min_frames``); -1 if none. ``stride_t``: the autoencoder's temporal stride."""
     count = np.asarray(count, dtype=np.int64)
     latent = np.where(count >= 1, (count - 1) // stride_t + 1, 0)
     latent = latent // sp_size * sp_size
@@ -162,15 +161,15 @@ class FrameCountError(ValueError):
 
 
 def sample_frame_indices(fps: float, start: int, span: int, *, num_frames: int, train_fps: float,
-                         expected_frames: int, rng: random.Random, speed_factor: float = 1.0,
+                         expected_frames: int, rng: random.Random, stride_t: int, speed_factor: float = 1.0,
                          sp_size: int = 1, min_frames: int = REFERENCE_MIN_FRAMES,
-                         drop_short_ratio: float = 1.0, stride_t: int = AE_STRIDE_T,
-                         reference_quirks: bool = False) -> np.ndarray:
+                         drop_short_ratio: float = 1.0, reference_quirks: bool = False) -> np.ndarray:
     """Source frame indices to decode for one video sample at read time (reference ``get_actual_frame``).
 
     Steps: resample to ``train_fps``; when ``speed_factor > 1`` and there are more candidates than
     ``num_frames``, keep ``int(n / s)`` evenly spaced ones with ``s = min(speed_factor, n / num_frames)``;
-    crop a random window of ``num_frames`` (``rng``); snap to the legal count.
+    crop a random window of ``num_frames`` (``rng``); snap to the legal count (``stride_t``: the autoencoder's
+    temporal stride).
 
     With ``reference_quirks=True`` the reference is reproduced exactly, including two defects:
     ``int(n / s)`` can round down to ``num_frames - 1`` (then the snapped count differs from the
@@ -250,11 +249,3 @@ def size_absolute(h: np.ndarray, w: np.ndarray, rules: ResolutionRules) -> tuple
     w2 = np.where(over, np.where(height_bound, w * mh // safe_h, mw), w)
     stride = rules.hw_stride
     return h2 // stride * stride, w2 // stride * stride
-
-
-def latent_tokens(t: np.ndarray | int, h: np.ndarray | int, w: np.ndarray | int, *, stride_t: int = AE_STRIDE_T,
-                  stride_hw: int = 8, patch_t: int = 1, patch_hw: int = 2) -> np.ndarray:
-    """Transformer tokens of a ``t x h x w`` sample: ``((t-1)/st + 1)/pt * h/s/p * w/s/p``."""
-    t = np.asarray(t, dtype=np.int64)
-    lat_t = ((t - 1) // stride_t + 1) // patch_t
-    return lat_t * (np.asarray(h) // stride_hw // patch_hw) * (np.asarray(w) // stride_hw // patch_hw)

@@ -66,7 +66,8 @@ class DataSection(Section):
     index_dir: Path | None = Field(
         None, description="folder of the sample index written by `osctl data bucket` (default: <output_dir>/index)"
     )
-    num_frames: int = Field(93, ge=1, description="frames per training clip; must be 4k+1")
+    num_frames: int = Field(93, ge=1, description="frames per training clip: k x the autoencoder's temporal stride "
+                            "+ 1 (4k+1 for WF-VAE), checked against the components' latent geometry")
     train_fps: float = Field(24.0, gt=0, description="fps clips are resampled to")
     speed_factor: float = Field(1.0, ge=1.0, description="compress up to this much more source time into a clip")
     drop_short_ratio: float = Field(
@@ -140,12 +141,7 @@ class DataSection(Section):
 
     @model_validator(mode="after")
     def _check_rules(self) -> DataSection:
-        if (self.num_frames - 1) % 4:
-            lower = self.num_frames - (self.num_frames - 1) % 4
-            raise ValueError(
-                f"num_frames must be 4k+1 (the autoencoder compresses time 4x with a causal first frame), "
-                f"got {self.num_frames}; use {lower} or {lower + 4}"
-            )
+        # num_frames against the autoencoder's temporal stride: osctl.recipe.validate (the latent geometry)
         mode = self.effective_resolution_mode
         if mode == "force" and (self.max_height is None or self.max_width is None):
             raise ValueError("force resolution needs max_height and max_width")
@@ -339,9 +335,9 @@ class SampleSection(Section):
     prompts: list[str] = Field(default_factory=list)
     prompts_file: Path | None = None
     negative_prompt: str | None = Field(None, description="default: the reference's negative prompt")
-    num_frames: int = Field(93, ge=1)
-    height: int = Field(352, gt=0)
-    width: int = Field(640, gt=0)
+    num_frames: int = Field(93, ge=1, description="k x the autoencoder's temporal stride + 1 (4k+1 for WF-VAE)")
+    height: int = Field(352, gt=0, description="a multiple of the autoencoder's spatial stride x the patch size")
+    width: int = Field(640, gt=0, description="a multiple of the autoencoder's spatial stride x the patch size")
     fps: int = Field(18, gt=0, description="fps of the written mp4")
     guidance_scale: float = Field(7.5, ge=0)
     guidance_scale_2: float | None = Field(
@@ -375,11 +371,7 @@ class SampleSection(Section):
             value = [value]
         return [parse_lora_ref(item) for item in value] if isinstance(value, list) else value
 
-    @model_validator(mode="after")
-    def _check_frames(self) -> SampleSection:
-        if (self.num_frames - 1) % 4:
-            raise ValueError(f"num_frames must be 4k+1, got {self.num_frames}")
-        return self
+    # sizes against the latent geometry: osctl.sample.sizes, when `osctl sample` starts (prompts may override them)
 
 
 class Recipe(Section):

@@ -1,7 +1,10 @@
 """Check a loaded recipe against the plugins it names, collecting every problem before failing.
 
 Each component section (``model``, ``autoencoder``, ...) is validated by the config model of the
-plugin it names; rules that need facts from plugins (strides, patch sizes) are checked here too.
+plugin it names. The autoencoder and the model declare their halves of the latent geometry
+(:mod:`osctl.geometry`); it is joined once here (:func:`recipe_geometry`), kept on
+:attr:`CheckedRecipe.geometry`, and the data rules that depend on it (``num_frames``, ``hw_stride``,
+force-mode sizes) are checked against it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from osctl.errors import ConfigError, OsctlError
+from osctl.geometry import AutoencoderGeometry, LatentGeometry, ModelGeometry, latent_geometry
 from osctl.recipe.load import LoadedRecipe
 from osctl.recipe.schema import COMPONENT_SECTIONS
 from osctl.registry import Registered, Registry
@@ -19,28 +23,122 @@ from osctl.registry import Registered, Registry
 
 @dataclass
 class CheckedRecipe:
-    """A recipe whose component sections were validated by their plugins."""
+    """A recipe whose component sections were validated by their plugins, with their latent geometry
+    (set by :func:`check_recipe`, which refuses a recipe whose geometry cannot be known)."""
 
     loaded: LoadedRecipe
     components: dict[str, BaseModel] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     trackers: list[tuple[str, BaseModel]] = field(default_factory=list)  # train.trackers: (name, config)
+    _geometry: LatentGeometry | None = field(default=None, repr=False)
+
+    @property
+    def geometry(self) -> LatentGeometry:
+        """The latent geometry of the recipe's autoencoder and model, joined and checked by :func:`check_recipe`."""
+        if self._geometry is None:
+            raise RuntimeError("CheckedRecipe.geometry is known once check_recipe has accepted the recipe")
+        return self._geometry
 
 
-def _component_fact(config: BaseModel, name: str, warnings: list[str]) -> Any:
-    """A static fact a component config exposes (attribute or zero-argument method), else None.
+#: recipe section -> (the config method its plugin declares its half of the latent geometry with, its type)
+GEOMETRY_DECLARATIONS: dict[str, tuple[str, type]] = {
+    "autoencoder": ("autoencoder_geometry", AutoencoderGeometry),
+    "model": ("model_geometry", ModelGeometry),
+}
 
-    A fact that cannot be read yet (e.g. weights not downloaded) becomes a warning, not an error:
-    the recipe itself may still be right.
+
+def recipe_geometry(loaded: LoadedRecipe, registry: Registry) -> LatentGeometry:
+    """The latent geometry of the recipe's autoencoder and model, checked against the data rules that depend
+    on it; one ``ConfigError`` listing every problem.
+
+    What commands that use only the data side of a recipe (``osctl data bucket``) need of its components,
+    without checking the rest of it; :func:`check_recipe` computes the geometry the same way.
     """
-    value = getattr(config, name, None)
-    if not callable(value):
-        return value
+    components: dict[str, BaseModel] = {}
+    problems: list[str] = []
+    for section in GEOMETRY_DECLARATIONS:
+        comp = getattr(loaded.recipe, section)
+        try:
+            options = component_options(loaded.recipe, section, registry)
+            components[section] = registry.make_config(COMPONENT_SECTIONS[section], comp.name, options,
+                                                       where=section)
+        except OsctlError as exc:
+            problems.extend(_located(loaded, exc, section, chosen_by=f"{section}.name"))
+    geometry = None
+    if not problems:
+        geometry, problems = _geometry(loaded, components, registry)
+    _refuse(problems)
+    assert geometry is not None
+    return geometry
+
+
+def _geometry(loaded: LoadedRecipe, components: dict[str, BaseModel],
+              registry: Registry) -> tuple[LatentGeometry | None, list[str]]:
+    """The joined geometry of the recipe's autoencoder and model (None when it cannot be known) and the
+    problems found: a plugin that declares no geometry, channels that do not fit, data rules it breaks."""
+    recipe = loaded.recipe
+    halves: dict[str, Any] = {}
+    problems: list[str] = []
+    for section, (method, kind) in GEOMETRY_DECLARATIONS.items():
+        comp = getattr(recipe, section)
+        declare = getattr(components[section], method, None)
+        if not callable(declare):
+            provider = registry.get(COMPONENT_SECTIONS[section], comp.name).provider
+            problems.append(_at(loaded, f"{section}.name",
+                                f"{section}.name: the {section} {comp.name!r} (plugin {provider.describe()}) declares "
+                                f"no latent geometry: its config class {type(components[section]).__name__} has no "
+                                f"{method}() returning an osctl.geometry.{kind.__name__}; add it to the plugin (see "
+                                f"plugins/README.md, 'Latent geometry') or choose another {section}"))
+            continue
+        try:
+            half = declare()
+        except OsctlError as exc:
+            problems.extend(_located(loaded, exc, section))
+            continue
+        if not isinstance(half, kind):
+            problems.append(_at(loaded, f"{section}.name",
+                                f"{section}.name: {type(components[section]).__name__}.{method}() of the {section} "
+                                f"{comp.name!r} returned a {type(half).__name__}, not an osctl.geometry.{kind.__name__}; "
+                                "fix the plugin"))
+            continue
+        halves[section] = half
+    if problems:
+        return None, problems
     try:
-        return value()
+        geometry = latent_geometry(halves["autoencoder"], halves["model"], autoencoder_name=recipe.autoencoder.name,
+                                   model_name=recipe.model.name)
     except OsctlError as exc:
-        warnings.append(exc.message)
-        return None
+        return None, [_at(loaded, "model.name", exc.message)]
+    return geometry, _geometry_rule_problems(loaded, geometry)
+
+
+def _geometry_rule_problems(loaded: LoadedRecipe, geometry: LatentGeometry) -> list[str]:
+    """The rules that depend on the latent geometry: ``data.num_frames`` a whole number of latent frames, sizes
+    in whole transformer tokens (``data.hw_stride`` and, in force mode, ``max_height``/``max_width``), and the
+    ``sample`` sizes when training samples validation videos with them (``osctl sample`` checks its own
+    sizes when it starts: flags and prompt lines may change them)."""
+    recipe = loaded.recipe
+    data = recipe.data
+    problems = [_at(loaded, f"data.{key}", f"data.{key}: {text}")
+                for key, text in geometry.size_problems(num_frames=data.num_frames)]
+    unit = geometry.hw_unit
+    if data.hw_stride % unit:
+        problems.append(_at(loaded, "data.hw_stride",
+                            f"data.hw_stride: {data.hw_stride} must be a multiple of the autoencoder stride x patch "
+                            f"size ({geometry.stride_hw} x {geometry.patch_hw} = {unit})"))
+    if data.effective_resolution_mode == "force":
+        for key in ("max_height", "max_width"):
+            value = getattr(data, key)
+            if value % unit:
+                problems.append(_at(loaded, f"data.{key}",
+                                    f"data.{key}: {value} must be a multiple of {unit} (autoencoder stride x patch "
+                                    "size)"))
+    if recipe.train.validation_steps and recipe.train.validation_prompts:
+        sizes = {key: getattr(recipe.sample, key) for key in ("num_frames", "height", "width")}
+        problems += [_at(loaded, f"sample.{key}", f"sample.{key}: {text} (train.validation_prompts are sampled "
+                                                  "with it)")
+                     for key, text in geometry.size_problems(**sizes)]
+    return problems
 
 
 def sampler_objective_mismatch(sampler: Registered, objective: str) -> str | None:
@@ -75,7 +173,7 @@ def _parallel_problems(checked: CheckedRecipe, registry: Registry) -> list[str]:
     try:
         layout = ParallelLayout.from_recipe(recipe, world_size=None if counted else recipe.parallel.sp_size)
         if layout.sequence_parallel:
-            architecture = _component_fact(checked.components["model"], "architecture", checked.warnings)
+            architecture = _architecture(checked)
             if isinstance(architecture, dict):
                 layout.check_heads(architecture.get("num_attention_heads"))
     except OsctlError as exc:
@@ -108,6 +206,22 @@ def component_options(recipe: Any, section: str, registry: Registry) -> dict[str
                               "pipeline; choose the model plugin of the pipeline's family or drop pipeline_path.")
         return options
     return {**fill(pipeline), **options}
+
+
+def _architecture(checked: CheckedRecipe) -> Any:
+    """The model's constructor arguments when its config exposes them (``architecture()``), else None.
+
+    An architecture that cannot be read yet (e.g. weights not downloaded) becomes a warning, not an
+    error: the recipe itself may still be right.
+    """
+    read = getattr(checked.components["model"], "architecture", None)
+    if not callable(read):
+        return None
+    try:
+        return read()
+    except OsctlError as exc:
+        checked.warnings.append(exc.message)
+        return None
 
 
 def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
@@ -143,23 +257,9 @@ def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
         except OsctlError as exc:
             problems.extend(_located(loaded, exc, "parallel.strategy"))
 
-    ae = checked.components.get("autoencoder")
-    model = checked.components.get("model")
-    if ae is not None and model is not None:
-        stride = _component_fact(ae, "spatial_stride", checked.warnings)
-        patch = _component_fact(model, "spatial_patch_size", checked.warnings)
-        if stride and patch and recipe.data.hw_stride % (stride * patch):
-            problems.append(
-                f"data.hw_stride: {recipe.data.hw_stride} must be a multiple of the autoencoder stride x patch "
-                f"size ({stride} x {patch} = {stride * patch})"
-            )
-        if stride and patch and recipe.data.effective_resolution_mode == "force":
-            for key in ("max_height", "max_width"):
-                value = getattr(recipe.data, key)
-                if value % (stride * patch):
-                    problems.append(
-                        f"data.{key}: {value} must be a multiple of {stride * patch} (autoencoder stride x patch size)"
-                    )
+    if "autoencoder" in checked.components and "model" in checked.components:
+        checked._geometry, found = _geometry(loaded, checked.components, registry)
+        problems += found
     if not problems:
         problems += _parallel_problems(checked, registry)
     if recipe.train.pretrained and recipe.train.resume_from_checkpoint and recipe.train.lora is None:
@@ -168,10 +268,21 @@ def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
             "both train.pretrained and train.resume_from_checkpoint are set: resuming restores the checkpoint's "
             "weights, so pretrained is ignored when a checkpoint is found"
         )
+    _refuse(problems)
+    return checked
+
+
+def _refuse(problems: list[str]) -> None:
+    """Raise one ``ConfigError`` listing ``problems`` (nothing when there are none)."""
     if problems:
         joined = "; ".join(p.rstrip(".") for p in problems)
         raise ConfigError(joined if joined.endswith("?") else joined + ".")
-    return checked
+
+
+def _at(loaded: LoadedRecipe, key: str, message: str) -> str:
+    """``message`` prefixed with the file and line of the recipe key ``key`` (or the closest key set above it)."""
+    where = loaded.origin(tuple(key.split(".")))
+    return f"{where}: {message}" if where else message
 
 
 def _located(loaded: LoadedRecipe, exc: OsctlError, key: str, *, chosen_by: str | None = None) -> list[str]:

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from osctl.errors import UsageError
+from osctl.geometry import LatentGeometry
 from osctl.sample import scheduling
+from osctl.sample.sizes import check_size
 
 
 @dataclass
@@ -27,13 +29,18 @@ class PipelineOutput:
 
 
 class VideoPipeline:
-    """Text-to-video sampling over any model, autoencoder, text encoder and scheduler plugin."""
+    """Text-to-video sampling over any model, autoencoder, text encoder and scheduler plugin.
+
+    ``geometry`` is the checked recipe's latent geometry (``CheckedRecipe.geometry``): the sizes it can
+    sample and the shape of its latents.
+    """
 
     def __init__(self, model: Any, autoencoder: Any, text_encoder: Any, scheduler: Any, *,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 geometry: LatentGeometry, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  sequence_parallel: Any = None, offload: bool = False) -> None:
         self.model = model
         self.autoencoder = autoencoder
+        self.geometry = geometry
         self.text_encoder = text_encoder
         self.scheduler = scheduler
         self.device = torch.device(device)
@@ -44,28 +51,7 @@ class VideoPipeline:
     # 1. inputs -----------------------------------------------------------------------------------
     def check_inputs(self, num_frames: int, height: int, width: int) -> None:
         """Refuse sizes the autoencoder and the model cannot represent, naming the value and a fix."""
-        t_stride = self.autoencoder.temporal_stride
-        if num_frames < 1 or (num_frames - 1) % t_stride:
-            lower = max(1, num_frames - (num_frames - 1) % t_stride)
-            raise UsageError(
-                f"--num-frames {num_frames} is not {t_stride}k+1 (the autoencoder compresses time "
-                f"{t_stride}x with a causal first frame); use {lower} or {lower + t_stride}."
-            )
-        multiple = self.spatial_multiple
-        for flag, value in (("--height", height), ("--width", width)):
-            if value <= 0 or value % multiple:
-                lower = value - value % multiple
-                raise UsageError(
-                    f"{flag} {value} is not a multiple of {multiple} (autoencoder stride x patch size); "
-                    f"use {max(lower, multiple)} or {lower + multiple}."
-                )
-
-    @property
-    def spatial_multiple(self) -> int:
-        """Pixel sizes must be multiples of this: autoencoder spatial stride x model patch size."""
-        patch = getattr(getattr(self.model, "config", None), "patch_size", 1) or 1
-        patch = int(patch[-1] if isinstance(patch, list | tuple) else patch)  # diffusers' [t, h, w] patches
-        return int(self.autoencoder.spatial_stride) * patch
+        check_size(self.geometry, num_frames=num_frames, height=height, width=width)
 
     # 2. text ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -79,9 +65,7 @@ class VideoPipeline:
     # 3. latents ------------------------------------------------------------------------------------
     def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """Latent shape for a video of ``num_frames x height x width``."""
-        ae = self.autoencoder
-        return (batch, ae.latent_channels, (num_frames - 1) // ae.temporal_stride + 1,
-                height // ae.spatial_stride, width // ae.spatial_stride)
+        return (batch, self.geometry.latent_channels, *self.geometry.latent_shape(num_frames, height, width))
 
     def prepare_latents(self, shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None,
                         latents: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Text files hold one prompt per line; blank lines and ``#`` comments are skipped. JSONL lines are
 objects with a ``prompt`` key and optional overrides (``negative_prompt``, ``seed``, ``num_frames``,
-``height``, ``width``, ``num_samples``, ``guidance_scale``, ``num_sampling_steps``).
+``height``, ``width``, ``num_samples``, ``guidance_scale``, ``num_sampling_steps``); sizes are checked
+against the recipe's latent geometry (:mod:`osctl.sample.sizes`) line by line.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from osctl.data.records import MAX_FRAMES, MAX_SIDE
 from osctl.errors import UsageError
+from osctl.geometry import LatentGeometry
 
 MAX_SEED = 2**63 - 1
 """Largest seed a prompt may fix (torch generators take 64-bit seeds; sample k of it uses seed + k)."""
@@ -30,13 +32,6 @@ def _integer(value: Any, *, low: int, high: int | None = None) -> int:
         raise TypeError
     number = int(value)
     if number < low or (high is not None and number > high):
-        raise ValueError
-    return number
-
-
-def _frames(value: Any) -> int:
-    number = _integer(value, low=1, high=MAX_FRAMES)
-    if (number - 1) % 4:
         raise ValueError
     return number
 
@@ -59,7 +54,7 @@ def _text(value: Any) -> str:
 OVERRIDES: dict[str, tuple[Callable[[Any], Any], str]] = {
     "negative_prompt": (_text, "a string"),
     "seed": (lambda v: _integer(v, low=0, high=MAX_SEED), f"an integer from 0 to 2**63 - 1 ({MAX_SEED})"),
-    "num_frames": (_frames, "a 4k+1 integer (1, 5, 9, ...)"),
+    "num_frames": (lambda v: _integer(v, low=1, high=MAX_FRAMES), f"an integer from 1 to {MAX_FRAMES}"),
     "height": (lambda v: _integer(v, low=1, high=MAX_SIDE), f"an integer from 1 to {MAX_SIDE}"),
     "width": (lambda v: _integer(v, low=1, high=MAX_SIDE), f"an integer from 1 to {MAX_SIDE}"),
     "num_samples": (lambda v: _integer(v, low=1, high=10_000), "an integer from 1 to 10000"),
@@ -86,11 +81,13 @@ class SampleJob:
     seed: int
 
 
-def read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> list[PromptSpec]:
+def read_prompts(prompts: list[str] | None, prompts_file: Path | None, *,
+                 geometry: LatentGeometry) -> list[PromptSpec]:
     """The prompts to sample, in order; an empty list is a usage error.
 
-    Every line of ``prompts_file`` is checked here, before anything is sampled: a bad line late in the
-    file stops the command before the first video instead of after the videos above it.
+    Every line of ``prompts_file`` is checked here, before anything is sampled, its sizes against
+    ``geometry``: a bad line late in the file stops the command before the first video instead of after
+    the videos above it.
     """
     specs: list[PromptSpec] = [PromptSpec(i, p) for i, p in enumerate(prompts or [])]
     if prompts_file is not None:
@@ -101,7 +98,7 @@ def read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> list[P
             if not stripped or stripped.startswith("#"):
                 continue
             if jsonl:
-                specs.append(_json_line(prompts_file, number, stripped, len(specs)))
+                specs.append(_json_line(prompts_file, number, stripped, len(specs), geometry))
             else:
                 specs.append(PromptSpec(len(specs), stripped))
     if not specs:
@@ -134,7 +131,7 @@ def _read_text(path: Path) -> str:
                          "with one prompt per line.") from None
 
 
-def _json_line(path: Path, number: int, text: str, index: int) -> PromptSpec:
+def _json_line(path: Path, number: int, text: str, index: int, geometry: LatentGeometry) -> PromptSpec:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -155,6 +152,10 @@ def _json_line(path: Path, number: int, text: str, index: int) -> PromptSpec:
         except (TypeError, ValueError, OverflowError):
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             raise UsageError(f"{path}:{number}: {key} must be {valid}, got {shown}.") from None
+    sizes = {key: overrides[key] for key in ("num_frames", "height", "width") if key in overrides}
+    problems = geometry.size_problems(**sizes)
+    if problems:
+        raise UsageError(f"{path}:{number}: " + "; ".join(f"{key} {problem}" for key, problem in problems) + ".")
     return PromptSpec(index, obj["prompt"], overrides)
 
 

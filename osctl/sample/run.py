@@ -35,6 +35,7 @@ from osctl.recipe.validate import CheckedRecipe
 from osctl.registry import Registry
 from osctl.sample.pipeline import VideoPipeline
 from osctl.sample.prompts import SampleJob, expand_jobs, read_prompts, slug
+from osctl.sample.sizes import check_sequence_parallel_frames, check_size
 from osctl.utils.atomic import atomic_file, atomic_write_text
 from osctl.utils.files import file_sha256
 from osctl.utils.output_dir import check_output_dir
@@ -73,7 +74,8 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
                  progress: Any = None) -> list[dict[str, Any]]:
     """Sample every job assigned to this rank; returns the sidecar records this rank wrote.
 
-    Without the weights the recipe names, refuses at once (one sentence, exit 2) before building anything.
+    Without the weights the recipe names, or with a video size the components cannot make (see
+    :mod:`osctl.sample.sizes`), refuses at once (one sentence, exit 2) before building anything.
     """
     require_weights(component_missing_weights(checked.components), what="sampling")
     quiet_libraries()
@@ -82,8 +84,11 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     info = pdist.init_distributed(recipe.parallel.timeout_s)
     dtype = DTYPES[cfg.dtype]
     device = info.device
-    specs = read_prompts(request.prompts or cfg.prompts or None, request.prompts_file or cfg.prompts_file)
+    specs = read_prompts(request.prompts or cfg.prompts or None, request.prompts_file or cfg.prompts_file,
+                         geometry=checked.geometry)
     jobs = expand_jobs(specs, cfg.seed, cfg.num_samples_per_prompt)
+    sp_world = info.world_size if cfg.sp and info.world_size > 1 else 1
+    check_job_sizes(checked, jobs, sp_world)
     mine = jobs if cfg.sp else jobs[info.rank :: info.world_size]
     out_dir = check_output_dir(cfg.output_dir, key="sample.output_dir")
 
@@ -98,8 +103,8 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
                                       dtype=torch.float32 if cfg.cpu_offload else dtype)
     refiner = build_refiner(checked, registry, device=device)
     sp_group = None
-    if cfg.sp and info.world_size > 1:
-        sp_group = _sequence_parallel_group(model, ae, cfg, info)
+    if sp_world > 1:
+        sp_group = _sequence_parallel_group(model, info)
     identities = {
         "model": _identity(model, getattr(checked.components["model"], "path", None)),
         "autoencoder": _identity(ae, getattr(checked.components["autoencoder"], "path", None)),
@@ -147,6 +152,24 @@ def apply_loras(model: Any, refs: list[Any], base_weights: Path | None = None) -
         applied.append({"path": adapter.source, "scale": ref.scale, "rank": adapter.spec.rank,
                         "alpha": adapter.spec.alpha, "base_fingerprint": adapter.spec.base_fingerprint})
     return applied
+
+
+def check_job_sizes(checked: CheckedRecipe, jobs: list[SampleJob], sp_world: int = 1) -> None:
+    """Refuse (``UsageError``) any video of ``jobs`` the recipe's latent geometry cannot make, before anything is
+    built: the recipe's sizes (``sample.*``, which the flags set) that a job uses (a prompt line's own sizes
+    were checked when it was read) and, over ``sp_world`` sequence-parallel processes, every video's latent
+    frames."""
+    from osctl.text import NEGATIVE_PROMPT
+
+    geometry, cfg = checked.geometry, checked.loaded.recipe.sample
+    used = {key for job in jobs for key in ("num_frames", "height", "width") if key not in job.prompt.overrides}
+    check_size(geometry, where="sample.", **{key: getattr(cfg, key) for key in used})
+    if sp_world > 1:
+        for job in jobs:
+            frames = job_settings(job, cfg, NEGATIVE_PROMPT).num_frames
+            if frames > 1:  # a single frame is sampled without sequence parallelism
+                where = f"prompt {job.prompt.index + 1}: " if "num_frames" in job.prompt.overrides else "sample."
+                check_sequence_parallel_frames(geometry, frames, sp_world, where=where)
 
 
 @dataclass(frozen=True)
@@ -227,8 +250,8 @@ def _sample_batch(batch: list[tuple[SampleJob, SampleSettings]], cfg: Any, check
 
         texts = [clean_caption(t, checked.loaded.recipe.data.captions.support_chinese) for t in texts]
     scheduler = build_sampler(checked.loaded.recipe, registry, recorded=request.recorded_diffusion)
-    pipeline = VideoPipeline(model, ae, text_encoder, scheduler, device=info.device, dtype=dtype,
-                             offload=cfg.cpu_offload,
+    pipeline = VideoPipeline(model, ae, text_encoder, scheduler, geometry=checked.geometry,
+                             device=info.device, dtype=dtype, offload=cfg.cpu_offload,
                              sequence_parallel=sp_group if settings.num_frames > 1 else None)
     generators = [torch.Generator().manual_seed(job.seed) for job, _ in batch]
     started = time.perf_counter()
@@ -289,17 +312,13 @@ def _write_sample(job: SampleJob, i: int, settings: SampleSettings, refined: str
     return record
 
 
-def _sequence_parallel_group(model: Any, ae: Any, cfg: Any, info: pdist.DistInfo) -> Any:
-    """The whole world as one sequence-parallel group, after checking the sizes split over it."""
-    from osctl.errors import UsageError
+def _sequence_parallel_group(model: Any, info: pdist.DistInfo) -> Any:
+    """The whole world as one sequence-parallel group, after checking the model's heads split over it (the
+    latent frames of every video were checked before anything was built)."""
     from osctl.parallel.layout import SAMPLE_SP_NAMES, ParallelLayout
 
     layout = ParallelLayout(world_size=info.world_size, sp_size=info.world_size, names=SAMPLE_SP_NAMES)
     layout.check_heads(int(model.config.num_attention_heads))
-    latent_frames = (cfg.num_frames - 1) // ae.temporal_stride + 1
-    if latent_frames < info.world_size:
-        raise UsageError(f"--sp over {info.world_size} processes needs at least {info.world_size} latent frames, "
-                         f"but {cfg.num_frames} frames give {latent_frames}; sample more frames or use fewer processes.")
     group = torch.distributed.group.WORLD
     model.set_sequence_parallel(group)
     return group

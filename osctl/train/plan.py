@@ -164,8 +164,8 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     if options.data_source is not None:
         steps_per_epoch = getattr(options.data_source, "steps_per_epoch", None)
     else:
-        index, settings, geometry, note = plan_index(recipe, layout)
-        stream = plan_stream(recipe, index, settings, geometry, note, layout=layout, dp_rank=groups.dp_rank)
+        index, settings, note = plan_index(recipe, layout, checked.geometry)
+        stream = plan_stream(recipe, index, settings, note, layout=layout, dp_rank=groups.dp_rank)
         steps_per_epoch, data_summary = stream.sampler.steps_per_epoch, stream.summary
     try:
         max_steps: Any = stop_step(train_cfg, layout, steps_per_epoch)
@@ -202,7 +202,7 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
         notes.append(f"no checkpoint in {output_dir} yet: starting from step 0")
 
     name = strategy_name(recipe, registry, info.world_size)
-    plan = _plan(recipe, _PlannedStrategy(name, model), layout, state, max_steps, steps_per_epoch, data_summary,
+    plan = _plan(checked, _PlannedStrategy(name, model), layout, state, max_steps, steps_per_epoch, data_summary,
                  output_dir, notes)
     line = validation_line(train_cfg, output_dir)
     if line is not None:

@@ -289,7 +289,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     if resume_dir is not None:
         _restore(resume_dir, strategy, ema, state, source, info)
 
-    plan = _plan(recipe, strategy, layout, state, max_steps, steps_per_epoch, data_summary, output_dir, notes)
+    plan = _plan(checked, strategy, layout, state, max_steps, steps_per_epoch, data_summary, output_dir, notes)
     validate = None
     if train_cfg.validation_steps and train_cfg.validation_prompts:
         from osctl.train.validate import Validator
@@ -318,9 +318,10 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     )
 
 
-def _plan(recipe: Any, strategy: Any, layout: ParallelLayout, state: TrainState, max_steps: int,
+def _plan(checked: CheckedRecipe, strategy: Any, layout: ParallelLayout, state: TrainState, max_steps: int,
           steps_per_epoch: int | None, data_summary: dict[str, Any], output_dir: Path, notes: list[str]) -> Plan:
     """What the run will do, line by line (printed at start and alone with --dry-run)."""
+    recipe = checked.loaded.recipe
     train_cfg = recipe.train
     total, trainable = parameter_counts(strategy.module)
     plan = Plan()
@@ -333,6 +334,7 @@ def _plan(recipe: Any, strategy: Any, layout: ParallelLayout, state: TrainState,
                  f"{' zero-SNR' if diffusion.rescale_betas_zero_snr else ''}"
                  f"{f' min-SNR {diffusion.snr_gamma:g}' if diffusion.snr_gamma else ''}")
     plan.add("precision", f"{train_cfg.mixed_precision} (autoencoder {'fp32' if train_cfg.vae_fp32 else train_cfg.mixed_precision})")
+    plan.add("latent geometry", checked.geometry.describe())
     plan.add("strategy", f"{strategy.name}, world {layout.world_size}, sp_size {layout.sp_size}")
     plan.add("batch", layout.describe())
     for key, value in data_summary.items():

@@ -131,8 +131,8 @@ class Validator:
         with torch.random.fork_rng(devices=devices):
             for job in self.mine:
                 pipeline = VideoPipeline(model, self.autoencoder, self.text_encoder,
-                                         build_sampler(self.recipe, self.registry), device=self.info.device,
-                                         dtype=dtype)
+                                         build_sampler(self.recipe, self.registry), geometry=self.checked.geometry,
+                                         device=self.info.device, dtype=dtype)
                 result = pipeline(job.prompt.text, negative, num_frames=cfg.num_frames, height=cfg.height,
                                   width=cfg.width, num_inference_steps=cfg.num_sampling_steps,
                                   guidance_scale=cfg.guidance_scale, guidance_scale_2=cfg.guidance_scale_2,

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import osctl
+from osctl.geometry import ModelGeometry
 from osctl.plugin_manager import default_registry
 from osctl_builtin.models.osp_v13.presets import default_sparse_blocks, resolve_sparse_blocks
 from osctl_builtin.models.osp_v13.transformer import (
@@ -313,14 +314,29 @@ def test_meta_build_from_folder(golden: Path) -> None:
     assert sum(p.numel() for p in model.parameters()) == 1_244_816
 
 
-def test_config_patch_sizes_without_torch(golden: Path) -> None:
+def test_config_declares_its_geometry_without_torch(golden: Path, tmp_path: Path) -> None:
     registry = default_registry()
-    config = registry.make_config("model", "opensora_v1_3", {"model_path": str(golden / "dit" / "a2_dense" / "model")},
-                                  where="model")
+    folder = golden / "dit" / "a2_dense" / "model"
+    config = registry.make_config("model", "opensora_v1_3", {"model_path": str(folder)}, where="model")
     assert config.path.endswith("model")
-    assert config.spatial_patch_size() == 2 and config.temporal_patch_size() == 1
+    released = json.loads((folder / "config.json").read_text())
+    assert config.model_geometry() == ModelGeometry(patch_t=released["patch_size_t"], patch_hw=released["patch_size"],
+                                                    in_channels=released["in_channels"],
+                                                    out_channels=released["out_channels"])
     preset = registry.make_config("model", "OpenSoraT2V_v1_3", {"preset": "tiny"}, where="model")
-    assert preset.spatial_patch_size() == 2 and preset.temporal_patch_size() == 1
+    assert preset.model_geometry() == ModelGeometry(patch_t=1, patch_hw=2, in_channels=8, out_channels=8)
+    wide = registry.make_config("model", "opensora_v1_3", {"preset": "tiny", "in_channels": 48, "out_channels": 48},
+                                where="model")
+    assert wide.model_geometry() == ModelGeometry(patch_t=1, patch_hw=2, in_channels=48, out_channels=48)
+    # a folder's config.json decides (out_channels null: the transformer's rule, out = in), the preset only
+    # stands in until the folder is downloaded
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**released, "patch_size": 4, "in_channels": 16,
+                                                            "out_channels": None}))
+    assert registry.make_config("model", "opensora_v1_3", {"path": str(tmp_path / "m")}, where="model"
+                                ).model_geometry() == ModelGeometry(patch_t=1, patch_hw=4, in_channels=16, out_channels=16)
+    not_yet = registry.make_config("model", "opensora_v1_3", {"path": str(tmp_path / "later")}, where="model")
+    assert not_yet.model_geometry() == ModelGeometry(patch_t=1, patch_hw=2, in_channels=8, out_channels=8)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from osctl.plugin_manager import default_registry
 from osctl.sample.pipeline import VideoPipeline
 from osctl.text import NEGATIVE_PROMPT, POSITIVE_TEMPLATE
+from tests.geometry_helpers import V13
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_pipeline_matches_reference(golden, components, name):
     common = load_file(golden / "pipeline" / "common.safetensors")
     run = load_file(golden / "pipeline" / f"run_{name}.safetensors")
     scheduler = registry.build("sampler", name, {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True})
-    pipeline = VideoPipeline(model, vae, text_encoder, scheduler)
+    pipeline = VideoPipeline(model, vae, text_encoder, scheduler, geometry=V13)
     generator = torch.Generator().manual_seed(42) if name == "EulerAncestralDiscrete" else None
     result = pipeline(manifest["pipeline_prompt_argument"], manifest["negative_prompt"], num_frames=9, height=64,
                       width=64, num_inference_steps=4, guidance_scale=7.5, generator=generator,

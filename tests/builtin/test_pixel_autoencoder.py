@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import osctl
+from osctl.geometry import AutoencoderGeometry
 from osctl.plugin_manager import build_registry, new_plugin_manager
 from osctl.protocols import Autoencoder
 from osctl_builtin.autoencoders.pixel.model import PixelAutoencoder
@@ -89,7 +90,8 @@ def test_bad_latents_and_config(registry):
     with pytest.raises(ValueError, match="B x 192 x t x h x w"):
         ae.decode(torch.zeros(1, 8, 2, 2, 2))
     config = registry.make_config("autoencoder", "pixel", {"spatial_stride": 4}, where="autoencoder")
-    assert (config.spatial_stride, config.temporal_stride, config.latent_channels()) == (4, 4, 192)
+    assert config.autoencoder_geometry() == AutoencoderGeometry(stride_t=4, stride_hw=4, latent_channels=192)
+    assert ae.latent_channels == 192  # what the built autoencoder makes is what its config declares
     with pytest.raises(osctl.ConfigError, match="unknown key"):
         registry.make_config("autoencoder", "pixel", {"stride": 4}, where="autoencoder")
     with pytest.raises(osctl.ConfigError, match="scale"):

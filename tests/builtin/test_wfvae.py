@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import osctl
+from osctl.geometry import AutoencoderGeometry
 from osctl.plugin_manager import build_registry, new_plugin_manager
 from osctl.protocols import Autoencoder
 from osctl_builtin.autoencoders.wfvae.model import WFVAEModel
@@ -45,11 +46,11 @@ def close(actual: torch.Tensor, expected: torch.Tensor, atol: float = ATOL) -> N
     torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
 
 
-def test_registered_with_alias_and_static_strides(registry):
+def test_registered_with_alias_and_its_latent_geometry(registry):
     assert registry.get("autoencoder", "WFVAEModel_D8_4x8x8").name == "wfvae"
     config = registry.make_config("autoencoder", "wfvae", {}, where="autoencoder")
     assert isinstance(config, WFVAEConfig)
-    assert (config.spatial_stride(), config.temporal_stride(), config.latent_channels()) == (8, 4, 8)
+    assert config.autoencoder_geometry() == AutoencoderGeometry(stride_t=4, stride_hw=8, latent_channels=8)
     assert config.path is None and config.enable_tiling is False and (config.t_chunk_enc, config.t_chunk_dec) == (16, 4)
 
 

@@ -123,15 +123,23 @@ def test_bucket_json_and_world_size(tmp_path: Path) -> None:
 
 
 def test_stale_index_is_detected(tmp_path: Path) -> None:
+    import dataclasses
+
     from osctl.data.bucket import BucketSettings
     from osctl.data.index import StaleIndexError, open_index
+    from osctl.plugin_manager import default_registry
     from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import recipe_geometry
 
     data_txt = _dataset(tmp_path, _clean(6))
     args = ["data", "bucket", str(data_txt), "-r", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "idx")]
     assert runner.invoke(app, args).exit_code == 0
-    settings = BucketSettings.from_recipe(load_recipe(tmp_path / "recipe.yaml", []).recipe)
+    loaded = load_recipe(tmp_path / "recipe.yaml", [])
+    settings = BucketSettings.from_recipe(loaded.recipe, geometry=recipe_geometry(loaded, default_registry()))
     assert len(open_index(tmp_path / "idx", data_txt=data_txt, settings=settings)) == 12
+    other = dataclasses.replace(settings, geometry=dataclasses.replace(settings.geometry, patch_hw=1))
+    with pytest.raises(StaleIndexError, match=r"geometry\.patch_hw was 2 when the index was built and is 1 now"):
+        open_index(tmp_path / "idx", data_txt=data_txt, settings=other)  # built for another latent geometry
     (tmp_path / "anno.json").write_text(json.dumps(_clean(7)))
     with pytest.raises(StaleIndexError, match="changed"):
         open_index(tmp_path / "idx", data_txt=data_txt, settings=settings)
@@ -212,6 +220,7 @@ def test_bucket_with_relative_paths_writes_the_index_where_train_reads_it(tmp_pa
     recipe.write_text("data: {num_frames: 9, train_fps: 8, min_frames: 5, drop_short_ratio: 0.0, max_hxw: 1024, "
                       "hw_stride: 8, group_data: true, min_bucket_batches: 0}\n"
                       "autoencoder: {name: pixel, spatial_stride: 2, temporal_stride: 1}\n"
+                      "model: {name: opensora_v1_3, preset: tiny, in_channels: 12, out_channels: 12}\n"
                       "train: {output_dir: out/train}\n")
     result = runner.invoke(app, ["data", "bucket", "d/data.txt", "--recipe", str(recipe)])
     assert result.exit_code == 0, result.output
@@ -259,10 +268,17 @@ def test_data_commands_as_a_process_flush_everything_and_keep_exit_codes(tmp_pat
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
-def test_bucket_without_the_models_plugin_uses_the_default_geometry(tmp_path: Path) -> None:
-    """Data can be indexed where the model's plugin is not installed (v1.3 strides assumed)."""
+def test_bucket_without_the_models_plugin_refuses_instead_of_guessing_the_geometry(tmp_path: Path) -> None:
+    """The frame rule and the token counts depend on the model's and the autoencoder's geometry: without the
+    plugin that declares it there is no index (no v1.3 strides assumed)."""
     data_txt = _dataset(tmp_path, _clean(4))
     result = runner.invoke(app, ["data", "bucket", str(data_txt), "-r", str(tmp_path / "recipe.yaml"),
                                  "-o", str(tmp_path / "idx"), "--set", "model.name=not_installed_here"])
-    assert result.exit_code == 0, result.output
-    assert "29x384x672" in result.output and "8064" in result.output  # 4x8x8 strides, 1x2x2 patches
+    assert result.exit_code == 2, result.output
+    assert "model: unknown model 'not_installed_here'" in result.output
+    assert not (tmp_path / "idx").exists()
+    built = runner.invoke(app, ["data", "bucket", str(data_txt), "-r", str(tmp_path / "recipe.yaml"),
+                                "-o", str(tmp_path / "idx"), "--json"])
+    assert built.exit_code == 0, built.output
+    bucket = next(b for b in json.loads(built.stdout)["buckets"] if b["t"] > 1)
+    assert (bucket["key"], bucket["latent_tokens"]) == ("29x384x672", 8 * 24 * 42)  # WF-VAE 4x8x8, patches 1x2x2

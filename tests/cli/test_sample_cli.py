@@ -129,8 +129,8 @@ def test_template_refiner_and_jsonl_overrides_are_recorded(checkpoint, tmp_path)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--num-frames", "6"], "sample.num_frames: must be 4k+1, got 6"),
-        (["--height", "18"], "--height 18 is not a multiple of 8"),
+        (["--height", "18"], "sample.height: must be a multiple of 8 (autoencoder stride 4 x patch size 2), got 18; "
+                             "use 16 or 24"),
         (["--model-path", "/nonexistent/model"], "/nonexistent/model"),
         (["--prompts", "EMPTY"], "has no prompts"),
     ],

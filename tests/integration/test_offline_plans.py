@@ -190,6 +190,8 @@ def test_the_2b_plan_counts_the_released_model(data_txt, user_machine, no_networ
     assert plan["model"].startswith("opensora_v1_3: 2771.98 M parameters")
     assert "ckpt/Open-Sora-Plan-v1.3.0/any93x640x640" in plan["missing weights model.path"]
     assert plan["steps"] == "0 -> 10" and no_network == []
+    assert plan["latent geometry"] == ("autoencoder 4x8x8 (8 latent channels), patch 1x2x2: 4k+1 frames, sizes in "
+                                       "multiples of 16")  # WF-VAE under the released model, from their configs
 
 
 def test_a_dry_run_reads_a_fresh_index_and_only_plans_a_rebuild_of_a_stale_one(data_txt, user_machine, no_network):

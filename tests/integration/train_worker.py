@@ -73,10 +73,9 @@ def setup(job: dict[str, Any], root: Path, rank: int, world: int) -> Any:
     frames = checked.loaded.recipe.data.num_frames
     text_encoder = registry.build("text_encoder", "tiny_t5", checked.components["text_encoder"])
     size = checked.loaded.recipe.data.max_height
-    stride = checked.components["autoencoder"].spatial_stride  # temporal stride 1: latent frames = frames
     source = SyntheticClips(lambda caps: text_encoder.tokenize(caps), batch_size=job.get("batch", 2), frames=frames,
                             size=size, dp_rank=rank // sp, dp_size=world // sp, invalid_tail=job.get("invalid_tail"),
-                            latent_shape=(frames, size // stride, size // stride))
+                            latent_shape=checked.geometry.latent_shape(frames, size, size))
     records: list[dict[str, Any]] = []
     parts = setup_training(checked, registry, TrainOptions(data_source=source,
                                                            on_step=lambda step, record: records.append(dict(record))))

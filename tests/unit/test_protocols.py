@@ -21,16 +21,13 @@ FAKES = Provider("tests.fakes", "tests-fakes", "0")
 class NoDecode:
     """An autoencoder that forgot ``decode``."""
 
-    latent_channels, temporal_stride, spatial_stride = 4, 1, 4
-
     def encode(self, video, *, sample=True, generator=None):
         return video
 
 
 def test_every_contract_belongs_to_a_registry_kind_and_lists_its_members():
     assert set(CONTRACTS) <= set(KIND_HOOKS)
-    assert contract_members(CONTRACTS["autoencoder"]) == ["decode", "encode", "latent_channels", "spatial_stride",
-                                                          "temporal_stride"]
+    assert contract_members(CONTRACTS["autoencoder"]) == ["decode", "encode"]  # strides: the config's geometry
     assert contract_members(CONTRACTS["refiner"]) == ["__call__"]
 
 

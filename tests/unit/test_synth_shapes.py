@@ -291,10 +291,12 @@ def test_every_frame_size_fits_a_demo_bucket_without_a_crop():
     cut off the start or end of a movement, removes nothing."""
     from osctl.data.bucket import BucketSettings
     from osctl.data.transforms import resize_size, target_shape
+    from osctl.plugin_manager import default_registry
     from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import recipe_geometry
 
-    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml", []).recipe
-    rules = BucketSettings.from_recipe(recipe).resolution
+    loaded = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml", [])
+    rules = BucketSettings.from_recipe(loaded.recipe, geometry=recipe_geometry(loaded, default_registry())).resolution
     shapes = {}
     for size in SIZES:
         assert resize_size(size.height, size.width, rules) == target_shape(size.height, size.width, rules)

@@ -13,6 +13,7 @@ from osctl.data.bucket import BucketSettings
 from osctl.data.index import SampleIndex, open_index
 from osctl.data.loader import build_index
 from osctl.data.rules import FrameRules, ResolutionRules
+from tests.geometry_helpers import v13_with
 
 STEP = 3
 BASE = 20
@@ -65,10 +66,11 @@ def settings(*, num_frames: int = 9, train_fps: float = 12, min_frames: int = 5,
 
     return BucketSettings(
         frames=FrameRules(num_frames=num_frames, train_fps=train_fps, drop_short_ratio=0.0, min_frames=min_frames,
-                          stride_t=stride_t, seed=seed),
+                          seed=seed),
         resolution=ResolutionRules(mode=mode, max_hxw=max_hxw, min_hxw=(max_hxw // 4 if max_hxw else None),
                                    hw_stride=hw_stride, max_height=max_height, max_width=max_width),
-        min_bucket_batches=0, group_data=True, layout=ParallelLayout(stream_batch=batch))
+        min_bucket_batches=0, group_data=True, layout=ParallelLayout(stream_batch=batch),
+        geometry=v13_with(stride_t=stride_t))
 
 
 def make_index(tmp: Path, records: list[dict[str, Any]], bucket_settings: BucketSettings) -> SampleIndex:
@@ -78,7 +80,7 @@ def make_index(tmp: Path, records: list[dict[str, Any]], bucket_settings: Bucket
     data_txt = tmp / "data.txt"
     data_txt.write_text(f"{tmp / 'media'},{anno}\n")
     out = tmp / "index"
-    build_index(data_txt, bucket_settings, {"stride_t": bucket_settings.frames.stride_t}, out)
+    build_index(data_txt, bucket_settings, out)
     return open_index(out, data_txt=data_txt, settings=bucket_settings)
 
 

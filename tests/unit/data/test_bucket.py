@@ -14,6 +14,7 @@ from osctl.data.bucket import BucketSettings, Reason, ScoreFilters, build_bucket
 from osctl.data.datatxt import load_data_txt
 from osctl.data.rules import FrameRules, ResolutionRules
 from osctl.parallel.layout import ParallelLayout
+from tests.geometry_helpers import V13
 
 VIDEO = {"cap": "a clip", "resolution": {"height": 720, "width": 1280}, "num_frames": 100, "fps": 16}
 IMAGE = {"cap": "a photo", "resolution": {"height": 720, "width": 1280}}
@@ -50,6 +51,7 @@ SETTINGS = BucketSettings(
     resolution=ResolutionRules(mode="area", max_hxw=262144, min_hxw=65536, hw_stride=32),
     filters=ScoreFilters(min_aesthetic=4.0, min_tech=0.5, max_motion=0.5),
     min_bucket_batches=4,
+    geometry=V13,
 )
 
 
@@ -135,12 +137,14 @@ def test_settings_from_recipe(tmp_path: Path) -> None:
     recipe.write_text("data:\n  max_hxw: 262144\n  num_frames: 61\n  min_bucket_batches: 2\n"
                       "train:\n  train_batch_size: 2\n  gradient_accumulation_steps: 3\n"
                       "parallel:\n  nproc_per_node: 4\n  nnodes: 2\n  sp_size: 2\n")
-    settings = BucketSettings.from_recipe(load_recipe(recipe, []).recipe)
+    settings = BucketSettings.from_recipe(load_recipe(recipe, []).recipe, geometry=V13)
     # 8 ranks in SP groups of 2 = 4 replicas x train_sp_batch_size 1 x 3 accumulation (not the reference's 24)
     assert settings.layout.world_size == 8 and settings.layout.global_batch == 4 * 1 * 3
     assert settings.minority_threshold == 24
     assert settings.resolution.mode == "area" and settings.resolution.min_hxw == 65536
-    assert BucketSettings.from_recipe(load_recipe(recipe, []).recipe, world_size=2).layout.world_size == 2
+    assert BucketSettings.from_recipe(load_recipe(recipe, []).recipe, geometry=V13,
+                                      world_size=2).layout.world_size == 2
+    assert settings.geometry == V13 and settings.shaping_fields()["geometry"] == V13.as_dict()
     assert np.isclose(settings.frames.train_fps, 24.0)
 
 

@@ -16,6 +16,7 @@ from osctl.data.dataset import BadSampleStats, Collate, PadSpec, ReadSettings, S
 from osctl.data.loader import IndexBatchSource, _pad_spec
 from osctl.data.sampler import BucketBatchSampler, sample_rng
 from osctl.errors import ConfigError, DataError
+from tests.geometry_helpers import V13
 from tests.unit.data.pipeline_helpers import (
     coded_video,
     decode_frame_ids,
@@ -67,7 +68,7 @@ def index(clips, tmp_path_factory):
 
 def _dataset(index, **changes) -> SampleDataset:
     read = ReadSettings(frames=SETTINGS.frames, resolution=SETTINGS.resolution,
-                        captions=CaptionPolicy(cfg=0.0, clean=False), seed=42, **changes)
+                        captions=CaptionPolicy(cfg=0.0, clean=False), seed=42, geometry=SETTINGS.geometry, **changes)
     return SampleDataset(index, read)
 
 
@@ -226,7 +227,7 @@ def test_bad_fraction_stops_training_with_examples():
 
 
 def test_mixed_shapes_are_padded_with_a_latent_mask():
-    spec = PadSpec(frames=9, height=32, width=48, stride_t=4, stride_hw=8)
+    spec = PadSpec(frames=9, height=32, width=48, geometry=V13)
     items = [{"pixel_values": torch.ones(3, 9, 32, 48), "text": "a", "sample": 0, "ticket": (0, 0, 0), "events": []},
              {"pixel_values": torch.ones(3, 5, 16, 40), "text": "b", "sample": 1, "ticket": (1, 0, 1), "events": []},
              {"pixel_values": torch.ones(3, 1, 32, 48), "text": "c", "sample": 2, "ticket": (2, 0, 2), "events": []}]
@@ -245,12 +246,12 @@ def test_padding_is_refused_where_the_resolution_mode_makes_it_wrong():
     index = SimpleNamespace(buckets=[{"t": 9, "h": 32, "w": 32}, {"t": 9, "h": 16, "w": 32}])
     data = SimpleNamespace(group_data=False, effective_resolution_mode="area", num_frames=9, max_height=32, max_width=32)
     with pytest.raises(ConfigError, match="use group_data"):
-        _pad_spec(SimpleNamespace(data=data), index, {})
+        _pad_spec(SimpleNamespace(data=data), index, V13)
     data.effective_resolution_mode = "force"
-    spec = _pad_spec(SimpleNamespace(data=data), index, {"stride_t": 4, "stride_hw": 8})
-    assert (spec.frames, spec.height, spec.width) == (9, 32, 32)
+    spec = _pad_spec(SimpleNamespace(data=data), index, V13)
+    assert (spec.frames, spec.height, spec.width, spec.geometry) == (9, 32, 32, V13)
     data.group_data = True
-    assert _pad_spec(SimpleNamespace(data=data), index, {}) is None
+    assert _pad_spec(SimpleNamespace(data=data), index, V13) is None
 
 
 def test_dataset_pickles_without_the_table(index):

@@ -30,6 +30,7 @@ from osctl.data.rules import FrameCountError, FrameRules, ResolutionRules, sampl
 from osctl.data.validate import validate_data
 from osctl.errors import ConfigError, DataError
 from osctl.parallel.layout import ParallelLayout
+from tests.geometry_helpers import V13
 
 GOLDEN_SEED = 1234
 CHAR = {Reason.KEPT: "K", Reason.MINORITY_BUCKET: "K", Reason.NO_CAPTION: "c", Reason.NO_RESOLUTION: "r",
@@ -80,6 +81,7 @@ def reference_settings(setting: dict[str, Any], total_batch_size: int = 1) -> Bu
         keep_empty_captions=True, min_bucket_batches=4,
         # one SP group (world = sp_size) reading total_batch_size samples: the fixtures' total_batch_size
         layout=ParallelLayout(world_size=setting["sp_size"], sp_size=setting["sp_size"], stream_batch=total_batch_size),
+        geometry=V13,  # the fixtures' ae_stride_t=4 (WF-VAE)
     )
 
 
@@ -205,7 +207,7 @@ def test_frame_indices_at_build_and_read_time(golden: Path, builds: dict[str, An
         rng = random.Random(fixture["py_random_seed_before_read_time_loop"])
         common = {"num_frames": setting["num_frames"], "train_fps": setting["train_fps"],
                   "speed_factor": setting["speed_factor"], "sp_size": setting["sp_size"],
-                  "drop_short_ratio": setting["drop_short_ratio"]}
+                  "drop_short_ratio": setting["drop_short_ratio"], "stride_t": V13.stride_t}
         for g, status, indices in entry["read_time"]:
             assert kind[g] == KIND_VIDEO
             statuses[status] += 1

@@ -19,11 +19,13 @@ from osctl.data.index import SampleIndex, StaleIndexError, open_index, read_meta
 from osctl.data.records import KIND_IMAGE, KIND_VIDEO
 from osctl.data.rules import FrameRules, ResolutionRules
 from osctl.errors import DataError
+from tests.geometry_helpers import V13
 
 SETTINGS = BucketSettings(
     frames=FrameRules(num_frames=29, train_fps=16, drop_short_ratio=0.0),
     resolution=ResolutionRules(mode="area", max_hxw=262144, min_hxw=65536, hw_stride=32),
     min_bucket_batches=1,
+    geometry=V13,
 )
 
 

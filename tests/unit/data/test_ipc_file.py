@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from osctl.data.ipc_file import rewrite_metadata, write_table
+from tests.geometry_helpers import V13
 
 
 def _plain(path: Path, table: pa.Table, metadata: dict[bytes, bytes]) -> bytes:
@@ -75,7 +76,7 @@ def test_the_index_is_the_same_whether_or_not_the_digests_were_ready(make_data: 
     data_txt = make_data({"a.json": records, "b.json": records[:7]})
     settings = BucketSettings(frames=FrameRules(num_frames=29, train_fps=16),
                               resolution=ResolutionRules(mode="area", max_hxw=262144, hw_stride=32),
-                              min_bucket_batches=1)
+                              min_bucket_batches=1, geometry=V13)
     result = build_buckets(read_annotations(load_data_txt(data_txt)), settings)
     assert not isinstance(result.loaded[0].digest, str)  # still pending when the index is written
     path = index.write_index(result, data_txt, tmp_path / "out")

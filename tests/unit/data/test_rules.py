@@ -14,7 +14,6 @@ from osctl.data.rules import (
     build_frame_indices,
     candidate_indices,
     count_candidates,
-    latent_tokens,
     resample_interval,
     sample_frame_indices,
     short_drop_draws,
@@ -49,7 +48,14 @@ def test_resampling_examples() -> None:
     (93, 8, 29, 93), (92, 8, 29, 61), (60, 8, 29, 29), (1, 1, 29, -1), (1, 1, 1, 1), (20, 1, 1, 17), (0, 1, 1, -1), (31, 1, 30, -1),
 ])
 def test_snap_to_4k_plus_1(count: int, sp: int, min_frames: int, want: int) -> None:
-    assert int(snap_frame_count(count, sp_size=sp, min_frames=min_frames)) == want
+    assert int(snap_frame_count(count, stride_t=4, sp_size=sp, min_frames=min_frames)) == want
+
+
+@pytest.mark.parametrize(("count", "sp", "want"), [(93, 1, 89), (100, 1, 97), (16, 1, 9), (8, 1, -1), (33, 2, 25),
+                                                   (40, 4, 25), (24, 4, -1)])
+def test_snap_follows_the_autoencoders_temporal_stride(count: int, sp: int, want: int) -> None:
+    """An 8x temporal autoencoder: 8k+1 frames whose latent length (k + 1) divides sp_size."""
+    assert int(snap_frame_count(count, stride_t=8, sp_size=sp, min_frames=9)) == want
 
 
 def test_too_long_uses_factor_and_speed() -> None:
@@ -83,7 +89,7 @@ def test_absolute_mode_fits_the_box_without_upscaling() -> None:
 
 def test_reference_speed_rounding_and_the_osctl_fix() -> None:
     # reference §2.3: N=200 at 30 fps, train_fps 16, num_frames 93, speed 1.5 -> int(107 / (107/93)) = 92 -> 89 != 93
-    args = {"num_frames": 93, "train_fps": 16, "expected_frames": 93, "speed_factor": 1.5}
+    args = {"num_frames": 93, "train_fps": 16, "expected_frames": 93, "speed_factor": 1.5, "stride_t": 4}
     with pytest.raises(FrameCountError, match="89 frames"):
         sample_frame_indices(30, 0, 200, rng=random.Random(0), reference_quirks=True, **args)  # type: ignore[arg-type]
     frames = sample_frame_indices(30, 0, 200, rng=random.Random(0), **args)  # type: ignore[arg-type]
@@ -92,11 +98,14 @@ def test_reference_speed_rounding_and_the_osctl_fix() -> None:
 
 def test_read_time_sampling_is_reproducible_and_in_range() -> None:
     for seed in range(20):
-        a = sample_frame_indices(25, 10, 400, num_frames=61, train_fps=16, expected_frames=61, rng=random.Random(seed))
-        b = sample_frame_indices(25, 10, 400, num_frames=61, train_fps=16, expected_frames=61, rng=random.Random(seed))
+        a = sample_frame_indices(25, 10, 400, num_frames=61, train_fps=16, expected_frames=61, rng=random.Random(seed),
+                                 stride_t=4)
+        b = sample_frame_indices(25, 10, 400, num_frames=61, train_fps=16, expected_frames=61, rng=random.Random(seed),
+                                 stride_t=4)
         assert a.tolist() == b.tolist() and len(a) == 61 and a.min() >= 10 and a.max() < 410
     with pytest.raises(FrameCountError, match="shorter than num_frames"):
-        sample_frame_indices(16, 0, 40, num_frames=61, train_fps=16, expected_frames=37, rng=random.Random(0))
+        sample_frame_indices(16, 0, 40, num_frames=61, train_fps=16, expected_frames=37, rng=random.Random(0),
+                             stride_t=4)
 
 
 def test_temporal_crop_draws_follow_python_random() -> None:
@@ -113,8 +122,3 @@ def test_temporal_crop_draws_follow_python_random() -> None:
 def test_short_drop_draws_are_seeded() -> None:
     assert short_drop_draws(5, 42).tolist() == short_drop_draws(5, 42).tolist()
     assert short_drop_draws(5, 42).tolist() != short_drop_draws(5, 43).tolist()
-
-
-def test_latent_tokens() -> None:
-    assert int(latent_tokens(93, 352, 640)) == 24 * 22 * 40
-    assert int(latent_tokens(1, 480, 640)) == 30 * 40

@@ -12,7 +12,9 @@ import pytest
 from osctl.data.annotations import read_annotations
 from osctl.data.bucket import BucketResult, BucketSettings, Reason, build_buckets
 from osctl.data.datatxt import load_data_txt
+from osctl.plugin_manager import default_registry
 from osctl.recipe.load import load_recipe
+from osctl.recipe.validate import recipe_geometry
 
 SIZES = [(720, 1280), (1080, 1920), (480, 640), (480, 854), (360, 640), (1920, 1080), (512, 512), (2160, 3840),
          (240, 320), (1024, 768), (100, 1000), (64, 64), (1280, 720)]
@@ -45,7 +47,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 def _bucket(loaded: Any, tmp_path: Path, yaml: str) -> tuple[BucketResult, BucketSettings]:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml)
-    settings = BucketSettings.from_recipe(load_recipe(recipe, []).recipe)
+    loaded_recipe = load_recipe(recipe, [])
+    settings = BucketSettings.from_recipe(loaded_recipe.recipe,
+                                          geometry=recipe_geometry(loaded_recipe, default_registry()))
     return build_buckets(loaded, settings), settings
 
 

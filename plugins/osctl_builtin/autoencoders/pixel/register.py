@@ -10,21 +10,23 @@ from typing import Any
 from pydantic import Field
 
 import osctl
+from osctl.geometry import AutoencoderGeometry
 from osctl.registry import ComponentConfig
 
 
 class PixelConfig(ComponentConfig):
-    """Options of the ``pixel`` autoencoder. ``spatial_stride``/``temporal_stride`` are read as static
-    facts by recipe validation (like the WF-VAE config's ``spatial_stride()``)."""
+    """Options of the ``pixel`` autoencoder; its strides are options, declared as its latent geometry."""
 
     spatial_stride: int = Field(8, ge=1, le=64, description="pixels per latent position along H and W")
     temporal_stride: int = Field(4, ge=1, le=64, description="frames per latent frame after the first")
     scale: float = Field(1.0, description="z = (x - shift) * scale; exact round trip for powers of two")
     shift: float = 0.0
 
-    def latent_channels(self) -> int:
-        """``3 * temporal_stride * spatial_stride^2``."""
-        return 3 * self.temporal_stride * self.spatial_stride ** 2
+    def autoencoder_geometry(self) -> AutoencoderGeometry:
+        """The strides of the options; every pixel of a ``temporal_stride x spatial_stride^2`` block becomes a
+        channel: ``3 * temporal_stride * spatial_stride^2`` latent channels."""
+        return AutoencoderGeometry(stride_t=self.temporal_stride, stride_hw=self.spatial_stride,
+                                   latent_channels=3 * self.temporal_stride * self.spatial_stride ** 2)
 
 
 def build(config: PixelConfig, *, device: Any = None, dtype: Any = None, **_: Any) -> Any:

@@ -1,7 +1,7 @@
 """Registers ``wfvae`` (alias ``WFVAEModel_D8_4x8x8``), Open-Sora-Plan v1.3's WF-VAE, as an autoencoder.
 
 Kept light: torch and diffusers are imported only when the factory runs, so every ``osctl`` command
-(and recipe validation, which reads the strides from the config) stays fast. ``missing_weights()``
+(and recipe validation, which reads the latent geometry from the config) stays fast. ``missing_weights()``
 tells plans and the commands that need the weights whether ``path`` holds them (file-system checks
 only); with ``meta=True`` the factory builds the VAE on the meta device from the folder's
 ``config.json`` or, without it, the released D8 4x8x8 configuration.
@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 import osctl
 from osctl.availability import MissingWeights
+from osctl.geometry import AutoencoderGeometry
 from osctl.registry import ComponentConfig
 
 LATENT_CHANNELS = 8
@@ -48,17 +49,9 @@ class WFVAEConfig(ComponentConfig):
             raise ValueError("set either path (load weights) or preset (random weights), not both")
         return self
 
-    def spatial_stride(self) -> int:
-        """Pixels per latent position along height and width (8)."""
-        return SPATIAL_STRIDE
-
-    def temporal_stride(self) -> int:
-        """Frames per latent frame after the causal first frame (4)."""
-        return TEMPORAL_STRIDE
-
-    def latent_channels(self) -> int:
-        """Channels of the latents (8 for the D8 VAE)."""
-        return LATENT_CHANNELS
+    def autoencoder_geometry(self) -> AutoencoderGeometry:
+        """The D8 4x8x8 WF-VAE: 4x in time after the causal first frame, 8x8 in space, 8 latent channels."""
+        return AutoencoderGeometry(stride_t=TEMPORAL_STRIDE, stride_hw=SPATIAL_STRIDE, latent_channels=LATENT_CHANNELS)
 
     def missing_weights(self) -> list[MissingWeights]:
         """``path`` when it is unset or does not hold a VAE's config.json and weights (a preset needs none)."""
@@ -109,6 +102,4 @@ def register_autoencoders(register: Any) -> None:
         summary="WF-VAE of Open-Sora-Plan v1.3: 8 latent channels, 4x time (causal) / 8x8 space compression",
         factory=build,
         config=WFVAEConfig,
-        metadata={"latent_channels": LATENT_CHANNELS, "temporal_stride": TEMPORAL_STRIDE,
-                  "spatial_stride": SPATIAL_STRIDE},
     ))

@@ -1,8 +1,8 @@
 """Registers the Open-Sora-Plan v1.3 transformer as model ``opensora_v1_3`` (alias ``OpenSoraT2V_v1_3``).
 
 Light on purpose: every osctl command imports this module, so torch and diffusers are imported only
-inside the factory. The config resolves a preset (or a released folder's ``config.json``) and can
-report patch sizes to recipe validation without loading the model code.
+inside the factory. The config resolves a preset (or a released folder's ``config.json``) and declares
+the model's half of the latent geometry (:meth:`OSPv13Config.model_geometry`) without loading the model code.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 import osctl
 from osctl.availability import MissingWeights
+from osctl.geometry import ModelGeometry
 from osctl.registry import ComponentConfig
 from osctl_builtin.models.osp_v13.presets import (
     PRESET_SUMMARIES,
@@ -41,6 +42,8 @@ OPTIONAL_SHAPE_KEYS = ("abs_pos_embed", "abs_pos_max_size")
 FETCH_HINT = ("put an OpenSoraT2V_v1_3 diffusers folder there (the released one: `hf download "
               "LanguageBind/Open-Sora-Plan-v1.3.0 --include 'any93x640x640/*' --local-dir ckpt/Open-Sora-Plan-v1.3.0`), "
               "or drop model.path to start from the preset")
+#: the transformer's constructor defaults of the geometry keys, for a folder config.json that leaves them out
+GEOMETRY_DEFAULTS = {"patch_size": 2, "patch_size_t": 1, "in_channels": 8}
 #: keys that only change the computation: with ``path`` set an explicit value overrides config.json
 RUNTIME_KEYS = ("sparse1d", "sparse_n", "sparse_blocks", "interpolation_scale_t", "interpolation_scale_h",
                 "interpolation_scale_w", "rope")
@@ -169,13 +172,14 @@ class OSPv13Config(ComponentConfig):
         arch["cross_attention_dim"] = arch["num_attention_heads"] * arch["attention_head_dim"]
         return arch
 
-    def spatial_patch_size(self) -> int:
-        """Spatial patch size of the model (2 for OSP v1.3), read without importing torch."""
-        return int(self.architecture().get("patch_size") or 2)
-
-    def temporal_patch_size(self) -> int:
-        """Temporal patch size of the model (1 for OSP v1.3), read without importing torch."""
-        return int(self.architecture().get("patch_size_t") or 1)
+    def model_geometry(self) -> ModelGeometry:
+        """The model's half of the latent geometry: patch sizes and channels, from the preset (with overrides)
+        or the folder's config.json (:meth:`plan_architecture`: the preset until the folder is downloaded).
+        Read without importing torch; ``osctl.ConfigError`` for an unreadable or foreign folder."""
+        arch = {**GEOMETRY_DEFAULTS, **{k: v for k, v in self.plan_architecture().items() if v is not None}}
+        in_channels = int(arch["in_channels"])
+        return ModelGeometry(patch_t=int(arch["patch_size_t"]), patch_hw=int(arch["patch_size"]),
+                             in_channels=in_channels, out_channels=int(arch.get("out_channels") or in_channels))
 
 
 def read_folder_config(path: str) -> dict[str, Any]:
@@ -278,7 +282,7 @@ def register_models(register: Any) -> None:
         + ", ".join(preset_names()),
         factory=build_model,
         config=OSPv13Config,
-        metadata={"presets": dict(PRESET_SUMMARIES), "spatial_patch_size": 2, "temporal_patch_size": 1,
+        metadata={"presets": dict(PRESET_SUMMARIES),
                   # train.lora's default targets: self- and cross-attention projections and the feed-forward
                   "lora_target_modules": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]},
     ))
