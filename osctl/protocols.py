@@ -25,7 +25,9 @@ class DiffusionModel(Protocol):
     encoder_attention_mask=None, return_dict=False)`` takes latents ``B x C x T x H x W``,
     timesteps ``B``, text states ``B x 1 x L x D`` (or ``B x L x D``), a latent validity mask
     ``B x T x H x W`` and a text mask ``B x 1 x L``; it returns a tuple whose first element has the
-    latents' shape.
+    latents' shape. Checkpoints are written from its ``config`` and state dict
+    (:func:`osctl.train.export.save_model`; a model of several diffusers models lists them with
+    ``weight_parts()``), so no ``save_pretrained`` is required.
     """
 
     config: Any
@@ -33,8 +35,6 @@ class DiffusionModel(Protocol):
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
                 return_dict: bool = False) -> Any: ...
-
-    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None: ...
 
 
 @runtime_checkable

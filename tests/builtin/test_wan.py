@@ -43,6 +43,14 @@ def _components(registry, folder: Path):
     return model, ae, text
 
 
+def _geometry(registry, folder: Path):
+    """The latent geometry the recipe check would join for the wan / wan_vae pair of ``folder``."""
+    from osctl.geometry import latent_geometry
+
+    ae = registry.make_config("autoencoder", "wan_vae", {"path": str(folder)}, "autoencoder").autoencoder_geometry()
+    return latent_geometry(ae, registry.make_config("model", "wan", {"path": str(folder)}, "model").model_geometry())
+
+
 # -- sampling parity ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sampler", ["UniPCMultistep", "FlowMatchEulerDiscrete"])
@@ -62,7 +70,8 @@ def test_sampling_equals_wan_pipeline(registry, pipelines, preset, sampler):
     size = dict(num_frames=9, height=32, width=32, num_inference_steps=6)
     shape = (1, ae.latent_channels, 3, 32 // ae.spatial_stride, 32 // ae.spatial_stride)
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(3))
-    ours = VideoPipeline(model, ae, text, scheduler)(PROMPT, NEGATIVE, guidance_scale=5.0,
+    geometry = _geometry(registry, folder)
+    ours = VideoPipeline(model, ae, text, scheduler, geometry=geometry)(PROMPT, NEGATIVE, guidance_scale=5.0,
                                                      guidance_scale_2=3.0 if two else None, latents=latents.clone(),
                                                      max_sequence_length=512, output_type="float", **size)
     theirs = pipe(PROMPT, NEGATIVE, guidance_scale=5.0, guidance_scale_2=3.0 if two else None,
@@ -76,7 +85,8 @@ def test_sampling_equals_wan_pipeline(registry, pipelines, preset, sampler):
         boundary = pipe.config.boundary_ratio * 1000
         assert (steps >= boundary).any() and (steps < boundary).any()
         other = VideoPipeline(model, ae, text, registry.build("sampler", sampler, {"flow_shift": 3.0,
-                                                                                  "prediction_type": "flow"}))
+                                                                                  "prediction_type": "flow"}),
+                              geometry=geometry)
         changed = other(PROMPT, NEGATIVE, guidance_scale=5.0, guidance_scale_2=5.0, latents=latents.clone(),
                         max_sequence_length=512, output_type="latent", **size)
         assert (changed.latents - theirs).abs().max() > 1e-3

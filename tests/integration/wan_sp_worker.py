@@ -128,7 +128,8 @@ def run_sample(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[s
         model.set_sequence_parallel(group)
     cfg = checked.loaded.recipe.sample
     latents = torch.randn((1, 16, 3, 4, 4), generator=torch.Generator().manual_seed(9))
-    pipeline = VideoPipeline(model, ae, text, build_sampler(checked.loaded.recipe, registry), sequence_parallel=group)
+    pipeline = VideoPipeline(model, ae, text, build_sampler(checked.loaded.recipe, registry), geometry=checked.geometry,
+                             sequence_parallel=group)
     result = pipeline("a red ball", "blurry", num_frames=9, height=32, width=32,
                       num_inference_steps=cfg.num_sampling_steps, guidance_scale=cfg.guidance_scale,
                       guidance_scale_2=cfg.guidance_scale_2, latents=latents, max_sequence_length=512,
