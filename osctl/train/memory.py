@@ -128,8 +128,10 @@ def _tracing(model: torch.nn.Module, trace: _Trace) -> Iterator[None]:
             trace.blocks[current[0]] += size
         return tensor
 
-    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Any = None, *args: Any,
-             **kwargs: Any) -> torch.Tensor:
+    def sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:  # called positionally (osctl) or by keyword (diffusers)
+        names = ("query", "key", "value", "attn_mask")
+        given = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k in names}
+        q, k, v, attn_mask = given["query"], given["key"], given["value"], given.get("attn_mask")
         # flash-style workspace: fp32 output accumulators and logsumexp per query block, plus the grads of q, k, v
         trace.attention = max(trace.attention, 3 * q.numel() * q.element_size() + 2 * k.numel() * k.element_size())
         mask = attn_mask if isinstance(attn_mask, torch.Tensor) else torch.empty(0, device=q.device)
@@ -176,16 +178,18 @@ def trace_activations(model: torch.nn.Module, *, batch: int, latent: tuple[int, 
     text = torch.empty(batch, 1, text_tokens, text_dim, device=device, dtype=dtype)
     mask = torch.ones(batch, t, h, w, device=device)
     text_mask = torch.ones(batch, 1, text_tokens, device=device)
-    checkpointing = getattr(model, "gradient_checkpointing", False)
-    if checkpointing:
-        model.gradient_checkpointing = False  # trace every block's own activations; combined below
+    # trace every block's own activations (combined with checkpointing's rule by the caller): switch it off in
+    # the model and in every diffusers model inside it, and back on afterwards
+    checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for module in checkpointed:
+        module.gradient_checkpointing = False
     try:
         with torch.enable_grad(), _tracing(model, trace):
             model(hidden, torch.zeros(batch, device=device), text, attention_mask=mask,
                   encoder_attention_mask=text_mask, return_dict=False)
     finally:
-        if checkpointing:
-            model.gradient_checkpointing = True
+        for module in checkpointed:
+            module.gradient_checkpointing = True
     return trace
 
 
@@ -249,11 +253,11 @@ def estimate_step_memory(model: torch.nn.Module, *, bucket: tuple[int, int, int]
         weights["float32"] = weights.get("float32", 0) - trainable * 4 + trainable * 4 // shard
     memory = StepMemory(bucket=bucket, tokens=tokens, weights=weights, frozen_components=frozen_components,
                         offloaded=offloaded, checkpointing=bool(train_cfg.gradient_checkpointing))
-    memory.gradients = trainable * 4 // (shard if strategy == "fsdp" or parallel.zero_stage == 3 else 1) \
-        if strategy != "deepspeed" else trainable * 4 // shard
+    memory.gradients = trainable * 4 // shard  # FSDP and ZeRO-2/3 reduce-scatter gradients to their shard
     memory.optimizer = trainable * ADAM_BYTES // shard
-    if train_cfg.use_ema and not train_cfg.offload_ema:
-        memory.ema = trainable * 4 // (shard if strategy == "fsdp" or parallel.zero_stage == 3 else 1)
+    if train_cfg.use_ema and not train_cfg.offload_ema:  # the EMA follows the parameters' sharding
+        sharded = strategy == "fsdp" or (strategy == "deepspeed" and parallel.zero_stage == 3)
+        memory.ema = trainable * 4 // (world_size if sharded else 1)
     frames = max(1, -(-latent[0] // sp_size))  # this rank's share of the latent frames under Ulysses
     with torch.device("meta"):
         traced = model.to(compute) if compute != torch.float32 else model
@@ -347,9 +351,10 @@ def recipe_step_memory(checked: Any, model: torch.nn.Module, geometry: Any, *, b
                        frozen_components: int = 0, offload_blocks: int = 0, device_type: str = "cuda") -> StepMemory:
     """:func:`estimate_step_memory` for a recipe's (planned) model on a pixel ``bucket`` (frames, height, width)."""
     config = model.config
+    text_dim = getattr(config, "caption_channels", None) or getattr(config, "text_dim", None)  # v1.3 / diffusers
     return estimate_step_memory(
         model, bucket=bucket, latent=geometry.latent_shape(*bucket), tokens=geometry.tokens(*bucket), batch=batch,
-        channels=int(config.in_channels), text_tokens=text_tokens, text_dim=int(config.caption_channels),
+        channels=int(config.in_channels), text_tokens=text_tokens, text_dim=int(text_dim),
         recipe=checked.loaded.recipe, strategy=strategy, world_size=world_size, sp_size=sp_size,
         frozen_components=frozen_components, offload_blocks=offload_blocks, device_type=device_type)
 
