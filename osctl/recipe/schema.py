@@ -214,6 +214,59 @@ class DiffusionSection(Section):
     )
 
 
+class LoraSettings(Section):
+    """A LoRA adapter trained on a frozen base model (``train.lora``), through ``peft``."""
+
+    rank: int = Field(16, ge=1, description="adapter rank r (the width of the low-rank update)")
+    alpha: float = Field(16.0, gt=0, description="scale numerator: the update is multiplied by alpha / rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input while training")
+    target_modules: list[str] | None = Field(
+        None, description="module names (suffixes) that get an adapter; default: the model plugin's attention and "
+        "feed-forward projections (`osctl plugins show MODEL`)"
+    )
+    init: Literal["default", "gaussian", "random"] = Field(
+        "default", description="adapter initialisation: default (A Kaiming-uniform, B zero: starts as the base "
+        "model), gaussian (A normal, B zero), random (both random: the adapter changes the output from the start)"
+    )
+
+
+class OffloadSettings(Section):
+    """Frozen transformer blocks kept in host memory and streamed to the device (``train.offload``)."""
+
+    blocks: int | Literal["auto"] = Field(
+        "auto", description="how many transformer blocks live on the CPU: a number, or auto (as many as the memory "
+        "plan needs to fit the device; none when it already fits)"
+    )
+
+    @field_validator("blocks")
+    @classmethod
+    def _non_negative(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"blocks must be auto or a number >= 0, got {value}")
+        return value
+
+
+class LoraRef(Section):
+    """An adapter applied at sampling time: ``PATH`` or ``PATH:SCALE``, or ``{path, scale}``."""
+
+    path: Path = Field(description="pytorch_lora_weights.safetensors, a folder holding it, or a LoRA checkpoint-N")
+    scale: float = Field(1.0, description="multiplier of the adapter's update (0 turns it off)")
+
+
+def parse_lora_ref(value: Any) -> Any:
+    """``"PATH"`` / ``"PATH:SCALE"`` -> ``{"path", "scale"}`` (a trailing ``:number`` is the scale)."""
+    if isinstance(value, str | Path):
+        text = str(value)
+        head, sep, tail = text.rpartition(":")
+        if sep and head:
+            try:
+                return {"path": head, "scale": float(tail)}
+            except ValueError:
+                pass
+        return {"path": text}
+    return value
+
+
 class TrainSection(Section):
     """Optimisation, precision, EMA, checkpoints and logging (reference §5)."""
 
@@ -246,6 +299,18 @@ class TrainSection(Section):
     seed: int = Field(1234, description="seed of model init, noise and timesteps")
     validation_steps: int | None = Field(None, gt=0, description="sample validation prompts every N steps")
     validation_prompts: list[str] = Field(default_factory=list)
+    lora: LoraSettings | None = Field(
+        None, description="train a LoRA adapter on the frozen base model instead of every weight ({rank, alpha, "
+        "dropout, target_modules, init}); checkpoints then hold the adapter alone"
+    )
+    base_dtype: Literal["fp32", "bf16", "fp8_e4m3", "fp8_e5m2"] = Field(
+        "fp32", description="storage dtype of the frozen base weights (needs train.lora); bf16/fp8 are upcast layer by "
+        "layer for compute"
+    )
+    offload: OffloadSettings | None = Field(
+        None, description="keep frozen transformer blocks on the CPU and stream them in ({blocks: N | auto}; needs "
+        "train.lora)"
+    )
     trackers: list[ComponentSection] = Field(
         default_factory=list, description="experiment trackers fed on rank 0 besides logs/metrics.jsonl (always "
         "written): names, or {name: ..., <options>} (e.g. [tensorboard]); see `osctl plugins list --kind tracker`"
@@ -260,6 +325,15 @@ class TrainSection(Section):
         if isinstance(value, list):
             return [{"name": item} if isinstance(item, str) else item for item in value]
         return value
+
+    @model_validator(mode="after")
+    def _frozen_base_options(self) -> TrainSection:
+        if self.lora is None:
+            for key, active in (("base_dtype", self.base_dtype != "fp32"), ("offload", self.offload is not None)):
+                if active:
+                    raise ValueError(f"{key} applies to the frozen base of a LoRA run; set train.lora or drop "
+                                     f"train.{key}")
+        return self
 
 
 class ParallelSection(Section):
@@ -311,7 +385,19 @@ class SampleSection(Section):
     cpu_offload: bool = Field(False, description="text encoder on the CPU, autoencoder on the GPU only to decode")
     clean_captions: bool = Field(False, description="apply the training caption cleaner to prompts")
     save_latents: bool = Field(False, description="also write each sample's final latents (.latents.safetensors)")
+    loras: list[LoraRef] = Field(
+        default_factory=list, description="LoRA adapters merged into the model for sampling: PATH or PATH:SCALE "
+        "entries (or {path, scale})"
+    )
     output_dir: Path = Path("samples")
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _lora_refs(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            value = [value]
+        return [parse_lora_ref(item) for item in value] if isinstance(value, list) else value
+
     # sizes against the latent geometry: osctl.sample.sizes, when `osctl sample` starts (prompts may override them)
 
 

@@ -54,7 +54,7 @@ from osctl.utils.output_dir import check_output_dir
 SHAPING_PREFIXES = ("pipeline_path", "model.", "autoencoder.", "text_encoder.", "diffusion.", "data.",
                     "train.train_batch_size",
                     "train.gradient_accumulation_steps", "parallel.sp_size", "parallel.train_sp_batch_size",
-                    "train.seed")
+                    "train.seed", "train.lora", "train.base_dtype")
 IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir", "data.cache.mode", "data.cache.dir",
                        "data.cache.shard_samples")
 
@@ -69,6 +69,8 @@ class TrainOptions:
     log: Any = None
     on_step: Any = None
     show_plan: Any = None  # called with the plan on rank 0 before the first step
+    device_memory: int | None = None  # bytes a process may use on its device (--device-memory; default: the GPU's)
+    memory_plan: Any = None  # osctl.train.memory.MemoryPlan checked before launch (offload "auto" reads it)
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Plan:
     """What a run will do, printed at start (and alone with --dry-run)."""
 
     lines: list[tuple[str, str]] = field(default_factory=list)
+    memory: Any = None  # osctl.train.memory.MemoryPlan (dry run)
 
     def add(self, key: str, value: Any) -> None:
         self.lines.append((key, str(value)))
@@ -137,6 +140,7 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     if options.dry_run:
         return plan_training(checked, registry, options)
     require_training_weights(checked)
+    check_memory(checked, registry, options)
     info = pdist.init_distributed(checked.loaded.recipe.parallel.timeout_s)
     lock = lock_output_dir(Path(checked.loaded.recipe.train.output_dir), info)
     finished = False
@@ -147,6 +151,20 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     finally:
         if lock is not None:
             lock.release(discard_unused=not finished)  # a run refused before its first write leaves no folder
+
+
+def check_memory(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> None:
+    """With the device memory known (``--device-memory``, or the GPU's), refuse a run whose memory plan does not
+    fit, naming the knobs that would make it fit; keep the plan for ``train.offload.blocks: auto``."""
+    from osctl.train.memory import device_memory
+
+    if device_memory(options.device_memory) is None:
+        return
+    plan = plan_training(checked, registry, options)
+    memory = getattr(plan, "memory", None)
+    if memory is not None and not memory.fits():
+        raise ConfigError(memory.refusal(checked.loaded.recipe))
+    options.memory_plan = memory
 
 
 def lock_output_dir(output_dir: Path, info: pdist.DistInfo) -> DirLock | None:
@@ -227,7 +245,14 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     # 3. weights: a checkpoint to resume wins over `pretrained`
     resume_dir = ckpt.resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     notes: list[str] = []
-    if resume_dir is not None:
+    adapter = None
+    if train_cfg.lora is not None:  # base from pretrained (also on resume), frozen; adapter added and restored
+        from osctl.train.lora import prepare_lora_model
+
+        adapter = prepare_lora_model(model, recipe, registry, resume_dir, notes)
+        if resume_dir is not None:
+            _check_recipe_change(resume_dir, resolved, options.allow_recipe_change, notes)
+    elif resume_dir is not None:
         report = load_into(model, resume_dir / "model")
         if report.missing or report.unexpected or report.mismatched:
             raise ConfigError(f"{resume_dir}/model does not match this model ({report.summary()}); "
@@ -244,8 +269,18 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
 
     # 4. strategy wraps model, optimizer and LR schedule; EMA follows the parameters it holds
     strategy = build_strategy(recipe, registry, world_size=info.world_size, device=info.device)
+    if adapter is not None:  # train.base_dtype: the frozen base stored in bf16/fp8 (before the strategy moves it)
+        from osctl.train.frozen_base import store_frozen_base
+
+        notes.extend(store_frozen_base(model, train_cfg.base_dtype, strategy=strategy.name))
     strategy.prepare(model, optimizer_factory=lambda params: build_optimizer(params, train_cfg),
                      lr_scheduler_factory=lambda opt: build_lr_scheduler(opt, train_cfg, max_steps))
+    if train_cfg.offload is not None:  # train.offload: frozen blocks stay on the CPU and stream in
+        from osctl.train.offload import offload_blocks
+
+        auto = getattr(options.memory_plan, "offload_blocks", None)
+        notes.append(offload_blocks(strategy.module, train_cfg.offload.blocks, device=info.device,
+                                    strategy=strategy.name, auto_blocks=auto))
     ema = None
     if train_cfg.use_ema:
         ema = EMA((p for _, p in strategy.local_parameters()), decay=train_cfg.ema_decay,
@@ -284,6 +319,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         fingerprint=fingerprint, recipe_yaml=yaml.safe_dump(resolved, sort_keys=False),
         log=options.log or (lambda record: None), on_step=options.on_step, validate=validate,
         versions={"osctl": __version__, "torch": torch.__version__}, groups=groups, plan=plan, layout=layout,
+        adapter=adapter,
     )
 
 
