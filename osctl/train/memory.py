@@ -313,21 +313,6 @@ def parse_size(text: str) -> int:
 
 # --- from a recipe -----------------------------------------------------------------------------------------
 
-def plan_geometry(checked: Any, autoencoder: Any, model: torch.nn.Module) -> Any:
-    """The run's :class:`~osctl.geometry.LatentGeometry`: ``checked.geometry`` when recipe checking computed it,
-    else joined here from the built autoencoder's strides and the model's patch sizes (the same facts)."""
-    from osctl.geometry import LatentGeometry
-
-    geometry = getattr(checked, "geometry", None)
-    if isinstance(geometry, LatentGeometry):
-        return geometry
-    config = getattr(model, "config", None)
-    return LatentGeometry(stride_t=int(autoencoder.temporal_stride), stride_hw=int(autoencoder.spatial_stride),
-                          latent_channels=int(autoencoder.latent_channels),
-                          patch_t=int(getattr(config, "patch_size_t", 1) or 1),
-                          patch_hw=int(getattr(config, "patch_size", 1) or 1))
-
-
 def planned_model(checked: Any, registry: Any) -> torch.nn.Module:
     """The model on the meta device as it will train: gradient checkpointing and the LoRA adapter applied."""
     from osctl.build import build_model
@@ -410,13 +395,13 @@ class MemoryPlan:
 
 
 def plan_memory(checked: Any, registry: Any, *, buckets: list[tuple[int, int, int]], batch: int, strategy: str,
-                world_size: int, sp_size: int, autoencoder: Any, text_tokens: int, frozen_components: int,
+                world_size: int, sp_size: int, text_tokens: int, frozen_components: int,
                 device_bytes: int | None, device_type: str = "cuda") -> MemoryPlan:
     """Estimate every bucket for the recipe's model as it will train; ``train.offload.blocks: auto`` picks the
     fewest offloaded blocks that fit ``device_bytes`` (none when it is unknown)."""
     recipe = checked.loaded.recipe
     model = planned_model(checked, registry)
-    geometry = plan_geometry(checked, autoencoder, model)
+    geometry = checked.geometry
     offload = recipe.train.offload
     blocks = 0 if offload is None or offload.blocks == "auto" else int(offload.blocks)
 

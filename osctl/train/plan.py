@@ -112,12 +112,10 @@ def memory_plan(checked: CheckedRecipe, registry: Registry, options: Any, layout
     if not buckets:
         side = int(data.max_hxw ** 0.5) if data.max_hxw and not data.max_height else None
         buckets = [(data.num_frames, data.max_height or side or 1, data.max_width or side or 1)]
-    text_encoder, autoencoder = frozen
-    if isinstance(autoencoder, str) and getattr(checked, "geometry", None) is None:
-        raise ConfigError(f"the autoencoder could not be planned: {autoencoder}")
+    text_encoder = frozen[0]
     text_tokens = int(getattr(text_encoder, "max_length", None) or 512) if not isinstance(text_encoder, str) else 512
     return plan_memory(checked, registry, buckets=buckets, batch=layout.stream_batch, strategy=strategy,
-                       world_size=world, sp_size=layout.sp_size, autoencoder=autoencoder, text_tokens=text_tokens,
+                       world_size=world, sp_size=layout.sp_size, text_tokens=text_tokens,
                        frozen_components=int(frozen_gb * 1024**3), device_bytes=device_memory(
                            getattr(options, "device_memory", None)))
 

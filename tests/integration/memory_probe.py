@@ -76,12 +76,12 @@ def measure(spec: dict, folder: Path) -> dict:
 def estimate(spec: dict, folder: Path, parts: object) -> int:
     """osctl's estimate for the same recipe (meta device only)."""
     from osctl.plugin_manager import default_registry
-    from osctl.train.memory import plan_geometry, planned_model, recipe_step_memory
+    from osctl.train.memory import planned_model, recipe_step_memory
 
     registry = default_registry()
     checked = parts.checked  # type: ignore[attr-defined]
     model = planned_model(checked, registry)
-    geometry = plan_geometry(checked, parts.autoencoder, model)  # type: ignore[attr-defined]
+    geometry = checked.geometry
     recipe = checked.loaded.recipe
     frozen = sum(p.numel() * p.element_size() for c in (parts.autoencoder, parts.text_encoder)  # type: ignore[attr-defined]
                  for p in (c.parameters() if hasattr(c, "parameters") else []))
