@@ -43,13 +43,16 @@ from osctl.parallel import ulysses
 
 @dataclass(frozen=True)
 class SplitInput:
-    """Split argument ``arg`` (position or keyword) of submodule ``module`` along ``dim`` before it runs.
+    """Split argument ``arg`` (position or keyword) of submodule ``module`` along ``dim`` before it runs;
+    ``keyword`` names the argument when a module is called by keyword in one place and by position in another
+    (diffusers calls blocks by keyword, and by position under gradient checkpointing).
 
     The first split of a forward fixes the per-rank token counts every later point uses."""
 
     module: str
     arg: int | str
     dim: int
+    keyword: str | None = None
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,9 @@ def _split_input_hook(state: SequenceParallelState, point: SplitInput) -> Any:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not state.active:
             return None
-        if isinstance(point.arg, str) and point.arg in kwargs:
+        if point.keyword is not None and point.keyword in kwargs:
+            kwargs = {**kwargs, point.keyword: state.local_slice(kwargs[point.keyword], point.dim)}
+        elif isinstance(point.arg, str) and point.arg in kwargs:
             kwargs = {**kwargs, point.arg: state.local_slice(kwargs[point.arg], point.dim)}
         elif isinstance(point.arg, int) and point.arg < len(args):
             args = (*args[: point.arg], state.local_slice(args[point.arg], point.dim), *args[point.arg + 1:])

@@ -172,6 +172,10 @@ class DiffusionSection(Section):
     beta_end: float = Field(0.02, gt=0)
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     rescale_betas_zero_snr: bool = Field(False, description="rescale betas to zero terminal SNR")
+    snr_shift_scale: float | None = Field(
+        None, gt=0, description="DDPM: divide the noise table's SNR by this factor before the zero-SNR rescale, as "
+        "CogVideoX's schedulers do (3.0 for CogVideoX 2B/5B, 1.0 for 1.5); unset: DDPMScheduler's table"
+    )
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR loss weighting gamma (5.0 in the release)")
     noise_offset: float = Field(0.0, ge=0.0)
     stratified_timesteps: bool = Field(True, description="per-rank stratified timestep draws (reference v1.3.1)")

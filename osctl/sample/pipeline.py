@@ -72,14 +72,18 @@ class VideoPipeline:
         """Initial latents (drawn on CPU from ``generator`` so every device gives the same numbers).
 
         A list holds one generator per batch item: item ``i`` then gets exactly the numbers a batch of one
-        drawn from ``generator[i]`` would, so batching never changes which video a seed gives.
+        drawn from ``generator[i]`` would, so batching never changes which video a seed gives. A model with an
+        ``initial_noise(shape, generator)`` method draws them (CogVideoX: frames-first, as its pipeline does).
         """
+        draw = getattr(self.model, "initial_noise", None)  # a model whose family draws its noise in another layout
+        if not callable(draw):
+            draw = _standard_normal
         if latents is None and isinstance(generator, list):
             if len(generator) != shape[0]:
                 raise UsageError(f"{len(generator)} generators for a batch of {shape[0]}; pass one per video.")
-            latents = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generator])
+            latents = torch.cat([draw((1, *shape[1:]), g) for g in generator])
         elif latents is None:
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+            latents = draw(shape, generator)
         elif tuple(latents.shape) != tuple(shape):
             raise UsageError(f"given latents have shape {tuple(latents.shape)}, expected {tuple(shape)}.")
         return latents.to(self.device, torch.float32) * scheduling.init_noise_sigma(self.scheduler)
@@ -187,6 +191,10 @@ class VideoPipeline:
             return self.autoencoder.decode(latents.to(self.device)).float()
         finally:
             self.autoencoder.to("cpu")
+
+
+def _standard_normal(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Diffusion training objectives: DDPM (the reference's) and rectified-flow matching.
 
 DDPM follows the reference (§5.4): diffusers' ``DDPMScheduler`` supplies the noise table (never
-re-implemented), noise gets an optional per-(sample, channel) offset, timesteps are drawn uniformly
+re-implemented; with ``snr_shift_scale``, CogVideoX's ``CogVideoXDDIMScheduler``, whose table divides the SNR by
+that factor before the zero-SNR rescale, exactly the table CogVideoX trains with), noise gets an optional per-(sample, channel) offset, timesteps are drawn uniformly
 or stratified per rank, the target is epsilon, velocity or the clean sample, and the per-element
 MSE is optionally min-SNR weighted and averaged over valid latent positions.
 """
@@ -56,18 +57,21 @@ class DDPMObjective:
 
     def __init__(self, *, num_train_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
                  beta_end: float = 0.02, prediction_type: str = "epsilon", rescale_betas_zero_snr: bool = False,
-                 snr_gamma: float | None = None, noise_offset: float = 0.0, stratified: bool = True) -> None:
-        from diffusers import DDPMScheduler
+                 snr_gamma: float | None = None, noise_offset: float = 0.0, stratified: bool = True,
+                 snr_shift_scale: float | None = None) -> None:
+        from diffusers import CogVideoXDDIMScheduler, DDPMScheduler
 
         if snr_gamma is not None and prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(
                 f"diffusion.snr_gamma works with prediction_type epsilon or v_prediction, got {prediction_type!r}; "
                 "unset snr_gamma or change the prediction type."
             )
-        self.scheduler = DDPMScheduler(
-            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
-            beta_end=beta_end, prediction_type=prediction_type, rescale_betas_zero_snr=rescale_betas_zero_snr,
-        )
+        table = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
+                     beta_end=beta_end, prediction_type=prediction_type, rescale_betas_zero_snr=rescale_betas_zero_snr)
+        if snr_shift_scale is None:
+            self.scheduler = DDPMScheduler(**table)
+        else:
+            self.scheduler = CogVideoXDDIMScheduler(**table, snr_shift_scale=snr_shift_scale)
         self.prediction_type = prediction_type
         self.snr_gamma = snr_gamma
         self.noise_offset = noise_offset
@@ -81,7 +85,7 @@ class DDPMObjective:
                    beta_start=diffusion.beta_start, beta_end=diffusion.beta_end,
                    prediction_type=diffusion.prediction_type, rescale_betas_zero_snr=diffusion.rescale_betas_zero_snr,
                    snr_gamma=diffusion.snr_gamma, noise_offset=diffusion.noise_offset,
-                   stratified=diffusion.stratified_timesteps)
+                   stratified=diffusion.stratified_timesteps, snr_shift_scale=getattr(diffusion, "snr_shift_scale", None))
 
     def sample_timesteps(self, batch: int, rng: random.Random, rank: int = 0, world: int = 1) -> torch.Tensor:
         """Integer timesteps for ``batch`` samples of this rank."""

@@ -296,6 +296,7 @@ def _plan(checked: CheckedRecipe, strategy: Any, layout: ParallelLayout, state: 
     else:
         plan.add("objective", f"{diffusion.objective} / {diffusion.prediction_type}"
                  f"{' zero-SNR' if diffusion.rescale_betas_zero_snr else ''}"
+                 f"{f' SNR shift {diffusion.snr_shift_scale:g}' if diffusion.snr_shift_scale else ''}"
                  f"{f' min-SNR {diffusion.snr_gamma:g}' if diffusion.snr_gamma else ''}")
     plan.add("precision", f"{train_cfg.mixed_precision} (autoencoder {'fp32' if train_cfg.vae_fp32 else train_cfg.mixed_precision})")
     plan.add("latent geometry", checked.geometry.describe())
