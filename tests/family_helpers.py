@@ -24,6 +24,8 @@ FAMILY_ENTRY_POINTS = {
     "osctl.autoencoders.wan_vae": "osctl_builtin.autoencoders.wan_vae.register",
     "osctl.models.cogvideox": "osctl_builtin.models.cogvideox.register",
     "osctl.autoencoders.cogvideox_vae": "osctl_builtin.autoencoders.cogvideox_vae.register",
+    "osctl.models.ltx_video": "osctl_builtin.models.ltx_video.register",
+    "osctl.autoencoders.ltx_vae": "osctl_builtin.autoencoders.ltx_vae.register",
 }
 
 
@@ -121,4 +123,30 @@ def tiny_cogvideox_pipeline(folder: Path, *, preset: str = "tiny-rope", seed: in
     scheduler = (CogVideoXDPMScheduler if spec["sampler"] == "CogVideoXDPM" else CogVideoXDDIMScheduler)(**table)
     CogVideoXPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=transformer,
                       scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+#: the scheduler of the released LTX-Video pipelines: flow matching, shifted by the video's token count
+LTX_SCHEDULER = {"use_dynamic_shifting": True, "base_shift": 0.95, "max_shift": 2.05, "base_image_seq_len": 1024,
+                 "max_image_seq_len": 4096}
+
+
+def tiny_ltx_pipeline(folder: Path, *, seed: int = 0) -> Path:
+    """Write a tiny random ``LTXPipeline`` (model preset ``tiny``, VAE preset ``tiny`` with a timestep-conditioned
+    decoder and per-channel statistics) with the released scheduler settings to ``folder``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    from osctl_builtin.autoencoders.ltx_vae.register import PRESETS as VAE_PRESETS
+    from osctl_builtin.autoencoders.ltx_vae.wrapper import LTXVAEAutoencoder
+    from osctl_builtin.models.ltx_video.presets import preset as model_preset
+
+    torch.manual_seed(seed)
+    transformer = perturb(LTXVideoTransformer3DModel(**model_preset("tiny")["architecture"]))
+    vae = LTXVAEAutoencoder.from_config(VAE_PRESETS["tiny"], seed=seed).vae
+    with torch.no_grad():  # released VAEs carry per-channel statistics: make them matter
+        vae.latents_mean.copy_(0.1 * torch.randn(vae.latents_mean.shape))
+        vae.latents_std.copy_(1.0 + 0.2 * torch.rand(vae.latents_std.shape))
+    encoder, tokenizer = tiny_t5_encoder("T5", 32, seed)
+    LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**LTX_SCHEDULER), vae=vae, text_encoder=encoder,
+                tokenizer=tokenizer, transformer=transformer).save_pretrained(folder)
     return folder

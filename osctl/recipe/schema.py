@@ -185,6 +185,11 @@ class DiffusionSection(Section):
     logit_mean: float = 0.0
     logit_std: float = 1.0
     mode_scale: float = 1.29
+    token_shift: tuple[float, float, float, float] | None = Field(
+        None, description="flow matching, logit_normal: [base_tokens, max_tokens, base_shift, max_shift]: the mean "
+        "of the timestep draw is base_shift at base_tokens transformer tokens per sample and grows linearly to "
+        "max_shift at max_tokens, replacing logit_mean (LTX-Video's trainer: [1024, 4096, 0.95, 2.05])"
+    )
     flow_shift: float = Field(
         1.0, gt=0, description="flow matching only: timestep shift of the training noise levels, sigma -> "
         "shift*sigma / (1 + (shift-1)*sigma) (diffusers' FlowMatchEulerDiscreteScheduler shift; Wan: 3.0 to 5.0)"

@@ -125,8 +125,10 @@ class VideoPipeline:
             neg_states, neg_mask = self.encode_prompt(negatives, max_sequence_length)
             states = torch.cat([neg_states, states])
             mask = torch.cat([neg_mask, mask])
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        x = self.prepare_latents(self.latent_shape(len(prompts), num_frames, height, width), generator, latents)
+        shape = self.latent_shape(len(prompts), num_frames, height, width)
+        scheduling.set_timesteps(self.scheduler, num_inference_steps, self.device,
+                                 self._schedule(num_inference_steps, shape))
+        x = self.prepare_latents(shape, generator, latents)
         text_states = states.unsqueeze(1)  # B x 1 x L x D, as the model expects
         text_mask = mask.unsqueeze(1)
         batch_cfg = text_states.shape[0]
@@ -149,6 +151,12 @@ class VideoPipeline:
         if output_type == "float":
             return PipelineOutput(videos=video, latents=x)
         return PipelineOutput(videos=to_uint8(video)[:, :num_frames, :height, :width], latents=x)
+
+    def _schedule(self, num_inference_steps: int, shape: tuple[int, ...]) -> dict[str, Any]:
+        """The family's options for ``scheduler.set_timesteps`` (``model.sampling_schedule``: e.g. LTX-Video's
+        sigmas and token-dependent shift), else none."""
+        schedule = getattr(self.model, "sampling_schedule", None)
+        return schedule(self.scheduler, num_inference_steps, shape) if callable(schedule) else {}
 
     def _guidance_at(self, t: torch.Tensor, scale: float, scale_2: float | None) -> float:
         """``scale_2`` at the steps the model's second expert takes, else ``scale``."""

@@ -266,7 +266,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         plan.add(*line)
     for key, value in frozen_lines(recipe, text_encoder, ae)[0]:
         plan.add(key, value)
-    objective = build_objective(recipe.diffusion)
+    objective = build_objective(recipe.diffusion, checked.geometry)
     window = getattr(model, "training_timestep_window", lambda: None)()
     if window is not None:  # a two-expert model training one expert: its timesteps only
         if not hasattr(objective, "restrict_timesteps"):
@@ -292,7 +292,10 @@ def _plan(checked: CheckedRecipe, strategy: Any, layout: ParallelLayout, state: 
     plan.add("model", f"{recipe.model.name}: {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)")
     diffusion = recipe.diffusion
     if diffusion.objective == "flow_matching":
-        plan.add("objective", f"flow_matching, shift {diffusion.flow_shift:g}, {diffusion.weighting_scheme} timesteps")
+        shifted = "" if not diffusion.token_shift else " (mean by tokens {:g}..{:g} -> {:g}..{:g})".format(
+            *diffusion.token_shift)
+        plan.add("objective", f"flow_matching, shift {diffusion.flow_shift:g}, {diffusion.weighting_scheme} timesteps"
+                 f"{shifted}")
     else:
         plan.add("objective", f"{diffusion.objective} / {diffusion.prediction_type}"
                  f"{' zero-SNR' if diffusion.rescale_betas_zero_snr else ''}"

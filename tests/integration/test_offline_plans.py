@@ -31,7 +31,8 @@ RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 MT5_CACHE = "models--google--mt5-xxl"
 #: the text encoder each family's released pipelines carry, as a plan counts it
 FAMILY_TEXT_ENCODERS = {"wan": "5.68 B parameters",        # UMT5-XXL's encoder
-                        "cogvideox": "4.76 B parameters"}  # T5 v1.1 XXL's encoder
+                        "cogvideox": "4.76 B parameters",  # T5 v1.1 XXL's encoder
+                        "ltx_video": "4.76 B parameters"}
 runner = CliRunner()
 
 
