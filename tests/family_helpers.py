@@ -26,6 +26,8 @@ FAMILY_ENTRY_POINTS = {
     "osctl.autoencoders.cogvideox_vae": "osctl_builtin.autoencoders.cogvideox_vae.register",
     "osctl.models.ltx_video": "osctl_builtin.models.ltx_video.register",
     "osctl.autoencoders.ltx_vae": "osctl_builtin.autoencoders.ltx_vae.register",
+    "osctl.models.hunyuan_video": "osctl_builtin.models.hunyuan_video.register",
+    "osctl.autoencoders.hunyuan_vae": "osctl_builtin.autoencoders.hunyuan_vae.register",
 }
 
 
@@ -149,4 +151,70 @@ def tiny_ltx_pipeline(folder: Path, *, seed: int = 0) -> Path:
     encoder, tokenizer = tiny_t5_encoder("T5", 32, seed)
     LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**LTX_SCHEDULER), vae=vae, text_encoder=encoder,
                 tokenizer=tokenizer, transformer=transformer).save_pretrained(folder)
+    return folder
+
+
+def word_tokenizer(words: list[str], *, bos: str, eos: str, pad: str, specials: tuple[str, ...] = (),
+                   eos_after: bool = False) -> Any:
+    """A fast word-level tokenizer over ``words`` (lower-cased, split on whitespace and punctuation; others are
+    ``<unk>``) that starts every text with ``bos`` (and ends it with ``eos`` when ``eos_after``): a stand-in for
+    the Llama and CLIP tokenizers of the tiny HunyuanVideo pipeline, built without a vocabulary file."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for token in (pad, "<unk>", bos, eos, *specials, *words):
+        vocab.setdefault(token, len(vocab))
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    single = f"{bos} $A {eos}" if eos_after else f"{bos} $A"
+    core.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[(bos, vocab[bos])] + ([(eos, vocab[eos])] if eos_after else []))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=eos, pad_token=pad,
+                                        unk_token="<unk>", model_max_length=1 << 20)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(specials)})
+    return tokenizer
+
+
+#: the words of the tiny HunyuanVideo tokenizers: the template's and the test prompts'
+HUNYUAN_WORDS = ["describe", "the", "video", "by", "detailing", "following", "aspects", ":", "1", ".", "main", "content", "and", "theme", "of", "2", "color", ",", "shape", "size", "texture", "quantity", "text", "spatial", "relationships", "objects", "3", "actions", "events", "behaviors", "temporal", "physical", "movement", "changes", "4", "background", "environment", "light", "style", "atmosphere", "5", "camera", "angles", "movements", "transitions", "used", "in", "system", "user", "a", "red", "ball", "rolls", "over", "blue", "floor", "blurry", "static", "circle", "moves", "clip", "number", "0", "6", "7", "8", "9", "to", "right"]
+
+
+def tiny_hunyuan_pipeline(folder: Path, *, seed: int = 0) -> Path:
+    """Write a tiny random ``HunyuanVideoPipeline`` (model preset ``tiny``, VAE preset ``tiny``, a 3-layer
+    ``LlamaModel`` and a 2-layer ``CLIPTextModel`` with word-level tokenizers, the released flow sampler with
+    shift 7.0) to ``folder``."""
+    import transformers
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+
+    from osctl_builtin.autoencoders.hunyuan_vae.register import PRESETS as VAE_PRESETS
+    from osctl_builtin.autoencoders.hunyuan_vae.wrapper import HunyuanVAEAutoencoder
+    from osctl_builtin.models.hunyuan_video.presets import preset as model_preset
+
+    torch.manual_seed(seed)
+    architecture = model_preset("tiny")["architecture"]
+    transformer = perturb(HunyuanVideoTransformer3DModel(**architecture))
+    vae = HunyuanVAEAutoencoder.from_config(VAE_PRESETS["tiny"], seed=seed).vae
+    words = sorted(set(HUNYUAN_WORDS))
+    tokenizer = word_tokenizer(words, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad="<pad>",
+                               specials=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))
+    tokenizer_2 = word_tokenizer(words, bos="<|startoftext|>", eos="<|endoftext|>", pad="<pad>", eos_after=True)
+    llama = transformers.LlamaModel(transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=architecture["text_embed_dim"], intermediate_size=64,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer_2), hidden_size=architecture["pooled_projection_dim"], intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77, projection_dim=16,
+        pad_token_id=tokenizer_2.pad_token_id, bos_token_id=tokenizer_2.bos_token_id,
+        eos_token_id=tokenizer_2.eos_token_id))
+    HunyuanVideoPipeline(text_encoder=perturb(llama).eval(), tokenizer=tokenizer, transformer=transformer, vae=vae,
+                         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=perturb(clip).eval(),
+                         tokenizer_2=tokenizer_2).save_pretrained(folder)
     return folder

@@ -113,6 +113,30 @@ class DiffusersAutoencoder(nn.Module):
         return {"vae": self.vae}
 
 
+class ScaledAutoencoder(DiffusersAutoencoder):
+    """A VAE whose latents are scaled by one factor, its config's ``scaling_factor`` (CogVideoX, HunyuanVideo)::
+
+        encode: z = posterior.sample() * scaling_factor          (the posterior mean with sample=False)
+        decode: video = vae.decode(z / scaling_factor)
+
+    as their pipelines decode and their trainers encode. Every such VAE compresses time 4x (causal first frame)
+    and space by ``2 ** (len(block_out_channels) - 1)``."""
+
+    def __init__(self, vae: Any) -> None:
+        super().__init__(vae)
+        cfg = vae.config
+        self.latent_channels = int(cfg.latent_channels)
+        self.temporal_stride = int(getattr(cfg, "temporal_compression_ratio", None) or 4)
+        self.spatial_stride = int(getattr(cfg, "spatial_compression_ratio", None) or 2 ** (len(cfg.block_out_channels) - 1))
+        self.scaling_factor = float(cfg.scaling_factor)
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.scaling_factor
+
+    def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents / self.scaling_factor
+
+
 def build_autoencoder(config: Any, wrapper: type[DiffusersAutoencoder], *, device: Any = None, dtype: Any = None,
                       meta: bool = False) -> DiffusersAutoencoder:
     """A family's autoencoder from its config (:class:`osctl.families.configs.DiffusersAutoencoderConfig`):

@@ -1,4 +1,4 @@
-"""The CogVideoX and LTX-Video families through the command line and the data path: `plugins list`, `ckpt inspect`
+"""The CogVideoX, LTX-Video and HunyuanVideo families through the command line and the data path: `plugins list`, `ckpt inspect`
 of their released folders, `ckpt convert --to diffusers-pipeline` of a trained LTX-Video, and an LTX-Video recipe's
 buckets (8k+1 frames, sizes in multiples of 32) as `data bucket` reports them and the loader reads them."""
 
@@ -20,6 +20,7 @@ from tests.family_helpers import (
     ensure_family_plugins,
     family_registry,
     tiny_cogvideox_pipeline,
+    tiny_hunyuan_pipeline,
     tiny_ltx_pipeline,
 )
 
@@ -37,15 +38,17 @@ def test_plugins_list_shows_the_families():
     assert result.exit_code == 0, result.output
     names = {(c["kind"], c["name"]) for c in json.loads(result.stdout)["components"]}
     assert {("model", "cogvideox"), ("autoencoder", "cogvideox_vae"), ("model", "ltx_video"),
-            ("autoencoder", "ltx_vae"), ("sampler", "CogVideoXDPM")} <= names
+            ("autoencoder", "ltx_vae"), ("model", "hunyuan_video"), ("autoencoder", "hunyuan_vae"),
+            ("text_encoder", "hunyuan_text"), ("sampler", "CogVideoXDPM")} <= names
 
 
 @pytest.mark.parametrize(("family", "pipeline_class", "model", "vae"), [
     ("cogvideox", "CogVideoXPipeline", "cogvideox", "cogvideox_vae"),
     ("ltx", "LTXPipeline", "ltx_video", "ltx_vae"),
+    ("hunyuan", "HunyuanVideoPipeline", "hunyuan_video", "hunyuan_vae"),
 ])
 def test_inspect_names_a_family_pipeline_folder_and_its_components(tmp_path, family, pipeline_class, model, vae):
-    write = {"cogvideox": tiny_cogvideox_pipeline, "ltx": tiny_ltx_pipeline}[family]
+    write = {"cogvideox": tiny_cogvideox_pipeline, "ltx": tiny_ltx_pipeline, "hunyuan": tiny_hunyuan_pipeline}[family]
     pipe = write(tmp_path / family)
     result = runner.invoke(app, ["ckpt", "inspect", str(pipe), "--json"])
     assert result.exit_code == 0, result.output
@@ -53,7 +56,9 @@ def test_inspect_names_a_family_pipeline_folder_and_its_components(tmp_path, fam
     assert report["format"] == "diffusers-pipeline" and report["integrity"]["ok"]
     assert report["pipeline"]["class_name"] == pipeline_class
     loaders = {name: (c["loads_with"] or {}).get("name") for name, c in report["pipeline"]["components"].items()}
-    assert loaders == {"transformer": model, "vae": vae, "text_encoder": "t5", "tokenizer": None, "scheduler": None}
+    text = {"text_encoder": "t5", "tokenizer": None} if family != "hunyuan" else {
+        "text_encoder": "hunyuan_text", "tokenizer": None, "text_encoder_2": None, "tokenizer_2": None}
+    assert loaders == {"transformer": model, "vae": vae, **text, "scheduler": None}
     assert report["architecture"]["loads_with"]["name"] == model
 
 

@@ -32,7 +32,8 @@ MT5_CACHE = "models--google--mt5-xxl"
 #: the text encoder each family's released pipelines carry, as a plan counts it
 FAMILY_TEXT_ENCODERS = {"wan": "5.68 B parameters",        # UMT5-XXL's encoder
                         "cogvideox": "4.76 B parameters",  # T5 v1.1 XXL's encoder
-                        "ltx_video": "4.76 B parameters"}
+                        "ltx_video": "4.76 B parameters",
+                        "hunyuan_video": "7.63 B parameters"}  # LLaVA-Llama-3's and CLIP-L's encoders
 runner = CliRunner()
 
 
@@ -169,7 +170,7 @@ def test_every_recipe_plans_offline_and_writes_nothing(recipe, data_txt, user_ma
     if loaded.pipeline_path is not None:  # a released family pipeline by hub id: planned from its released configs
         pipeline = loaded.pipeline_path
         encoder = FAMILY_TEXT_ENCODERS[model]
-        assert plan["text encoder"].startswith(f"t5: {encoder}")
+        assert plan["text encoder"].startswith(f"{loaded.text_encoder.name}: {encoder}")
         assert plan["autoencoder"].startswith(f"{loaded.autoencoder.name}: ")
         for key in ("model.path", "autoencoder.path", "text_encoder.name_or_path"):
             missing = plan[f"missing weights {key}"]
