@@ -162,3 +162,26 @@ def test_an_ltx_video_recipe_buckets_8k_plus_1_frames_and_sizes_in_multiples_of_
     for sample in range(len(index)):
         t = index.sample(sample).shape[0]
         assert len(dataset.frame_indices(sample, random.Random(sample))) == t
+
+
+# -- plans of the released presets the shipped recipes do not name ------------------------------------------------
+
+@pytest.mark.parametrize(("recipe", "sets", "model"), [
+    ("cogvideox-5b.yaml", ["model.preset=cogvideox-2b", "pipeline_path=THUDM/CogVideoX-2b",
+                           "sample.sample_method=CogVideoX"], "cogvideox: 1693.78 M parameters"),
+    ("cogvideox-5b.yaml", ["model.preset=cogvideox1.5-5b", "pipeline_path=THUDM/CogVideoX1.5-5B",
+                           "diffusion.snr_shift_scale=1.0", "data.num_frames=81", "data.min_frames=81",
+                           "data.train_fps=16", "data.max_height=768", "data.max_width=1360"],
+     "cogvideox: 5570.68 M parameters"),
+], ids=["cogvideox-2b", "cogvideox1.5-5b"])
+def test_train_dry_run_plans_the_released_presets_on_the_meta_device(recipe, sets, model, tmp_path, monkeypatch):
+    from tests.integration.test_offline_plans import write_long_clips
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    data = write_long_clips(tmp_path / "data", count=8)
+    result = runner.invoke(app, ["train", "--recipe", str(REPO_ROOT / "recipes" / recipe), "--dry-run", "--json",
+                                 "--set", f"data.data={data}", *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["model"].startswith(model) and "GB per process" in plan["memory with frozen components"]
+    assert plan["text encoder"].startswith("t5: 4.76 B parameters") and "missing weights model.path" in plan
