@@ -123,7 +123,7 @@ def test_train_convert_load_in_diffusers_and_sample_like_osctl(tmp_path, monkeyp
     assert report["verified"]["tensors"] == report["tensors"] > 0
     index = json.loads((exported / "model_index.json").read_text())
     assert index["_class_name"] == "CogVideoXPipeline" and index["scheduler"] == ["diffusers", "CogVideoXDPMScheduler"]
-    assert "transformer_2" not in index or index["transformer_2"] == [None, None]
+    assert "transformer_2" not in index  # Wan's second-expert slot is not CogVideoX's
 
     samples = tmp_path / "samples"
     sampled = runner.invoke(app, ["sample", "--checkpoint", str(checkpoint), "-p", "a red circle moves", "-o",

@@ -12,7 +12,8 @@ does; the model gathers them and splits its token sequence at its own split poin
   through ``UlyssesLTXAttnProcessor``, the prompt-masked cross-attention unchanged.
 
 Compared with one process on the same batch: the training step's loss, output and reduced gradients (<= 1e-5),
-and sampling's final latents (<= 1e-4; CogVideoX with its stochastic DPM sampler and a seeded generator).
+three FSDP2 optimizer steps' losses (CogVideoX), and sampling's final latents (<= 1e-4; CogVideoX with its
+stochastic DPM sampler and a seeded generator).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def test_cogvideox_and_ltx_sequence_parallel_equal_one_process(tmp_path):
         {"kind": "grads", "name": "grads-cogvideox-1.5", "family": "cogvideox", "preset": "tiny-1.5",
          "sets": [*SP, "model.gradient_checkpointing=true", "diffusion.snr_shift_scale=1.0"]},
         {"kind": "grads", "name": "grads-ltx", "family": "ltx", "preset": "ltx", "sets": SP},
+        {"kind": "train", "name": "train-cogvideox-fsdp", "family": "cogvideox", "preset": "tiny-rope",
+         "sets": [*SP[:2], "parallel.strategy=fsdp"]},
         {"kind": "sample", "name": "sample-cogvideox", "family": "cogvideox", "preset": "tiny-rope", "sets": []},
         {"kind": "sample", "name": "sample-ltx", "family": "ltx", "preset": "ltx", "sets": []},
     ]
@@ -48,7 +51,11 @@ def test_cogvideox_and_ltx_sequence_parallel_equal_one_process(tmp_path):
         one = run_job(one_job, tmp_path)
         two = results[job["name"]]
         ulysses, plain = PROCESSORS[job["family"]]
-        if job["kind"] == "grads":  # each rank ran part of the latent frames through Ulysses attention
+        if job["kind"] == "train":  # FSDP2 shards every CogVideoXBlock; three optimizer steps
+            assert len(two["losses"]) == 3
+            for a, b in zip(two["losses"], one["losses"], strict=True):
+                assert abs(a - b) <= 1e-5 * max(1.0, abs(b))
+        elif job["kind"] == "grads":  # each rank ran part of the latent frames through Ulysses attention
             assert two["local_frames"] < one["local_frames"]
             assert two["processor"] == ulysses and one["processor"] == plain
             assert abs(two["loss"] - one["loss"]) <= 1e-6 * max(1.0, abs(one["loss"]))
