@@ -119,16 +119,12 @@ class ScaledAutoencoder(DiffusersAutoencoder):
         encode: z = posterior.sample() * scaling_factor          (the posterior mean with sample=False)
         decode: video = vae.decode(z / scaling_factor)
 
-    as their pipelines decode and their trainers encode. Every such VAE compresses time 4x (causal first frame)
-    and space by ``2 ** (len(block_out_channels) - 1)``."""
+    as their pipelines decode and their trainers encode (the strides are the plugin config's geometry)."""
 
     def __init__(self, vae: Any) -> None:
         super().__init__(vae)
-        cfg = vae.config
-        self.latent_channels = int(cfg.latent_channels)
-        self.temporal_stride = int(getattr(cfg, "temporal_compression_ratio", None) or 4)
-        self.spatial_stride = int(getattr(cfg, "spatial_compression_ratio", None) or 2 ** (len(cfg.block_out_channels) - 1))
-        self.scaling_factor = float(cfg.scaling_factor)
+        self.latent_channels = int(vae.config.latent_channels)
+        self.scaling_factor = float(vae.config.scaling_factor)
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.scaling_factor
