@@ -199,6 +199,10 @@ class DiffusionSection(Section):
     beta_end: float = Field(0.02, gt=0)
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     rescale_betas_zero_snr: bool = Field(False, description="rescale betas to zero terminal SNR")
+    snr_shift_scale: float | None = Field(
+        None, gt=0, description="DDPM: divide the noise table's SNR by this factor before the zero-SNR rescale, as "
+        "CogVideoX's schedulers do (3.0 for CogVideoX 2B/5B, 1.0 for 1.5); unset: DDPMScheduler's table"
+    )
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR loss weighting gamma (5.0 in the release)")
     noise_offset: float = Field(0.0, ge=0.0)
     stratified_timesteps: bool = Field(True, description="per-rank stratified timestep draws (reference v1.3.1)")
@@ -208,6 +212,11 @@ class DiffusionSection(Section):
     logit_mean: float = 0.0
     logit_std: float = 1.0
     mode_scale: float = 1.29
+    token_shift: tuple[float, float, float, float] | None = Field(
+        None, description="flow matching, logit_normal: [base_tokens, max_tokens, base_shift, max_shift]: the mean "
+        "of the timestep draw is base_shift at base_tokens transformer tokens per sample and grows linearly to "
+        "max_shift at max_tokens, replacing logit_mean (LTX-Video's trainer: [1024, 4096, 0.95, 2.05])"
+    )
     flow_shift: float = Field(
         1.0, gt=0, description="flow matching only: timestep shift of the training noise levels, sigma -> "
         "shift*sigma / (1 + (shift-1)*sigma) (diffusers' FlowMatchEulerDiscreteScheduler shift; Wan: 3.0 to 5.0)"

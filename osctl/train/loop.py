@@ -136,7 +136,7 @@ def micro_step(parts: TrainParts, batch: dict[str, Any], *, sync: bool, scale: f
     latent_mask = latent_mask.to(device) if latent_mask is not None else None
     # one draw per data-parallel replica: every rank of a sequence-parallel group gets the same values
     timesteps = parts.objective.sample_timesteps(
-        latents.shape[0], parts.state.timestep_rng, groups.dp_rank, groups.dp_size
+        latents.shape[0], parts.state.timestep_rng, groups.dp_rank, groups.dp_size, latent_shape=tuple(latents.shape[2:])
     ).to(device)
     noise = parts.objective.sample_noise(latents, parts.state.noise_generator)
     noised = parts.objective.add_noise(latents, noise, timesteps)

@@ -306,7 +306,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     for key, value in cache.plan_lines(recipe, ae, text_encoder) if cache else \
             frozen_lines(recipe, text_encoder, ae)[0]:
         plan.add(key, value)
-    objective = build_objective(recipe.diffusion)
+    objective = build_objective(recipe.diffusion, checked.geometry)
     window = getattr(model, "training_timestep_window", lambda: None)()
     if window is not None:  # a two-expert model training one expert: its timesteps only
         if not hasattr(objective, "restrict_timesteps"):
@@ -333,10 +333,14 @@ def _plan(checked: CheckedRecipe, strategy: Any, layout: ParallelLayout, state: 
     plan.add("model", f"{recipe.model.name}: {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)")
     diffusion = recipe.diffusion
     if diffusion.objective == "flow_matching":
-        plan.add("objective", f"flow_matching, shift {diffusion.flow_shift:g}, {diffusion.weighting_scheme} timesteps")
+        shifted = "" if not diffusion.token_shift else " (mean by tokens {:g}..{:g} -> {:g}..{:g})".format(
+            *diffusion.token_shift)
+        plan.add("objective", f"flow_matching, shift {diffusion.flow_shift:g}, {diffusion.weighting_scheme} timesteps"
+                 f"{shifted}")
     else:
         plan.add("objective", f"{diffusion.objective} / {diffusion.prediction_type}"
                  f"{' zero-SNR' if diffusion.rescale_betas_zero_snr else ''}"
+                 f"{f' SNR shift {diffusion.snr_shift_scale:g}' if diffusion.snr_shift_scale else ''}"
                  f"{f' min-SNR {diffusion.snr_gamma:g}' if diffusion.snr_gamma else ''}")
     plan.add("precision", f"{train_cfg.mixed_precision} (autoencoder {'fp32' if train_cfg.vae_fp32 else train_cfg.mixed_precision})")
     plan.add("latent geometry", checked.geometry.describe())
