@@ -81,7 +81,8 @@ def sampler_options(recipe: Any, recorded: dict[str, Any] | None = None) -> dict
     ``diffusion`` section) overridden by ``sample.sampler_options``."""
     diffusion = recorded or recipe.diffusion.model_dump()
     options = {key: diffusion[key] for key in ("prediction_type", "rescale_betas_zero_snr", "num_train_timesteps",
-                                                "beta_schedule", "beta_start", "beta_end") if key in diffusion}
+                                                "beta_schedule", "beta_start", "beta_end", "snr_shift_scale")
+               if diffusion.get(key) is not None}
     if diffusion.get("objective") == "flow_matching":
         options["prediction_type"] = "flow"
     options.update(recipe.sample.sampler_options)

@@ -44,6 +44,10 @@ class Autoencoder(Protocol):
     Its strides and latent channels are declared by its config (``autoencoder_geometry()``, see
     :mod:`osctl.geometry`), not read off the built object: ``T_lat = (T - 1) // stride_t + 1`` (causal
     first frame), ``H_lat = H // stride_hw``.
+
+    Optional: ``latent_moments(video) -> osctl.latent_moments.LatentMoments`` (the posterior and the
+    normalisation, with ``encode`` computed from it), so ``osctl data cache`` can store the posterior and
+    training draw from it exactly as ``encode`` would.
     """
 
     def encode(self, video: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:

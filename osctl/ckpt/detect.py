@@ -45,6 +45,7 @@ DEEPSPEED = "deepspeed"
 DCP = "dcp"
 SAFETENSORS = "safetensors"
 TORCH = "torch"
+LORA_ADAPTER = "lora-adapter"
 
 DESCRIPTIONS = {
     OSCTL_CHECKPOINT: "osctl training checkpoint",
@@ -57,6 +58,7 @@ DESCRIPTIONS = {
     DCP: "torch.distributed.checkpoint folder (FSDP/DCP)",
     SAFETENSORS: "safetensors file",
     TORCH: "torch pickle file",
+    LORA_ADAPTER: "LoRA adapter (diffusers/PEFT format, loads with load_lora_weights)",
 }
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -133,7 +135,9 @@ def _detect_file(path: Path) -> Detected:
         folder.notes.append(f"{name} is an index; described its folder {path.parent}")
         return folder
     if name.endswith(".safetensors"):
-        return Detected(SAFETENSORS, path, weights=path)
+        from osctl.ckpt.adapters import is_adapter_file
+
+        return Detected(LORA_ADAPTER if is_adapter_file(path) else SAFETENSORS, path, weights=path)
     if name.endswith(TORCH_SUFFIXES):
         return Detected(TORCH, path, weights=path)
     with path.open("rb") as handle:
@@ -179,6 +183,10 @@ def _detect_folder(path: Path) -> Detected:
     transformers = find_weights(path, TRANSFORMERS_STEMS) or _bin_weights(path, "pytorch_model")
     if transformers and config.is_file():
         return Detected(TRANSFORMERS, path, weights=transformers, config=config)
+    from osctl.ckpt.adapters import LORA_WEIGHTS
+
+    if (path / LORA_WEIGHTS).is_file():
+        return Detected(LORA_ADAPTER, path, weights=path / LORA_WEIGHTS)
     loose = transformers or _single_index(path)
     if loose:
         return Detected(SAFETENSORS_FOLDER, path, weights=loose)

@@ -80,6 +80,7 @@ def inspect_path(path: Path, *, tensors: bool = False, recipe: Path | None = Non
             raise
         infos = []  # damage the manifest check already reported; show what could be read
         report["notes"].append(f"could not describe everything: {exc.message}")
+    _adapters(found, report)
     if report["architecture"] is None and infos:
         guessed = fmt.guess_class([i.name for i in infos])
         if guessed:
@@ -389,11 +390,45 @@ def nearby_config(path: Path) -> Path | None:
     return None
 
 
+def _lora_adapter(found: fmt.Detected, report: dict[str, Any], *, trust_pickle: bool,
+                  verify_hashes: bool) -> list[TensorInfo]:
+    """A LoRA adapter file (or its folder): its tensors; ``_adapters`` adds what the adapter is."""
+    assert found.weights is not None
+    header = read_header(found.weights, label=found.weights.name)
+    report["integrity"]["checked"] = "safetensors header against the file size"
+    report["weights"] = summarize(header.tensors.values(), _rel(found.weights, found.path) if found.path.is_dir()
+                                  else found.weights.name)
+    return list(header.tensors.values())
+
+
+def _adapters(found: fmt.Detected, report: dict[str, Any]) -> None:
+    """``adapter`` (and ``adapter_ema``): rank, alpha, targets and base of a LoRA adapter or LoRA checkpoint."""
+    from osctl.ckpt.adapters import LORA_WEIGHTS, describe_adapter
+
+    files: dict[str, Path] = {}
+    if found.format == fmt.LORA_ADAPTER and found.weights is not None:
+        files["adapter"] = found.weights
+    elif found.format == fmt.OSCTL_CHECKPOINT:
+        for key, sub in (("adapter", "adapter"), ("adapter_ema", "adapter_ema")):
+            if (found.path / sub / LORA_WEIGHTS).is_file():
+                files[key] = found.path / sub / LORA_WEIGHTS
+        if files and report["weights"] is None:
+            report["notes"] = [n for n in report["notes"] if not n.startswith("no model/ folder")]
+            report["notes"].append("a LoRA run's checkpoint: it holds the adapter alone (the base comes from the "
+                                   "recipe's model.path / train.pretrained)")
+    for key, file in files.items():
+        facts = describe_adapter(file)
+        facts["file"] = _rel(file, found.path) if found.path.is_dir() else file.name
+        report[key] = facts
+    if "adapter_ema" in report:
+        report["ema"] = {"present": True, "path": report["adapter_ema"]["file"]}
+
+
 _HANDLERS = {
     fmt.OSCTL_CHECKPOINT: _osctl_checkpoint, fmt.OSP_TRAINING: _osp_training, fmt.DIFFUSERS: _diffusers,
     fmt.DIFFUSERS_PIPELINE: _pipeline,
     fmt.TRANSFORMERS: _diffusers, fmt.SAFETENSORS_FOLDER: _safetensors_folder, fmt.SAFETENSORS: _safetensors,
-    fmt.TORCH: _torch_file, fmt.DEEPSPEED: _deepspeed, fmt.DCP: _dcp,
+    fmt.TORCH: _torch_file, fmt.DEEPSPEED: _deepspeed, fmt.DCP: _dcp, fmt.LORA_ADAPTER: _lora_adapter,
 }
 
 

@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from osctl import __version__
+from osctl.cli import cache as cache_cli
 from osctl.cli import ckpt as ckpt_cli
 from osctl.cli import curate as curate_cli
 from osctl.cli import data as data_cli
@@ -95,6 +96,7 @@ app.add_typer(recipe_cli.app, name="recipe")
 app.add_typer(ckpt_cli.app, name="ckpt")
 app.add_typer(data_cli.app, name="data")
 synth_cli.register(data_cli.app)
+cache_cli.register(data_cli.app)
 curate_cli.register(data_cli.app)
 app.add_typer(eval_cli.app, name="eval")
 sample_cli.register(app)

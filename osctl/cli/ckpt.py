@@ -33,6 +33,7 @@ class Target(StrEnum):
     diffusers_pipeline = "diffusers-pipeline"
     safetensors = "safetensors"
     pt = "pt"
+    comfyui_lora = "comfyui-lora"
 
 
 class DType(StrEnum):
@@ -88,7 +89,7 @@ def inspect_cmd(
 @app.command("convert")
 def convert_cmd(
     src: Annotated[Path, typer.Argument(help="Checkpoint file or folder to convert.", metavar="SRC", show_default=False)],
-    to: Annotated[Target, Opt("--to", help="Output format.", case_sensitive=False, show_default=False)],
+    to: Annotated[Target | None, Opt("--to", help="Output format.", case_sensitive=False, show_default=False)] = None,
     output: Annotated[Path | None, Opt("--output", "-o", help="Output file or folder (default: next to SRC).")] = None,
     ema: Annotated[bool, Opt("--ema", help="Take the EMA weights (model_ema/, ema_state_dict, DCP 'ema').")] = False,
     dtype: Annotated[DType | None, Opt("--dtype", help="Cast floating tensors (default: keep).", case_sensitive=False)] = None,
@@ -99,6 +100,9 @@ def convert_cmd(
     force: Annotated[bool, Opt("--force", help="Replace an existing output.")] = False,
     trust_pickle: Annotated[bool, Opt("--trust-pickle", help="Unpickle .pt/.bin files that need more than "
                                       "weights_only allows (runs code from the file: trusted files only).")] = False,
+    merge_lora: Annotated[Path | None, Opt("--merge-lora", help="Merge this LoRA adapter into SRC (the base "
+                                           "weights) and write the merged weights to -o.", metavar="ADAPTER")] = None,
+    scale: Annotated[float, Opt("--scale", help="With --merge-lora: the adapter's multiplier.")] = 1.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert weights between formats; the result is re-read and compared before it is put in place.
@@ -122,9 +126,21 @@ def convert_cmd(
       [bold]osctl ckpt convert exported/ --to safetensors -o exported.safetensors --dry-run[/]
 
       [bold]osctl ckpt convert out/checkpoint-2000 --to diffusers-pipeline --ema -o wan-finetuned/[/]
+
+      [bold]osctl ckpt convert out/checkpoint-500/adapter --to comfyui-lora -o my_lora_comfyui.safetensors[/]
+
+      [bold]osctl ckpt convert ckpt/base --merge-lora out/checkpoint-500 --scale 0.8 -o merged/[/]
+
+    LoRA adapters: --to comfyui-lora writes the key naming ComfyUI's loaders use (diffusion_model.<module>.lora_down/lora_up/alpha) for the families ComfyUI loads (Wan; Open-Sora-Plan v1.3 has none); --merge-lora ADAPTER adds scale x the adapter's update to SRC's weights (a diffusers folder gives a folder, a file one .safetensors file).
     """
     from osctl.ckpt.convert import ConvertOptions, convert, parse_size
+    from osctl.errors import UsageError
 
+    if merge_lora is not None or to == Target.comfyui_lora:
+        _convert_adapter(src, to, output, merge_lora, scale, force, dry_run, as_json)
+        return
+    if to is None:
+        raise UsageError("ckpt convert needs --to FORMAT (or --merge-lora ADAPTER); see osctl ckpt convert --help.")
     if to is Target.diffusers_pipeline:
         from osctl.families.pipeline_export import export_pipeline
 
@@ -145,6 +161,30 @@ def convert_cmd(
         print_json(report)
     else:
         _render_convert(report)
+
+
+def _convert_adapter(src: Path, to: Target | None, output: Path | None, merge_lora: Path | None, scale: float,
+                     force: bool, dry_run: bool, as_json: bool) -> None:
+    """``--to comfyui-lora`` and ``--merge-lora``: the adapter conversions of ``osctl.ckpt.adapters``."""
+    from osctl.ckpt.adapters import merge_lora as merge
+    from osctl.ckpt.adapters import to_comfyui
+    from osctl.errors import UsageError
+
+    if merge_lora is not None:
+        if to is not None:
+            raise UsageError("--merge-lora writes merged weights in SRC's layout; drop --to.")
+        if output is None:
+            raise UsageError("--merge-lora needs -o OUTPUT (a folder for a diffusers base, a .safetensors file "
+                             "for a file).")
+        report = merge(src, merge_lora, output, scale=scale, force=force, dry_run=dry_run)
+        line = f"merged {report['adapter']} x {scale:g} into {report['merged_modules']} modules of {src}"
+    else:
+        report = to_comfyui(src, output, force=force, dry_run=dry_run)
+        line = f"wrote {report['modules']} modules of {report['source']} in ComfyUI's {report['family']} naming"
+    if as_json:
+        print_json(report)
+        return
+    console.print(f"{'would have ' if dry_run else ''}{line} -> {report['output']}")
 
 
 # --- human output ----------------------------------------------------------------------------------------
@@ -223,8 +263,18 @@ def _render_inspect(report: dict[str, Any]) -> None:
         table.add_row("  by module", shown_modules + more)
         for name, part in (report.get("parts") or {}).items():
             table.add_row(f"  {escape(name)}/", escape(_weights_line(part)))
+    for key in ("adapter", "adapter_ema"):
+        facts = report.get(key)
+        if facts:
+            base = facts["base"]
+            table.add_row(key.replace("_", " "), escape(
+                f"{facts['file']}: LoRA rank {facts['rank']}, alpha {facts['alpha']}, {facts['modules']} modules "
+                f"({', '.join(facts['target_modules'] or [])}), {_count(facts['parameters'])} parameters, "
+                f"{_size(facts['bytes'])}; base {base['class'] or '?'} {base['fingerprint'] or ''}".rstrip()))
     ema = report["ema"]
-    if ema.get("present"):
+    if ema.get("present") and "adapter_ema" in report:
+        pass
+    elif ema.get("present"):
         details = ema.get("details") or {}
         extra = ", ".join(f"{k} {v}" for k, v in details.items())
         line = _weights_line(ema) if "parameters" in ema else "yes"

@@ -176,16 +176,15 @@ class _RecipeTarget:
         ``ConfigError``) and the folder: ``--out``, else ``data.index_dir``, else ``<train.output_dir>/index``."""
         if self._target is None:
             from osctl.data.bucket import BucketSettings
-            from osctl.data.build import IndexTarget
+            from osctl.data.build import IndexTarget, index_folder
             from osctl.plugin_manager import default_registry
             from osctl.recipe.validate import recipe_geometry
 
             loaded = self.recipe()
             geometry = recipe_geometry(loaded, default_registry())
             settings = BucketSettings.from_recipe(loaded.recipe, geometry=geometry, world_size=self._args[2])
-            data, out = loaded.recipe.data, self._args[3]
-            folder = Path(out) if out is not None else Path(data.index_dir or Path(loaded.recipe.train.output_dir) / "index")
-            self._target = IndexTarget(settings, folder)
+            out = self._args[3]
+            self._target = IndexTarget(settings, Path(out) if out is not None else index_folder(loaded.recipe))
         return self._target
 
 

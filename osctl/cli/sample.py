@@ -45,6 +45,9 @@ def sample(
     grid: Annotated[bool, Opt("--grid", help="Also write one grid video of all samples.")] = False,
     enable_tiling: Annotated[bool, Opt("--enable-tiling", help="Autoencoder temporal tiling (long clips).")] = False,
     cpu_offload: Annotated[bool, Opt("--cpu-offload", help="Text encoder on the CPU; autoencoder on the GPU only to decode.")] = False,
+    lora: Annotated[list[str] | None, Opt("--lora", help="A LoRA adapter merged for sampling: PATH[:SCALE] "
+                                          "(repeatable; a pytorch_lora_weights.safetensors, its folder or a LoRA "
+                                          "checkpoint-N).")] = None,
     sp: Annotated[bool, Opt("--sp", help="All processes work on each sample (sequence parallel).")] = False,
     nproc_per_node: Annotated[int | None, Opt("--nproc-per-node", help="Start this many processes.")] = None,
     nnodes: Annotated[int, Opt("--nnodes")] = 1,
@@ -60,6 +63,8 @@ def sample(
       [bold]osctl sample --recipe recipes/sample-v1.3.yaml --prompts prompts.txt --nproc-per-node 8[/]
 
       [bold]osctl sample --checkpoint out/checkpoint-2000 --prompts prompts.txt[/]
+
+      [bold]osctl sample --recipe recipes/sample-v1.3.yaml --lora out/checkpoint-500:0.8 --prompt "a corgi"[/]
     """
     from osctl.parallel.launch import LaunchOptions, relaunch
 
@@ -75,11 +80,22 @@ def sample(
     sets = list(overrides or [])
     recorded = None
     source: dict[str, object] = {}
-    if checkpoint is not None:
+    base_weights = None
+    loras = list(lora or [])
+    if checkpoint is not None and _is_lora_checkpoint(checkpoint):
+        recipe_file, adapter, base_weights, recorded = _lora_checkpoint_inputs(checkpoint, no_ema)
+        recipe = recipe or recipe_file
+        loras.insert(0, str(adapter))
+        source = {"checkpoint": str(checkpoint), "adapter": str(adapter)}
+    elif checkpoint is not None:
         recipe_file, weights, recorded = _checkpoint_inputs(checkpoint, no_ema)
         recipe = recipe or recipe_file
         sets = [f"model.path={weights}", *sets]
         source = {"checkpoint": str(checkpoint), "weights": str(weights)}
+    if loras:
+        import json
+
+        sets.append(f"sample.loras={json.dumps(loras)}")
     flag_sets = {
         "model.path": model_path, "autoencoder.path": ae_path, "text_encoder.name_or_path": text_encoder_name_1,
         "sample.negative_prompt": negative_prompt, "sample.num_frames": num_frames, "sample.height": height,
@@ -106,7 +122,7 @@ def sample(
     if cfg.sp and cfg.num_frames == 1:
         raise UsageError("--sp splits the time axis and needs --num-frames > 1; drop --sp for images.")
     request = SampleRequest(prompts=list(prompt or []), prompts_file=prompts, grid=grid,
-                            recorded_diffusion=recorded, source=source)
+                            recorded_diffusion=recorded, source=source, base_weights=base_weights)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from osctl.parallel.dist import shutdown
@@ -152,6 +168,35 @@ def _checkpoint_inputs(folder: Path, no_ema: bool) -> tuple[Path, Path, dict[str
         raise UsageError(f"--checkpoint {folder} has no recipe.yaml; pass --recipe with the training recipe.")
     recorded = (yaml.safe_load(recipe_file.read_text()) or {}).get("diffusion")
     return recipe_file, weights, recorded
+
+
+def _is_lora_checkpoint(folder: Path) -> bool:
+    """True for a LoRA run's checkpoint-N (or an output folder whose newest checkpoint is one)."""
+    from osctl.train.checkpoint import is_complete, latest_checkpoint
+    from osctl.train.lora import ADAPTER_DIR
+
+    if not is_complete(folder):
+        folder = latest_checkpoint(folder) or folder
+    return (folder / ADAPTER_DIR).is_dir() and not (folder / "model").is_dir()
+
+
+def _lora_checkpoint_inputs(folder: Path, no_ema: bool) -> tuple[Path, Path, Path | None, dict[str, object] | None]:
+    """The recipe, the adapter folder, the base weights (``train.pretrained``) and the recorded diffusion
+    settings of a LoRA checkpoint: the base comes from its recipe, the adapter from the checkpoint."""
+    import yaml
+
+    from osctl.train.checkpoint import is_complete, latest_checkpoint
+    from osctl.train.lora import ADAPTER_DIR, ADAPTER_EMA_DIR
+
+    if not is_complete(folder):
+        folder = latest_checkpoint(folder) or folder
+    recipe_file = folder / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise UsageError(f"--checkpoint {folder} has no recipe.yaml; pass --recipe with the training recipe.")
+    adapter = folder / (ADAPTER_DIR if no_ema or not (folder / ADAPTER_EMA_DIR).is_dir() else ADAPTER_EMA_DIR)
+    saved = yaml.safe_load(recipe_file.read_text()) or {}
+    pretrained = (saved.get("train") or {}).get("pretrained")
+    return recipe_file, adapter, Path(pretrained) if pretrained else None, saved.get("diffusion")
 
 
 def register(app: typer.Typer) -> None:

@@ -27,6 +27,9 @@ def train(
         bool, Opt("--allow-recipe-change", help="Resume even if data- or model-shaping recipe keys changed.")
     ] = False,
     as_json: Annotated[bool, Opt("--json", help="With --dry-run: print the plan as JSON.")] = False,
+    device_memory: Annotated[str | None, Opt(
+        "--device-memory", help="Memory of one device, e.g. 24GB: the plan says whether each bucket fits and a "
+        "launch that does not fit is refused (default: the GPU's own; unknown on a CPU).")] = None,
     nproc_per_node: Annotated[int | None, Opt(
         "--nproc-per-node", help="Start this many processes on this node (default: parallel.nproc_per_node).")] = None,
     nnodes: Annotated[int | None, Opt("--nnodes", help="Number of nodes (default: parallel.nnodes).")] = None,
@@ -48,6 +51,8 @@ def train(
       [bold]torchrun --nproc-per-node 8 -m osctl train --recipe recipes/480p.yaml[/]
 
       [bold]osctl train --recipe recipes/480p.yaml --dry-run[/]
+
+      [bold]osctl train --recipe recipes/lora.yaml --dry-run --device-memory 24GB[/]
     """
     from osctl.parallel.dist import under_launcher
     from osctl.parallel.launch import LaunchOptions, relaunch
@@ -81,8 +86,11 @@ def train(
             warn(message)
     # logs/metrics.jsonl and the recipe's train.trackers are written by run_training on rank 0
     display = TrainingDisplay(live=not dry_run and err_console.is_terminal)
+    from osctl.train.memory import parse_size
+
     options = TrainOptions(dry_run=dry_run, allow_recipe_change=allow_recipe_change, log=display.log,
-                           on_step=display.on_step, show_plan=_print_plan)
+                           on_step=display.on_step, show_plan=_print_plan,
+                           device_memory=parse_size(device_memory) if device_memory else None)
     try:
         outcome = run_training(checked, registry, options)
     finally:

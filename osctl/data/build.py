@@ -147,6 +147,12 @@ class IndexCheck:
         return f"rebuilt ({self.rebuild})" if done else f"would be rebuilt ({self.rebuild})"
 
 
+def index_folder(recipe: Any) -> Path:
+    """The folder of a run's sample index: ``data.index_dir``, else ``<train.output_dir>/index``."""
+    data = recipe.data
+    return Path(data.index_dir) if data.index_dir is not None else Path(recipe.train.output_dir) / "index"
+
+
 def check_index(recipe: Any, settings: BucketSettings) -> IndexCheck:
     """The index's folder and freshness, read only; refuses what training would refuse.
 
@@ -157,7 +163,7 @@ def check_index(recipe: Any, settings: BucketSettings) -> IndexCheck:
 
     data = recipe.data
     explicit = data.index_dir is not None
-    folder = Path(data.index_dir) if explicit else Path(recipe.train.output_dir) / "index"
+    folder = index_folder(recipe)
     data_txt = Path(data.data) if data.data is not None else None
     if not (folder / INDEX_FILE).is_file():
         if data_txt is None:

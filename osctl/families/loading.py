@@ -25,3 +25,36 @@ def from_pretrained_safely(cls: Any, folder: Path, dtype: Any = None, **kwargs: 
             if held.error is not None:
                 raise held.error from None
             raise
+
+
+def build_transformers(config: Any, transformer_class: Any, *, dtype: Any = None, meta: bool = False) -> dict[str, Any]:
+    """``{pipeline name: transformer}`` of a family's model config (:class:`osctl.families.configs.
+    DiffusersModelConfig`): loaded from ``path``, fresh from the preset, or (``meta``) shapes only, from the
+    folder's config.json or, before it is downloaded, the preset. Architecture errors are ``ConfigError``s."""
+    from contextlib import nullcontext
+
+    import torch
+
+    from osctl.errors import ConfigError
+    from osctl.families.sources import has_diffusers_weights
+
+    found = None if meta else config.located()
+    transformers: dict[str, Any] = {}
+    try:
+        if found is not None:
+            for name, folder in found.folders.items():
+                if not has_diffusers_weights(folder):
+                    raise ConfigError(f"model.path: {str(folder)!r} has a config.json but no diffusion_pytorch_model "
+                                      "weights.", hint=config.FETCH_HINT)
+                transformers[name] = from_pretrained_safely(transformer_class, folder, dtype)
+        else:
+            arch = config.plan_architecture() if meta else config.architecture()
+            for name in config.transformer_names():
+                with torch.device("meta") if meta else nullcontext():
+                    module = transformer_class.from_config(arch)
+                if dtype is not None:
+                    module = torch.nn.Module.to(module, dtype=dtype)  # diffusers' .to() warns on every cast
+                transformers[name] = module
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    return transformers

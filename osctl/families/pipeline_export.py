@@ -76,7 +76,7 @@ def export_pipeline(src: Path, output: Path | None, *, ema: bool = False, dtype:
     }
     if dry_run:
         report["files"] = [{"path": f"{name}/", "bytes": None, "tensors": 0, "sha256": None}
-                           for name in [*transformers, "vae", "text_encoder", "tokenizer", "scheduler"]]
+                           for name in [*transformers, "vae", *_text_names(checked), "scheduler"]]
         report["files"].append({"path": "model_index.json", "bytes": None, "tensors": 0, "sha256": None})
         if exists and not force:
             report["notes"].append(f"{target} exists: the real run needs --force to replace it")
@@ -85,14 +85,15 @@ def export_pipeline(src: Path, output: Path | None, *, ema: bool = False, dtype:
         index: dict[str, Any] = {}
         for name, folder in transformers.items():
             _copy_transformer(folder, staging / name, dtype, report)
+        written: list[str] = []
         for section, names in (("autoencoder", ("vae",)), ("text_encoder", ("text_encoder", "tokenizer"))):
-            _write_components(checked, registry, section, names, staging, report)
+            written += _write_components(checked, registry, section, names, staging, report)
         scheduler = _scheduler(checked, registry)
         scheduler.save_pretrained(str(staging / "scheduler"))
-        for name in [*transformers, "vae", "text_encoder", "tokenizer", "scheduler"]:
+        for name in [*transformers, *written, "scheduler"]:
             index[name] = _component_class(staging / name, name)
-        if "transformer_2" not in index:
-            index["transformer_2"] = [None, None]
+        for name in getattr(model_cfg, "TRANSFORMER_NAMES", ()):  # a pipeline slot the model leaves empty
+            index.setdefault(name, [None, None])
         report["verified"] = _verify(staging, transformers)
         _write_index(staging, pipeline(), index)
         report["files"] = _listing(staging)
@@ -144,16 +145,25 @@ def _copy_transformer(folder: Path, out: Path, dtype: str | None, report: dict[s
     report["notes"].append(f"cast {out.name} to {dtype}")
 
 
+def _text_names(checked: Any) -> list[str]:
+    """The pipeline folders the recipe's text encoder fills (``text_encoder``, ``tokenizer``; HunyuanVideo's two
+    encoders add ``text_encoder_2``, ``tokenizer_2``)."""
+    config = checked.components["text_encoder"]
+    sources = config.diffusers_components() if callable(getattr(config, "diffusers_components", None)) else None
+    return list(sources) if sources else ["text_encoder", "tokenizer"]
+
+
 def _write_components(checked: Any, registry: Any, section: str, names: tuple[str, ...], staging: Path,
-                      report: dict[str, Any]) -> None:
-    """The recipe's ``section`` component as pipeline folders ``names``: linked/copied files, else saved."""
+                      report: dict[str, Any]) -> list[str]:
+    """The recipe's ``section`` component as pipeline folders (at least ``names``; every folder the component
+    has): linked/copied files, else saved. Returns the folder names written."""
     config = checked.components[section]
     sources = config.diffusers_components() if callable(getattr(config, "diffusers_components", None)) else None
     if sources is not None and set(names) <= set(sources):
-        for name in names:
+        for name in sources:
             linked = _link_or_copy(Path(sources[name]), staging / name)
             report["notes"].append(f"{name}/ {'hard-linked' if linked else 'copied'} from {sources[name]}")
-        return
+        return list(sources)
     import torch
 
     from osctl.recipe.schema import COMPONENT_SECTIONS
@@ -165,9 +175,10 @@ def _write_components(checked: Any, registry: Any, section: str, names: tuple[st
     if missing:
         raise UsageError(f"{section} {getattr(checked.loaded.recipe, section).name!r} cannot be written as the "
                          f"pipeline's {', '.join(missing)}; use a {section} plugin of the family (e.g. wan_vae, t5).")
-    for name in names:
+    for name in modules:
         modules[name].save_pretrained(str(staging / name))
         report["notes"].append(f"{name}/ saved from the recipe's {section} ({getattr(checked.loaded.recipe, section).name})")
+    return list(modules)
 
 
 def _link_or_copy(source: Path, out: Path) -> bool:

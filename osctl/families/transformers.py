@@ -43,13 +43,16 @@ from osctl.parallel import ulysses
 
 @dataclass(frozen=True)
 class SplitInput:
-    """Split argument ``arg`` (position or keyword) of submodule ``module`` along ``dim`` before it runs.
+    """Split argument ``arg`` (position or keyword) of submodule ``module`` along ``dim`` before it runs;
+    ``keyword`` names the argument when a module is called by keyword in one place and by position in another
+    (diffusers calls blocks by keyword, and by position under gradient checkpointing).
 
     The first split of a forward fixes the per-rank token counts every later point uses."""
 
     module: str
     arg: int | str
     dim: int
+    keyword: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,31 @@ class GatherOutput:
 
     module: str
     dim: int
+
+
+@dataclass
+class TextCondition:
+    """What a family's transformer takes from the text beyond one tensor of states: their mask (LTX-Video
+    attends only to the prompt's tokens), a pooled vector (HunyuanVideo's CLIP). A family whose
+    :meth:`DiffusersTransformers.prepare_text` returns one passes it whole to its ``call_transformer``;
+    expert routing selects samples of every part."""
+
+    states: torch.Tensor
+    mask: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+
+    def index_select(self, dim: int, rows: torch.Tensor) -> TextCondition:
+        """The samples ``rows`` (``dim`` must be 0, the batch)."""
+        assert dim == 0, "a text condition is selected along the batch"
+        return TextCondition(self.states.index_select(0, rows),
+                             None if self.mask is None else self.mask.index_select(0, rows),
+                             None if self.pooled is None else self.pooled.index_select(0, rows))
+
+    def __getitem__(self, index: tuple[slice, slice]) -> TextCondition:
+        """``[samples, tokens]`` of the states and mask; the pooled vector follows the samples."""
+        samples = index[0]
+        return TextCondition(self.states[index], None if self.mask is None else self.mask[index],
+                             None if self.pooled is None else self.pooled[samples])
 
 
 class DiffusersTransformers(nn.Module):
@@ -101,12 +129,13 @@ class DiffusersTransformers(nn.Module):
 
     # -- what a family defines ---------------------------------------------------------------------------
     def call_transformer(self, transformer: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
-                         text: torch.Tensor) -> torch.Tensor:
-        """One transformer's prediction (latents' shape) for full latents, timesteps ``B`` and text ``B x L x D``."""
+                         text: Any) -> torch.Tensor:
+        """One transformer's prediction (latents' shape) for full latents, timesteps ``B`` and the text
+        :meth:`prepare_text` made (states ``B x L x D``, or a :class:`TextCondition`)."""
         raise NotImplementedError
 
-    def prepare_text(self, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The text states the transformer sees, from the encoder's states and mask (default: unchanged)."""
+    def prepare_text(self, text: torch.Tensor, mask: torch.Tensor | None) -> Any:
+        """The text the transformer sees, from the encoder's states and mask (default: the states unchanged)."""
         return text
 
     def sequence_parallel_attention(self, transformer: nn.Module, enabled: bool) -> None:
@@ -200,7 +229,7 @@ class DiffusersTransformers(nn.Module):
             output = output.narrow(2, sum(frame_sizes[: state.rank]), frame_sizes[state.rank])
         return (output,)
 
-    def _route(self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def _route(self, latents: torch.Tensor, timesteps: torch.Tensor, text: Any) -> torch.Tensor:
         """Each sample through its expert (see the module docstring for why trained experts always run)."""
         names = self.transformer_names
         if len(names) == 1:
@@ -230,7 +259,7 @@ class DiffusersTransformers(nn.Module):
         return output
 
     def _touch(self, transformer: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
-               text: torch.Tensor) -> torch.Tensor:
+               text: Any) -> torch.Tensor:
         """Zero, computed by ``transformer`` on one token of one sample: every parameter takes part in the step
         (with a zero gradient) at the cost of one token, so every rank runs the same modules in the same order
         (DDP's gradient buckets, FSDP's all-gathers) whatever its samples' timesteps. Run without sequence
@@ -261,7 +290,9 @@ def _split_input_hook(state: SequenceParallelState, point: SplitInput) -> Any:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not state.active:
             return None
-        if isinstance(point.arg, str) and point.arg in kwargs:
+        if point.keyword is not None and point.keyword in kwargs:
+            kwargs = {**kwargs, point.keyword: state.local_slice(kwargs[point.keyword], point.dim)}
+        elif isinstance(point.arg, str) and point.arg in kwargs:
             kwargs = {**kwargs, point.arg: state.local_slice(kwargs[point.arg], point.dim)}
         elif isinstance(point.arg, int) and point.arg < len(args):
             args = (*args[: point.arg], state.local_slice(args[point.arg], point.dim), *args[point.arg + 1:])

@@ -59,6 +59,32 @@ class CaptionSettings(Section):
     low_image: list[str] | None = Field(None, description="low-aesthetic sentences for images (default: the reference's)")
 
 
+class CacheSettings(Section):
+    """Precomputed latents and text embeddings (`osctl data cache`): whether training uses them and how
+    they are stored. ``data.cache: auto`` is short for ``data.cache: {mode: auto}``."""
+
+    mode: Literal["auto", "require", "off"] = Field(
+        "auto", description="auto: train from a valid cache when there is one (a stale one is ignored with a "
+        "warning); require: refuse to train without a valid cache; off: always encode on the fly")
+    dir: Path | None = Field(None, description="cache folder (default: <index folder>/cache, next to the index)")
+    views: int = Field(1, ge=1, le=64, description="draws stored for samples whose frames are chosen at random "
+                       "(a temporal crop); deterministic samples always store one")
+    dtype: Literal["bf16", "fp32"] = Field("bf16", description="storage dtype of latents and embeddings "
+                                           "(fp32: training from the cache equals encoding on the fly bit for bit)")
+    shard_samples: int = Field(64, ge=1, description="samples per shard file (the unit of resume and of "
+                               "distribution over ranks)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_shorthand(cls, value: Any) -> Any:
+        """``data.cache: require`` means ``{mode: require}``; YAML reads a bare ``off`` as false."""
+        if isinstance(value, (str, bool)):
+            value = {"mode": value}
+        if isinstance(value, dict) and value.get("mode") is False:
+            value = {**value, "mode": "off"}
+        return value
+
+
 class DataSection(Section):
     """Where the data is and the frame / resolution rules that bucket it (reference §2-4)."""
 
@@ -122,6 +148,7 @@ class DataSection(Section):
     )
     filters: DataFilters = Field(default_factory=DataFilters)
     captions: CaptionSettings = Field(default_factory=CaptionSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @property
     def effective_resolution_mode(self) -> str:
@@ -172,6 +199,10 @@ class DiffusionSection(Section):
     beta_end: float = Field(0.02, gt=0)
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     rescale_betas_zero_snr: bool = Field(False, description="rescale betas to zero terminal SNR")
+    snr_shift_scale: float | None = Field(
+        None, gt=0, description="DDPM: divide the noise table's SNR by this factor before the zero-SNR rescale, as "
+        "CogVideoX's schedulers do (3.0 for CogVideoX 2B/5B, 1.0 for 1.5); unset: DDPMScheduler's table"
+    )
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR loss weighting gamma (5.0 in the release)")
     noise_offset: float = Field(0.0, ge=0.0)
     stratified_timesteps: bool = Field(True, description="per-rank stratified timestep draws (reference v1.3.1)")
@@ -181,10 +212,68 @@ class DiffusionSection(Section):
     logit_mean: float = 0.0
     logit_std: float = 1.0
     mode_scale: float = 1.29
+    token_shift: tuple[float, float, float, float] | None = Field(
+        None, description="flow matching, logit_normal: [base_tokens, max_tokens, base_shift, max_shift]: the mean "
+        "of the timestep draw is base_shift at base_tokens transformer tokens per sample and grows linearly to "
+        "max_shift at max_tokens, replacing logit_mean (LTX-Video's trainer: [1024, 4096, 0.95, 2.05])"
+    )
     flow_shift: float = Field(
         1.0, gt=0, description="flow matching only: timestep shift of the training noise levels, sigma -> "
         "shift*sigma / (1 + (shift-1)*sigma) (diffusers' FlowMatchEulerDiscreteScheduler shift; Wan: 3.0 to 5.0)"
     )
+
+
+class LoraSettings(Section):
+    """A LoRA adapter trained on a frozen base model (``train.lora``), through ``peft``."""
+
+    rank: int = Field(16, ge=1, description="adapter rank r (the width of the low-rank update)")
+    alpha: float = Field(16.0, gt=0, description="scale numerator: the update is multiplied by alpha / rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input while training")
+    target_modules: list[str] | None = Field(
+        None, description="module names (suffixes) that get an adapter; default: the model plugin's attention and "
+        "feed-forward projections (`osctl plugins show MODEL`)"
+    )
+    init: Literal["default", "gaussian", "random"] = Field(
+        "default", description="adapter initialisation: default (A Kaiming-uniform, B zero: starts as the base "
+        "model), gaussian (A normal, B zero), random (both random: the adapter changes the output from the start)"
+    )
+
+
+class OffloadSettings(Section):
+    """Frozen transformer blocks kept in host memory and streamed to the device (``train.offload``)."""
+
+    blocks: int | Literal["auto"] = Field(
+        "auto", description="how many transformer blocks live on the CPU: a number, or auto (as many as the memory "
+        "plan needs to fit the device; none when it already fits)"
+    )
+
+    @field_validator("blocks")
+    @classmethod
+    def _non_negative(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"blocks must be auto or a number >= 0, got {value}")
+        return value
+
+
+class LoraRef(Section):
+    """An adapter applied at sampling time: ``PATH`` or ``PATH:SCALE``, or ``{path, scale}``."""
+
+    path: Path = Field(description="pytorch_lora_weights.safetensors, a folder holding it, or a LoRA checkpoint-N")
+    scale: float = Field(1.0, description="multiplier of the adapter's update (0 turns it off)")
+
+
+def parse_lora_ref(value: Any) -> Any:
+    """``"PATH"`` / ``"PATH:SCALE"`` -> ``{"path", "scale"}`` (a trailing ``:number`` is the scale)."""
+    if isinstance(value, str | Path):
+        text = str(value)
+        head, sep, tail = text.rpartition(":")
+        if sep and head:
+            try:
+                return {"path": head, "scale": float(tail)}
+            except ValueError:
+                pass
+        return {"path": text}
+    return value
 
 
 class TrainSection(Section):
@@ -219,6 +308,18 @@ class TrainSection(Section):
     seed: int = Field(1234, description="seed of model init, noise and timesteps")
     validation_steps: int | None = Field(None, gt=0, description="sample validation prompts every N steps")
     validation_prompts: list[str] = Field(default_factory=list)
+    lora: LoraSettings | None = Field(
+        None, description="train a LoRA adapter on the frozen base model instead of every weight ({rank, alpha, "
+        "dropout, target_modules, init}); checkpoints then hold the adapter alone"
+    )
+    base_dtype: Literal["fp32", "bf16", "fp8_e4m3", "fp8_e5m2"] = Field(
+        "fp32", description="storage dtype of the frozen base weights (needs train.lora); bf16/fp8 are upcast layer by "
+        "layer for compute"
+    )
+    offload: OffloadSettings | None = Field(
+        None, description="keep frozen transformer blocks on the CPU and stream them in ({blocks: N | auto}; needs "
+        "train.lora)"
+    )
     trackers: list[ComponentSection] = Field(
         default_factory=list, description="experiment trackers fed on rank 0 besides logs/metrics.jsonl (always "
         "written): names, or {name: ..., <options>} (e.g. [tensorboard]); see `osctl plugins list --kind tracker`"
@@ -233,6 +334,15 @@ class TrainSection(Section):
         if isinstance(value, list):
             return [{"name": item} if isinstance(item, str) else item for item in value]
         return value
+
+    @model_validator(mode="after")
+    def _frozen_base_options(self) -> TrainSection:
+        if self.lora is None:
+            for key, active in (("base_dtype", self.base_dtype != "fp32"), ("offload", self.offload is not None)):
+                if active:
+                    raise ValueError(f"{key} applies to the frozen base of a LoRA run; set train.lora or drop "
+                                     f"train.{key}")
+        return self
 
 
 class ParallelSection(Section):
@@ -284,7 +394,19 @@ class SampleSection(Section):
     cpu_offload: bool = Field(False, description="text encoder on the CPU, autoencoder on the GPU only to decode")
     clean_captions: bool = Field(False, description="apply the training caption cleaner to prompts")
     save_latents: bool = Field(False, description="also write each sample's final latents (.latents.safetensors)")
+    loras: list[LoraRef] = Field(
+        default_factory=list, description="LoRA adapters merged into the model for sampling: PATH or PATH:SCALE "
+        "entries (or {path, scale})"
+    )
     output_dir: Path = Path("samples")
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _lora_refs(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            value = [value]
+        return [parse_lora_ref(item) for item in value] if isinstance(value, list) else value
+
     # sizes against the latent geometry: osctl.sample.sizes, when `osctl sample` starts (prompts may override them)
 
 

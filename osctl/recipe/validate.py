@@ -262,7 +262,8 @@ def check_recipe(loaded: LoadedRecipe, registry: Registry) -> CheckedRecipe:
         problems += found
     if not problems:
         problems += _parallel_problems(checked, registry)
-    if recipe.train.pretrained and recipe.train.resume_from_checkpoint:
+    if recipe.train.pretrained and recipe.train.resume_from_checkpoint and recipe.train.lora is None:
+        # (a LoRA run's checkpoint holds the adapter alone: its base always comes from train.pretrained)
         checked.warnings.append(
             "both train.pretrained and train.resume_from_checkpoint are set: resuming restores the checkpoint's "
             "weights, so pretrained is ignored when a checkpoint is found"

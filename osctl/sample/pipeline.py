@@ -72,14 +72,18 @@ class VideoPipeline:
         """Initial latents (drawn on CPU from ``generator`` so every device gives the same numbers).
 
         A list holds one generator per batch item: item ``i`` then gets exactly the numbers a batch of one
-        drawn from ``generator[i]`` would, so batching never changes which video a seed gives.
+        drawn from ``generator[i]`` would, so batching never changes which video a seed gives. A model with an
+        ``initial_noise(shape, generator)`` method draws them (CogVideoX: frames-first, as its pipeline does).
         """
+        draw = getattr(self.model, "initial_noise", None)  # a model whose family draws its noise in another layout
+        if not callable(draw):
+            draw = _standard_normal
         if latents is None and isinstance(generator, list):
             if len(generator) != shape[0]:
                 raise UsageError(f"{len(generator)} generators for a batch of {shape[0]}; pass one per video.")
-            latents = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generator])
+            latents = torch.cat([draw((1, *shape[1:]), g) for g in generator])
         elif latents is None:
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+            latents = draw(shape, generator)
         elif tuple(latents.shape) != tuple(shape):
             raise UsageError(f"given latents have shape {tuple(latents.shape)}, expected {tuple(shape)}.")
         return latents.to(self.device, torch.float32) * scheduling.init_noise_sigma(self.scheduler)
@@ -121,8 +125,10 @@ class VideoPipeline:
             neg_states, neg_mask = self.encode_prompt(negatives, max_sequence_length)
             states = torch.cat([neg_states, states])
             mask = torch.cat([neg_mask, mask])
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        x = self.prepare_latents(self.latent_shape(len(prompts), num_frames, height, width), generator, latents)
+        shape = self.latent_shape(len(prompts), num_frames, height, width)
+        scheduling.set_timesteps(self.scheduler, num_inference_steps, self.device,
+                                 self._schedule(num_inference_steps, shape))
+        x = self.prepare_latents(shape, generator, latents)
         text_states = states.unsqueeze(1)  # B x 1 x L x D, as the model expects
         text_mask = mask.unsqueeze(1)
         batch_cfg = text_states.shape[0]
@@ -145,6 +151,12 @@ class VideoPipeline:
         if output_type == "float":
             return PipelineOutput(videos=video, latents=x)
         return PipelineOutput(videos=to_uint8(video)[:, :num_frames, :height, :width], latents=x)
+
+    def _schedule(self, num_inference_steps: int, shape: tuple[int, ...]) -> dict[str, Any]:
+        """The family's options for ``scheduler.set_timesteps`` (``model.sampling_schedule``: e.g. LTX-Video's
+        sigmas and token-dependent shift), else none."""
+        schedule = getattr(self.model, "sampling_schedule", None)
+        return schedule(self.scheduler, num_inference_steps, shape) if callable(schedule) else {}
 
     def _guidance_at(self, t: torch.Tensor, scale: float, scale_2: float | None) -> float:
         """``scale_2`` at the steps the model's second expert takes, else ``scale``."""
@@ -187,6 +199,10 @@ class VideoPipeline:
             return self.autoencoder.decode(latents.to(self.device)).float()
         finally:
             self.autoencoder.to("cpu")
+
+
+def _standard_normal(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:

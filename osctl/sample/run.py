@@ -50,6 +50,7 @@ class SampleRequest:
     grid: bool = False
     recorded_diffusion: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    base_weights: Path | None = None  # a LoRA checkpoint's base (its recipe's train.pretrained), loaded before the adapters
 
 
 def _identity(component: Any, path: str | None) -> dict[str, Any]:
@@ -92,6 +93,7 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     out_dir = check_output_dir(cfg.output_dir, key="sample.output_dir")
 
     model = build_model(checked, registry, device=device, dtype=dtype).eval()
+    loras = apply_loras(model, cfg.loras, request.base_weights)
     # cpu_offload: the text encoder runs on the CPU and the autoencoder visits the GPU only to decode
     side = torch.device("cpu") if cfg.cpu_offload else device
     ae = build_autoencoder(checked, registry, device=side, dtype=torch.float32 if cfg.dtype == "fp16" else dtype)
@@ -108,6 +110,8 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
         "autoencoder": _identity(ae, getattr(checked.components["autoencoder"], "path", None)),
         "text_encoder": {"name": recipe.text_encoder.name, **recipe.text_encoder.options},
     }
+    if loras:
+        identities["loras"] = loras
     from osctl.text import NEGATIVE_PROMPT
 
     records = []
@@ -120,6 +124,34 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     if request.grid and info.is_main:
         write_grid(out_dir, jobs, cfg)
     return records
+
+
+def apply_loras(model: Any, refs: list[Any], base_weights: Path | None = None) -> list[dict[str, Any]]:
+    """Merge each ``sample.loras`` adapter into ``model`` (``scale * alpha/rank * B @ A`` added to the weights,
+    in float32), after loading ``base_weights`` when given; returns what the sidecars record of each. An
+    adapter trained on other base weights (another fingerprint) is applied with a warning."""
+    if base_weights is not None:
+        from osctl.train.weights import load_into
+
+        load_into(model, base_weights)
+    if not refs:
+        return []
+    from osctl.train.lora import adapter_files, base_fingerprint, merge_into_model, read_adapter
+
+    fingerprint = base_fingerprint(model.state_dict())
+    applied = []
+    for ref, file in ((r, f) for r in refs for f in adapter_files(Path(r.path))):
+        adapter = read_adapter(file)
+        if adapter.spec.base_fingerprint and adapter.spec.base_fingerprint != fingerprint:
+            import logging
+
+            logging.getLogger("osctl").warning(
+                "LoRA %s was trained on base %s; this model is %s (applied anyway)", adapter.source,
+                adapter.spec.base_fingerprint, fingerprint)
+        merge_into_model(model, adapter, ref.scale)
+        applied.append({"path": adapter.source, "scale": ref.scale, "rank": adapter.spec.rank,
+                        "alpha": adapter.spec.alpha, "base_fingerprint": adapter.spec.base_fingerprint})
+    return applied
 
 
 def check_job_sizes(checked: CheckedRecipe, jobs: list[SampleJob], sp_world: int = 1) -> None:

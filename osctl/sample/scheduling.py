@@ -17,6 +17,18 @@ def _step_parameters(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.step).parameters)
 
 
+def set_timesteps(scheduler: Any, num_inference_steps: int, device: Any, options: dict[str, Any] | None = None) -> None:
+    """``scheduler.set_timesteps(num_inference_steps, device=...)`` with those of ``options`` it accepts (a family's
+    schedule: e.g. LTX-Video's ``sigmas`` and the token-dependent ``mu`` of a dynamically shifted flow sampler);
+    ``sigmas`` replace the step count, as diffusers' pipelines pass them."""
+    accepted = frozenset(inspect.signature(scheduler.set_timesteps).parameters)
+    extra = {k: v for k, v in (options or {}).items() if k in accepted and v is not None}
+    if "sigmas" in extra:
+        scheduler.set_timesteps(device=device, **extra)
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=device, **extra)
+
+
 def init_noise_sigma(scheduler: Any) -> float:
     """The factor initial Gaussian latents are multiplied by (1.0 when the scheduler has none)."""
     return float(getattr(scheduler, "init_noise_sigma", 1.0))

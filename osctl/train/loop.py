@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
+from osctl.cache.dataset import cached_inputs
 from osctl.errors import writing
 from osctl.parallel import dist as pdist
 from osctl.parallel.groups import ParallelGroups
@@ -73,6 +74,7 @@ class TrainParts:
     plan: Any = None  # the run's plan (osctl.train.run.Plan), for callers that print it
     trackers: Trackers | None = None  # rank 0's metrics file and recipe trackers (None: nothing is tracked)
     layout: ParallelLayout | None = None  # world, sp_size, batches (None: the recipe's on this world size)
+    adapter: Any = None  # a LoRA run's AdapterSpec (osctl.train.lora): checkpoints hold adapter/ instead of model/
 
 
 @dataclass
@@ -122,16 +124,19 @@ def micro_step(parts: TrainParts, batch: dict[str, Any], *, sync: bool, scale: f
     device = parts.dist.device
     groups = parts.groups or ParallelGroups(parts.dist.world_size, parts.dist.rank)
     with torch.no_grad():
-        pixels = batch["pixel_values"].to(device)
-        latents = parts.autoencoder.encode(pixels, sample=True, generator=parts.state.noise_generator).float()
-        text = parts.text_encoder.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        if "latent_mean" in batch:  # read from `osctl data cache`: the same draw, no encoder
+            latents, text = cached_inputs(batch, device, parts.state.noise_generator)
+        else:
+            pixels = batch["pixel_values"].to(device)
+            latents = parts.autoencoder.encode(pixels, sample=True, generator=parts.state.noise_generator).float()
+            text = parts.text_encoder.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
     text_states = text.unsqueeze(1)  # B x 1 x L x D, as the model expects
     text_mask = batch["attention_mask"].to(device).unsqueeze(1)
     latent_mask = batch.get("latent_mask")
     latent_mask = latent_mask.to(device) if latent_mask is not None else None
     # one draw per data-parallel replica: every rank of a sequence-parallel group gets the same values
     timesteps = parts.objective.sample_timesteps(
-        latents.shape[0], parts.state.timestep_rng, groups.dp_rank, groups.dp_size
+        latents.shape[0], parts.state.timestep_rng, groups.dp_rank, groups.dp_size, latent_shape=tuple(latents.shape[2:])
     ).to(device)
     noise = parts.objective.sample_noise(latents, parts.state.noise_generator)
     noised = parts.objective.add_noise(latents, noise, timesteps)
@@ -215,18 +220,12 @@ def _save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any], step: int) -
         ckpt.prepare_partial(parts.output_dir, step)
     pdist.barrier()
     folder = ckpt.partial_dir(parts.output_dir, step)
-    module = parts.strategy.module
-    full = parts.strategy.full_state_dict()
-    ema_full = None
-    if parts.ema is not None:
-        names = [name for name, _ in parts.strategy.local_parameters()]
-        ema_full = parts.strategy.full_state_dict(list(zip(names, parts.ema.shadow, strict=True)))
-    if parts.dist.is_main:
-        save_model(folder / "model", module, full, dtype=parts.save_fp_dtype)
-        if ema_full is not None and parts.ema is not None:
-            save_model(folder / "model_ema", module, ema_full, dtype=parts.save_fp_dtype,
-                       extra_files={"ema.json": {"decay": parts.ema.decay, "start_step": parts.ema.start_step,
-                                                 "optimization_step": parts.ema.optimization_step}})
+    if parts.adapter is not None:  # a LoRA run: the adapter alone, in diffusers' LoRA format
+        from osctl.train.lora import save_checkpoint_adapters
+
+        save_checkpoint_adapters(folder, parts.strategy, parts.ema, parts.adapter, is_main=parts.dist.is_main, step=step)
+    else:
+        _save_model_folders(parts, folder)
     state_dir = folder / "training_state"
     state_dir.mkdir(parents=True, exist_ok=True)
     parts.strategy.save_state(state_dir)
@@ -250,6 +249,22 @@ def _save_checkpoint(parts: TrainParts, epoch_info: dict[str, Any], step: int) -
         write_curves(parts.output_dir)  # logs/curves.png as of this checkpoint (none without logs/metrics.jsonl)
     pdist.barrier()
     return final or parts.output_dir / ckpt.checkpoint_name(step)
+
+
+def _save_model_folders(parts: TrainParts, folder: Path) -> None:
+    """``model/`` (and ``model_ema/``): the full weights as the model's own folders, written by rank 0."""
+    module = parts.strategy.module
+    full = parts.strategy.full_state_dict()
+    ema_full = None
+    if parts.ema is not None:
+        names = [name for name, _ in parts.strategy.local_parameters()]
+        ema_full = parts.strategy.full_state_dict(list(zip(names, parts.ema.shadow, strict=True)))
+    if parts.dist.is_main:
+        save_model(folder / "model", module, full, dtype=parts.save_fp_dtype)
+        if ema_full is not None and parts.ema is not None:
+            save_model(folder / "model_ema", module, ema_full, dtype=parts.save_fp_dtype,
+                       extra_files={"ema.json": {"decay": parts.ema.decay, "start_step": parts.ema.start_step,
+                                                 "optimization_step": parts.ema.optimization_step}})
 
 
 def train(parts: TrainParts) -> TrainResult:

@@ -1,7 +1,8 @@
 """Diffusion training objectives: DDPM (the reference's) and rectified-flow matching.
 
 DDPM follows the reference (§5.4): diffusers' ``DDPMScheduler`` supplies the noise table (never
-re-implemented), noise gets an optional per-(sample, channel) offset, timesteps are drawn uniformly
+re-implemented; with ``snr_shift_scale``, CogVideoX's ``CogVideoXDDIMScheduler``, whose table divides the SNR by
+that factor before the zero-SNR rescale, exactly the table CogVideoX trains with), noise gets an optional per-(sample, channel) offset, timesteps are drawn uniformly
 or stratified per rank, the target is epsilon, velocity or the clean sample, and the per-element
 MSE is optionally min-SNR weighted and averaged over valid latent positions.
 """
@@ -56,18 +57,21 @@ class DDPMObjective:
 
     def __init__(self, *, num_train_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
                  beta_end: float = 0.02, prediction_type: str = "epsilon", rescale_betas_zero_snr: bool = False,
-                 snr_gamma: float | None = None, noise_offset: float = 0.0, stratified: bool = True) -> None:
-        from diffusers import DDPMScheduler
+                 snr_gamma: float | None = None, noise_offset: float = 0.0, stratified: bool = True,
+                 snr_shift_scale: float | None = None) -> None:
+        from diffusers import CogVideoXDDIMScheduler, DDPMScheduler
 
         if snr_gamma is not None and prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(
                 f"diffusion.snr_gamma works with prediction_type epsilon or v_prediction, got {prediction_type!r}; "
                 "unset snr_gamma or change the prediction type."
             )
-        self.scheduler = DDPMScheduler(
-            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
-            beta_end=beta_end, prediction_type=prediction_type, rescale_betas_zero_snr=rescale_betas_zero_snr,
-        )
+        table = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
+                     beta_end=beta_end, prediction_type=prediction_type, rescale_betas_zero_snr=rescale_betas_zero_snr)
+        if snr_shift_scale is None:
+            self.scheduler = DDPMScheduler(**table)
+        else:
+            self.scheduler = CogVideoXDDIMScheduler(**table, snr_shift_scale=snr_shift_scale)
         self.prediction_type = prediction_type
         self.snr_gamma = snr_gamma
         self.noise_offset = noise_offset
@@ -81,10 +85,11 @@ class DDPMObjective:
                    beta_start=diffusion.beta_start, beta_end=diffusion.beta_end,
                    prediction_type=diffusion.prediction_type, rescale_betas_zero_snr=diffusion.rescale_betas_zero_snr,
                    snr_gamma=diffusion.snr_gamma, noise_offset=diffusion.noise_offset,
-                   stratified=diffusion.stratified_timesteps)
+                   stratified=diffusion.stratified_timesteps, snr_shift_scale=getattr(diffusion, "snr_shift_scale", None))
 
-    def sample_timesteps(self, batch: int, rng: random.Random, rank: int = 0, world: int = 1) -> torch.Tensor:
-        """Integer timesteps for ``batch`` samples of this rank."""
+    def sample_timesteps(self, batch: int, rng: random.Random, rank: int = 0, world: int = 1, *,
+                         latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Integer timesteps for ``batch`` samples of this rank (``latent_shape`` is not used)."""
         if self.stratified:
             values = stratified_timesteps(rng, batch, rank, world, self.num_train_timesteps)
         else:
@@ -142,7 +147,8 @@ class FlowMatchingObjective:
     table (``s -> shift*s / (1 + (shift-1)*s)``: a shift above 1 trains more at high noise, as Wan's trainers
     do); indices are drawn from ``weighting_scheme``'s density. :meth:`restrict_timesteps` limits the draws to
     the model timesteps one expert of a two-expert model (Wan 2.2) handles: the density truncated to that
-    range, so each expert sees exactly the timesteps it would see in a joint run.
+    range, so each expert sees exactly the timesteps it would see in a joint run. ``token_shift`` moves the
+    logit-normal mean with the sample's token count (:meth:`logit_mean_for`), as LTX-Video's trainer does.
     """
 
     #: draws per round when sampling in a restricted range (rounds repeat until the batch is full)
@@ -151,7 +157,8 @@ class FlowMatchingObjective:
 
     def __init__(self, *, num_train_timesteps: int = 1000, weighting_scheme: str = "logit_normal",
                  logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29,
-                 noise_offset: float = 0.0, shift: float = 1.0) -> None:
+                 noise_offset: float = 0.0, shift: float = 1.0,
+                 token_shift: tuple[float, float, float, float] | None = None, tokens_per_position: float = 1.0) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
@@ -162,13 +169,32 @@ class FlowMatchingObjective:
         self.shift = shift
         self.prediction_type = "flow"
         self.window: tuple[float, float] | None = None
+        self.token_shift = token_shift
+        self.tokens_per_position = tokens_per_position
 
     @classmethod
-    def from_recipe(cls, diffusion: Any) -> FlowMatchingObjective:
-        """Build from a recipe's ``diffusion`` section."""
+    def from_recipe(cls, diffusion: Any, geometry: Any = None) -> FlowMatchingObjective:
+        """Build from a recipe's ``diffusion`` section; ``geometry`` (the checked recipe's latent geometry) turns
+        latent positions into transformer tokens for ``diffusion.token_shift``."""
+        token_shift = getattr(diffusion, "token_shift", None)
+        per_position = 1.0 if geometry is None else 1.0 / (geometry.patch_t * geometry.patch_hw ** 2)
         return cls(num_train_timesteps=diffusion.num_train_timesteps, weighting_scheme=diffusion.weighting_scheme,
                    logit_mean=diffusion.logit_mean, logit_std=diffusion.logit_std, mode_scale=diffusion.mode_scale,
-                   noise_offset=diffusion.noise_offset, shift=getattr(diffusion, "flow_shift", 1.0))
+                   noise_offset=diffusion.noise_offset, shift=getattr(diffusion, "flow_shift", 1.0),
+                   token_shift=tuple(token_shift) if token_shift else None,  # type: ignore[arg-type]
+                   tokens_per_position=per_position)
+
+    def logit_mean_for(self, latent_shape: tuple[int, ...] | None) -> float:
+        """The mean of the logit-normal draw for latents of ``latent_shape`` (``T x H x W``): ``logit_mean``, or
+        with ``token_shift = (base_tokens, max_tokens, base_shift, max_shift)`` the line through
+        ``(base_tokens, base_shift)`` and ``(max_tokens, max_shift)`` at the sample's transformer tokens
+        (LTX-Video's trainer: longer sequences train at higher noise)."""
+        if self.token_shift is None or latent_shape is None:
+            return self.logit_mean
+        base_tokens, max_tokens, base_shift, max_shift = self.token_shift
+        tokens = float(torch.tensor(latent_shape[-3:]).prod()) * self.tokens_per_position
+        slope = (max_shift - base_shift) / (max_tokens - base_tokens)
+        return base_shift + slope * (tokens - base_tokens)
 
     def restrict_timesteps(self, low: float, high: float) -> None:
         """Draw only indices whose model timestep ``t`` has ``low <= t < high``; ``ConfigError`` when none has."""
@@ -182,25 +208,28 @@ class FlowMatchingObjective:
         """The model timestep of every index, ascending (index 0: least noise)."""
         return self.scheduler.timesteps.flip(0)
 
-    def _draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
+    def _draw(self, count: int, generator: torch.Generator, logit_mean: float) -> torch.Tensor:
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
         scheme = "none" if self.weighting_scheme == "none" else self.weighting_scheme
-        u = compute_density_for_timestep_sampling(scheme, count, self.logit_mean, self.logit_std, self.mode_scale,
+        u = compute_density_for_timestep_sampling(scheme, count, logit_mean, self.logit_std, self.mode_scale,
                                                   generator=generator)
         return (u * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
 
-    def sample_timesteps(self, batch: int, rng: random.Random, rank: int = 0, world: int = 1) -> torch.Tensor:
-        """Timestep indices drawn from the configured density (seeded by ``rng``), within the restricted range."""
+    def sample_timesteps(self, batch: int, rng: random.Random, rank: int = 0, world: int = 1, *,
+                         latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Timestep indices drawn from the configured density (seeded by ``rng``), within the restricted range;
+        ``latent_shape`` (``T x H x W``) sets the density's mean under ``token_shift``."""
         generator = torch.Generator().manual_seed(rng.getrandbits(63))
+        mean = self.logit_mean_for(latent_shape)
         if self.window is None:
-            return self._draw(batch, generator)
+            return self._draw(batch, generator, mean)
         low, high = self.window
         table = self.model_timesteps()
         kept: list[torch.Tensor] = []
         found = 0
         for _ in range(self._MAX_ROUNDS):
-            draws = self._draw(self._ROUND, generator)
+            draws = self._draw(self._ROUND, generator, mean)
             chosen = draws[(table[draws] >= low) & (table[draws] < high)]
             kept.append(chosen)
             found += chosen.numel()
@@ -236,8 +265,8 @@ class FlowMatchingObjective:
         return (mse * full).sum() / full.sum()
 
 
-def build_objective(diffusion: Any) -> DDPMObjective | FlowMatchingObjective:
-    """The objective named by ``diffusion.objective``."""
+def build_objective(diffusion: Any, geometry: Any = None) -> DDPMObjective | FlowMatchingObjective:
+    """The objective named by ``diffusion.objective`` (``geometry``: the checked recipe's latent geometry)."""
     if diffusion.objective == "flow_matching":
-        return FlowMatchingObjective.from_recipe(diffusion)
+        return FlowMatchingObjective.from_recipe(diffusion, geometry)
     return DDPMObjective.from_recipe(diffusion)

@@ -101,6 +101,25 @@ def _weights_size(component: Any) -> tuple[int, int, str]:
     return count, size, "/".join(dtypes)
 
 
+def memory_plan(checked: CheckedRecipe, registry: Registry, options: Any, layout: Any, strategy: str, world: int,
+                frozen: list[Any], frozen_gb: float, *, index: Any = None) -> Any:
+    """The per-bucket memory plan (:mod:`osctl.train.memory`): the index's buckets, else the recipe's largest shape."""
+    from osctl.train.memory import device_memory, plan_memory
+
+    recipe = checked.loaded.recipe
+    data = recipe.data
+    buckets = [(int(b["t"]), int(b["h"]), int(b["w"])) for b in (index.buckets if index is not None else [])]
+    if not buckets:
+        side = int(data.max_hxw ** 0.5) if data.max_hxw and not data.max_height else None
+        buckets = [(data.num_frames, data.max_height or side or 1, data.max_width or side or 1)]
+    text_encoder = frozen[0]
+    text_tokens = int(getattr(text_encoder, "max_length", None) or 512) if not isinstance(text_encoder, str) else 512
+    return plan_memory(checked, registry, buckets=buckets, batch=layout.stream_batch, strategy=strategy,
+                       world_size=world, sp_size=layout.sp_size, text_tokens=text_tokens,
+                       frozen_components=int(frozen_gb * 1024**3), device_bytes=device_memory(
+                           getattr(options, "device_memory", None)))
+
+
 @dataclass
 class _PlannedStrategy:
     """What the plan reads from a strategy, for a model that is not wrapped (it lives on the meta device)."""
@@ -113,7 +132,7 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     """The plan of ``osctl train`` (a :class:`osctl.train.run.Plan`) from configurations alone; writes nothing."""
     import torch
 
-    from osctl.build import DTYPES, build_autoencoder, build_model, build_text_encoder, strategy_name
+    from osctl.build import DTYPES, build_autoencoder, build_text_encoder, strategy_name
     from osctl.data.dry_run import plan_index
     from osctl.data.stream.loader import plan_stream
     from osctl.parallel import dist as pdist
@@ -139,6 +158,7 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
 
     # 1. data: the batches of this replica, over the fresh index or one bucketed in memory
     data_summary: dict[str, Any] = {}
+    index = None
     if options.data_source is not None:
         steps_per_epoch = getattr(options.data_source, "steps_per_epoch", None)
     else:
@@ -152,7 +172,9 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
 
     # 2. components on the meta device: shapes and parameter counts, no weights, no memory
     precision = DTYPES[train_cfg.mixed_precision]
-    model = build_model(checked, registry, device="meta", dtype=torch.float32, meta=True)
+    from osctl.train.memory import planned_model
+
+    model = planned_model(checked, registry)  # as it will train: a LoRA run's adapter counted as the trainable part
     if layout.sequence_parallel:
         _check_sequence_parallel_model(model, layout)
     frozen: list[Any] = []
@@ -183,6 +205,10 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     line = validation_line(train_cfg, output_dir)
     if line is not None:
         plan.add(*line)
+    if options.data_source is None:
+        from osctl.cache.training import dry_run_line
+
+        plan.add(*dry_run_line(recipe))
 
     # 4. memory with the frozen components, and the weights still to fetch
     lines, frozen_gb = frozen_lines(recipe, *frozen)
@@ -191,6 +217,18 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     total, trainable = parameter_counts(model)
     model_gb = memory_estimate_gb(trainable, total, train_cfg.use_ema, name, info.world_size)
     plan.add("memory with frozen components", f"{model_gb + frozen_gb:.2f} GB per process (activations extra)")
+    try:
+        memory = memory_plan(checked, registry, options, layout, name, info.world_size, frozen, frozen_gb,
+                             index=index if options.data_source is None else None)
+    except OsctlError as exc:
+        plan.add("memory peak", f"not estimated ({exc.message.rstrip('.')})")
+    except Exception as exc:  # a model whose forward cannot run on the meta device: the plan goes on without it
+        plan.add("memory peak", f"not estimated (the model's forward did not run on the meta device: "
+                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    else:
+        for key, value in memory.lines(recipe):
+            plan.add(key, value)
+        plan.memory = memory
     missing = training_missing_weights(checked)
     for item in missing:
         plan.add(f"missing weights {item.key}", f"{item.detail}; {item.fetch}")

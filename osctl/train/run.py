@@ -54,8 +54,9 @@ from osctl.utils.output_dir import check_output_dir
 SHAPING_PREFIXES = ("pipeline_path", "model.", "autoencoder.", "text_encoder.", "diffusion.", "data.",
                     "train.train_batch_size",
                     "train.gradient_accumulation_steps", "parallel.sp_size", "parallel.train_sp_batch_size",
-                    "train.seed")
-IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir")
+                    "train.seed", "train.lora", "train.base_dtype")
+IGNORED_FOR_SHAPING = ("data.num_workers", "data.index_dir", "data.cache.mode", "data.cache.dir",
+                       "data.cache.shard_samples")
 
 
 @dataclass
@@ -68,6 +69,8 @@ class TrainOptions:
     log: Any = None
     on_step: Any = None
     show_plan: Any = None  # called with the plan on rank 0 before the first step
+    device_memory: int | None = None  # bytes a process may use on its device (--device-memory; default: the GPU's)
+    memory_plan: Any = None  # osctl.train.memory.MemoryPlan checked before launch (offload "auto" reads it)
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Plan:
     """What a run will do, printed at start (and alone with --dry-run)."""
 
     lines: list[tuple[str, str]] = field(default_factory=list)
+    memory: Any = None  # osctl.train.memory.MemoryPlan (dry run)
 
     def add(self, key: str, value: Any) -> None:
         self.lines.append((key, str(value)))
@@ -136,6 +140,7 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     if options.dry_run:
         return plan_training(checked, registry, options)
     require_training_weights(checked)
+    check_memory(checked, registry, options)
     info = pdist.init_distributed(checked.loaded.recipe.parallel.timeout_s)
     lock = lock_output_dir(Path(checked.loaded.recipe.train.output_dir), info)
     finished = False
@@ -146,6 +151,20 @@ def run_training(checked: CheckedRecipe, registry: Registry, options: TrainOptio
     finally:
         if lock is not None:
             lock.release(discard_unused=not finished)  # a run refused before its first write leaves no folder
+
+
+def check_memory(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> None:
+    """With the device memory known (``--device-memory``, or the GPU's), refuse a run whose memory plan does not
+    fit, naming the knobs that would make it fit; keep the plan for ``train.offload.blocks: auto``."""
+    from osctl.train.memory import device_memory
+
+    if device_memory(options.device_memory) is None:
+        return
+    plan = plan_training(checked, registry, options)
+    memory = getattr(plan, "memory", None)
+    if memory is not None and not memory.fits():
+        raise ConfigError(memory.refusal(checked.loaded.recipe))
+    options.memory_plan = memory
 
 
 def lock_output_dir(output_dir: Path, info: pdist.DistInfo) -> DirLock | None:
@@ -201,18 +220,21 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     #    group reads the same batches: data is sharded over data-parallel replicas
     source: BatchSource = options.data_source
     data_summary: dict[str, Any] = {}
+    cache = None  # `osctl data cache`: latents and text states are read, the encoders are not built
     if source is None:
-        from osctl.data.stream.loader import build_batch_source
+        from osctl.cache.training import training_source
 
-        source, data_summary = build_batch_source(checked, registry, info, layout=layout, dp_rank=groups.dp_rank)
+        source, data_summary, cache = training_source(checked, registry, info, layout=layout, dp_rank=groups.dp_rank)
     steps_per_epoch = getattr(source, "steps_per_epoch", None)
     max_steps = stop_step(train_cfg, layout, steps_per_epoch)
 
     # 2. frozen components and the model
     precision = DTYPES[train_cfg.mixed_precision]
-    ae = build_autoencoder(checked, registry, device=info.device,
-                           dtype=torch.float32 if train_cfg.vae_fp32 else precision)
-    text_encoder = build_text_encoder(checked, registry, device=info.device, dtype=precision)
+    validating = bool(train_cfg.validation_steps and train_cfg.validation_prompts)
+    ae = build_autoencoder(checked, registry, device=info.device, dtype=torch.float32 if train_cfg.vae_fp32 else
+                           precision) if cache is None or validating else None  # with a cache: to decode samples
+    text_encoder = build_text_encoder(checked, registry, device=info.device, dtype=precision) if cache is None else \
+        cache.prompt_encoder(checked, registry, device=info.device, dtype=precision, validating=validating)
     model = build_model(checked, registry, device="cpu", dtype=torch.float32)
     if layout.sequence_parallel:
         _check_sequence_parallel_model(model, layout)
@@ -223,7 +245,14 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     # 3. weights: a checkpoint to resume wins over `pretrained`
     resume_dir = ckpt.resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     notes: list[str] = []
-    if resume_dir is not None:
+    adapter = None
+    if train_cfg.lora is not None:  # base from pretrained (also on resume), frozen; adapter added and restored
+        from osctl.train.lora import prepare_lora_model
+
+        adapter = prepare_lora_model(model, recipe, registry, resume_dir, notes)
+        if resume_dir is not None:
+            _check_recipe_change(resume_dir, resolved, options.allow_recipe_change, notes)
+    elif resume_dir is not None:
         report = load_into(model, resume_dir / "model")
         if report.missing or report.unexpected or report.mismatched:
             raise ConfigError(f"{resume_dir}/model does not match this model ({report.summary()}); "
@@ -240,8 +269,18 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
 
     # 4. strategy wraps model, optimizer and LR schedule; EMA follows the parameters it holds
     strategy = build_strategy(recipe, registry, world_size=info.world_size, device=info.device)
+    if adapter is not None:  # train.base_dtype: the frozen base stored in bf16/fp8 (before the strategy moves it)
+        from osctl.train.frozen_base import store_frozen_base
+
+        notes.extend(store_frozen_base(model, train_cfg.base_dtype, strategy=strategy.name))
     strategy.prepare(model, optimizer_factory=lambda params: build_optimizer(params, train_cfg),
                      lr_scheduler_factory=lambda opt: build_lr_scheduler(opt, train_cfg, max_steps))
+    if train_cfg.offload is not None:  # train.offload: frozen blocks stay on the CPU and stream in
+        from osctl.train.offload import offload_blocks
+
+        auto = getattr(options.memory_plan, "offload_blocks", None)
+        notes.append(offload_blocks(strategy.module, train_cfg.offload.blocks, device=info.device,
+                                    strategy=strategy.name, auto_blocks=auto))
     ema = None
     if train_cfg.use_ema:
         ema = EMA((p for _, p in strategy.local_parameters()), decay=train_cfg.ema_decay,
@@ -256,7 +295,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
 
     plan = _plan(checked, strategy, layout, state, max_steps, steps_per_epoch, data_summary, output_dir, notes)
     validate = None
-    if train_cfg.validation_steps and train_cfg.validation_prompts:
+    if validating:
         from osctl.train.validate import Validator
 
         validate = Validator(checked, registry, strategy=strategy, ema=ema, autoencoder=ae,
@@ -264,9 +303,10 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     line = validation_line(train_cfg, output_dir)
     if line is not None:
         plan.add(*line)
-    for key, value in frozen_lines(recipe, text_encoder, ae)[0]:
+    for key, value in cache.plan_lines(recipe, ae, text_encoder) if cache else \
+            frozen_lines(recipe, text_encoder, ae)[0]:
         plan.add(key, value)
-    objective = build_objective(recipe.diffusion)
+    objective = build_objective(recipe.diffusion, checked.geometry)
     window = getattr(model, "training_timestep_window", lambda: None)()
     if window is not None:  # a two-expert model training one expert: its timesteps only
         if not hasattr(objective, "restrict_timesteps"):
@@ -279,6 +319,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         fingerprint=fingerprint, recipe_yaml=yaml.safe_dump(resolved, sort_keys=False),
         log=options.log or (lambda record: None), on_step=options.on_step, validate=validate,
         versions={"osctl": __version__, "torch": torch.__version__}, groups=groups, plan=plan, layout=layout,
+        adapter=adapter,
     )
 
 
@@ -292,10 +333,14 @@ def _plan(checked: CheckedRecipe, strategy: Any, layout: ParallelLayout, state: 
     plan.add("model", f"{recipe.model.name}: {total / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)")
     diffusion = recipe.diffusion
     if diffusion.objective == "flow_matching":
-        plan.add("objective", f"flow_matching, shift {diffusion.flow_shift:g}, {diffusion.weighting_scheme} timesteps")
+        shifted = "" if not diffusion.token_shift else " (mean by tokens {:g}..{:g} -> {:g}..{:g})".format(
+            *diffusion.token_shift)
+        plan.add("objective", f"flow_matching, shift {diffusion.flow_shift:g}, {diffusion.weighting_scheme} timesteps"
+                 f"{shifted}")
     else:
         plan.add("objective", f"{diffusion.objective} / {diffusion.prediction_type}"
                  f"{' zero-SNR' if diffusion.rescale_betas_zero_snr else ''}"
+                 f"{f' SNR shift {diffusion.snr_shift_scale:g}' if diffusion.snr_shift_scale else ''}"
                  f"{f' min-SNR {diffusion.snr_gamma:g}' if diffusion.snr_gamma else ''}")
     plan.add("precision", f"{train_cfg.mixed_precision} (autoencoder {'fp32' if train_cfg.vae_fp32 else train_cfg.mixed_precision})")
     plan.add("latent geometry", checked.geometry.describe())

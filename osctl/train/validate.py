@@ -105,8 +105,15 @@ class Validator:
         return out
 
     def _skeleton(self) -> torch.nn.Module:
-        """The model without storage (meta device): shapes to receive into and a body to load into."""
-        return build_model(self.checked, self.registry, dtype=torch.float32, meta=True)
+        """The model without storage (meta device): shapes to receive into and a body to load into (with the
+        run's LoRA adapter layers when it trains one)."""
+        model = build_model(self.checked, self.registry, dtype=torch.float32, meta=True)
+        spec = getattr(self.strategy.module, "_osctl_adapter_spec", None)
+        if spec is not None:
+            from osctl.train.lora import add_adapter
+
+            add_adapter(model, spec)
+        return model
 
     def _sample(self, step: int, label: str, weights: dict[str, torch.Tensor], files: list[Path]) -> None:
         from osctl.media.write import write_image, write_video

@@ -33,7 +33,8 @@ def test_plugins_list_json_has_the_twelve_samplers_with_provider():
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     samplers = {c["name"]: c for c in payload["components"]}
-    assert set(samplers) == TWELVE | {"UniPCMultistep"}  # the reference's twelve and Wan's flow UniPC
+    # the reference's twelve, Wan's flow UniPC and CogVideoX 5B's DPM-Solver
+    assert set(samplers) == TWELVE | {"UniPCMultistep", "CogVideoXDPM"}
     assert all(c["kind"] == "sampler" and c["distribution"] == "osctl" for c in samplers.values())
     assert samplers["DDIM"]["plugin"] == "osctl.samplers.diffusers"
     plugins = {p["name"]: p for p in payload["plugins"]}

@@ -15,7 +15,10 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
-def test_shipped_recipes_validate(recipe):
+def test_shipped_recipes_validate(recipe, monkeypatch, tmp_path):
+    from tests.family_helpers import ensure_family_plugins
+
+    ensure_family_plugins(monkeypatch, tmp_path / "site")  # until osctl is reinstalled with their entry points
     result = runner.invoke(app, ["recipe", "validate", str(RECIPES / recipe), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["valid"] is True

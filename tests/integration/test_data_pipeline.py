@@ -65,17 +65,31 @@ def _run(recipe: Path, overrides: list[str]):
     return run_training(checked, registry, TrainOptions())
 
 
-def test_training_on_real_media_resumes_with_identical_losses(shapes, tmp_path):
+def _data_cache(tmp_path: Path, data_txt: Path, mode: str) -> list[str]:
+    """Overrides that train with ``data.cache`` ``mode``; for ``require`` the cache is built first."""
+    if mode == "off":
+        return ["data.cache.mode=off"]
+    from osctl.cache.build import BuildOptions, build_cache
+
+    (tmp_path / "c").mkdir()
+    where = [f"data.cache.dir={tmp_path / 'data-cache'}"]
+    build_cache(_checked(_recipe(tmp_path / "c", data_txt), where)[0], default_registry(), BuildOptions())
+    return [*where, "data.cache.mode=require"]
+
+
+@pytest.mark.parametrize("cache", ["off", "require"])
+def test_training_on_real_media_resumes_with_identical_losses(shapes, tmp_path, cache):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    straight = _run(_recipe(tmp_path / "a", shapes), ["train.max_steps=12"])
+    cached = _data_cache(tmp_path, shapes, cache)
+    straight = _run(_recipe(tmp_path / "a", shapes), ["train.max_steps=12", *cached])
     plan = json.loads((tmp_path / "a" / "out" / "plan.json").read_text())
     assert "built now" in plan["data index"] and "per epoch" in plan["data batch rounding"]
     steps = int(plan["steps per epoch"])
     assert 3 < steps < 12  # the run crosses an epoch boundary
     recipe = _recipe(tmp_path / "b", shapes)
-    first = _run(recipe, ["train.max_steps=4"])
-    second = _run(recipe, ["train.max_steps=12", "train.resume_from_checkpoint=latest", "data.num_workers=2"])
+    first = _run(recipe, ["train.max_steps=4", *cached])
+    second = _run(recipe, ["train.max_steps=12", "train.resume_from_checkpoint=latest", "data.num_workers=2", *cached])
     assert first.losses + second.losses == straight.losses
     state = json.loads((tmp_path / "b" / "out" / "checkpoint-4" / "data" / "rank-0.json").read_text())
     assert (state["epoch"], state["position"]) == (0, 4)

@@ -55,7 +55,7 @@ def launch(folder: Path, jobs: list[dict[str, Any]], nproc: int = 2, timeout: fl
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "spec.json"
     spec.write_text(json.dumps({"jobs": jobs}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}  # this checkout's plugins too
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                "--monitor-interval", "0.5", str(WORKER), str(spec)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)

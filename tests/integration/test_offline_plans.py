@@ -29,6 +29,11 @@ from tests.conftest import REPO_ROOT
 
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 MT5_CACHE = "models--google--mt5-xxl"
+#: the text encoder each family's released pipelines carry, as a plan counts it
+FAMILY_TEXT_ENCODERS = {"wan": "5.68 B parameters",        # UMT5-XXL's encoder
+                        "cogvideox": "4.76 B parameters",  # T5 v1.1 XXL's encoder
+                        "ltx_video": "4.76 B parameters",
+                        "hunyuan_video": "7.63 B parameters"}  # LLaVA-Llama-3's and CLIP-L's encoders
 runner = CliRunner()
 
 
@@ -142,10 +147,11 @@ def file_tree(*roots: Path) -> dict[str, tuple[int, int]]:
 def test_every_recipe_plans_offline_and_writes_nothing(recipe, data_txt, user_machine, no_network, built,
                                                        monkeypatch):
     from osctl.recipe.load import load_recipe
-    from tests.wan_helpers import ensure_wan_plugins
+    from tests.family_helpers import ensure_family_plugins
 
-    ensure_wan_plugins(monkeypatch, user_machine.parent / "site")  # until osctl is reinstalled with their entry points
-    model = load_recipe(recipe).recipe.model.name
+    ensure_family_plugins(monkeypatch, user_machine.parent / "site")  # until osctl is reinstalled with their entry points
+    loaded = load_recipe(recipe).recipe
+    model = loaded.model.name
     roots = (user_machine.parent, data_txt.parent)
     before = file_tree(*roots)
     started = time.perf_counter()
@@ -161,13 +167,14 @@ def test_every_recipe_plans_offline_and_writes_nothing(recipe, data_txt, user_ma
     assert "dry run: not written" in plan["data index"] and plan["steps per epoch"]
     assert "GB per process" in plan["memory with frozen components"]
     assert {kind for kind, _, meta in built if not meta} <= {"sampler"}  # every component on the meta device
-    if model == "wan":  # a released Wan pipeline by hub id: every component planned from its released config
-        pipeline = load_recipe(recipe).recipe.pipeline_path
-        assert plan["text encoder"].startswith("t5: 5.68 B parameters")  # UMT5-XXL's encoder
-        assert plan["autoencoder"].startswith("wan_vae: ")
+    if loaded.pipeline_path is not None:  # a released family pipeline by hub id: planned from its released configs
+        pipeline = loaded.pipeline_path
+        encoder = FAMILY_TEXT_ENCODERS[model]
+        assert plan["text encoder"].startswith(f"{loaded.text_encoder.name}: {encoder}")
+        assert plan["autoencoder"].startswith(f"{loaded.autoencoder.name}: ")
         for key in ("model.path", "autoencoder.path", "text_encoder.name_or_path"):
             missing = plan[f"missing weights {key}"]
-            assert f"`hf download {pipeline}`" in missing and "models--Wan-AI--" in missing
+            assert f"`hf download {pipeline}`" in missing and f"models--{pipeline.replace('/', '--')}" in missing
         assert plan["weights"].startswith("3 missing")
     elif plan["text encoder"].startswith("t5"):  # the shipped v1.3 recipes name the released mT5-XXL and WF-VAE
         assert plan["text encoder"].startswith("t5: 5.66 B parameters")

@@ -1,6 +1,6 @@
 """Ulysses sequence parallelism for Wan on 2 gloo processes equals one process.
 
-The workers (``wan_sp_worker.py`` under torchrun) split every batch's latent frames and text tokens as the loop
+The workers (``family_sp_worker.py`` under torchrun) split every batch's latent frames and text tokens as the loop
 does; the Wan model gathers them, splits its token sequence where diffusers' context-parallel plan for Wan does
 (rotary tables, first block input; gathered at the output projection) and runs self-attention through osctl's
 all-to-alls in an attention processor. Compared with one process on the same batch: the training step's loss,
@@ -10,33 +10,14 @@ for one transformer and for Wan 2.2's two experts (both trained, gradient checkp
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
-
 import pytest
-import torch
 
-from tests.integration.wan_sp_worker import run_job
-from tests.wan_helpers import subprocess_env, tiny_pipeline
+from tests.integration.family_sp_worker import launch, run_job
+from tests.wan_helpers import tiny_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
-WORKER = Path(__file__).with_name("wan_sp_worker.py")
 SP = ["parallel.sp_size=2", "parallel.train_sp_batch_size=2"]
-
-
-def launch(folder: Path, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    spec = folder / "spec.json"
-    spec.write_text(json.dumps({"jobs": jobs}))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "--monitor-interval", "0.5", str(WORKER), str(spec)]
-    env = {**subprocess_env(None), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=folder)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return torch.load(folder / "results.pt", weights_only=False)
 
 
 def test_wan_sequence_parallel_equals_one_process(tmp_path):

@@ -82,6 +82,7 @@ def setup(job: dict[str, Any], root: Path, rank: int, world: int) -> Any:
     if job.get("draws", "native") == "per_sample":
         parts.objective = PerSampleDraws(parts.objective, parts.state)
     parts.records = records  # type: ignore[attr-defined]
+    parts.checked = checked  # type: ignore[attr-defined]
     return parts
 
 

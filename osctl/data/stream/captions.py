@@ -152,6 +152,26 @@ def training_text(captions: Sequence[str], aesthetic: float | None, kind: int, p
     return clean_text(caption, policy)
 
 
+def caption_variants(captions: Sequence[str], aesthetic: float | None, kind: int, policy: CaptionPolicy) -> list[str]:
+    """Every text :func:`training_text` can give this sample except the CFG-dropout ``""``: each caption, with
+    each aesthetic sentence before and after it when the score calls for one, cleaned; in a fixed order,
+    without repeats. (An empty caption list gives ``[]``: such a sample always trains on ``""``.)"""
+    if not captions:
+        return []
+    out: dict[str, None] = {}
+    for caption in captions:
+        pool: tuple[str, ...] = ()
+        if aesthetic is not None and aesthetic == aesthetic:
+            if aesthetic <= policy.aesthetic_low:
+                pool = policy.sentences(kind, high=False)
+            elif aesthetic >= policy.aesthetic_high:
+                pool = policy.sentences(kind, high=True)
+        texts = [f"{caption} {s}" for s in pool] + [f"{s} {caption}" for s in pool] if pool else [caption]
+        for text in texts:
+            out[clean_text(text, policy)] = None
+    return list(out)
+
+
 Tokenize = Callable[[list[str]], dict[str, Any]]
 """``tokenize(texts) -> {"input_ids": B x L, "attention_mask": B x L}`` (the text-encoder plugin's tokenizer)."""
 

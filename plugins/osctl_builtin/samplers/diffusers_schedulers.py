@@ -38,6 +38,10 @@ class SamplerConfig(ComponentConfig):
     beta_start: float = Field(1e-4, gt=0)
     beta_end: float = Field(0.02, gt=0)
     v1_5_betas: bool = Field(False, description="Stable Diffusion 1.5 betas (scaled_linear 0.00085..0.012)")
+    snr_shift_scale: float | None = Field(
+        None, gt=0, description="CogVideoX samplers: the SNR shift of their noise table (CogVideoX 2B/5B: 3.0, 1.5: "
+        "1.0); inherited from diffusion.snr_shift_scale"
+    )
     flow_shift: float | None = Field(
         None, gt=0, description="flow-matching samplers: the noise-level shift (Wan: 3.0 at 480p, 5.0 at 720p, 12.0 "
         "for Wan 2.2 A14B); default: the scheduler's 1.0"
@@ -59,8 +63,13 @@ _TABLE: dict[str, tuple[str, dict[str, Any], bool, str]] = {
     ),
     "DEISMultistep": ("DEISMultistepScheduler", {}, True, "DEIS multistep (ignores zero-SNR rescaling)"),
     "KDPM2AncestralDiscrete": ("KDPM2AncestralDiscreteScheduler", {}, False, "KDPM2 ancestral"),
-    "CogVideoX": ("CogVideoXDDIMScheduler", {}, False, "CogVideoX DDIM schedule"),
+    "CogVideoX": ("CogVideoXDDIMScheduler", {"clip_sample": False}, False,
+                  "CogVideoX DDIM (CogVideoX-2b's released sampler)"),
+    "CogVideoXDPM": ("CogVideoXDPMScheduler", {"clip_sample": False}, False,
+                     "CogVideoX DPM-Solver++ (stochastic; CogVideoX-5b's and 1.5's released sampler)"),
 }
+#: samplers whose ``step`` also takes the previous step's prediction and timestep (wrapped: see TwoStepScheduler)
+TWO_STEP = {"CogVideoXDPM"}
 FLOW_MATCH = "FlowMatchEulerDiscrete"
 #: UniPC on flow sigmas: the sampler Wan's released pipelines ship (their scheduler/scheduler_config.json)
 FLOW_UNIPC = "UniPCMultistep"
@@ -90,9 +99,47 @@ def scheduler_kwargs(name: str, config: SamplerConfig) -> tuple[str, dict[str, A
         betas = {k: getattr(config, k) for k in DEFAULT_BETAS}
         if betas != DEFAULT_BETAS:
             kwargs.update(betas)
+    if config.snr_shift_scale is not None:
+        kwargs["snr_shift_scale"] = config.snr_shift_scale
     kwargs.update(added)
     kwargs.update(config.extra)
     return class_name, kwargs
+
+
+class TwoStepScheduler:
+    """A scheduler whose ``step`` needs the previous step's clean-sample prediction and timestep
+    (``CogVideoXDPMScheduler.step(model_output, old_pred_original_sample, timestep, timestep_back, sample)``)
+    behind the usual ``step(model_output, timestep, sample)``: it keeps both between steps, as
+    ``CogVideoXPipeline``'s loop does, and forgets them at ``set_timesteps``. Everything else (timesteps,
+    ``init_noise_sigma``, ``save_pretrained``, ``config``) is the wrapped scheduler's.
+
+    The step is stochastic and works element by element: video latents (``B x C x T x H x W``) are stepped
+    frames-first (``B x T x C x H x W``, CogVideoX's own layout), so the step noise drawn from a seeded
+    generator is laid out as ``CogVideoXPipeline`` draws it and a seed gives the pipeline's video."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self._previous_prediction: Any = None
+        self._previous_timestep: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["scheduler"], name)
+
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> Any:
+        self._previous_prediction = self._previous_timestep = None
+        return self.scheduler.set_timesteps(*args, **kwargs)
+
+    def step(self, model_output: Any, timestep: Any, sample: Any, eta: float = 0.0, generator: Any = None,
+             return_dict: bool = False) -> tuple[Any]:
+        """The previous sample (a tuple, like diffusers' ``return_dict=False``)."""
+        video = sample.ndim == 5
+        if video:
+            model_output, sample = model_output.transpose(1, 2), sample.transpose(1, 2)
+        prev_sample, prediction = self.scheduler.step(model_output, self._previous_prediction, timestep,
+                                                      self._previous_timestep, sample, eta=eta, generator=generator,
+                                                      return_dict=False)
+        self._previous_prediction, self._previous_timestep = prediction, timestep
+        return (prev_sample.transpose(1, 2) if video else prev_sample,)
 
 
 def _factory(name: str):
@@ -102,6 +149,8 @@ def _factory(name: str):
         accepted = inspect.signature(cls.__init__).parameters
         ignored = sorted(k for k in kwargs if k not in accepted and k not in config.extra)
         scheduler = cls(**{k: v for k, v in kwargs.items() if k not in ignored})
+        if name in TWO_STEP:
+            scheduler = TwoStepScheduler(scheduler)
         # options this scheduler cannot honour (e.g. zero-SNR on Heun); `osctl sample` warns about them
         scheduler.osctl_ignored_options = {k: kwargs[k] for k in ignored}
         return scheduler
@@ -112,7 +161,7 @@ def _factory(name: str):
 
 @osctl.hookimpl
 def register_samplers(register: Any) -> None:
-    """Register the twelve reference samplers."""
+    """Register the twelve reference samplers, CogVideoX's DPM-Solver and the flow-matching ones."""
     for name, (class_name, _, _, summary) in _TABLE.items():
         register(osctl.ComponentSpec(name=name, summary=f"{summary} [diffusers {class_name}]",
                                      factory=_factory(name), config=SamplerConfig))

@@ -252,9 +252,26 @@ class DeepSpeedStrategy:
             state[name] = value.detach().cpu().to(state[name].dtype).clone()
         return state
 
+    def trainable_state_dict(self, local: list[tuple[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor] | None:
+        """The full trainable parameters alone (a LoRA adapter) on rank 0 (every rank takes part under ZeRO-3)."""
+        trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
+        if self.zero_stage == 3:
+            full = self.full_state_dict(local)
+            return None if full is None else {k: v.float() for k, v in full.items() if k in trainable}
+        if dist.get_rank() != 0:
+            return None
+        replaced = dict(local or [])
+        return {n: replaced.get(n, p).detach().cpu().float().clone() for n, p in self.module.named_parameters()
+                if n in trainable}
+
+    def _frozen(self) -> bool:
+        """True when part of the model is frozen (a LoRA base): the engine checkpoint then leaves it out."""
+        return any(not p.requires_grad for p in self.module.parameters())
+
     def save_state(self, folder: Path) -> None:
-        """The engine's own checkpoint (module, ZeRO optimizer partitions, LR scheduler) in ``deepspeed/``."""
-        self.engine.save_checkpoint(str(folder / "deepspeed"))
+        """The engine's own checkpoint (module, ZeRO optimizer partitions, LR scheduler) in ``deepspeed/``; a
+        frozen base (reloaded from its own weights on every start) is left out."""
+        self.engine.save_checkpoint(str(folder / "deepspeed"), exclude_frozen_parameters=self._frozen())
 
     def load_state(self, folder: Path) -> None:
         """Restore the engine checkpoint written by ``save_state`` (same world size), never running code from it.
@@ -269,7 +286,7 @@ class DeepSpeedStrategy:
         engine_dir = folder / "deepspeed"
         with hold_torch_load(allowed=deepspeed_classes(), advice=STATE_FILE_ADVICE) as held:
             try:
-                path, _ = self.engine.load_checkpoint(str(engine_dir))
+                path, _ = self.engine.load_checkpoint(str(engine_dir), load_module_strict=not self._frozen())
             except OsctlError:
                 raise
             except Exception as exc:

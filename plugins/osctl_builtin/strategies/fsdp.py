@@ -104,10 +104,32 @@ class FSDPStrategy(SingleStrategy):
                 state[name] = value.detach().cpu().clone()
         return state if rank0 else None
 
+    def trainable_state_dict(self, local: list[tuple[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor] | None:
+        """The full trainable parameters alone (a LoRA adapter), gathered to rank 0 (every rank takes part)."""
+        replaced = dict(local or [])
+        rank0 = dist.get_rank() == 0
+        state: dict[str, torch.Tensor] = {}
+        for name, param in self.module.named_parameters():
+            if not param.requires_grad:
+                continue
+            value = _like(param, replaced[name]) if name in replaced else param
+            value = value.full_tensor() if hasattr(value, "full_tensor") else value
+            if rank0:
+                state[name] = value.detach().cpu().float().clone()
+        return state if rank0 else None
+
+    def _options(self) -> Any:
+        """DCP state options: a model with frozen parameters (a LoRA base, loaded from its own weights on every
+        start) keeps only the trainable ones in the checkpoint."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        frozen = any(not p.requires_grad for p in self.module.parameters())
+        return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen)
+
     def _dcp_state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_state, optim_state = get_state_dict(self.module, self.optimizer)
+        model_state, optim_state = get_state_dict(self.module, self.optimizer, options=self._options())
         state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
         if self.ema is not None:
             trainable = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
@@ -134,7 +156,8 @@ class FSDPStrategy(SingleStrategy):
                               "strategy); resume with the strategy that wrote it.")
         state = self._dcp_state()
         load_dcp_state(state, folder / "dcp")
-        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=self._options())
         if self.ema is not None:
             for shadow, loaded in zip(self.ema.shadow, state["ema"].values(), strict=True):
                 shadow.copy_(loaded.to_local())

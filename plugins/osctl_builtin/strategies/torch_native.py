@@ -38,8 +38,9 @@ class SingleStrategy:
         return module
 
     def prepare(self, model: torch.nn.Module, *, optimizer_factory: Any, lr_scheduler_factory: Any) -> None:
-        """Move the model to the device in fp32, wrap it, and build optimizer and schedule."""
-        self.module = model.to(self.device, torch.float32)
+        """Move the model to the device (trainable weights in fp32; a frozen base keeps the storage dtype
+        ``train.base_dtype`` gave it), wrap it, and build optimizer and schedule."""
+        self.module = to_device_fp32(model, self.device)
         self.model = self._wrap(self.module)
         self.optimizer = optimizer_factory(self.module.parameters())
         self.lr_scheduler = lr_scheduler_factory(self.optimizer)
@@ -89,6 +90,14 @@ class SingleStrategy:
             state[name] = value.detach().cpu().to(state[name].dtype).clone()
         return state
 
+    def trainable_state_dict(self, local: list[tuple[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor] | None:
+        """The trainable parameters alone (e.g. a LoRA adapter), ``local`` values substituted, on rank 0."""
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return None
+        replaced = dict(local or [])
+        return {n: replaced.get(n, p).detach().cpu().float().clone() for n, p in self.module.named_parameters()
+                if p.requires_grad}
+
     def save_state(self, folder: Path) -> None:
         """Optimizer, LR scheduler and scaler state (rank 0 writes; all ranks hold the same)."""
         if dist.is_initialized() and dist.get_rank() != 0:
@@ -105,6 +114,18 @@ class SingleStrategy:
         restore_file(folder / "lr_scheduler.pt", self.lr_scheduler.load_state_dict)
         if self.scaler and (folder / "scaler.pt").exists():
             restore_file(folder / "scaler.pt", self.scaler.load_state_dict)
+
+
+def to_device_fp32(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device`` with fp32 trainable parameters; frozen parameters keep their dtype (a LoRA run's
+    base stored in bf16/fp8, see ``osctl.train.frozen_base``), everything else becomes fp32 as before."""
+    if all(p.requires_grad or p.dtype == torch.float32 for p in model.parameters()):
+        return model.to(device, torch.float32)
+    model = model.to(device)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
 
 
 class DDPStrategy(SingleStrategy):

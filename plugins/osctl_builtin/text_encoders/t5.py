@@ -90,6 +90,9 @@ class T5Config(ComponentConfig):
     prompt_clean: Literal["none", "wan"] = Field(
         "none", description="wan: fix text with ftfy, unescape HTML and collapse whitespace before tokenizing, as "
                             "WanPipeline does")
+    attend_padding: bool = Field(
+        False, description="encode without the attention mask, so every token (padding too) attends to all: "
+                           "CogVideoXPipeline and LTXPipeline encode prompts so (the mask is still returned)")
 
     @classmethod
     def pipeline_options(cls, pipeline_path: str) -> dict[str, Any]:
@@ -206,9 +209,11 @@ class T5TextEncoder:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_length: int, source: str,
-                 text_encoder_2: T5TextEncoder | None = None, prompt_clean: str = "none") -> None:
+                 text_encoder_2: T5TextEncoder | None = None, prompt_clean: str = "none",
+                 attend_padding: bool = False) -> None:
         # ``tokenizer`` is None for an encoder built on the meta device for a plan (shapes only)
         self.prompt_clean = prompt_clean
+        self.attend_padding = attend_padding
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
@@ -262,12 +267,14 @@ class T5TextEncoder:
         }
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states ``B x L x hidden_size`` computed with ``attention_mask``, without gradients."""
+        """Last hidden states ``B x L x hidden_size`` computed with ``attention_mask`` (with none under
+        ``attend_padding``), without gradients."""
         import torch
 
         device = self.device
+        mask = None if self.attend_padding else attention_mask.to(device)
         with torch.no_grad():
-            out = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+            out = self.model(input_ids=input_ids.to(device), attention_mask=mask)
         return out.last_hidden_state
 
     def encode_texts(self, texts: Sequence[str] | str, max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -405,7 +412,8 @@ def _pick_dtype(configured: str | None, runtime: Any) -> Any:
 
 def load_t5_encoder(name_or_path: str, *, max_length: int, dtype: Any = None, device: Any = None,
                     cache_dir: str | None = None, key: str = "text_encoder.name_or_path",
-                    tokenizer_path: str | None = None, prompt_clean: str = "none") -> T5TextEncoder:
+                    tokenizer_path: str | None = None, prompt_clean: str = "none",
+                    attend_padding: bool = False) -> T5TextEncoder:
     """Load a frozen T5/mT5/UMT5 encoder and its tokenizer from a hub id or a local folder.
 
     The encoder class follows the checkpoint's ``model_type`` (``t5`` -> ``T5EncoderModel``, ``mt5`` ->
@@ -439,7 +447,8 @@ def load_t5_encoder(name_or_path: str, *, max_length: int, dtype: Any = None, de
     model.requires_grad_(False)
     if device is not None:
         model.to(device)
-    return T5TextEncoder(model, tokenizer, max_length=max_length, source=source, prompt_clean=prompt_clean)
+    return T5TextEncoder(model, tokenizer, max_length=max_length, source=source, prompt_clean=prompt_clean,
+                         attend_padding=attend_padding)
 
 
 def meta_t5_encoder(values: dict[str, Any], *, max_length: int, dtype: Any, source: str) -> T5TextEncoder:
@@ -495,7 +504,7 @@ def build_t5(config: T5Config, **runtime: Any) -> T5TextEncoder:
     encoder = load_t5_encoder(config.encoder_source(), max_length=config.max_length, dtype=dtype, device=device,
                               cache_dir=config.cache_dir, key="text_encoder.name_or_path",
                               tokenizer_path=None if config.tokenizer_subfolder is None else config.tokenizer_source(),
-                              prompt_clean=config.prompt_clean)
+                              prompt_clean=config.prompt_clean, attend_padding=config.attend_padding)
     if config.name_or_path_2:
         encoder.text_encoder_2 = load_t5_encoder(
             config.name_or_path_2, max_length=config.max_length, dtype=dtype, device=device,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from osctl.errors import ConfigError
+from osctl.latent_moments import LatentMoments
 from osctl.utils.dtypes import torch_dtype
 from osctl_builtin.autoencoders.wfvae.model import WFVAEModel
 from osctl_builtin.autoencoders.wfvae.register import FETCH_HINT, WEIGHT_FILES
@@ -175,9 +176,13 @@ class WFVAEAutoencoder(nn.Module):
         ``sample=True`` draws from the posterior (with ``generator`` or the given standard-normal
         ``noise``, else the global RNG); ``sample=False`` takes its mean.
         """
+        return self.latent_moments(video).latents(sample=sample, generator=generator, noise=noise)
+
+    def latent_moments(self, video: torch.Tensor) -> LatentMoments:
+        """The posterior of ``video`` and the normalisation: ``encode`` is ``latent_moments(video).latents(...)``,
+        so latents drawn later from stored moments (``osctl data cache``) equal the on-the-fly ones."""
         posterior = self.posterior(video)
-        z = posterior.sample(generator=generator, noise=noise) if sample else posterior.mode()
-        return (z - self.shift.to(z.dtype)) * self.scale.to(z.dtype)
+        return LatentMoments(mean=posterior.mean, std=posterior.std, shift=self.shift, scale=self.scale)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Video ``B x 3 x 4(t-1)+1 x 8h x 8w`` (channel-first, about [-1, 1], not clamped) from normalised latents."""

@@ -282,5 +282,7 @@ def register_models(register: Any) -> None:
         + ", ".join(preset_names()),
         factory=build_model,
         config=OSPv13Config,
-        metadata={"presets": dict(PRESET_SUMMARIES)},
+        metadata={"presets": dict(PRESET_SUMMARIES),
+                  # train.lora's default targets: self- and cross-attention projections and the feed-forward
+                  "lora_target_modules": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]},
     ))

@@ -13,25 +13,14 @@ others are frozen and training draws timesteps in the trained expert's range onl
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 import osctl
-from osctl.availability import MissingWeights
-from osctl.families.sources import (
-    Family,
-    Located,
-    has_diffusers_weights,
-    locate_transformers,
-    missing_source,
-    read_json_object,
-)
-from osctl.geometry import ModelGeometry
-from osctl.registry import ComponentConfig
+from osctl.families.configs import DiffusersModelConfig
+from osctl.families.sources import Family
 from osctl_builtin.models.wan.presets import (
     NUM_TRAIN_TIMESTEPS,
     PRESETS,
@@ -52,8 +41,14 @@ FETCH_HINT = ("download a Wan diffusers pipeline (e.g. `hf download Wan-AI/Wan2.
               "with pipeline_path or model.path, or drop model.path to start from the preset")
 
 
-class WanConfig(ComponentConfig):
+class WanConfig(DiffusersModelConfig):
     """Recipe section ``model`` for ``wan``: released files (``path``) or a ``preset`` with fresh weights."""
+
+    FAMILY = FAMILY
+    PRESETS = PRESETS
+    SHAPE_KEYS = SHAPE_KEYS
+    FETCH_HINT = FETCH_HINT
+    TRANSFORMER_NAMES = ("transformer", "transformer_2")
 
     path: str | None = Field(
         None, description="a Wan diffusers pipeline folder or hub id (transformer/ and transformer_2/ are read), one "
@@ -76,15 +71,6 @@ class WanConfig(ComponentConfig):
                           "drawn in the trained expert's range")
     text_length: int = Field(TEXT_LENGTH, ge=1, description="text tokens the transformer sees: the prompt's states, "
                                                            "zeros past the prompt (WanPipeline: 512)")
-    gradient_checkpointing: bool = Field(False, description="recompute each block in backward to save memory")
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in PRESETS:
-            raise PydanticCustomError("wan_preset", "unknown preset; known presets: {known}",
-                                      {"known": ", ".join(preset_names())})
-        return value
 
     @field_validator("experts")
     @classmethod
@@ -95,10 +81,8 @@ class WanConfig(ComponentConfig):
         return value
 
     @model_validator(mode="after")
-    def _buildable(self) -> WanConfig:
+    def _experts_need_two(self) -> WanConfig:
         try:
-            arch = self.architecture() if self.path is None else self.plan_architecture()
-            check_architecture(arch)
             if self.experts is not None and self.transformer_count() == 1:
                 raise ValueError(f"experts {self.experts} is set but this model has a single transformer; "
                                  "drop model.experts (it is for Wan 2.2 A14B's two experts)")
@@ -108,59 +92,14 @@ class WanConfig(ComponentConfig):
         return self
 
     @classmethod
-    def pipeline_options(cls, pipeline_path: str) -> dict[str, Any]:
-        """The options a recipe's ``pipeline_path`` fills in (explicit keys win): the pipeline itself."""
-        return {"path": pipeline_path}
+    def check_architecture(cls, arch: dict[str, Any]) -> None:
+        check_architecture(arch)
 
-    # -- what the files or the preset say ----------------------------------------------------------------
-    def located(self) -> Located | None:
-        """The transformer folders ``path`` holds (None when unset or not on this machine); ``ConfigError`` for a
-        folder of another family."""
-        if self.path is None:
-            return None
-        return locate_transformers(self.path, "model.path", FAMILY)
-
-    def overrides(self) -> dict[str, Any]:
-        """The architecture keys set explicitly in this config."""
-        return {k: getattr(self, k) for k in SHAPE_KEYS if k in self.model_fields_set and getattr(self, k) is not None}
-
-    def architecture(self) -> dict[str, Any]:
-        """The constructor arguments of the (each) transformer: the folder's config.json, or the preset with
-        overrides; a shape override that contradicts the folder is a ``ConfigError``."""
-        found = self.located()
-        if found is None:
-            if self.path is not None:
-                raise osctl.ConfigError(missing_source(self.path, "model.path", what="Wan pipeline").describe() + ".")
-            arch = preset(self.preset)["architecture"]
-            arch.update(self.overrides())
-            return arch
-        first = next(iter(found.folders.values()))
-        folder = read_json_object(first / "config.json", "model.path")
-        for key, value in self.overrides().items():
-            if folder.get(key) != value:
-                raise osctl.ConfigError(f"model.{key}={value} conflicts with {key}={folder.get(key)} in "
-                                        f"{str(first / 'config.json')!r}.",
-                                        hint="drop the override: a loaded model keeps the shapes of its weights")
-        return {k: v for k, v in folder.items() if not k.startswith("_")}
-
-    def plan_architecture(self) -> dict[str, Any]:
-        """:meth:`architecture`, except that files not on this machine yet plan with the preset (a plan never
-        needs them)."""
-        if self.path is not None and self.located() is None:
-            arch = preset(self.preset)["architecture"]
-            arch.update(self.overrides())
-            return arch
-        return self.architecture()
-
-    def transformer_names(self) -> tuple[str, ...]:
-        """The pipeline names of the transformers: ``("transformer",)`` or ``("transformer", "transformer_2")``."""
-        found = self.located() if self.path is not None else None
-        if found is not None:
-            return tuple(found.folders)
-        return ("transformer", "transformer_2")[: preset(self.preset)["transformers"]]
-
-    def transformer_count(self) -> int:
-        return len(self.transformer_names())
+    @classmethod
+    def patch_sizes(cls, arch: dict[str, Any]) -> tuple[int, int]:
+        """Wan's ``patch_size`` [t, h, w] (released: [1, 2, 2])."""
+        patch_t, patch_h, _ = arch["patch_size"]
+        return int(patch_t), int(patch_h)
 
     def boundary(self) -> float | None:
         """The boundary ratio of a two-expert model (explicit, else the pipeline's, else the preset's); None for one."""
@@ -180,24 +119,6 @@ class WanConfig(ComponentConfig):
             return names
         return tuple(EXPERTS[e] for e in self.experts)
 
-    def model_geometry(self) -> ModelGeometry:
-        """The transformer's half of the latent geometry: patch 1x2x2 and its latent channels."""
-        arch = self.plan_architecture()
-        patch_t, patch_h, _ = arch["patch_size"]
-        return ModelGeometry(patch_t=int(patch_t), patch_hw=int(patch_h), in_channels=int(arch["in_channels"]),
-                             out_channels=int(arch["out_channels"]))
-
-    def missing_weights(self) -> list[MissingWeights]:
-        """``path`` when it is not on this machine or a transformer folder in it holds no weights."""
-        if self.path is None:
-            return []
-        found = self.located()
-        if found is None:
-            return [missing_source(self.path, "model.path", what="Wan pipeline", fetch=FETCH_HINT)]
-        return [MissingWeights("model.path", f"{str(folder)!r} has a config.json but no diffusion_pytorch_model weights",
-                               str(folder), FETCH_HINT)
-                for folder in found.folders.values() if not has_diffusers_weights(folder)]
-
     def diffusers_pipeline(self) -> dict[str, Any]:
         """What ``model_index.json`` says besides the components: the pipeline class and its settings."""
         found = self.located() if self.path is not None else None
@@ -209,32 +130,12 @@ class WanConfig(ComponentConfig):
 def build_model(config: WanConfig, *, device: Any = None, dtype: Any = None, meta: bool = False, **_: Any) -> Any:
     """The Wan transformer(s) as one osctl model: loaded from ``path`` or fresh from the preset (``meta``: shapes
     only, from the folder's config.json or, before it is downloaded, the preset)."""
-    import torch
     from diffusers import WanTransformer3DModel
 
-    from osctl.families.loading import from_pretrained_safely
+    from osctl.families.loading import build_transformers
     from osctl_builtin.models.wan.model import WanTransformers
 
-    names = config.transformer_names()
-    found = None if meta else config.located()
-    transformers: dict[str, Any] = {}
-    try:
-        if found is not None:
-            for name, folder in found.folders.items():
-                if not has_diffusers_weights(folder):
-                    raise osctl.ConfigError(f"model.path: {str(folder)!r} has a config.json but no "
-                                            "diffusion_pytorch_model weights.", hint=FETCH_HINT)
-                transformers[name] = from_pretrained_safely(WanTransformer3DModel, folder, dtype)
-        else:
-            arch = config.plan_architecture() if meta else config.architecture()
-            for name in names:
-                with torch.device("meta") if meta else nullcontext():
-                    module = WanTransformer3DModel.from_config(arch)
-                if dtype is not None:
-                    module = torch.nn.Module.to(module, dtype=dtype)  # diffusers' .to() warns on every cast
-                transformers[name] = module
-    except ValueError as exc:
-        raise osctl.ConfigError(f"model: {exc}") from None
+    transformers = build_transformers(config, WanTransformer3DModel, dtype=dtype, meta=meta)
     boundary = config.boundary()
     model = WanTransformers(transformers, boundary_timestep=None if boundary is None else boundary * NUM_TRAIN_TIMESTEPS,
                             trained=config.trained_transformers(), text_length=config.text_length)
@@ -243,12 +144,6 @@ def build_model(config: WanConfig, *, device: Any = None, dtype: Any = None, met
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
-
-
-def source_paths(config: WanConfig) -> dict[str, Path]:
-    """The transformer folders ``path`` names (for ``ckpt convert --to diffusers-pipeline``); empty for a preset."""
-    found = config.located()
-    return dict(found.folders) if found is not None else {}
 
 
 @osctl.hookimpl

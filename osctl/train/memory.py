@@ -1,0 +1,447 @@
+"""Memory a training step needs, per bucket, before anything is loaded (``osctl train --dry-run``).
+
+Static parts are counted from the parameters (built on the meta device): weights by dtype (a LoRA run's
+frozen base in ``train.base_dtype``, offloaded blocks excluded), gradients and AdamW moments of the
+trainable parameters, the EMA, and the frozen text encoder and autoencoder; FSDP and DeepSpeed shard
+what they shard over the world size.
+
+Activations are not guessed from a formula: the model's own forward runs on the meta device at the
+bucket's shape (no memory, no compute) while a saved-tensors hook adds up what autograd keeps for
+backward, block by block. Without gradient checkpointing that is the sum; with it, what stays is each
+block's input plus the largest block's own activations (re-created while it back-propagates). Attention
+runs through a flash-style stand-in for the trace (what GPUs and the CPU kernels do: the S x S scores are
+never kept), so its workspace is counted separately. The transient peak of backward (a gradient and the
+tensor it is computed from at once) is modelled as twice the largest single saved tensor.
+
+``estimate_step_memory`` is the one function; the plan prints its result per bucket and refuses a launch
+whose largest bucket exceeds the device memory, naming the knobs that would make it fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+GiB = 1024**3
+#: bytes per trainable parameter of AdamW state (two fp32 moments)
+ADAM_BYTES = 8
+#: latent-sized fp32 tensors a training step holds outside the model at the end of forward and in the loss's
+#: backward (``osctl.train.loop.micro_step``): latents, noise, noisy input, target, prediction, its gradient,
+#: prediction - target and its square
+LATENT_COPIES = 8
+
+
+@dataclass
+class StepMemory:
+    """Bytes one process holds at the peak of a training step on one bucket."""
+
+    bucket: tuple[int, int, int]  # pixel frames, height, width
+    tokens: int
+    weights: dict[str, int] = field(default_factory=dict)  # dtype -> bytes (model on the device)
+    frozen_components: int = 0  # text encoder + autoencoder
+    gradients: int = 0
+    optimizer: int = 0
+    ema: int = 0
+    activations: int = 0  # with the run's gradient-checkpointing choice
+    activations_other: int = 0  # with the other choice
+    attention: int = 0  # attention workspace of the largest attention call
+    batch_tensors: int = 0  # the pixel batch and the latent-sized tensors of noising and the loss
+    transient: int = 0  # backward's largest gradient + its source tensor
+    offloaded: int = 0  # frozen block weights kept in host memory (train.offload)
+    checkpointing: bool = False
+
+    @property
+    def total(self) -> int:
+        """The estimated peak: what stays resident, plus the larger of the saved activations (at the end of
+        forward) and the gradients (at the end of backward; backward frees a block's activations as it makes
+        its gradients), plus attention workspace and backward's transient."""
+        return (sum(self.weights.values()) + self.frozen_components + self.optimizer + self.ema
+                + max(self.activations, self.gradients) + self.batch_tensors + self.attention + self.transient)
+
+    def line(self) -> str:
+        """One plan line: the total and its parts."""
+        weights = " + ".join(f"{_gb(v)} {k}" for k, v in sorted(self.weights.items()))
+        other = "without" if self.checkpointing else "with"
+        parts = [f"weights {weights}", f"frozen components {_gb(self.frozen_components)}",
+                 f"grads {_gb(self.gradients)}", f"optimizer {_gb(self.optimizer)}", f"EMA {_gb(self.ema)}",
+                 f"activations {_gb(self.activations)} ({other} checkpointing {_gb(self.activations_other)})",
+                 f"batch tensors {_gb(self.batch_tensors)}", f"attention {_gb(self.attention)}",
+                 f"backward transient {_gb(self.transient)}"]
+        if self.offloaded:
+            parts.append(f"offloaded to host {_gb(self.offloaded)}")
+        return f"{_gb(self.total)} = " + ", ".join(parts)
+
+
+def _gb(value: float) -> str:
+    return f"{value / GiB:.2f} GB" if value >= 0.01 * GiB else f"{value / 1024**2:.1f} MB"
+
+
+# --- the meta-device trace of activations ------------------------------------------------------------------
+
+class _FlashLike(torch.autograd.Function):
+    """Stand-in for attention during the trace: keeps what a flash kernel keeps (q, k, v, out, logsumexp)."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(q.expand(*q.shape[:-1], v.shape[-1]))
+        ctx.save_for_backward(q, k, v, out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device), mask)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:  # pragma: no cover - never run
+        q, k, v, _, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), None
+
+
+@dataclass
+class _Trace:
+    """What the trace saw: saved bytes outside blocks, per block, block inputs, the largest tensor and attention."""
+
+    outside: int = 0
+    blocks: list[int] = field(default_factory=list)
+    block_inputs: list[int] = field(default_factory=list)
+    largest: int = 0
+    attention: int = 0
+
+
+@contextlib.contextmanager
+def _tracing(model: torch.nn.Module, trace: _Trace) -> Iterator[None]:
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    seen: set[int] = set()
+    current: list[int | None] = [None]
+
+    def pack(tensor: torch.Tensor) -> Any:  # kept (no memory on meta): a freed storage's address is not reused
+        key = tensor.untyped_storage()._cdata
+        if key in params or key in seen:
+            return tensor
+        seen.add(key)
+        size = tensor.untyped_storage().nbytes()
+        trace.largest = max(trace.largest, size)
+        if current[0] is None:
+            trace.outside += size
+        else:
+            trace.blocks[current[0]] += size
+        return tensor
+
+    def sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:  # called positionally (osctl) or by keyword (diffusers)
+        names = ("query", "key", "value", "attn_mask")
+        given = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k in names}
+        q, k, v, attn_mask = given["query"], given["key"], given["value"], given.get("attn_mask")
+        # flash-style workspace: fp32 output accumulators and logsumexp per query block, plus the grads of q, k, v
+        trace.attention = max(trace.attention, 3 * q.numel() * q.element_size() + 2 * k.numel() * k.element_size())
+        mask = attn_mask if isinstance(attn_mask, torch.Tensor) else torch.empty(0, device=q.device)
+        return _FlashLike.apply(q, k, v, mask)
+
+    blocks = _block_modules(model)
+    handles = []
+    for index, block in enumerate(blocks):
+        trace.blocks.append(0)
+        trace.block_inputs.append(0)
+
+        def enter(module: torch.nn.Module, args: Any, index: int = index) -> None:
+            current[0] = index
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if first is not None:
+                trace.block_inputs[index] = first.numel() * first.element_size()
+
+        handles.append(block.register_forward_pre_hook(enter))
+        handles.append(block.register_forward_hook(lambda *_: current.__setitem__(0, None)))
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = sdpa
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
+            yield
+    finally:
+        F.scaled_dot_product_attention = original
+        for handle in handles:
+            handle.remove()
+
+
+def _block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if m is not model and type(m).__name__ in names]
+
+
+def trace_activations(model: torch.nn.Module, *, batch: int, latent: tuple[int, int, int], channels: int,
+                      text_tokens: int, text_dim: int, dtype: torch.dtype) -> _Trace:
+    """Run ``model`` (on the meta device) forward on one micro-batch of ``latent`` (T x H x W) and record what
+    autograd saves. The model is traced as it will train (its adapters, its frozen parameters)."""
+    device = torch.device("meta")
+    t, h, w = latent
+    trace = _Trace()
+    hidden = torch.empty(batch, channels, t, h, w, device=device, dtype=dtype, requires_grad=False)
+    text = torch.empty(batch, 1, text_tokens, text_dim, device=device, dtype=dtype)
+    mask = torch.ones(batch, t, h, w, device=device)
+    text_mask = torch.ones(batch, 1, text_tokens, device=device)
+    # trace every block's own activations (combined with checkpointing's rule by the caller): switch it off in
+    # the model and in every diffusers model inside it, and back on afterwards
+    checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for module in checkpointed:
+        module.gradient_checkpointing = False
+    try:
+        with torch.enable_grad(), _tracing(model, trace):
+            model(hidden, torch.zeros(batch, device=device), text, attention_mask=mask,
+                  encoder_attention_mask=text_mask, return_dict=False)
+    finally:
+        for module in checkpointed:
+            module.gradient_checkpointing = True
+    return trace
+
+
+# --- the estimate ------------------------------------------------------------------------------------------
+
+def parameter_bytes(model: torch.nn.Module, base_dtype: str, offload_blocks: int) -> tuple[dict[str, int], int, int, int]:
+    """(device weight bytes by dtype, trainable parameters, frozen bytes of offloaded blocks, bytes of the
+    largest block) of ``model`` as it will train: frozen block linears in ``base_dtype``, the last
+    ``offload_blocks`` blocks' frozen weights in host memory."""
+    from osctl.train.frozen_base import STORAGE_DTYPES
+
+    storage = STORAGE_DTYPES.get(base_dtype)
+    blocks = _block_modules(model)
+    cast = set()
+    if storage is not None:
+        for block in blocks:
+            for module in block.modules():
+                if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
+                    cast.add(id(module.weight))
+    offloaded_params = {id(p) for block in blocks[len(blocks) - offload_blocks:] for p in block.parameters()
+                        if not p.requires_grad} if offload_blocks else set()
+    weights: dict[str, int] = {}
+    trainable = offloaded = 0
+    block_bytes: dict[int, int] = {}
+    owner = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
+    for param in model.parameters():
+        dtype = storage if id(param) in cast else (torch.float32 if param.requires_grad else param.dtype)
+        size = param.numel() * torch.empty(0, dtype=dtype).element_size()
+        if param.requires_grad:
+            trainable += param.numel()
+        if id(param) in owner:
+            block_bytes[owner[id(param)]] = block_bytes.get(owner[id(param)], 0) + size
+        if id(param) in offloaded_params:
+            offloaded += size
+            continue
+        key = str(dtype).removeprefix("torch.")
+        weights[key] = weights.get(key, 0) + size
+    return weights, trainable, offloaded, max(block_bytes.values(), default=0)
+
+
+def estimate_step_memory(model: torch.nn.Module, *, bucket: tuple[int, int, int], latent: tuple[int, int, int],
+                         tokens: int, batch: int, channels: int, text_tokens: int, text_dim: int, recipe: Any,
+                         strategy: str, world_size: int, sp_size: int = 1, frozen_components: int = 0,
+                         offload_blocks: int = 0, device_type: str = "cuda") -> StepMemory:
+    """The peak memory of one process for a training step on ``bucket`` (see the module docstring)."""
+    train_cfg, parallel = recipe.train, recipe.parallel
+    compute = torch.bfloat16 if train_cfg.mixed_precision in ("bf16", "fp16") else torch.float32
+    base_dtype = train_cfg.base_dtype if train_cfg.lora is not None else "fp32"
+    weights, trainable, offloaded, block_bytes = parameter_bytes(model, base_dtype, offload_blocks)
+    if offload_blocks:  # the block computing (and on a GPU the one prefetched) have device copies
+        key = next(iter(weights), "float32")
+        weights[key] = weights.get(key, 0) + (2 if device_type == "cuda" else 1) * block_bytes
+        if device_type != "cuda":  # on a CPU the host copies are the same memory
+            weights[key] += offloaded
+            offloaded = 0
+    shard = world_size if strategy in ("fsdp", "deepspeed") else 1
+    if strategy == "fsdp" or (strategy == "deepspeed" and parallel.zero_stage == 3):
+        weights = {k: v // world_size for k, v in weights.items()}
+    if strategy == "deepspeed" and compute == torch.bfloat16:  # the engine's bf16 weights beside fp32 masters
+        weights["bfloat16"] = weights.get("bfloat16", 0) + trainable * 2
+        weights["float32"] = weights.get("float32", 0) - trainable * 4 + trainable * 4 // shard
+    memory = StepMemory(bucket=bucket, tokens=tokens, weights=weights, frozen_components=frozen_components,
+                        offloaded=offloaded, checkpointing=bool(train_cfg.gradient_checkpointing))
+    memory.gradients = trainable * 4 // shard  # FSDP and ZeRO-2/3 reduce-scatter gradients to their shard
+    memory.optimizer = trainable * ADAM_BYTES // shard
+    if train_cfg.use_ema and not train_cfg.offload_ema:  # the EMA follows the parameters' sharding
+        sharded = strategy == "fsdp" or (strategy == "deepspeed" and parallel.zero_stage == 3)
+        memory.ema = trainable * 4 // (world_size if sharded else 1)
+    frames = max(1, -(-latent[0] // sp_size))  # this rank's share of the latent frames under Ulysses
+    with torch.device("meta"):
+        traced = model.to(compute) if compute != torch.float32 else model
+    trace = trace_activations(traced, batch=batch, latent=(frames, latent[1], latent[2]), channels=channels,
+                              text_tokens=text_tokens, text_dim=text_dim, dtype=compute)
+    if compute != torch.float32:
+        model.to(torch.float32)
+    full = trace.outside + sum(trace.blocks)
+    checkpointed = trace.outside + sum(trace.block_inputs) + max(trace.blocks, default=0)
+    memory.activations, memory.activations_other = (checkpointed, full) if memory.checkpointing else (full, checkpointed)
+    memory.attention = trace.attention * (sp_size if sp_size > 1 else 1)  # all heads' share after the all-to-all
+    pixels = batch * 3 * bucket[0] * bucket[1] * bucket[2] * 4
+    memory.batch_tensors = pixels + LATENT_COPIES * batch * channels * frames * latent[1] * latent[2] * 4
+    memory.transient = 2 * trace.largest
+    return memory
+
+
+def knobs(memory: StepMemory, recipe: Any, device_bytes: int) -> list[str]:
+    """What would bring ``memory`` under ``device_bytes``: each knob the recipe does not use yet, with its saving."""
+    train_cfg = recipe.train
+    found = []
+    over = memory.total - device_bytes
+    if not memory.checkpointing and memory.activations > memory.activations_other:
+        found.append(f"train.gradient_checkpointing: true (-{_gb(memory.activations - memory.activations_other)})")
+    if train_cfg.lora is None:
+        found.append("train.lora: {rank: 32} (only the adapter has gradients, optimizer state and EMA)")
+    else:
+        if train_cfg.base_dtype in ("fp32", "bf16"):
+            found.append("train.base_dtype: fp8_e4m3 (the frozen base in 1 byte per weight)")
+        if train_cfg.offload is None:
+            found.append("train.offload: {blocks: auto} (frozen blocks stream in from host memory)")
+    if train_cfg.use_ema and not train_cfg.offload_ema and memory.ema:
+        found.append(f"train.offload_ema: true (-{_gb(memory.ema)})")
+    if recipe.parallel.strategy not in ("fsdp", "deepspeed"):
+        found.append("parallel.strategy: fsdp over more processes (shards weights, gradients and optimizer state)")
+    found.append("parallel.sp_size: 2 or more (splits each video's activations over a sequence-parallel group)")
+    found.append(f"a smaller data.max_height/max_width or data.num_frames ({_gb(over)} over)")
+    return found
+
+
+def parse_size(text: str) -> int:
+    """``24GB``, ``80GiB``, ``512MB``, ``1.5TB`` -> bytes (GB = GiB: device memory is sold that way)."""
+    import re
+
+    from osctl.errors import UsageError
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise UsageError(f"--device-memory {text!r} is not a size; write e.g. 24GB or 80GiB.")
+    unit = (match.group(2) or "G").upper()[0]
+    return int(float(match.group(1)) * 1024 ** "KMGT".index(unit) * 1024)
+
+
+# --- from a recipe -----------------------------------------------------------------------------------------
+
+def planned_model(checked: Any, registry: Any) -> torch.nn.Module:
+    """The model on the meta device as it will train: gradient checkpointing and the LoRA adapter applied."""
+    from osctl.build import build_model
+
+    recipe = checked.loaded.recipe
+    model = build_model(checked, registry, device="meta", dtype=torch.float32, meta=True)
+    if recipe.train.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
+        model.enable_gradient_checkpointing()
+    if recipe.train.lora is not None:
+        from osctl.train.lora import add_adapter, spec_from_settings
+
+        declared = None
+        with contextlib.suppress(Exception):
+            declared = registry.get("model", recipe.model.name).spec.metadata.get("lora_target_modules")
+        add_adapter(model, spec_from_settings(recipe.train.lora, model, declared))
+    return model
+
+
+def recipe_step_memory(checked: Any, model: torch.nn.Module, geometry: Any, *, bucket: tuple[int, int, int],
+                       batch: int, text_tokens: int, strategy: str, world_size: int, sp_size: int = 1,
+                       frozen_components: int = 0, offload_blocks: int = 0, device_type: str = "cuda") -> StepMemory:
+    """:func:`estimate_step_memory` for a recipe's (planned) model on a pixel ``bucket`` (frames, height, width)."""
+    config = model.config
+    text_dim = getattr(config, "caption_channels", None) or getattr(config, "text_dim", None)  # v1.3 / diffusers
+    return estimate_step_memory(
+        model, bucket=bucket, latent=geometry.latent_shape(*bucket), tokens=geometry.tokens(*bucket), batch=batch,
+        channels=int(config.in_channels), text_tokens=text_tokens, text_dim=int(text_dim),
+        recipe=checked.loaded.recipe, strategy=strategy, world_size=world_size, sp_size=sp_size,
+        frozen_components=frozen_components, offload_blocks=offload_blocks, device_type=device_type)
+
+
+# --- the plan's memory section ----------------------------------------------------------------------------
+
+@dataclass
+class MemoryPlan:
+    """Per-bucket estimates, the largest one, and (device memory known) whether the run fits."""
+
+    per_bucket: list[StepMemory]
+    device_bytes: int | None = None
+    offload_blocks: int = 0
+    host_load_peak: int = 0
+
+    @property
+    def largest(self) -> StepMemory:
+        """The bucket with the highest peak (the one that decides whether the run fits)."""
+        return max(self.per_bucket, key=lambda m: m.total)
+
+    def fits(self) -> bool:
+        """True when the device memory is unknown or the largest bucket fits in it."""
+        return self.device_bytes is None or self.largest.total <= self.device_bytes
+
+    def lines(self, recipe: Any) -> list[tuple[str, str]]:
+        """Plan lines: one per bucket (up to 8), the largest, host RAM while loading, and the verdict."""
+        out = []
+        for memory in sorted(self.per_bucket, key=lambda m: -m.total)[:8]:
+            t, h, w = memory.bucket
+            out.append((f"memory {t}x{h}x{w}", f"{_gb(memory.total)} per process ({memory.tokens} tokens per clip)"))
+        largest = self.largest
+        t, h, w = largest.bucket
+        out.append(("memory peak (largest bucket)", f"{t}x{h}x{w}: {largest.line()}"))
+        out.append(("host RAM while loading", f"{_gb(self.host_load_peak)} (the model built in float32 on the CPU plus "
+                    "its largest weights file, before the strategy moves it to the device)"))
+        if self.offload_blocks:
+            out.append(("offload", f"{self.offload_blocks} blocks' frozen weights in host memory "
+                        f"({_gb(largest.offloaded)})"))
+        if self.device_bytes is not None:
+            if self.fits():
+                out.append(("memory verdict", f"fits in {_gb(self.device_bytes)} ({_gb(self.device_bytes - largest.total)} "
+                            "to spare)"))
+            else:
+                out.append(("memory verdict", self.refusal(recipe)))
+        return out
+
+    def refusal(self, recipe: Any) -> str:
+        """Why the run does not fit and what would make it fit."""
+        largest = self.largest
+        t, h, w = largest.bucket
+        return (f"does not fit: the {t}x{h}x{w} bucket needs {_gb(largest.total)} per process but the device has "
+                f"{_gb(self.device_bytes or 0)}; try " + "; ".join(knobs(largest, recipe, self.device_bytes or 0)))
+
+
+def plan_memory(checked: Any, registry: Any, *, buckets: list[tuple[int, int, int]], batch: int, strategy: str,
+                world_size: int, sp_size: int, text_tokens: int, frozen_components: int,
+                device_bytes: int | None, device_type: str = "cuda") -> MemoryPlan:
+    """Estimate every bucket for the recipe's model as it will train; ``train.offload.blocks: auto`` picks the
+    fewest offloaded blocks that fit ``device_bytes`` (none when it is unknown)."""
+    recipe = checked.loaded.recipe
+    model = planned_model(checked, registry)
+    geometry = checked.geometry
+    offload = recipe.train.offload
+    blocks = 0 if offload is None or offload.blocks == "auto" else int(offload.blocks)
+
+    def estimate(count: int) -> list[StepMemory]:
+        return [recipe_step_memory(checked, model, geometry, bucket=bucket, batch=batch, text_tokens=text_tokens,
+                                   strategy=strategy, world_size=world_size, sp_size=sp_size,
+                                   frozen_components=frozen_components, offload_blocks=count,
+                                   device_type=device_type) for bucket in buckets]
+
+    per_bucket = estimate(blocks)
+    if offload is not None and offload.blocks == "auto" and device_bytes is not None:
+        total_blocks = len(_block_modules(model))
+        while max(m.total for m in per_bucket) > device_bytes and blocks < total_blocks:
+            blocks += 1
+            per_bucket = estimate(blocks)
+    fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
+    return MemoryPlan(per_bucket=per_bucket, device_bytes=device_bytes, offload_blocks=blocks,
+                      host_load_peak=fp32_bytes + _largest_weights_file(recipe))
+
+
+def _largest_weights_file(recipe: Any) -> int:
+    """Bytes of the largest safetensors/bin file the model is loaded from (0 for a fresh preset)."""
+    from pathlib import Path
+
+    sources = [recipe.train.pretrained, recipe.model.options.get("path")]
+    sizes = [0]
+    for source in sources:
+        if not source:
+            continue
+        path = Path(str(source)).expanduser()
+        files = [path] if path.is_file() else list(path.glob("*.safetensors")) + list(path.glob("*.bin")) \
+            if path.is_dir() else []
+        sizes += [f.stat().st_size for f in files]
+    return max(sizes)
+
+
+def device_memory(explicit: int | None) -> int | None:
+    """The memory a run must fit: ``--device-memory``, else the CUDA device's total, else unknown (None)."""
+    if explicit is not None:
+        return explicit
+    if torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    return None

@@ -1,0 +1,208 @@
+"""Frozen transformer blocks kept in host memory and streamed to the device (``train.offload``).
+
+The frozen parameters of the last N blocks (a LoRA run's base; the adapter stays on the device) live on
+the CPU, pinned when the device is a GPU; on the device each holds an empty placeholder. A block's
+forward pre-hook copies its weights in (on a side CUDA stream, prefetching the next offloaded block while
+this one computes), and its forward hook drops them again. Backward needs them once more:
+
+- without gradient checkpointing, a saved-tensors hook replaces every saved tensor that is one of the
+  block's weights (or a view of one) by a small marker, and brings the block back when backward unpacks
+  the first of them (dropping it once the last is unpacked), so no weight copy waits on the device for
+  backward;
+- with gradient checkpointing nothing of a block is saved in forward; backward re-runs the block's
+  forward, whose pre-hook brings the weights back.
+
+On a CPU the "device" and the host are the same memory, so nothing is saved, but the code path is the
+same: every forward copies the weights in and releases them after, which the tests check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from osctl.errors import ConfigError
+
+SUPPORTED_STRATEGIES = ("single", "ddp")
+
+
+@dataclass
+class _Marker:
+    """What a saved weight (or view of one) becomes while its block is offloaded."""
+
+    block: int
+    index: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+
+
+@dataclass
+class _Block:
+    params: list[torch.nn.Parameter]
+    homes: list[torch.Tensor]
+    onloaded: bool = False
+    pending: int = 0  # markers saved in forward and not yet unpacked in backward
+    ready: Any = None  # CUDA event of a prefetch in flight
+    ptrs: set[int] = field(default_factory=set)
+
+
+class BlockOffloader:
+    """Streams the frozen weights of ``blocks`` between host memory and ``device`` (see the module docstring)."""
+
+    def __init__(self, blocks: list[torch.nn.Module], device: torch.device, *, track_saved: bool) -> None:
+        self.device = torch.device(device)
+        self.track_saved = track_saved
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.blocks: list[_Block] = []
+        self.onloads = 0  # how many times a block was brought in (tests and benchmarks read it)
+        self._saved_hooks: Any = None
+        self._handles: list[Any] = []
+        for index, module in enumerate(blocks):
+            params = [p for p in module.parameters() if not p.requires_grad]
+            homes = []
+            for param in params:
+                home = param.data.detach().to("cpu")
+                if self.device.type == "cuda":
+                    home = home.pin_memory()
+                homes.append(home)
+                param.data = torch.empty(0, dtype=param.dtype, device=self.device)
+            self.blocks.append(_Block(params, homes))
+            names = {id(p): n for n, p in module.named_parameters()}
+            self._handles.append(module.register_state_dict_post_hook(
+                self._state_hook({names[id(p)]: h for p, h in zip(params, homes, strict=True)})))
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(index)))
+            self._handles.append(module.register_forward_hook(self._post_hook(index), always_call=True))
+
+    # --- moving weights --------------------------------------------------------------------------------
+    def _copy_in(self, index: int) -> None:
+        block = self.blocks[index]
+        if block.onloaded:
+            return
+        context = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+        with context:
+            for param, home in zip(block.params, block.homes, strict=True):
+                param.data = home.to(self.device, non_blocking=True, copy=True)
+        if self.stream is not None:
+            block.ready = torch.cuda.Event()
+            block.ready.record(self.stream)
+        block.ptrs = {param.data.untyped_storage().data_ptr() for param in block.params if param.numel()}
+        block.onloaded = True
+        self.onloads += 1
+
+    def onload(self, index: int) -> None:
+        """Block ``index``'s weights on the device, ready for compute."""
+        self._copy_in(index)
+        block = self.blocks[index]
+        if block.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(block.ready)
+            block.ready = None
+
+    def release(self, index: int) -> None:
+        """Drop block ``index``'s device copies (the host copies stay)."""
+        block = self.blocks[index]
+        for param in block.params:
+            param.data = torch.empty(0, dtype=param.dtype, device=self.device)
+        block.onloaded = False
+        block.ptrs = set()
+
+    def is_onloaded(self, index: int) -> bool:
+        """True while block ``index``'s weights are on the device."""
+        return self.blocks[index].onloaded
+
+    # --- hooks -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _state_hook(homes: dict[str, torch.Tensor]) -> Any:
+        """``state_dict()`` shows an offloaded weight's host copy, not its empty device placeholder (exports,
+        validation and fingerprints see the real weights)."""
+        def hook(module: torch.nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+            for name, home in homes.items():
+                key = prefix + name
+                if key in state and state[key].numel() == 0:
+                    state[key] = home
+        return hook
+
+    def _pre_hook(self, index: int) -> Any:
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            self.blocks[index].pending = 0  # markers of an earlier graph that backward never unpacked are void
+            self.onload(index)
+            if index + 1 < len(self.blocks) and self.stream is not None:
+                self._copy_in(index + 1)  # prefetch: overlaps the next block's transfer with this compute
+            if self.track_saved and torch.is_grad_enabled():
+                self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._packer(index), self._unpack)
+                self._saved_hooks.__enter__()
+        return hook
+
+    def _post_hook(self, index: int) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if self._saved_hooks is not None:
+                self._saved_hooks.__exit__(None, None, None)
+                self._saved_hooks = None
+            self.release(index)  # backward brings the block back (saved markers, or checkpointing's re-run)
+        return hook
+
+    def _packer(self, index: int) -> Any:
+        block = self.blocks[index]
+
+        def pack(tensor: torch.Tensor) -> Any:
+            if tensor.device.type == "meta" or not block.ptrs:
+                return tensor
+            ptr = tensor.untyped_storage().data_ptr()
+            if ptr not in block.ptrs:
+                return tensor
+            for i, param in enumerate(block.params):
+                if param.numel() and param.data.untyped_storage().data_ptr() == ptr:
+                    block.pending += 1
+                    return _Marker(index, i, tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset())
+            return tensor
+        return pack
+
+    def _unpack(self, saved: Any) -> torch.Tensor:
+        if not isinstance(saved, _Marker):
+            return saved
+        block = self.blocks[saved.block]
+        self.onload(saved.block)
+        tensor = block.params[saved.index].data.as_strided(saved.size, saved.stride, saved.offset)
+        block.pending -= 1
+        if block.pending == 0:
+            self.release(saved.block)  # the returned view keeps its storage until the backward op is done
+        return tensor
+
+    def remove(self) -> None:
+        """Put every weight back on the device and remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        for index in range(len(self.blocks)):
+            self.onload(index)
+            self.blocks[index].pending = 0
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks in forward order (the classes its ``_no_split_modules`` names)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if m is not model and type(m).__name__ in names]
+
+
+def offload_blocks(model: torch.nn.Module, blocks: int | str, *, device: torch.device, strategy: str,
+                   auto_blocks: int | None = None) -> str:
+    """Offload the last ``blocks`` blocks of ``model`` (``auto``: ``auto_blocks``, from the memory plan, else
+    none on a CPU); attaches the offloader as ``model._osctl_offloader`` and returns a plan note."""
+    if strategy not in SUPPORTED_STRATEGIES:
+        raise ConfigError(f"train.offload needs the single or ddp strategy; the {strategy} strategy has its own "
+                          "(fsdp: sharding; deepspeed: parallel.offload_params) — drop train.offload.")
+    found = transformer_blocks(model)
+    if not found:
+        raise ConfigError(f"train.offload: {type(model).__name__} names no block classes (_no_split_modules); "
+                          "drop train.offload.")
+    count = (auto_blocks or 0) if blocks == "auto" else int(blocks)
+    if count > len(found):
+        raise ConfigError(f"train.offload.blocks {count} is more than the model's {len(found)} blocks; use at most "
+                          f"{len(found)}.")
+    if count == 0:
+        return "offload: no block offloaded (" + ("the plan fits without" if blocks == "auto" else "blocks: 0") + ")"
+    track = not getattr(model, "gradient_checkpointing", False)
+    model._osctl_offloader = BlockOffloader(found[len(found) - count:], torch.device(device), track_saved=track)
+    return f"offload: the frozen weights of {count}/{len(found)} blocks live on the CPU and stream in per block"

@@ -1,0 +1,56 @@
+"""`osctl train --dry-run` prints the memory plan per bucket; a launch that does not fit the device is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from osctl.cli import app
+from tests.integration.test_offline_plans import write_long_clips
+from tests.train_helpers import write_tiny_recipe
+
+runner = CliRunner()
+#: the long test clips as 5-frame 16 x 16 samples of the tiny recipe
+DATA = ["--set", "data.force_resolution=true", "--set", "data.too_long_factor=100", "--set", "data.min_frames=5"]
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> tuple[Path, Path]:
+    return write_tiny_recipe(tmp_path, tmp_path / "out", tmp_path / "cache"), write_long_clips(tmp_path / "data")
+
+
+def plan(recipe: tuple[Path, Path], *extra: str):
+    return runner.invoke(app, ["train", "--recipe", str(recipe[0]), "--dry-run", "--json",
+                               "--set", f"data.data={recipe[1]}", *DATA, *extra])
+
+
+def test_plan_lists_each_bucket_and_the_parts_of_the_peak(recipe):
+    result = plan(recipe, "--set", "train.lora={rank: 4}", "--device-memory", "8GB")
+    assert result.exit_code == 0, result.output
+    lines = json.loads(result.output)
+    assert lines["memory 5x16x16"].endswith("per process (20 tokens per clip)")  # 5 x (16/4/2) x (16/4/2)
+    peak = lines["memory peak (largest bucket)"]
+    for part in ("weights", "grads", "optimizer", "EMA", "activations", "with checkpointing", "attention"):
+        assert part in peak, part
+    assert lines["memory verdict"].startswith("fits in 8.00 GB")
+    assert "host RAM while loading" in lines
+    assert lines["model"].endswith("(0.02 M trainable)")  # the adapter alone
+
+
+def test_plan_that_does_not_fit_names_the_knobs_and_a_launch_is_refused(recipe):
+    lines = json.loads(plan(recipe, "--device-memory", "1MB").output)
+    verdict = lines["memory verdict"]
+    assert verdict.startswith("does not fit: the 5x16x16 bucket needs")
+    assert "train.gradient_checkpointing: true" in verdict and "train.lora" in verdict
+    result = runner.invoke(app, ["train", "--recipe", str(recipe[0]), "--set", f"data.data={recipe[1]}", *DATA,
+                                 "--device-memory", "1MB"])
+    assert result.exit_code == 2
+    assert "does not fit" in result.output and not (recipe[0].parent / "out" / "checkpoint-6").exists()
+
+
+def test_bad_device_memory_is_a_usage_error(recipe):
+    result = plan(recipe, "--device-memory", "lots")
+    assert result.exit_code == 2 and "--device-memory 'lots' is not a size" in result.output
