@@ -233,8 +233,13 @@ def parameter_bytes(model: torch.nn.Module, base_dtype: str, offload_blocks: int
 def estimate_step_memory(model: torch.nn.Module, *, bucket: tuple[int, int, int], latent: tuple[int, int, int],
                          tokens: int, batch: int, channels: int, text_tokens: int, text_dim: int, recipe: Any,
                          strategy: str, world_size: int, sp_size: int = 1, frozen_components: int = 0,
-                         offload_blocks: int = 0, device_type: str = "cuda") -> StepMemory:
-    """The peak memory of one process for a training step on ``bucket`` (see the module docstring)."""
+                         offload_blocks: int = 0, device_type: str = "cuda",
+                         traces: dict[tuple[Any, ...], _Trace] | None = None) -> StepMemory:
+    """The peak memory of one process for a training step on ``bucket`` (see the module docstring).
+
+    ``traces`` memoises the activation trace by everything it depends on (the model, the batch, this rank's
+    latent shape, the text and the compute dtype), so callers estimating many buckets or offload counts trace
+    each shape once."""
     train_cfg, parallel = recipe.train, recipe.parallel
     compute = torch.bfloat16 if train_cfg.mixed_precision in ("bf16", "fp16") else torch.float32
     base_dtype = train_cfg.base_dtype if train_cfg.lora is not None else "fp32"
@@ -259,12 +264,17 @@ def estimate_step_memory(model: torch.nn.Module, *, bucket: tuple[int, int, int]
         sharded = strategy == "fsdp" or (strategy == "deepspeed" and parallel.zero_stage == 3)
         memory.ema = trainable * 4 // (world_size if sharded else 1)
     frames = max(1, -(-latent[0] // sp_size))  # this rank's share of the latent frames under Ulysses
-    with torch.device("meta"):
-        traced = model.to(compute) if compute != torch.float32 else model
-    trace = trace_activations(traced, batch=batch, latent=(frames, latent[1], latent[2]), channels=channels,
-                              text_tokens=text_tokens, text_dim=text_dim, dtype=compute)
-    if compute != torch.float32:
-        model.to(torch.float32)
+    key = (id(model), batch, frames, latent[1], latent[2], channels, text_tokens, text_dim, compute)
+    trace = traces.get(key) if traces is not None else None
+    if trace is None:
+        with torch.device("meta"):
+            traced = model.to(compute) if compute != torch.float32 else model
+        trace = trace_activations(traced, batch=batch, latent=(frames, latent[1], latent[2]), channels=channels,
+                                  text_tokens=text_tokens, text_dim=text_dim, dtype=compute)
+        if compute != torch.float32:
+            model.to(torch.float32)
+        if traces is not None:
+            traces[key] = trace
     full = trace.outside + sum(trace.blocks)
     checkpointed = trace.outside + sum(trace.block_inputs) + max(trace.blocks, default=0)
     memory.activations, memory.activations_other = (checkpointed, full) if memory.checkpointing else (full, checkpointed)
@@ -333,7 +343,8 @@ def planned_model(checked: Any, registry: Any) -> torch.nn.Module:
 
 def recipe_step_memory(checked: Any, model: torch.nn.Module, geometry: Any, *, bucket: tuple[int, int, int],
                        batch: int, text_tokens: int, strategy: str, world_size: int, sp_size: int = 1,
-                       frozen_components: int = 0, offload_blocks: int = 0, device_type: str = "cuda") -> StepMemory:
+                       frozen_components: int = 0, offload_blocks: int = 0, device_type: str = "cuda",
+                       traces: dict[tuple[Any, ...], _Trace] | None = None) -> StepMemory:
     """:func:`estimate_step_memory` for a recipe's (planned) model on a pixel ``bucket`` (frames, height, width)."""
     config = model.config
     text_dim = getattr(config, "caption_channels", None) or getattr(config, "text_dim", None)  # v1.3 / diffusers
@@ -341,7 +352,7 @@ def recipe_step_memory(checked: Any, model: torch.nn.Module, geometry: Any, *, b
         model, bucket=bucket, latent=geometry.latent_shape(*bucket), tokens=geometry.tokens(*bucket), batch=batch,
         channels=int(config.in_channels), text_tokens=text_tokens, text_dim=int(text_dim),
         recipe=checked.loaded.recipe, strategy=strategy, world_size=world_size, sp_size=sp_size,
-        frozen_components=frozen_components, offload_blocks=offload_blocks, device_type=device_type)
+        frozen_components=frozen_components, offload_blocks=offload_blocks, device_type=device_type, traces=traces)
 
 
 # --- the plan's memory section ----------------------------------------------------------------------------
@@ -394,14 +405,15 @@ class MemoryPlan:
                 f"{_gb(self.device_bytes or 0)}; try " + "; ".join(knobs(largest, recipe, self.device_bytes or 0)))
 
 
-def plan_memory(checked: Any, registry: Any, *, buckets: list[tuple[int, int, int]], batch: int, strategy: str,
-                world_size: int, sp_size: int, text_tokens: int, frozen_components: int,
+def plan_memory(checked: Any, model: torch.nn.Module, *, buckets: list[tuple[int, int, int]], batch: int,
+                strategy: str, world_size: int, sp_size: int, text_tokens: int, frozen_components: int,
                 device_bytes: int | None, device_type: str = "cuda") -> MemoryPlan:
-    """Estimate every bucket for the recipe's model as it will train; ``train.offload.blocks: auto`` picks the
-    fewest offloaded blocks that fit ``device_bytes`` (none when it is unknown)."""
+    """Estimate every bucket for ``model``, the recipe's model as it will train (:func:`planned_model`);
+    ``train.offload.blocks: auto`` picks the fewest offloaded blocks that fit ``device_bytes`` (none when it is
+    unknown). Each latent shape is traced once, however many buckets and offload counts share it."""
     recipe = checked.loaded.recipe
-    model = planned_model(checked, registry)
     geometry = checked.geometry
+    traces: dict[tuple[Any, ...], _Trace] = {}
     offload = recipe.train.offload
     blocks = 0 if offload is None or offload.blocks == "auto" else int(offload.blocks)
 
@@ -409,7 +421,7 @@ def plan_memory(checked: Any, registry: Any, *, buckets: list[tuple[int, int, in
         return [recipe_step_memory(checked, model, geometry, bucket=bucket, batch=batch, text_tokens=text_tokens,
                                    strategy=strategy, world_size=world_size, sp_size=sp_size,
                                    frozen_components=frozen_components, offload_blocks=count,
-                                   device_type=device_type) for bucket in buckets]
+                                   device_type=device_type, traces=traces) for bucket in buckets]
 
     per_bucket = estimate(blocks)
     if offload is not None and offload.blocks == "auto" and device_bytes is not None:

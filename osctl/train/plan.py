@@ -101,9 +101,10 @@ def _weights_size(component: Any) -> tuple[int, int, str]:
     return count, size, "/".join(dtypes)
 
 
-def memory_plan(checked: CheckedRecipe, registry: Registry, options: Any, layout: Any, strategy: str, world: int,
+def memory_plan(checked: CheckedRecipe, model: Any, options: Any, layout: Any, strategy: str, world: int,
                 frozen: list[Any], frozen_gb: float, *, index: Any = None) -> Any:
-    """The per-bucket memory plan (:mod:`osctl.train.memory`): the index's buckets, else the recipe's largest shape."""
+    """The per-bucket memory plan (:mod:`osctl.train.memory`) of ``model`` (the planned model on the meta device,
+    as :func:`osctl.train.memory.planned_model` builds it): the index's buckets, else the recipe's largest shape."""
     from osctl.train.memory import device_memory, plan_memory
 
     recipe = checked.loaded.recipe
@@ -114,7 +115,7 @@ def memory_plan(checked: CheckedRecipe, registry: Registry, options: Any, layout
         buckets = [(data.num_frames, data.max_height or side or 1, data.max_width or side or 1)]
     text_encoder = frozen[0]
     text_tokens = int(getattr(text_encoder, "max_length", None) or 512) if not isinstance(text_encoder, str) else 512
-    return plan_memory(checked, registry, buckets=buckets, batch=layout.stream_batch, strategy=strategy,
+    return plan_memory(checked, model, buckets=buckets, batch=layout.stream_batch, strategy=strategy,
                        world_size=world, sp_size=layout.sp_size, text_tokens=text_tokens,
                        frozen_components=int(frozen_gb * 1024**3), device_bytes=device_memory(
                            getattr(options, "device_memory", None)))
@@ -218,7 +219,7 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     model_gb = memory_estimate_gb(trainable, total, train_cfg.use_ema, name, info.world_size)
     plan.add("memory with frozen components", f"{model_gb + frozen_gb:.2f} GB per process (activations extra)")
     try:
-        memory = memory_plan(checked, registry, options, layout, name, info.world_size, frozen, frozen_gb,
+        memory = memory_plan(checked, model, options, layout, name, info.world_size, frozen, frozen_gb,
                              index=index if options.data_source is None else None)
     except OsctlError as exc:
         plan.add("memory peak", f"not estimated ({exc.message.rstrip('.')})")
