@@ -13,7 +13,6 @@ Modules, one job each (none imports a plugin, torch or a decoder at import time)
 - :mod:`~osctl.data.rules`: pure frame and resolution rules (vectorised) and read-time frame sampling;
 - :mod:`~osctl.data.bucket`: apply the rules, drop reasons, buckets and the minority rule;
 - :mod:`~osctl.data.index`: write and memory-map the sample index used by training;
-- :mod:`~osctl.data._fast.ipc_file`: write an Arrow IPC file first and its schema metadata last;
 - :mod:`~osctl.data.report`: the per-record JSONL report of ``osctl data bucket --report``.
 """
 

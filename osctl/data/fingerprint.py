@@ -34,22 +34,10 @@ def hash_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-PENDING_DIGEST = "0" * 64
-"""Stands for an annotation file's SHA-256 still being computed (same length as the real one)."""
-
-
-def _file_digest(item: LoadedAnnotation, pending: bool) -> str | None:
-    if pending and item.digest is not None and not isinstance(item.digest, str):
-        return PENDING_DIGEST
-    return item.sha256
-
-
-def build_fingerprint(data_txt: Path, loaded: list[LoadedAnnotation], settings: BucketSettings, *,
-                      pending: bool = False) -> dict[str, Any]:
+def build_fingerprint(data_txt: Path, loaded: list[LoadedAnnotation], settings: BucketSettings) -> dict[str, Any]:
     """Fingerprint of everything an index depends on: data.txt, each annotation file, the shaping settings.
 
-    ``pending=True`` puts :data:`PENDING_DIGEST` for the annotation digests still being computed
-    instead of waiting for them (the JSON keeps the same length; see :func:`osctl.data.index.write_index`).
+    Waits for annotation digests still being computed in the background (:mod:`osctl.data.checksum`).
     """
     data_txt = Path(data_txt)
     stat = data_txt.stat()
@@ -58,7 +46,7 @@ def build_fingerprint(data_txt: Path, loaded: list[LoadedAnnotation], settings: 
         "file_id": item.source.file_id, "line": item.source.line, "root": item.source.root,
         "path": str(item.source.annotation), "format": item.source.format, "size": item.size,
         "mtime_ns": item.mtime_ns, "ctime_ns": item.ctime_ns, "inode": item.inode, "device": item.device,
-        "stat_ns": item.stat_ns, "sha256": _file_digest(item, pending), "records": item.n,
+        "stat_ns": item.stat_ns, "sha256": item.sha256, "records": item.n,
     } for item in loaded]
     fingerprint = {
         "data_txt": {"path": str(data_txt.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
@@ -84,7 +72,7 @@ def unchanged_since(item: LoadedAnnotation, entry: dict[str, Any]) -> bool:
             and entry.get("ctime_ns") == item.ctime_ns and entry.get("inode") == item.inode
             and entry.get("device") == item.device)
     digest, stat_ns = entry.get("sha256"), entry.get("stat_ns")
-    return (same and isinstance(digest, str) and len(digest) == 64 and digest != PENDING_DIGEST
+    return (same and isinstance(digest, str) and len(digest) == 64
             and isinstance(stat_ns, int) and item.ctime_ns <= stat_ns - RACY_NS)
 
 

@@ -65,7 +65,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from osctl.data._fast import ipc_file
 from osctl.data.bucket import BucketResult, BucketSettings, FileOutcome
 from osctl.data.checksum import FileDigest
 from osctl.data.datatxt import parse_data_txt
@@ -236,12 +235,9 @@ def index_table(result: BucketResult, *, threads: int | None = None) -> pa.Table
     return pa.Table.from_batches([pa.record_batch(columns, schema=SCHEMA)])
 
 
-def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None = None, created: str | None = None,
-               pending: bool = False) -> dict[str, Any]:
-    """The metadata stored with the index (see the module docstring).
-
-    ``created`` defaults to now; ``pending``: see :func:`build_fingerprint`.
-    """
+def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None = None,
+               created: str | None = None) -> dict[str, Any]:
+    """The metadata stored with the index (see the module docstring); ``created`` defaults to now."""
     from osctl import __version__
 
     settings = result.settings
@@ -256,7 +252,7 @@ def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None =
         "global_batch": settings.layout.global_batch,
         "world_size": world_size if world_size is not None else settings.layout.world_size,
         "settings": settings.shaping_fields(),
-        "fingerprint": build_fingerprint(data_txt, result.loaded, settings, pending=pending),
+        "fingerprint": build_fingerprint(data_txt, result.loaded, settings),
     }
 
 
@@ -278,16 +274,12 @@ def write_index(result: BucketResult, data_txt: Path, out_dir: Path) -> Path:
     with writing(out_dir, action="write the sample index to"):
         out_dir.mkdir(parents=True, exist_ok=True)
         table = index_table(result)
-        created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        # The annotation digests may still be computed on a background thread: the columns are written
-        # with placeholder digests, and the metadata bytes rewritten once the digests are known.
-        draft = index_meta(result, data_txt, created=created, pending=True)
+        meta = index_meta(result, data_txt)  # waits for annotation digests still being computed
+        metadata = _schema_metadata(meta)
         target = out_dir / INDEX_FILE
         with atomic_file(target, root=out_dir, release_old_later=True) as tmp:
-            layout = ipc_file.write_table(tmp, table, _schema_metadata(draft))
-            meta = index_meta(result, data_txt, created=created)
-            if meta != draft:
-                ipc_file.rewrite_metadata(tmp, table, layout, _schema_metadata(meta))
+            with pa.ipc.new_file(str(tmp), table.schema.with_metadata(metadata)) as writer:
+                writer.write_table(table.replace_schema_metadata(metadata))
             # inside the Arrow file's block: index.json is published first, samples.arrow only after it
             atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(meta, indent=2, default=str) + "\n", root=out_dir)
     return target
