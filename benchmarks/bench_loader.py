@@ -23,7 +23,7 @@ Usage::
    with 2 workers over ``--mem-samples`` random samples per worker for two datasets that do the same
    per-sample work without decoding (caption choice from ``cap``, frame span, crop, bucket):
 
-   - osctl's :class:`~osctl.data.dataset.SampleDataset` over the memory-mapped index;
+   - osctl's :class:`~osctl.data.stream.dataset.SampleDataset` over the memory-mapped index;
    - a list-of-dicts dataset (``json.load`` of the annotation file, as the reference holds it).
 
    For each worker it reads ``/proc/PID/smaps_rollup``: RSS, PSS and the private (USS) pages, i.e.
@@ -53,12 +53,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from osctl.data.bucket import BucketSettings  # noqa: E402
-from osctl.data.captions import CaptionPolicy, training_text  # noqa: E402
-from osctl.data.dataset import Collate, ReadSettings, SampleDataset  # noqa: E402
+from osctl.data.build import IndexTarget, build_index  # noqa: E402
 from osctl.data.index import open_index  # noqa: E402
-from osctl.data.loader import IndexBatchSource, build_index  # noqa: E402
 from osctl.data.rules import FrameRules, ResolutionRules  # noqa: E402
-from osctl.data.sampler import BucketBatchSampler, sample_rng  # noqa: E402
+from osctl.data.stream.captions import CaptionPolicy, training_text  # noqa: E402
+from osctl.data.stream.dataset import Collate, ReadSettings, SampleDataset  # noqa: E402
+from osctl.data.stream.loader import IndexBatchSource  # noqa: E402
+from osctl.data.stream.sampler import BucketBatchSampler, sample_rng  # noqa: E402
 from osctl.geometry import LatentGeometry  # noqa: E402
 
 
@@ -118,7 +119,7 @@ def throughput(folder: Path, clips: int, samples: int) -> None:
         resolution=ResolutionRules(mode="area", max_hxw=128 * 160, min_hxw=64 * 64, hw_stride=16),
         min_bucket_batches=0, group_data=True,
         geometry=LatentGeometry(stride_t=4, stride_hw=8, latent_channels=8, patch_t=1, patch_hw=2))  # v1.3's
-    build_index(data_txt, settings, folder / "index")
+    build_index(data_txt, IndexTarget(settings, folder / "index"))
     index = open_index(folder / "index")
     read = ReadSettings(frames=settings.frames, resolution=settings.resolution, captions=CaptionPolicy(), seed=0,
                         geometry=settings.geometry)

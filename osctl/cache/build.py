@@ -9,12 +9,12 @@ Per rank (``torchrun`` / ``osctl data cache --nproc-per-node N``, the launcher `
    (empty prompt, validation prompts) are written; the other ranks wait for its verdict;
 2. shard ``k`` (samples ``[k S, (k + 1) S)``) belongs to rank ``k mod world``; a rank skips the shards
    already published for this spec (resume) and encodes the others sample by sample: the loader's own
-   read (:meth:`osctl.data.dataset.SampleDataset.load`) of each stored view, then the autoencoder's
+   read (:meth:`osctl.data.stream.dataset.SampleDataset.load`) of each stored view, then the autoencoder's
    posterior (:func:`osctl.latent_moments.latent_moments`) and the text encoder's states of every
-   caption variant (:func:`osctl.data.captions.caption_variants`), one clip and one text at a time,
+   caption variant (:func:`osctl.data.stream.captions.caption_variants`), one clip and one text at a time,
    so a sample's numbers never depend on which rank or which batch encoded it;
 3. bad media are recorded in the shard (code, file, message), counted and logged as training counts
-   them (:class:`osctl.data.dataset.BadSampleStats`, ``data.max_bad_fraction``);
+   them (:class:`osctl.data.stream.dataset.BadSampleStats`, ``data.max_bad_fraction``);
 4. once every rank is done, rank 0 writes the tables and completes the manifest.
 """
 
@@ -117,7 +117,7 @@ def build_cache(checked: Any, registry: Any, options: BuildOptions) -> dict[str,
     a shard (that shard is not published; the finished ones stay and a rerun skips them).
     """
     from osctl.build import build_autoencoder, build_text_encoder
-    from osctl.data.dataset import SampleDataset
+    from osctl.data.stream.dataset import SampleDataset
     from osctl.parallel import dist as pdist
     from osctl.quiet import quiet_libraries
 
@@ -175,8 +175,8 @@ class _Encoder:
 
     @torch.no_grad()
     def sample(self, sample: int) -> EncodedSample:
-        from osctl.data.captions import caption_variants
-        from osctl.data.reader import DecodeHung, MediaError
+        from osctl.data.stream.captions import caption_variants
+        from osctl.data.stream.reader import DecodeHung, MediaError
         from osctl.latent_moments import latent_moments
 
         dataset = self.dataset
@@ -212,7 +212,7 @@ class _Encoder:
     def text(self, text: str, max_length: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(states ``L x D``, mask ``L``) of one text, tokenized as the loader (or, with ``max_length``,
         the sampling pipeline) tokenizes it."""
-        from osctl.data.captions import tokenize_texts
+        from osctl.data.stream.captions import tokenize_texts
 
         te = self.text_encoder
         if max_length is None:
@@ -225,7 +225,7 @@ class _Encoder:
 
 def _setup(checked: Any, info: Any, options: BuildOptions) -> _Setup:
     """The index (rank 0 checks or builds it, as training does), the read settings and the prepared folder."""
-    from osctl.data.loader import plan_stream, prepare_index
+    from osctl.data.stream.loader import plan_stream, prepare_index
     from osctl.parallel.layout import ParallelLayout
 
     recipe = checked.loaded.recipe
@@ -304,7 +304,7 @@ def _write_prompts(setup: _Setup, recipe: Any, te: Any, encoder: _Encoder) -> No
 
 def _encode_my_shards(setup: _Setup, encoder: _Encoder, info: Any, recipe: Any, options: BuildOptions) -> dict[str, Any]:
     """This rank's unpublished shards, encoded and published one by one; returns its counts."""
-    from osctl.data.dataset import BadEvent, BadSampleStats
+    from osctl.data.stream.dataset import BadEvent, BadSampleStats
 
     cache = recipe.data.cache
     n = len(setup.index)
@@ -426,7 +426,7 @@ def _agree(info: Any, produce: Callable[[], Any]) -> Any:
 @contextlib.contextmanager
 def _preserved_rng() -> Any:
     """Building components must not move the global RNG (a preset's random weights draw from it)."""
-    from osctl.data.loader import preserved_global_rng
+    from osctl.data.stream.loader import preserved_global_rng
 
     with preserved_global_rng():
         yield

@@ -1,13 +1,13 @@
 """Training batches read from the cache instead of decoded and encoded.
 
-:class:`CachedSampleDataset` is the loader's :class:`~osctl.data.dataset.SampleDataset` with one
+:class:`CachedSampleDataset` is the loader's :class:`~osctl.data.stream.dataset.SampleDataset` with one
 change: ``load`` looks a sample up in the cache instead of decoding it. Everything else is the
 loader's own code — the ticket's generator, the replacement of bad samples by another of their bucket
 (a sample the build found bad fails with the error the build recorded), the caption choice and CFG
 dropout — so the same tickets give the same samples and texts. Per sample the generator is consumed
 exactly as the loader consumes it: the loader's frame choice runs (its draws are what decide the
 temporal crop), then :func:`~osctl.cache.views.view_choice` picks a stored view without drawing, then
-:func:`~osctl.data.captions.training_text`.
+:func:`~osctl.data.stream.captions.training_text`.
 
 :class:`CachedCollate` stacks the posteriors and text states (padding latents with a validity mask
 when shapes are mixed, as the loader pads pixels); :func:`cached_inputs` turns a batch into the
@@ -23,10 +23,10 @@ import torch
 
 from osctl.cache.reader import CacheReader
 from osctl.cache.views import view_choice
-from osctl.data.captions import training_text
-from osctl.data.dataset import Collate, ReadSettings, SampleDataset
-from osctl.data.reader import MediaError
 from osctl.data.rules import FrameCountError
+from osctl.data.stream.captions import training_text
+from osctl.data.stream.dataset import Collate, ReadSettings, SampleDataset
+from osctl.data.stream.reader import MediaError
 from osctl.errors import DataError
 from osctl.latent_moments import LatentMoments
 
@@ -36,7 +36,7 @@ class CacheMiss(DataError):
 
 
 class CachedSampleDataset(SampleDataset):
-    """:class:`~osctl.data.dataset.SampleDataset` over the cache (see the module docstring). Items carry
+    """:class:`~osctl.data.stream.dataset.SampleDataset` over the cache (see the module docstring). Items carry
     ``latent_mean``/``latent_std`` (``C x T x H x W``), ``text_states`` (``L x D``), ``text_mask`` (``L``)
     and ``shape`` (the sample's ``T x H x W`` in pixels) instead of ``pixel_values``."""
 

@@ -51,7 +51,7 @@ def index_content_sha256(index: Any) -> str:
 
 def recipe_fields(read: Any, cache: Any) -> dict[str, Any]:
     """The recipe values that shape cached latents and texts, by recipe key (``read``: the loader's
-    :class:`~osctl.data.dataset.ReadSettings`; ``cache``: ``data.cache``)."""
+    :class:`~osctl.data.stream.dataset.ReadSettings`; ``cache``: ``data.cache``)."""
     out: dict[str, Any] = {}
     for key, value in asdict(read.frames).items():
         if key in _INDEX_ONLY:

@@ -24,6 +24,7 @@ import torch
 from osctl.cache.build import cache_folder, wanted_spec
 from osctl.cache.reader import CacheReader, read_manifest
 from osctl.cache.spec import differences
+from osctl.data.build import index_folder
 from osctl.errors import ConfigError
 
 log = logging.getLogger("osctl.cache")
@@ -31,10 +32,6 @@ log = logging.getLogger("osctl.cache")
 REBUILD = "osctl data cache --recipe RECIPE"
 
 
-def index_folder(recipe: Any) -> Path:
-    """The index folder training uses (as :func:`osctl.data.loader.check_index` decides it)."""
-    data = recipe.data
-    return Path(data.index_dir) if data.index_dir is not None else Path(recipe.train.output_dir) / "index"
 
 
 def cache_problem(checked: Any, index: Any, read: Any, folder: Path) -> str | None:
@@ -129,8 +126,8 @@ def _validation_texts(recipe: Any) -> list[str]:
 def training_source(checked: Any, registry: Any, info: Any, *, layout: Any, dp_rank: int) -> tuple[Any, dict[str, str],
                                                                                                     TrainingCache | None]:
     """``(batch source, plan lines, cache)`` of this rank: over the cache when ``data.cache`` allows and a valid
-    one exists (``cache`` is then set), else the loader's own (:func:`osctl.data.loader.build_batch_source`)."""
-    from osctl.data.loader import build_batch_source
+    one exists (``cache`` is then set), else the loader's own (:func:`osctl.data.stream.loader.build_batch_source`)."""
+    from osctl.data.stream.loader import build_batch_source
 
     recipe = checked.loaded.recipe
     mode = recipe.data.cache.mode
@@ -141,7 +138,7 @@ def training_source(checked: Any, registry: Any, info: Any, *, layout: Any, dp_r
     if read_manifest(folder) is None:  # require, and nothing to check: refuse before the index is built
         raise ConfigError(f"data.cache is require but there is no cache in {folder}.",
                           hint=f"build it with `{REBUILD}`, or set data.cache: auto to train without it.")
-    from osctl.data.loader import plan_stream, prepare_index
+    from osctl.data.stream.loader import plan_stream, prepare_index
 
     index, settings, note = prepare_index(recipe, info, layout, checked.geometry)
     plan = plan_stream(recipe, index, settings, note, layout=layout, dp_rank=dp_rank)
@@ -162,7 +159,7 @@ def training_source(checked: Any, registry: Any, info: Any, *, layout: Any, dp_r
 
 def _cached_source(recipe: Any, index: Any, plan: Any, folder: Path, info: Any) -> tuple[Any, dict[str, str], TrainingCache]:
     from osctl.cache.dataset import CachedCollate, CachedSampleDataset
-    from osctl.data.loader import IndexBatchSource
+    from osctl.data.stream.loader import IndexBatchSource
 
     reader = CacheReader(folder)
     dataset = CachedSampleDataset(index, plan.read, reader, members=plan.sampler.members)

@@ -1,9 +1,9 @@
 """Which frames of a sample a cache stores, and which stored draw a training step takes.
 
-The loader picks a sample's frames with the ticket's ``random.Random`` (:func:`osctl.data.sampler.sample_rng`):
+The loader picks a sample's frames with the ticket's ``random.Random`` (:func:`osctl.data.stream.sampler.sample_rng`):
 a temporal crop when the clip has more candidate frames than the bucket needs, nothing random
 otherwise (images, clips that fit exactly). The cache asks the loader's own frame choice
-(:meth:`osctl.data.dataset.SampleDataset.frame_indices`) with a recording generator to tell the two apart:
+(:meth:`osctl.data.stream.dataset.SampleDataset.frame_indices`) with a recording generator to tell the two apart:
 
 - a **deterministic** sample stores one view, the frames the loader always reads;
 - a **random** sample stores ``views`` draws, view ``v`` read with :func:`view_rng` ``(seed, sample, v)``;

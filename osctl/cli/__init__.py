@@ -8,11 +8,10 @@ multi-process run each rank prints its own, prefixed ``rank R:``.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -127,34 +126,10 @@ def _plugin_commands() -> None:
         error(exc.message, exc.hint)
 
 
-def _exit_at_once(exc: SystemExit) -> NoReturn:
-    """Leave with ``exc``'s status without tearing the interpreter down.
-
-    A data command ends holding millions of values in columns; freeing them and the modules one by
-    one costs a tenth of a second for nothing. Its files are closed and its output is flushed here.
-    """
-    code = exc.code
-    if code is None:
-        status = 0
-    elif isinstance(code, int):
-        status = code
-    else:
-        print(code, file=sys.stderr)
-        status = 1
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    from osctl.utils.atomic import finish_releasing
-
-    finish_releasing()  # a replaced index still being deleted in the background
-    os._exit(status)
-
-
 def main() -> None:
     """Console-script entry point."""
     root_options = list(itertools.takewhile(lambda arg: arg.startswith("-"), sys.argv[1:]))
     apply_network_policy("--online" in root_options)  # before anything imports huggingface_hub
-    data_command = _builtin_data_command(sys.argv[1:])
     _plugin_commands()
     from osctl.parallel.launch import absorb_local_rank
 
@@ -165,10 +140,6 @@ def main() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
-    except SystemExit as exc:
-        if data_command:
-            _exit_at_once(exc)
-        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,7 +30,7 @@ from rich.table import Table
 
 from osctl.cli._options import JsonOpt, RecipeOpt, SetOpt
 from osctl.cli._output import console, escape, print_json, warn
-from osctl.errors import DataError, OsctlError, UsageError
+from osctl.errors import UsageError
 
 app = typer.Typer(help="Check annotation files and build the sample index.", no_args_is_help=True)
 
@@ -43,7 +44,9 @@ EXAMPLES_PER_CHECK = 3
 
 
 def _default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    from osctl.data import default_workers  # the package itself imports nothing heavy
+
+    return default_workers()
 
 
 def _no_blas_threads() -> None:
@@ -98,7 +101,7 @@ def validate(
     report = validate_data(data_txt, probe=probe, workers=workers)
     base = Path(data_txt).resolve().parent
     if as_json:
-        from osctl.data.validate import display_name
+        from osctl.data.datatxt import display_name
 
         print_json({
             "schema": "osctl.data.validate/1",
@@ -146,19 +149,18 @@ def validate(
         raise typer.Exit(1)
 
 
-class _BucketSetup:
-    """What ``data bucket`` takes from the recipe, each part loaded once, when first needed.
+class _RecipeTarget:
+    """Where ``data bucket`` writes and with which settings, from the recipe, loaded once, when first asked.
 
-    The recipe, the latent geometry of its autoencoder and model (which loads plugins) and the bucket
-    settings cost a few tenths of a second, mostly imports; :meth:`prepare` runs while other processes
-    decode the annotations, which takes that off the command's critical path. The parts load in that
-    order, so a broken recipe gives the same error whichever part asks first.
+    The recipe and the latent geometry of its autoencoder and model (which loads plugins) cost a few
+    tenths of a second, mostly imports; :func:`osctl.data.build.build_index` asks for the target while
+    other processes decode the annotations, which takes that off the command's critical path.
     """
 
-    def __init__(self, recipe: Path, overrides: list[str], world_size: int | None) -> None:
-        self._args = (recipe, overrides, world_size)
+    def __init__(self, recipe: Path, overrides: list[str], world_size: int | None, out: Path | None) -> None:
+        self._args = (recipe, overrides, world_size, out)
         self._recipe: Any = None
-        self._settings: Any = None
+        self._target: Any = None
 
     def recipe(self) -> Any:
         """The loaded recipe (:class:`osctl.recipe.load.LoadedRecipe`)."""
@@ -168,29 +170,22 @@ class _BucketSetup:
             self._recipe = load_recipe(self._args[0], self._args[1])
         return self._recipe
 
-    def settings(self) -> Any:
-        """The :class:`osctl.data.bucket.BucketSettings`, with the latent geometry of the recipe's components
-        (:func:`osctl.recipe.validate.recipe_geometry`: a plugin that declares none is a ``ConfigError``)."""
-        if self._settings is None:
+    def __call__(self) -> Any:
+        """The :class:`osctl.data.build.IndexTarget`: the bucket settings with the latent geometry of the recipe's
+        components (:func:`osctl.recipe.validate.recipe_geometry`: a plugin that declares none is a
+        ``ConfigError``) and the folder: ``--out``, else ``data.index_dir``, else ``<train.output_dir>/index``."""
+        if self._target is None:
             from osctl.data.bucket import BucketSettings
+            from osctl.data.build import IndexTarget, index_folder
             from osctl.plugin_manager import default_registry
             from osctl.recipe.validate import recipe_geometry
 
             loaded = self.recipe()
             geometry = recipe_geometry(loaded, default_registry())
-            self._settings = BucketSettings.from_recipe(loaded.recipe, geometry=geometry, world_size=self._args[2])
-        return self._settings
-
-    def prepare(self) -> None:
-        """Load the recipe, the latent geometry of its components and the settings.
-
-        Also imports the modules the rest of the command uses, for the same reason.
-        """
-        self.settings()
-        import concurrent.futures  # noqa: F401  (the rules and the index run on threads)
-
-        import osctl.data.index
-        import osctl.data.validate  # noqa: F401
+            settings = BucketSettings.from_recipe(loaded.recipe, geometry=geometry, world_size=self._args[2])
+            out = self._args[3]
+            self._target = IndexTarget(settings, Path(out) if out is not None else index_folder(loaded.recipe))
+        return self._target
 
 
 @app.command("bucket")
@@ -220,84 +215,74 @@ def bucket(
     Example: [bold]osctl data bucket data.txt --recipe recipes/480p.yaml --world-size 8 --report drops.jsonl --plot buckets.png[/]
     """
     _no_blas_threads()
-    from osctl.data.annotations import read_annotations
-    from osctl.data.datatxt import load_data_txt
+    from osctl.data.build import build_index
 
-    setup = _BucketSetup(recipe, overrides or [], world_size)
+    target = _RecipeTarget(recipe, overrides or [], world_size, out)
     if data_txt is None:
-        rec = setup.recipe().recipe
+        rec = target.recipe().recipe
         if rec.data.data is None:
             raise UsageError("no data.txt given: pass DATA_TXT or set data.data in the recipe.")
         data_txt = Path(rec.data.data)
-    try:
-        sources = load_data_txt(data_txt)
-    except OsctlError:
-        setup.settings()  # a broken recipe is reported first, as when it is read before data.txt
-        raise
     _tune_memory()
-    # The recipe, the plugins that give the latent geometry and the settings are loaded while other
-    # processes decode (a broken recipe is still reported, once the annotations are read).
-    loaded = read_annotations(sources, workers=workers, meanwhile=setup.prepare)
-    setup.prepare()
-    settings, rec = setup.settings(), setup.recipe().recipe
-    from osctl.data.bucket import REASON_HELP, Reason, build_buckets
-    from osctl.data.index import reuse_recorded_digests, write_index
-    from osctl.data.validate import display_name
+    built = build_index(data_txt, target, workers=workers, rehash=rehash, report=report,
+                        before_write=None if plot is None else partial(_plot, plot))
+    if as_json:
+        _print_bucket_json(built, data_txt, report, target.recipe().recipe)
+    else:
+        _print_bucket(built, data_txt, report, plot)
 
-    out_dir = Path(out) if out is not None else Path(rec.data.index_dir or Path(rec.train.output_dir) / "index")
-    if not rehash:
-        reuse_recorded_digests(loaded, out_dir)
 
-    base = Path(data_txt).resolve().parent
-    broken = [item for item in loaded if item.problem is not None]
-    if broken:
-        more = f" (and {len(broken) - 1} more file(s))" if len(broken) > 1 else ""
-        raise DataError(f"{broken[0].problem.message}{more}; no index was written.",  # type: ignore[union-attr]
-                        hint=f"run `osctl data validate {data_txt}` to see every problem.")
-    result = build_buckets(loaded, settings)
-    names = [display_name(item.source.annotation, base) for item in loaded]
-    if report is not None:
-        from osctl.data.report import write_report
+def _plot(path: Path, result: Any) -> None:
+    from osctl.plots import plot_buckets
 
-        write_report(result, report, names)
-    if plot is not None:
-        from osctl.plots import plot_buckets
+    plot_buckets(result, path)
 
-        plot_buckets(result, plot)
-    result.check_trainable()  # no batch at all: training would refuse this index
-    index_path = write_index(result, data_txt, out_dir)
-    reasons = result.reason_counts()
+
+def _minority_rule(settings: Any) -> str:
+    layout = settings.layout
+    return (f"buckets with fewer than {settings.min_bucket_batches:g} x global batch {layout.global_batch} = "
+            f"{settings.minority_threshold} samples are dropped")
+
+
+def _print_bucket_json(built: Any, data_txt: Path, report: Path | None, rec: Any) -> None:
+    """``data bucket --json`` (the schema in the module docstring)."""
+    from osctl.data.bucket import Reason
+    from osctl.data.index import read_meta
+
+    result, settings = built.result, built.target.settings
+    layout, reasons = settings.layout, result.reason_counts()
+    print_json({
+        "schema": "osctl.data.bucket/1", "data_txt": str(data_txt), "index": str(built.index_path),
+        "report": str(report) if report else None, "records": result.n_records, "kept": result.n_kept,
+        "reasons": reasons,
+        "buckets": [{"key": b.key, "t": b.t, "h": b.h, "w": b.w, "count": b.count, "share": round(b.share, 6),
+                     "latent_tokens": b.latent_tokens, "batches": b.batches, "lost": b.lost} for b in result.buckets],
+        "minority": {"threshold": settings.minority_threshold, "rule": _minority_rule(settings),
+                     "records": reasons.get(Reason.MINORITY_BUCKET.code, 0),
+                     "buckets": [{"key": k, "count": c} for k, c in result.minority]},
+        "batch": {**layout.as_dict(), "train_batch_size": rec.train.train_batch_size,
+                  "train_sp_batch_size": rec.parallel.train_sp_batch_size, "group_data": settings.group_data,
+                  "leftover": settings.leftover},
+        "batches_per_epoch": result.batches_per_epoch, "micro_batches_per_epoch": result.micro_batches_per_epoch,
+        "samples_lost": result.samples_lost, "samples_duplicated": result.samples_duplicated,
+        "resolution_mode": settings.resolution.mode, "fingerprint": read_meta(built.index_path)["fingerprint"]["sha256"],
+    })
+
+
+def _print_bucket(built: Any, data_txt: Path, report: Path | None, plot: Path | None) -> None:
+    """``data bucket``'s tables: buckets, records by outcome, the minority rule and the batches per epoch."""
+    from osctl.data.bucket import REASON_HELP, Reason
+
+    result, settings = built.result, built.target.settings
+    layout, reasons = settings.layout, result.reason_counts()
     invalid = reasons.get(Reason.INVALID_RECORD.code, 0)
-    if invalid and not as_json:
+    if invalid:
         warn(f"{invalid} record(s) have fields of the wrong type or implausible values and were dropped; "
              f"run `osctl data validate {data_txt}`.")
-    layout = settings.layout
-    threshold = settings.minority_threshold
+    rule = _minority_rule(settings)
     minority_records = reasons.get(Reason.MINORITY_BUCKET.code, 0)
-    rule = (f"buckets with fewer than {settings.min_bucket_batches:g} x global batch {layout.global_batch} = "
-            f"{threshold} samples are dropped")
-    if as_json:
-        from osctl.data.index import read_meta
-
-        meta_fp = read_meta(index_path)["fingerprint"]["sha256"]
-        print_json({
-            "schema": "osctl.data.bucket/1", "data_txt": str(data_txt), "index": str(index_path),
-            "report": str(report) if report else None, "records": result.n_records, "kept": result.n_kept,
-            "reasons": reasons,
-            "buckets": [{"key": b.key, "t": b.t, "h": b.h, "w": b.w, "count": b.count, "share": round(b.share, 6),
-                         "latent_tokens": b.latent_tokens, "batches": b.batches, "lost": b.lost} for b in result.buckets],
-            "minority": {"threshold": threshold, "rule": rule, "records": minority_records,
-                         "buckets": [{"key": k, "count": c} for k, c in result.minority]},
-            "batch": {**layout.as_dict(), "train_batch_size": rec.train.train_batch_size,
-                      "train_sp_batch_size": rec.parallel.train_sp_batch_size, "group_data": settings.group_data,
-                      "leftover": settings.leftover},
-            "batches_per_epoch": result.batches_per_epoch, "micro_batches_per_epoch": result.micro_batches_per_epoch,
-            "samples_lost": result.samples_lost, "samples_duplicated": result.samples_duplicated,
-            "resolution_mode": settings.resolution.mode, "fingerprint": meta_fp,
-        })
-        return
     fr, rr = settings.frames, settings.resolution
-    console.print(f"Read {result.n_records} records from {len(loaded)} annotation file(s); kept "
+    console.print(f"Read {result.n_records} records from {built.files} annotation file(s); kept "
                   f"[bold]{result.n_kept}[/] samples in {len(result.buckets)} bucket(s).")
     console.print(f"[dim]rules: {rr.mode} resolution, {fr.num_frames} frames at {fr.train_fps:g} fps, "
                   f"drop_short_ratio {fr.drop_short_ratio:g}, sp_size {fr.sp_size}, min_frames {fr.min_frames}[/]")
@@ -330,4 +315,4 @@ def bucket(
         console.print(f"report: {escape(report)}")
     if plot is not None:
         console.print(f"plot: {escape(plot)}")
-    console.print(f"[green]index written[/] to {escape(index_path)}")
+    console.print(f"[green]index written[/] to {escape(built.index_path)}")

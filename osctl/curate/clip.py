@@ -3,7 +3,7 @@
 A :class:`Clip` is built from an annotation record and its DATA_ROOT. Its span is what training
 would read -- ``cut`` when present, else the first ``num_frames`` frames -- and :meth:`Clip.frames`
 returns evenly spread frames of that span with the record's ``crop`` applied, decoded by the training
-reader (:mod:`osctl.data.reader`: decord, PyAV when decord fails; Pillow for images). A plugin thus
+reader (:mod:`osctl.data.stream.reader`: decord, PyAV when decord fails; Pillow for images). A plugin thus
 judges exactly the pixels a model would learn from.
 """
 
@@ -58,9 +58,9 @@ class Clip:
     def frames(self, count: int | None = None, *, indices: np.ndarray | None = None) -> np.ndarray:
         """``K x H x W x 3`` uint8 RGB frames (``count`` spread over the span, or ``indices``), crop applied.
 
-        Raises :class:`osctl.data.reader.MediaError` (a ``DataError``) when the file cannot be decoded.
+        Raises :class:`osctl.data.stream.reader.MediaError` (a ``DataError``) when the file cannot be decoded.
         """
-        from osctl.data.reader import read_image, read_video
+        from osctl.data.stream.reader import read_image, read_video
 
         if self.kind == "image":
             array = read_image(self.path, timeout=READ_TIMEOUT_S)

@@ -1,6 +1,6 @@
 """Apply the frame and resolution rules to every record and group the survivors into buckets.
 
-Input: the :class:`~osctl.data.annotations.LoadedAnnotation` of each data.txt line. Output: a
+Input: the :class:`~osctl.data.table.LoadedAnnotation` of each data.txt line. Output: a
 :class:`BucketResult` holding, for every record, why it was dropped (a :class:`Reason`) or which
 ``T x H x W`` bucket it joined, plus the bucket table. Nothing is decoded: only annotation values are
 used (reference §2-4), and every step is a vectorised numpy/pyarrow operation.
@@ -10,7 +10,7 @@ The reference's silent "minority" filter becomes an explicit rule: a bucket hold
 reason ``minority_bucket``. ``global_batch`` is the samples of one optimizer step of the run's
 :class:`~osctl.parallel.layout.ParallelLayout` (``world_size / sp_size x batch per replica x
 grad_accum``), the same number training uses; batches per epoch are counted with the sampler's own
-arithmetic (:func:`osctl.data.sampler.epoch_batches`), so they equal the steps training runs.
+arithmetic (:func:`osctl.data.epochs.epoch_batches`), so they equal the steps training runs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from osctl.data.annotations import LoadedAnnotation, RecordTable
+from osctl.data.epochs import check_epoch_batches, epoch_batches
 from osctl.data.records import (
     CAP_BLANK,
     CAP_MISSING,
@@ -50,8 +50,7 @@ from osctl.data.rules import (
     temporal_crop_begins,
     too_long_mask,
 )
-from osctl.data.sampler import epoch_batches
-from osctl.errors import DataError
+from osctl.data.table import LoadedAnnotation, RecordTable
 from osctl.geometry import LatentGeometry
 from osctl.parallel.layout import ParallelLayout
 
@@ -322,23 +321,6 @@ class BucketResult:
             return [0]
         return build_frame_indices(int(outcome.start[record]), int(outcome.span[record]), float(outcome.fps[record]),
                                    self.settings.frames.train_fps, crop_begin, int(outcome.t[record])).tolist()
-
-
-def check_epoch_batches(micro_batches: int, layout: ParallelLayout, bucket_counts: list[int], *,
-                        group_data: bool) -> None:
-    """Refuse (``DataError``) an index whose epoch holds no batch for ``layout``: training could not run one
-    step. ``osctl data bucket`` checks before writing the index, training before its first step."""
-    if micro_batches > 0:
-        return
-    kept = sum(bucket_counts)
-    where = (f"the largest of its {len(bucket_counts)} buckets holds {max(bucket_counts)} (data.group_data keeps "
-             "each batch in one bucket)" if group_data and len(bucket_counts) > 1 else f"{kept} sample(s) are kept")
-    raise DataError(
-        f"an epoch has 0 batches: one micro-step needs {layout.micro_batch} samples ({layout.stream_batch} per "
-        f"replica x {layout.dp_size} data-parallel replica(s); global batch {layout.global_batch}) but {where}; "
-        "lower train.train_batch_size (parallel.train_sp_batch_size with sequence parallelism), use fewer "
-        "processes, add data, or keep partial batches with data.leftover: pad.",
-        hint="data.min_bucket_batches drops buckets with fewer samples than that many global batches (0 keeps all).")
 
 
 _COMMON_SUFFIXES = {".mp4": KIND_VIDEO, ".jpg": KIND_IMAGE}

@@ -119,3 +119,12 @@ def load_data_txt(path: Path) -> list[DataSource]:
     if not sources:
         raise DataError(f"{path} lists no annotation files; add DATA_ROOT,ANNOTATION_FILE lines.")
     return sources
+
+
+def display_name(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` when inside it, else the full path (how annotation files appear in
+    findings and reports: relative to the folder of their data.txt)."""
+    try:
+        return str(Path(path).relative_to(base))
+    except ValueError:
+        return str(path)

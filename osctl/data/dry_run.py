@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from osctl.data.loader import bucket_annotations, bucket_settings, check_index
+from osctl.data.bucket import BucketSettings
+from osctl.data.build import bucket_annotations, check_index
 from osctl.geometry import LatentGeometry
 from osctl.parallel.layout import ParallelLayout
 
@@ -48,7 +49,7 @@ def plan_index(recipe: Any, layout: ParallelLayout, geometry: LatentGeometry) ->
     (see ``check_index``)."""
     from osctl.data.index import INDEX_FILE, open_index
 
-    settings = bucket_settings(recipe, layout, geometry)
+    settings = BucketSettings.from_recipe(recipe, geometry=geometry, layout=layout)
     check = check_index(recipe, settings)
     if check.rebuild is None:
         index = open_index(check.folder, data_txt=check.data_txt, settings=settings)

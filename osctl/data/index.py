@@ -53,7 +53,6 @@ DataLoader workers (fork or spawn) map the same file and share its pages.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -66,11 +65,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from osctl.data import ipc_file
-from osctl.data.annotations import LoadedAnnotation
 from osctl.data.bucket import BucketResult, BucketSettings, FileOutcome
 from osctl.data.checksum import FileDigest
 from osctl.data.datatxt import parse_data_txt
+from osctl.data.fingerprint import build_fingerprint, file_changes, sha256_file, unchanged_since
+from osctl.data.table import LoadedAnnotation
 from osctl.errors import DataError, UsageError, writing
 from osctl.utils.atomic import atomic_file, atomic_write_text
 
@@ -117,78 +116,13 @@ class SampleInfo:
 # ------------------------------------------------------------------------------------------- writing
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _hash_json(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
-
-
-PENDING_DIGEST = "0" * 64
-"""Stands for an annotation file's SHA-256 still being computed (same length as the real one)."""
-
-
-def _file_digest(item: LoadedAnnotation, pending: bool) -> str | None:
-    if pending and item.digest is not None and not isinstance(item.digest, str):
-        return PENDING_DIGEST
-    return item.sha256
-
-
-def build_fingerprint(data_txt: Path, loaded: list[LoadedAnnotation], settings: BucketSettings, *,
-                      pending: bool = False) -> dict[str, Any]:
-    """Fingerprint of everything an index depends on: data.txt, each annotation file, the shaping settings.
-
-    ``pending=True`` puts :data:`PENDING_DIGEST` for the annotation digests still being computed
-    instead of waiting for them (the JSON keeps the same length; see :func:`write_index`).
-    """
-    data_txt = Path(data_txt)
-    stat = data_txt.stat()
-    shaping = settings.shaping_fields()
-    files = [{
-        "file_id": item.source.file_id, "line": item.source.line, "root": item.source.root,
-        "path": str(item.source.annotation), "format": item.source.format, "size": item.size,
-        "mtime_ns": item.mtime_ns, "ctime_ns": item.ctime_ns, "inode": item.inode, "device": item.device,
-        "stat_ns": item.stat_ns, "sha256": _file_digest(item, pending), "records": item.n,
-    } for item in loaded]
-    fingerprint = {
-        "data_txt": {"path": str(data_txt.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                     "sha256": _sha256_file(data_txt)},
-        "annotations": files,
-        "settings_sha256": _hash_json(shaping),
-    }
-    fingerprint["sha256"] = _hash_json({"data_txt": fingerprint["data_txt"]["sha256"],
-                                        "files": [f["sha256"] for f in files], "settings": fingerprint["settings_sha256"]})
-    return fingerprint
-
-
-RACY_NS = 2_000_000_000
-"""A recorded digest is reused only for a file whose last change (ctime) was at least this long
-before its size and times were taken: a file written again within the same timestamp tick as an
-earlier write keeps its times, so a change that close to the recording could go unseen."""
-
-
-def _unchanged(item: LoadedAnnotation, entry: dict[str, Any]) -> bool:
-    """Whether ``entry`` (the same path in an index's fingerprint) describes ``item``'s file, unchanged since then."""
-    same = (entry.get("size") == item.size and entry.get("mtime_ns") == item.mtime_ns
-            and entry.get("ctime_ns") == item.ctime_ns and entry.get("inode") == item.inode
-            and entry.get("device") == item.device)
-    digest, stat_ns = entry.get("sha256"), entry.get("stat_ns")
-    return (same and isinstance(digest, str) and len(digest) == 64 and digest != PENDING_DIGEST
-            and isinstance(stat_ns, int) and item.ctime_ns <= stat_ns - RACY_NS)
-
-
 def reuse_recorded_digests(loaded: list[LoadedAnnotation], out_dir: Path) -> int:
     """Take the SHA-256 that the index already in ``out_dir`` recorded for each unchanged annotation file.
 
     Rebuilding an index (another recipe, another ``--set``) then skips hashing the annotation files
     again: about 0.6 s of CPU per GB. A file counts as unchanged when its path, size, modification and
     change times (ns), inode and device all equal the recorded ones, and it had not changed for
-    :data:`RACY_NS` when they were recorded; the change time cannot be set by users, so copying or
+    :data:`osctl.data.fingerprint.RACY_NS` when they were recorded; the change time cannot be set by users, so copying or
     editing a file and restoring its modification time still shows. Returns the number of files whose
     digest was reused; a missing or unreadable earlier index reuses nothing.
     """
@@ -202,7 +136,7 @@ def reuse_recorded_digests(loaded: list[LoadedAnnotation], out_dir: Path) -> int
     reused = 0
     for item in loaded:
         entry = by_path.get(str(item.source.annotation))
-        if isinstance(item.digest, FileDigest) and entry is not None and _unchanged(item, entry):
+        if isinstance(item.digest, FileDigest) and entry is not None and unchanged_since(item, entry):
             item.digest.settle(entry["sha256"])
             reused += 1
     return reused
@@ -301,12 +235,9 @@ def index_table(result: BucketResult, *, threads: int | None = None) -> pa.Table
     return pa.Table.from_batches([pa.record_batch(columns, schema=SCHEMA)])
 
 
-def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None = None, created: str | None = None,
-               pending: bool = False) -> dict[str, Any]:
-    """The metadata stored with the index (see the module docstring).
-
-    ``created`` defaults to now; ``pending``: see :func:`build_fingerprint`.
-    """
+def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None = None,
+               created: str | None = None) -> dict[str, Any]:
+    """The metadata stored with the index (see the module docstring); ``created`` defaults to now."""
     from osctl import __version__
 
     settings = result.settings
@@ -321,7 +252,7 @@ def index_meta(result: BucketResult, data_txt: Path, *, world_size: int | None =
         "global_batch": settings.layout.global_batch,
         "world_size": world_size if world_size is not None else settings.layout.world_size,
         "settings": settings.shaping_fields(),
-        "fingerprint": build_fingerprint(data_txt, result.loaded, settings, pending=pending),
+        "fingerprint": build_fingerprint(data_txt, result.loaded, settings),
     }
 
 
@@ -343,16 +274,12 @@ def write_index(result: BucketResult, data_txt: Path, out_dir: Path) -> Path:
     with writing(out_dir, action="write the sample index to"):
         out_dir.mkdir(parents=True, exist_ok=True)
         table = index_table(result)
-        created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        # The annotation digests may still be computed on a background thread: the columns are written
-        # with placeholder digests, and the metadata bytes rewritten once the digests are known.
-        draft = index_meta(result, data_txt, created=created, pending=True)
+        meta = index_meta(result, data_txt)  # waits for annotation digests still being computed
+        metadata = _schema_metadata(meta)
         target = out_dir / INDEX_FILE
         with atomic_file(target, root=out_dir, release_old_later=True) as tmp:
-            layout = ipc_file.write_table(tmp, table, _schema_metadata(draft))
-            meta = index_meta(result, data_txt, created=created)
-            if meta != draft:
-                ipc_file.rewrite_metadata(tmp, table, layout, _schema_metadata(meta))
+            with pa.ipc.new_file(str(tmp), table.schema.with_metadata(metadata)) as writer:
+                writer.write_table(table.replace_schema_metadata(metadata))
             # inside the Arrow file's block: index.json is published first, samples.arrow only after it
             atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(meta, indent=2, default=str) + "\n", root=out_dir)
     return target
@@ -472,7 +399,7 @@ class SampleIndex:
             data_txt = Path(data_txt)
             stored = fingerprint.get("data_txt", {})
             try:
-                if _sha256_file(data_txt) != stored.get("sha256"):
+                if sha256_file(data_txt) != stored.get("sha256"):
                     problems.append(f"{data_txt} changed since the index was built")
             except OSError as exc:
                 problems.append(f"cannot read {data_txt}: {exc.strerror}")
@@ -483,7 +410,7 @@ class SampleIndex:
                 if now != before:
                     problems.append(f"{data_txt} now lists {len(now)} annotation file(s), the index was built from {len(before)}")
         for item in fingerprint.get("annotations", []):
-            problems.extend(_file_changes(item, verify_content))
+            problems.extend(file_changes(item, verify_content))
         if settings is not None:
             old = _flatten(self.meta.get("settings", {}))
             new = _flatten(json.loads(json.dumps(settings.shaping_fields(), default=str)))
@@ -491,20 +418,6 @@ class SampleIndex:
                 if old.get(key) != new.get(key):
                     problems.append(f"{key} was {old.get(key)!r} when the index was built and is {new.get(key)!r} now")
         return problems
-
-
-def _file_changes(item: dict[str, Any], verify_content: bool) -> list[str]:
-    path = Path(item["path"])
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return [f"annotation file {path} no longer exists"]
-    if stat.st_size != item.get("size"):
-        return [f"annotation file {path} changed (size {item.get('size')} -> {stat.st_size} bytes)"]
-    touched = stat.st_mtime_ns != item.get("mtime_ns") or verify_content
-    if touched and _sha256_file(path) != item.get("sha256"):
-        return [f"annotation file {path} changed (same size, different content)"]
-    return []
 
 
 def open_index(path: Path, *, data_txt: Path | None = None, settings: BucketSettings | None = None,

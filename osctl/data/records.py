@@ -1,7 +1,7 @@
 """The Open-Sora-Plan v1.3 annotation record: its fields, their types and the media kinds.
 
 This is the one module that knows the record layout (reference §1.2). Everything else receives
-columns (:class:`osctl.data.annotations.RecordTable`) built from the typed structs declared here.
+columns (:class:`osctl.data.table.RecordTable`) built from the typed structs declared here.
 
 Fields (all optional at the type level; the checks in :mod:`osctl.data.validate` and the rules in
 :mod:`osctl.data.rules` decide what a record needs):
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -97,7 +98,7 @@ class Record(msgspec.Struct, gc=False):
     """One annotation record as decoded by msgspec (unknown keys are ignored).
 
     Every number decodes to a Python float (integer fields included: their integrality is checked on
-    the columns, see :func:`osctl.data.annotations.build_columns`) and absent keys take NaN defaults
+    the columns, see :func:`osctl.data.columns.build_columns`) and absent keys take NaN defaults
     (:data:`NO_RESOLUTION`, :data:`NO_CUT` and :data:`NO_CROP` for the nested values). Rows of numbers
     then have one fixed binary layout that numpy reads in one step. An explicit ``null`` decodes to
     ``None`` and is treated exactly like an absent key (on a slower path).
@@ -269,3 +270,50 @@ def inspect_record(obj: Any) -> tuple[ObjectRecord, list[FieldIssue]]:
         else:
             issues.append(FieldIssue(f"bad_{key}", key, f"{key} is {value!r}, expected {size} integers {names}"))
     return ObjectRecord(**values), issues
+
+
+RECORD_LIST = msgspec.json.Decoder(list[Record])
+"""Typed decoding of a JSON array of records: fast, and fails at the first record that is not well typed."""
+RECORD = msgspec.json.Decoder(Record)
+"""Typed decoding of one JSON record."""
+RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+"""A JSON array split into its records' raw texts (to decode them one by one)."""
+ANY_JSON = msgspec.json.Decoder()
+"""Untyped JSON decoding (what :func:`inspect_record` reads)."""
+
+Issues = list[tuple[int, FieldIssue]]
+"""``(record index, issue)`` pairs of records that are not well typed."""
+
+
+def records_from_raws(raws: Sequence[msgspec.Raw]) -> tuple[list[Record], Issues]:
+    """Each raw JSON record decoded on its own; those that fail typed decoding are read leniently
+    (:func:`inspect_record`), so that every problem of every record is named."""
+    records: list[Record] = []
+    issues: Issues = []
+    for index, raw in enumerate(raws):
+        try:
+            records.append(RECORD.decode(raw))
+        except msgspec.ValidationError:
+            record, found = inspect_record(ANY_JSON.decode(raw))
+            records.append(record)
+            issues.extend((index, issue) for issue in found)
+    return records, issues
+
+
+def records_from_objects(items: Sequence[Any]) -> tuple[list[Record], Issues]:
+    """Typed conversion of Python records (pickles, parquet rows, Python's JSON parser); per-record lenient
+    reading of those that fail, as :func:`records_from_raws`."""
+    try:
+        return msgspec.convert(items, list[ObjectRecord]), []  # type: ignore[return-value]
+    except msgspec.ValidationError:
+        pass
+    records: list[Record] = []
+    issues: Issues = []
+    for index, item in enumerate(items):
+        try:
+            records.append(msgspec.convert(item, ObjectRecord))
+        except msgspec.ValidationError:
+            record, found = inspect_record(item)
+            records.append(record)
+            issues.extend((index, issue) for issue in found)
+    return records, issues

@@ -22,20 +22,17 @@ Checks (code, severity) -- :data:`CHECKS` is the authoritative list:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from osctl.data import strings
-from osctl.data.annotations import LoadedAnnotation, RecordTable, read_annotations
+from osctl.data.annotations import read_annotations
 from osctl.data.bucket import media_kinds
-from osctl.data.datatxt import DataSource, parse_data_txt
-from osctl.data.index import join_paths
+from osctl.data.datatxt import DataSource, display_name, parse_data_txt
+from osctl.data.paths import JoinedPaths, escapes, existing, path_facts, repeats
 from osctl.data.records import (
     CAP_BLANK,
     CAP_MISSING,
@@ -44,6 +41,7 @@ from osctl.data.records import (
     KIND_VIDEO,
     VIDEO_EXTENSIONS,
 )
+from osctl.data.table import LoadedAnnotation, RecordTable
 
 ERROR = "error"
 WARNING = "warning"
@@ -204,14 +202,6 @@ class ValidationReport:
         return out
 
 
-def display_name(path: Path, base: Path) -> str:
-    """``path`` relative to ``base`` when inside it, else the full path (how files appear in findings)."""
-    try:
-        return str(Path(path).relative_to(base))
-    except ValueError:
-        return str(path)
-
-
 def _block(code: str, file: str, mask_or_idx: np.ndarray, fld: Callable[[int], str | None] | str | None,
            message: Callable[[int], str], severity: str | None = None) -> FindingBlock | None:
     idx = np.flatnonzero(mask_or_idx) if mask_or_idx.dtype == bool else np.asarray(mask_or_idx, dtype=np.int64)
@@ -309,142 +299,6 @@ def _record_blocks(item: LoadedAnnotation, name: str) -> list[FindingBlock]:
     return [b for b in blocks if b is not None]
 
 
-_ODD_SEGMENTS = r"(^|/)\.\.?(/|$)|//"
-_DOTDOT_SEGMENT = r"(^|/)\.\.(/|$)"
-
-
-class _Joined:
-    """The paths of one file joined with its DATA_ROOT, built on demand.
-
-    Messages need only a few of them when findings are shown as examples: :meth:`at` joins single
-    paths until many have been asked for, then joins the whole column once.
-    """
-
-    SINGLE = 64
-
-    def __init__(self, root: str, raw: pa.Array | pa.ChunkedArray) -> None:
-        self._root = root
-        self._raw = raw
-        self._value: pa.Array | pa.ChunkedArray | None = None
-        self._asked = 0
-
-    def __call__(self) -> pa.Array | pa.ChunkedArray:
-        if self._value is None:
-            self._value = join_paths(self._root, self._raw)
-        return self._value
-
-    def at(self, i: int) -> str | None:
-        """The joined path of record ``i``."""
-        self._asked += 1
-        if self._value is None and self._asked <= self.SINGLE:
-            return join_paths(self._root, self._raw.slice(i, 1))[0].as_py()
-        return self()[i].as_py()
-
-
-@dataclass
-class _PathFacts:
-    """Per-record facts about the annotation's own paths, computed once per file with numpy."""
-
-    valid: np.ndarray
-    absolute: np.ndarray
-    odd: np.ndarray
-    dotdot: np.ndarray
-    slash: np.ndarray
-
-
-def _matching(raw: pa.Array | pa.ChunkedArray, rows: np.ndarray, pattern: str) -> np.ndarray:
-    """``pattern`` matched on the strings at ``rows`` only (a boolean mask); False for every other row."""
-    out = np.zeros(len(raw), dtype=bool)
-    if len(rows):
-        found = pc.match_substring_regex(raw.take(pa.array(rows)), pattern)
-        out[rows] = pc.fill_null(found, False).to_numpy(zero_copy_only=False)
-    return out
-
-
-def _path_facts(raw: pa.Array | pa.ChunkedArray) -> _PathFacts:
-    """Validity, absolute, odd (``.``/``..`` segments, ``//``), ``..`` segments and last-slash position.
-
-    The regular expressions only run on the few paths :func:`osctl.data.strings.may_have_dot_segments`
-    picks; every other path cannot match them.
-    """
-    candidates = np.flatnonzero(strings.may_have_dot_segments(raw))
-    odd = _matching(raw, candidates, _ODD_SEGMENTS)
-    return _PathFacts(valid=raw.is_valid().to_numpy(zero_copy_only=False),
-                      absolute=strings.first_byte_is(raw, ord("/")), odd=odd,
-                      dotdot=_matching(raw, candidates[odd[candidates]], _DOTDOT_SEGMENT),
-                      slash=strings.last_slash(raw))
-
-
-def _folders(raw: pa.Array | pa.ChunkedArray, facts: _PathFacts) -> list[str]:
-    """The distinct parent folders of the paths (``""`` for a path without ``/``), in order of appearance.
-
-    A folder is taken from each record whose folder differs from the previous record's (compared
-    exactly, bytes and length), so a file listing one folder after another needs only a few strings.
-    """
-    lengths = np.maximum(facts.slash, 0)
-    previous_valid = np.concatenate([[False], facts.valid[:-1]])
-    heads = np.flatnonzero(facts.valid & ~(strings.same_as_previous(raw, lengths) & previous_valid))
-    if not len(heads):
-        return []
-    texts = raw.take(pa.array(heads)).to_pylist()
-    seen: dict[str, None] = {}
-    for text, length in zip(texts, lengths[heads].tolist(), strict=True):
-        seen.setdefault(text.encode()[:length].decode(), None)
-    return list(seen)
-
-
-def _existing(root: str, raw: pa.Array | pa.ChunkedArray, facts: _PathFacts) -> np.ndarray:
-    """Which media files exist, listing each parent folder once instead of one ``stat`` per file.
-
-    Works on the annotation's own (short) paths: folders are listed relative to ``root`` (absolute
-    paths as they are) and their entries compared with the paths; odd paths (and absolute paths right
-    under ``/``) are checked one by one.
-    """
-    n = len(raw)
-    exists = np.zeros(n, dtype=bool)
-    if not facts.valid.any():
-        return exists
-    odd = facts.odd | (facts.absolute & (facts.slash == 0))
-    listed: list[str] = []
-    for folder in _folders(raw, facts):
-        real = folder if folder.startswith("/") else os.path.join(root, folder) if folder else root
-        try:
-            with os.scandir(real) as entries:
-                prefix = f"{folder}/" if folder else ""
-                listed.extend(prefix + entry.name for entry in entries if not entry.is_dir())
-        except OSError:
-            continue
-    if listed:
-        exists = pc.fill_null(pc.is_in(raw, value_set=pa.array(listed, type=pa.string())), False).to_numpy(
-            zero_copy_only=False).copy()
-    rows = np.flatnonzero(odd & facts.valid)
-    if len(rows):
-        paths = join_paths(root, raw.take(pa.array(rows))).to_pylist()
-        exists[rows] = [os.path.isfile(path) for path in paths]
-    return exists
-
-
-def _escapes(root: str, raw: pa.Array | pa.ChunkedArray, facts: _PathFacts) -> np.ndarray:
-    """Records whose path leaves DATA_ROOT (``..`` segments or an absolute path elsewhere).
-
-    An absolute path without ``.``/``..`` segments or ``//`` only needs a prefix test (normalising it
-    at most drops a trailing ``/``); the others are normalised one by one.
-    """
-    out = np.zeros(len(raw), dtype=bool)
-    prefix = root.rstrip("/") + "/"
-    plain = np.flatnonzero(facts.absolute & ~facts.odd)
-    if len(plain):
-        subset = raw.take(pa.array(plain))
-        inside = pc.or_(pc.starts_with(subset, prefix), pc.equal(subset, prefix[:-1]))
-        out[plain] = ~pc.fill_null(inside, True).to_numpy(zero_copy_only=False)
-    rows = np.flatnonzero((facts.absolute & facts.odd) | facts.dotdot)
-    if len(rows):
-        for i, path in zip(rows.tolist(), raw.take(pa.array(rows)).to_pylist(), strict=True):
-            joined = os.path.normpath(os.path.join(root, path))
-            out[i] = not (joined + "/").startswith(prefix)
-    return out
-
-
 def validate_data(data_txt: Path, *, probe: bool = False, workers: int = 4) -> ValidationReport:
     """Run every check on ``data_txt`` and the files it lists; return the findings (nothing printed).
 
@@ -463,7 +317,7 @@ def validate_data(data_txt: Path, *, probe: bool = False, workers: int = 4) -> V
         report.blocks.append(FindingBlock(
             "datatxt_empty", ERROR, txt_name, np.array([-1]), None,
             lambda k: f"{data_txt} lists no annotation files; add DATA_ROOT,ANNOTATION_FILE lines"))
-    joined_all: list[_Joined] = []
+    joined_all: list[JoinedPaths] = []
     raw_all: list[pa.Array | pa.ChunkedArray] = []
     owners: list[tuple[str, int]] = []
     roots: set[str] = set()
@@ -481,14 +335,14 @@ def validate_data(data_txt: Path, *, probe: bool = False, workers: int = 4) -> V
         table = item.table
         assert table is not None
         raw = table.path
-        joined = _Joined(source.root, raw)
-        facts = _path_facts(raw)
-        esc_idx = np.flatnonzero(_escapes(source.root, raw, facts))
+        joined = JoinedPaths(source.root, raw)
+        facts = path_facts(raw)
+        esc_idx = np.flatnonzero(escapes(source.root, raw, facts))
         block = _block("path_escapes_root", name, esc_idx, "path",
                        lambda k, j=joined, e=esc_idx, r=source.root: f"{j.at(int(e[k]))} is outside DATA_ROOT {r}")
         if block:
             report.blocks.append(block)
-        exists = _existing(source.root, raw, facts)
+        exists = existing(source.root, raw, facts)
         miss_idx = np.flatnonzero(~exists & facts.valid)
         block = _block("media_missing", name, miss_idx, "path",
                        lambda k, j=joined, m=miss_idx: f"{j.at(int(m[k]))} does not exist")
@@ -506,43 +360,18 @@ def validate_data(data_txt: Path, *, probe: bool = False, workers: int = 4) -> V
     return report
 
 
-def _flat(pieces: list[pa.Array | pa.ChunkedArray]) -> pa.ChunkedArray:
-    chunks = [c for piece in pieces for c in (piece.chunks if isinstance(piece, pa.ChunkedArray) else [piece])]
-    return pa.chunked_array(chunks, type=pa.string())
-
-
-def _duplicate_blocks(keys: list[pa.Array | pa.ChunkedArray], joined: list[_Joined],
+def _duplicate_blocks(keys: list[pa.Array | pa.ChunkedArray], joined: list[JoinedPaths],
                       owners: list[tuple[str, int]]) -> list[FindingBlock]:
     """``duplicate_path`` warnings on every listing of a media path after its first (across all files).
 
     ``keys`` identify a media file (the joined paths, or the annotation's own paths when every file
     shares one root and no path is absolute or odd); ``joined`` are shown in the messages.
 
-    Only records whose 64-bit string hash (:func:`osctl.data.strings.hashes`) is shared with another
-    record can be listed twice; those few are then compared exactly (Arrow dictionary encoding).
+    Found by :func:`osctl.data.paths.repeats`.
     """
-    if not keys:
+    later, later_codes, first_of = repeats(keys)
+    if not len(later):
         return []
-    valid = np.concatenate([k.is_valid().to_numpy(zero_copy_only=False) for k in keys])
-    if not valid.any():
-        return []
-    hashes = np.concatenate([strings.hashes(k) for k in keys])
-    ordered = np.sort(hashes[valid])
-    shared = ordered[1:][ordered[1:] == ordered[:-1]]
-    if not len(shared):
-        return []
-    candidates = np.flatnonzero(valid & np.isin(hashes, shared))
-    encoded = pc.dictionary_encode(_flat(keys).take(pa.array(candidates)))
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False).astype(np.int64) for c in encoded.chunks]) \
-        if encoded.num_chunks else np.zeros(0, np.int64)
-    local = np.flatnonzero(np.bincount(codes)[codes] > 1)
-    if not len(local):
-        return []
-    repeated, repeated_codes = candidates[local], codes[local]
-    _, first = np.unique(repeated_codes, return_index=True)
-    first_of = dict(zip(repeated_codes[first].tolist(), repeated[first].tolist(), strict=True))
-    later_mask = repeated != np.array([first_of[c] for c in repeated_codes.tolist()])
-    later, later_codes = repeated[later_mask], repeated_codes[later_mask]
     offsets = np.cumsum([0] + [n for _, n in owners])
     blocks = []
     for f, (name, _n) in enumerate(owners):
@@ -552,7 +381,7 @@ def _duplicate_blocks(keys: list[pa.Array | pa.ChunkedArray], joined: list[_Join
             continue
 
         def message(k: int, here: np.ndarray = here, here_codes: np.ndarray = later_codes[inside],
-                    paths: _Joined = joined[f]) -> str:
+                    paths: JoinedPaths = joined[f]) -> str:
             first_index = first_of[int(here_codes[k])]
             owner = int(np.searchsorted(offsets, first_index, side="right") - 1)
             return f"{paths.at(int(here[k]))} is also listed at {owners[owner][0]}:{first_index - int(offsets[owner])}"
@@ -620,4 +449,4 @@ def checks_run(probe: bool) -> list[Check]:
 
 
 __all__ = ["CHECKS", "ERROR", "WARNING", "Check", "DataSource", "Finding", "FindingBlock", "ValidationReport",
-           "checks_run", "display_name", "validate_data"]
+           "checks_run", "validate_data"]

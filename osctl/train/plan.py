@@ -135,7 +135,7 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
 
     from osctl.build import DTYPES, build_autoencoder, build_text_encoder, strategy_name
     from osctl.data.dry_run import plan_index
-    from osctl.data.loader import plan_stream
+    from osctl.data.stream.loader import plan_stream
     from osctl.parallel import dist as pdist
     from osctl.parallel.groups import ParallelGroups
     from osctl.parallel.layout import ParallelLayout

@@ -99,7 +99,7 @@ def _unlink_quietly(path: Path) -> None:
 
 
 def finish_releasing() -> None:
-    """Wait until the files replaced with ``release_old_later`` are deleted (call before ``os._exit``)."""
+    """Wait until the files replaced with ``release_old_later`` are deleted (the interpreter also waits at exit)."""
     while _RELEASING:
         _RELEASING.pop().join()
 

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from osctl.cli import app
-from osctl.data.loader import build_batch_source
+from osctl.data.stream.loader import build_batch_source
 from osctl.parallel.dist import DistInfo
 from osctl.parallel.layout import ParallelLayout
 from osctl.plugin_manager import default_registry
@@ -128,3 +128,50 @@ def test_bucket_refuses_an_index_without_a_batch(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "index").exists()
     # the same data on one process trains
     assert _bucket(data_txt, recipe, 1, ["train.train_batch_size=4"])["batches_per_epoch"] == 1 + 1
+
+
+def _index_facts(folder: Path) -> tuple[bytes, dict[str, Any]]:
+    """The columns of an index (as Arrow IPC bytes) and its metadata without what depends on when it was built."""
+    import pyarrow as pa
+
+    table = pa.ipc.open_file(pa.memory_map(str(folder / "samples.arrow"))).read_all().replace_schema_metadata(None)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    meta = json.loads((folder / "index.json").read_text())
+    meta.pop("created")
+    for entry in meta["fingerprint"]["annotations"]:
+        entry.pop("stat_ns")
+    return sink.getvalue().to_pybytes(), meta
+
+
+def test_training_builds_the_index_data_bucket_builds(tmp_path: Path) -> None:
+    """One library function (osctl.data.build.build_index) behind both: the same columns and metadata."""
+    data_txt, recipe = _setup(tmp_path)
+    sets = ["train.train_batch_size=2"]
+    bucket = runner.invoke(app, ["data", "bucket", str(data_txt), "-r", str(recipe), "-o", str(tmp_path / "cli"),
+                                 *[item for s in sets for item in ("--set", s)]])
+    assert bucket.exit_code == 0, bucket.output
+    registry = default_registry()
+    checked = check_recipe(load_recipe(recipe, sets), registry)
+    layout = ParallelLayout.from_recipe(checked.loaded.recipe, world_size=1)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    _, summary = build_batch_source(checked, registry, info, layout=layout, dp_rank=0, tokenize=lambda texts: {})
+    assert "built now" in summary["index"]
+    built, written = _index_facts(tmp_path / "out" / "index"), _index_facts(tmp_path / "cli")
+    assert built == written
+
+
+def test_training_refuses_an_index_without_a_batch_before_writing_it(tmp_path: Path) -> None:
+    """As `data bucket` does: the index is not written when an epoch of the run's layout holds no batch."""
+    from osctl.errors import DataError
+
+    _, recipe = _setup(tmp_path, videos=6, images=5)
+    sets = ["train.train_batch_size=4"]
+    registry = default_registry()
+    checked = check_recipe(load_recipe(recipe, sets), registry)
+    layout = ParallelLayout.from_recipe(checked.loaded.recipe, world_size=2)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(DataError, match="an epoch has 0 batches: one micro-step needs 8 samples"):
+        build_batch_source(checked, registry, info, layout=layout, dp_rank=0, tokenize=lambda texts: {})
+    assert not (tmp_path / "out" / "index" / "samples.arrow").exists()

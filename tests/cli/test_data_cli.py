@@ -149,12 +149,13 @@ def test_stale_index_is_detected(tmp_path: Path) -> None:
 
 def test_rebuilding_reuses_the_recorded_digest_unless_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second `data bucket` into the same folder takes the unchanged file's SHA-256 from the first index."""
+    import osctl.data._fast.slices as slices
     import osctl.data.annotations as annotations
-    import osctl.data.index as index
+    import osctl.data.fingerprint as fingerprint
 
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 400)  # decoded in slices, so hashed after decoding
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 400)  # decoded in slices, so hashed after decoding
     monkeypatch.setattr(annotations, "hash_in_background", lambda digests: None)
-    monkeypatch.setattr(index, "RACY_NS", 0)
+    monkeypatch.setattr(fingerprint, "RACY_NS", 0)
     settled: list[str] = []
     real_settle = annotations.FileDigest.settle
     monkeypatch.setattr(annotations.FileDigest, "settle", lambda self, known: settled.append(known) or real_settle(self, known))
@@ -192,10 +193,10 @@ def test_bucket_failures(tmp_path: Path, records: Any, extra: list[str], code: i
 @pytest.mark.parametrize("broken_data_txt", [True, False])
 def test_bucket_reports_a_broken_recipe_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken_data_txt: bool) -> None:
     """The recipe is loaded while the annotations are decoded, yet its error still wins over data.txt's."""
-    import osctl.data.annotations as annotations
+    import osctl.data._fast.slices as slices
 
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 500)  # decoded in slices, by two processes
-    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 500)  # decoded in slices, by two processes
+    monkeypatch.setattr(slices, "PARALLEL_MIN_BYTES", 0)
     data_txt = _dataset(tmp_path, _clean(60))
     if broken_data_txt:
         data_txt.write_text(data_txt.read_text() + "no comma here\n")

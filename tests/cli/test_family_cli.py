@@ -123,9 +123,9 @@ def test_an_ltx_video_recipe_buckets_8k_plus_1_frames_and_sizes_in_multiples_of_
     """`data bucket` with recipes/ltx-video.yaml (areas up to 768 x 512, clips of any length): every bucket is 8k+1
     frames (never v1.3's 4k+1 alone) and a multiple of 32 in both sizes, its tokens the LTX geometry's; the loader
     reads the index as up to date with the same geometry, and reads each sample's bucket frame count."""
-    from osctl.data.dataset import SampleDataset
     from osctl.data.dry_run import plan_index
-    from osctl.data.loader import plan_stream
+    from osctl.data.stream.dataset import SampleDataset
+    from osctl.data.stream.loader import plan_stream
     from osctl.parallel.layout import ParallelLayout
     from osctl.plugin_manager import default_registry
     from osctl.recipe.load import load_recipe

@@ -105,9 +105,9 @@ def test_data_bucket_and_recipe_check_refuse_what_the_geometry_cannot_train(coar
 def test_the_loader_pads_and_reads_with_the_same_geometry(coarse: Path) -> None:
     """Force mode without group_data: mixed frame counts are padded to whole 16-pixel tokens, the latent mask
     has the 8x16x16 latent grid, and read-time sampling snaps to the bucket's 8k+1 frames."""
-    from osctl.data.dataset import SampleDataset
     from osctl.data.dry_run import plan_index
-    from osctl.data.loader import plan_stream
+    from osctl.data.stream.dataset import SampleDataset
+    from osctl.data.stream.loader import plan_stream
     from osctl.parallel.layout import ParallelLayout
     from osctl.plugin_manager import default_registry
     from osctl.recipe.load import load_recipe
@@ -130,7 +130,7 @@ def test_the_loader_pads_and_reads_with_the_same_geometry(coarse: Path) -> None:
     for sample in range(len(index)):
         t = index.sample(sample).shape[0]
         assert (t - 1) % 8 == 0 and len(dataset.frame_indices(sample, random.Random(sample))) == t
-    from osctl.data.dataset import Collate
+    from osctl.data.stream.dataset import Collate
 
     items = [{"pixel_values": torch.ones(3, t, 64, 96), "text": "x", "sample": i, "ticket": (i, 0, i), "events": []}
              for i, t in enumerate((33, 17))]

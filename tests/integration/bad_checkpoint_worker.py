@@ -133,9 +133,9 @@ def main() -> None:
         import deepspeed  # noqa: F401
 
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None  # nothing compiled on CPU
-    import osctl.data.loader
+    import osctl.data.stream.loader
 
-    osctl.data.loader.build_batch_source = synthetic_source
+    osctl.data.stream.loader.build_batch_source = synthetic_source
     checkpoint = train_once(strategy, root)
     cases = {"fsdp": ["metadata", "bytes_item", "distcp_truncated", "lr_scheduler"],
              "deepspeed": ["optim_states", "model_states", "optim_truncated"]}[strategy]

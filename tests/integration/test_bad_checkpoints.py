@@ -42,13 +42,13 @@ def run(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
     """``osctl train`` reads the tiny recipe's synthetic clips instead of a sample index."""
-    import osctl.data.loader
+    import osctl.data.stream.loader
 
     def source(checked: Any, registry: Any, info: Any, *, layout: Any, dp_rank: int) -> Any:
         text_encoder = registry.build("text_encoder", "tiny_t5", checked.components["text_encoder"])
         return SyntheticClips(text_encoder.tokenize, dp_rank=dp_rank, dp_size=layout.dp_size), {}
 
-    monkeypatch.setattr(osctl.data.loader, "build_batch_source", source)
+    monkeypatch.setattr(osctl.data.stream.loader, "build_batch_source", source)
 
 
 def error_of(result: Any) -> str:

@@ -230,7 +230,7 @@ CASES = [
     Case("bucket-disk-full-new-index", _bucket(), 1, ("cannot write the sample index to {root}/idx: the disk is full",),
          patch=_fail_with(errno.ENOSPC, "osctl.data.index.atomic_write_text"), new=("idx",)),
     Case("bucket-quota", lambda root: _index(root) and _bucket()(root), 1, ("the disk quota is used up",),
-         patch=_fail_with(errno.EDQUOT, "osctl.data.ipc_file.write_table")),
+         patch=_fail_with(errno.EDQUOT, "osctl.data.index.pa.ipc.new_file")),
     Case("train-output-dir-is-a-file", lambda root: _write(root / "out", "x") and
          ["train", "--recipe", str(_tiny_recipe(root))], 2,
          ("train.output_dir: cannot write into {root}/out: it is a file, not a folder",)),

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from osctl.cache.build import BuildOptions, build_cache
 from osctl.cache.dataset import CachedSampleDataset
 from osctl.cache.reader import CacheReader
-from osctl.data.dataset import SampleDataset
+from osctl.data.stream.dataset import SampleDataset
 from osctl.errors import ConfigError, DataError, StorageError
 from osctl.plugin_manager import default_registry
 from osctl.recipe.load import load_recipe

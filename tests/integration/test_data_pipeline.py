@@ -137,7 +137,7 @@ def test_stale_index_is_rebuilt_in_the_default_folder_and_refused_in_an_explicit
 WORKER = """
 import json, sys, torch
 from pathlib import Path
-from osctl.data.loader import build_batch_source
+from osctl.data.stream.loader import build_batch_source
 from osctl.parallel import dist as pdist
 from osctl.parallel.layout import ParallelLayout
 from osctl.plugin_manager import default_registry

@@ -129,7 +129,7 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, bool]]:
         raise AssertionError("the data stream (sample index) was built before the weights were checked")
 
     monkeypatch.setattr(Registry, "build", build)
-    monkeypatch.setattr("osctl.data.loader.build_batch_source", no_stream)
+    monkeypatch.setattr("osctl.data.stream.loader.build_batch_source", no_stream)
     return calls
 
 

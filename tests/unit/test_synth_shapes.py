@@ -290,7 +290,7 @@ def test_every_frame_size_fits_a_demo_bucket_without_a_crop():
     """Under recipes/demo.yaml each frame size resizes straight to its bucket: the bucket crop, which would
     cut off the start or end of a movement, removes nothing."""
     from osctl.data.bucket import BucketSettings
-    from osctl.data.transforms import resize_size, target_shape
+    from osctl.data.stream.transforms import resize_size, target_shape
     from osctl.plugin_manager import default_registry
     from osctl.recipe.load import load_recipe
     from osctl.recipe.validate import recipe_geometry

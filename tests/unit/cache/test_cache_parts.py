@@ -13,8 +13,8 @@ import torch
 from osctl.cache.identity import component_identity
 from osctl.cache.spec import differences, make_spec
 from osctl.cache.views import RecordingRandom, frames_are_random, view_choice, view_rng
-from osctl.data.captions import CaptionPolicy, caption_variants, training_text
 from osctl.data.records import KIND_IMAGE, KIND_VIDEO
+from osctl.data.stream.captions import CaptionPolicy, caption_variants, training_text
 from osctl.latent_moments import LatentMoments
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from osctl.data.bucket import BucketSettings
+from osctl.data.build import IndexTarget, build_index
 from osctl.data.index import SampleIndex, open_index
-from osctl.data.loader import build_index
 from osctl.data.rules import FrameRules, ResolutionRules
 from tests.geometry_helpers import v13_with
 
@@ -80,7 +80,7 @@ def make_index(tmp: Path, records: list[dict[str, Any]], bucket_settings: Bucket
     data_txt = tmp / "data.txt"
     data_txt.write_text(f"{tmp / 'media'},{anno}\n")
     out = tmp / "index"
-    build_index(data_txt, bucket_settings, out)
+    build_index(data_txt, IndexTarget(bucket_settings, out))
     return open_index(out, data_txt=data_txt, settings=bucket_settings)
 
 

@@ -13,10 +13,12 @@ import msgspec
 import numpy as np
 import pytest
 
+import osctl.data._fast.slices as slices
 import osctl.data.annotations as annotations
-from osctl.data.annotations import RecordTable, read_annotation
+from osctl.data.annotations import read_annotation
 from osctl.data.datatxt import DataSource
 from osctl.data.records import CAP_BLANK, CAP_MISSING, CAP_OK
+from osctl.data.table import NUMERIC_COLUMNS, RecordTable
 from tests.unit.data.data_helpers import write_annotations
 
 RECORDS: list[dict[str, Any]] = [
@@ -49,7 +51,7 @@ def _plain(table: RecordTable) -> dict[str, Any]:
         "path": table.path.to_pylist(),
         "cap": [msgspec.json.decode(v) for v in table.cap_json.to_pylist()],
         "cap_state": table.cap_state.tolist(),
-        **{name: nums(getattr(table, name)) for name in annotations.NUMERIC_COLUMNS},
+        **{name: nums(getattr(table, name)) for name in NUMERIC_COLUMNS},
         "cut": nums(table.cut), "crop": nums(table.crop),
         "issues": [(i, issue.code, issue.field) for i, issue in table.issues],
     }
@@ -190,10 +192,10 @@ def test_slices_and_processes_give_the_whole_file_result(tmp_path: Path, monkeyp
     path = write_annotations(tmp_path, _many(400), "many.json")
     whole = _plain(_read(path))
     assert [i for i, _, _ in whole["issues"]] == [57, 111]
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 700)
-    assert len(annotations.split_array(path.read_bytes()) or []) > 20
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 700)
+    assert len(slices.split_array(path.read_bytes()) or []) > 20
     assert _plain(_read(path)) == whole
-    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(slices, "PARALLEL_MIN_BYTES", 0)
     assert _plain(_read(path, workers=3)) == whole
 
 
@@ -201,8 +203,8 @@ def test_a_cut_inside_a_string_falls_back_to_the_whole_file(tmp_path: Path, monk
     records = [{"path": "a.jpg", "cap": "x" * 50 + '"}, {"path": "evil.jpg"' + "y" * 50}, {"path": "b.jpg", "cap": "z"}]
     path = write_annotations(tmp_path, records * 20, "tricky.json")
     whole = _plain(_read(path))
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 30)
-    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 30)
+    monkeypatch.setattr(slices, "PARALLEL_MIN_BYTES", 0)
     assert _plain(_read(path)) == whole
     assert _plain(_read(path, workers=2)) == whole
     assert whole["path"][:2] == ["a.jpg", "b.jpg"]
@@ -211,12 +213,12 @@ def test_a_cut_inside_a_string_falls_back_to_the_whole_file(tmp_path: Path, monk
 def test_slices_are_shared_through_the_work_queue_and_leftovers_done_by_the_parent(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A child whose area fills up, or that dies, leaves slices undone: the parent decodes them."""
-    import osctl.data.parallel_decode as parallel
+    import osctl.data._fast.pool as parallel
 
     path = write_annotations(tmp_path, _many(600), "many.json")
     whole = _plain(_read(path))
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 500)
-    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 500)
+    monkeypatch.setattr(slices, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(parallel, "MAX_TOKENS", 7)  # several slices per token
     assert _plain(_read(path, workers=4)) == whole
     monkeypatch.setattr(parallel, "_RESERVE", 1 << 40)  # no batch fits: children stop at once
@@ -239,8 +241,8 @@ def test_checks_can_skip_caption_texts_and_the_checksum(tmp_path: Path, monkeypa
     assert lean.sha256 is None and lean.table is not None and lean.table.cap_json is None
     full = _read(path)
     assert lean.table.cap_state.tolist() == full.cap_state.tolist()
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 400)
-    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 400)
+    monkeypatch.setattr(slices, "PARALLEL_MIN_BYTES", 0)
     for workers in (1, 2):
         sliced = read_annotation(_source(path), workers=workers)
         assert sliced.sha256 == digest
@@ -279,8 +281,8 @@ def test_meanwhile_runs_once_in_this_process(tmp_path: Path, monkeypatch: pytest
     calls: list[int] = []
     for paths, workers in (([small], 1), ([small, big], 2), ([big, big], 1)):
         calls.clear()
-        monkeypatch.setattr(annotations, "CHUNK_BYTES", 1 << 30 if len(paths) == 1 else 500)
-        monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(slices, "CHUNK_BYTES", 1 << 30 if len(paths) == 1 else 500)
+        monkeypatch.setattr(slices, "PARALLEL_MIN_BYTES", 0)
         loaded = read_annotations([_source(p) for p in paths], workers=workers,
                                   meanwhile=lambda: calls.append(os.getpid()))
         assert calls == [os.getpid()]
@@ -291,7 +293,7 @@ def test_the_slices_of_several_files_share_the_processes(tmp_path: Path, monkeyp
     """One pool decodes the slices of every large JSON file; a file with a bad slice is read whole, alone."""
     import hashlib
 
-    import osctl.data.parallel_decode as parallel
+    import osctl.data._fast.pool as parallel
     from osctl.data.annotations import read_annotations
 
     tricky = [{"path": "a.jpg", "cap": "x" * 50 + '"}, {"path": "evil.jpg"' + "y" * 50}, {"path": "b.jpg", "cap": "z"}]
@@ -299,8 +301,8 @@ def test_the_slices_of_several_files_share_the_processes(tmp_path: Path, monkeyp
              write_annotations(tmp_path, RECORDS, "small.jsonl"), write_annotations(tmp_path, _many(250), "b.json")]
     expected = [_plain(_read(path)) for path in paths]  # each file decoded whole, in one process
     sources = [DataSource(i, i + 1, "/root", path, _source(path).format) for i, path in enumerate(paths)]
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 400)
-    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 400)
+    monkeypatch.setattr(slices, "PARALLEL_MIN_BYTES", 0)
     pools: list[set[int]] = []
     real = parallel.decode_slices_parallel
 
@@ -319,12 +321,12 @@ def test_the_slices_of_several_files_share_the_processes(tmp_path: Path, monkeyp
 
 def test_an_item_that_does_not_decode_comes_back_as_none(tmp_path: Path) -> None:
     """In a child or in the parent, a failed item does not stop the others (decode_slices_parallel)."""
-    from osctl.data.parallel_decode import decode_slices_parallel
+    from osctl.data._fast.pool import decode_slices_parallel
 
     records = [{"path": f"v/{i}.mp4", "cap": f"clip {i}", "resolution": {"height": 720, "width": 1280},
                 "num_frames": 90 + i, "fps": 30} for i in range(200)]
     path = write_annotations(tmp_path, records, "clean.json")
-    ranges = annotations.split_array(path.read_bytes(), 600) or []
+    ranges = slices.split_array(path.read_bytes(), 600) or []
     assert len(ranges) > 10
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -332,9 +334,9 @@ def test_an_item_that_does_not_decode_comes_back_as_none(tmp_path: Path) -> None
         items[3] = (fd, ranges[3][0] + 1, ranges[3][1])  # cut inside a record: does not decode
         items[-2] = (fd, ranges[-2][0], ranges[-2][1] - 1)
         for workers in (1, 2, 3):
-            tables = decode_slices_parallel(items, workers, annotations.read_slice)
+            tables = decode_slices_parallel(items, workers, slices.read_slice_or_none)
             assert [k for k, table in enumerate(tables) if table is None] == [3, len(items) - 2]
-            whole = [annotations.read_slice(fd, start, stop) for start, stop in ranges]
+            whole = [slices.read_slice(fd, start, stop) for start, stop in ranges]
             for k, table in enumerate(tables):
                 if table is not None:
                     assert _plain(table) == _plain(whole[k])
@@ -349,7 +351,7 @@ def test_an_unexpected_error_leaves_no_file_open(tmp_path: Path, monkeypatch: py
     paths = [write_annotations(tmp_path, clean, "a.json"), write_annotations(tmp_path, RECORDS, "b.jsonl"),
              write_annotations(tmp_path, clean[:200], "c.json")]
     sources = [DataSource(i, i + 1, "/root", path, _source(path).format) for i, path in enumerate(paths)]
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 500)
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 500)
     monkeypatch.setattr(annotations, "hash_in_background", lambda digests: None)
     sliced = read_annotations(sources[:1])[0]  # a.json is decoded in slices: its digest is pending
     assert isinstance(sliced.digest, annotations.FileDigest) and sliced.sha256 is not None
@@ -363,7 +365,7 @@ def test_an_unexpected_error_leaves_no_file_open(tmp_path: Path, monkeypatch: py
         read_annotations(sources, workers=1)
     with pytest.raises(RuntimeError, match="reader bug"):
         annotations.read_annotation(sources[1])
-    monkeypatch.setattr(annotations, "read_slice", broken)  # a failure while decoding slices
+    monkeypatch.setattr(slices, "read_slice", broken)  # a failure while decoding slices
     with pytest.raises(RuntimeError, match="reader bug"):
         annotations.read_annotation(sources[0])
     with pytest.raises(RuntimeError, match="reader bug"):

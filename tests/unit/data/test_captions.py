@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from osctl.data.captions import (
+from osctl.data.records import KIND_IMAGE, KIND_VIDEO
+from osctl.data.stream.captions import (
     HIGH_AESTHETIC_IMAGE,
     HIGH_AESTHETIC_VIDEO,
     LOW_AESTHETIC_IMAGE,
@@ -19,8 +20,7 @@ from osctl.data.captions import (
     tokenize_texts,
     training_text,
 )
-from osctl.data.records import KIND_IMAGE, KIND_VIDEO
-from osctl.data.sampler import sample_rng
+from osctl.data.stream.sampler import sample_rng
 from osctl.text.clean import clean_caption
 
 N = 10_000

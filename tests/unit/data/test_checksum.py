@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import osctl.data._fast.slices as slices
 import osctl.data.annotations as annotations
 from osctl.data.annotations import read_annotation, read_annotations
 from osctl.data.checksum import BLOCK, BytesDigest, FileDigest, hash_in_background
@@ -88,8 +89,8 @@ def _records(n: int) -> list[Any]:
 
 def test_every_file_of_a_data_txt_gets_its_own_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Files decoded in slices are hashed after every file is read; small and broken ones at once."""
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 600)
-    monkeypatch.setattr(annotations, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 600)
+    monkeypatch.setattr(slices, "PARALLEL_MIN_BYTES", 0)
     big1 = write_annotations(tmp_path, _records(200), "big1.json")
     big2 = write_annotations(tmp_path, _records(150), "big2.json")
     small = write_annotations(tmp_path, _records(1), "small.json")
@@ -106,7 +107,7 @@ def test_every_file_of_a_data_txt_gets_its_own_digest(tmp_path: Path, monkeypatc
 
 
 def test_many_files_do_not_keep_many_descriptors_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 300)
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 300)
     monkeypatch.setattr(annotations, "MAX_PENDING_DIGESTS", 2)
     monkeypatch.setattr(annotations, "hash_in_background", lambda digests: None)  # pending ones wait for use
     paths = [write_annotations(tmp_path, _records(20 + i), f"f{i}.json") for i in range(5)]

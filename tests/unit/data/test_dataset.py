@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from osctl.data.captions import CaptionPolicy
-from osctl.data.dataset import BadSampleStats, Collate, PadSpec, ReadSettings, SampleDataset
-from osctl.data.loader import IndexBatchSource, _pad_spec
-from osctl.data.sampler import BucketBatchSampler, sample_rng
+from osctl.data.stream.captions import CaptionPolicy
+from osctl.data.stream.dataset import BadSampleStats, Collate, PadSpec, ReadSettings, SampleDataset
+from osctl.data.stream.loader import IndexBatchSource, _pad_spec
+from osctl.data.stream.sampler import BucketBatchSampler, sample_rng
 from osctl.errors import ConfigError, DataError
 from tests.geometry_helpers import V13
 from tests.unit.data.pipeline_helpers import (
@@ -149,7 +149,7 @@ def test_two_ranks_get_one_shape_per_step(index):
 
 
 def test_bad_file_is_replaced_counted_and_logged_once(index, tmp_path, caplog):
-    from osctl.data import dataset as dataset_module
+    from osctl.data.stream import dataset as dataset_module
 
     bad = next(i for i in range(len(index)) if index.sample(i).path.endswith("v00.mp4"))
     ds = _dataset(index)
@@ -157,7 +157,7 @@ def test_bad_file_is_replaced_counted_and_logged_once(index, tmp_path, caplog):
 
     def load(sample, rng):
         if sample == bad:
-            from osctl.data.reader import MediaError
+            from osctl.data.stream.reader import MediaError
 
             raise MediaError("undecodable", index.sample(sample).path, "neither decord nor PyAV can decode it")
         return original(sample, rng)
@@ -212,7 +212,7 @@ def test_a_whole_broken_bucket_stops_after_the_retry_bound(clips, tmp_path):
 
 def test_bad_fraction_stops_training_with_examples():
     stats = BadSampleStats(num_samples=100, max_bad_fraction=0.01)
-    from osctl.data.dataset import BadEvent
+    from osctl.data.stream.dataset import BadEvent
 
     batch = {"samples": torch.tensor([1]), "events": [BadEvent(5, "missing", "/d/a.mp4", "file does not exist")]}
     stats.record(batch)
@@ -281,7 +281,7 @@ def test_resume_with_another_schedule_continues_approximately_with_a_note(index)
 
 
 def test_an_unexpected_exception_counts_as_bad_media_but_a_hung_storage_stops(index):
-    from osctl.data.reader import DecodeHung
+    from osctl.data.stream.reader import DecodeHung
 
     ds = _dataset(index, max_retries=1)
 

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from osctl.data.annotations import LoadedAnnotation, read_annotations
+from osctl.data.annotations import read_annotations
 from osctl.data.bucket import BucketResult, BucketSettings, Reason, build_buckets
 from osctl.data.datatxt import load_data_txt, parse_data_txt
 from osctl.data.index import write_index
 from osctl.data.records import KIND_IMAGE, KIND_VIDEO
 from osctl.data.rules import FrameCountError, FrameRules, ResolutionRules, sample_frame_indices
+from osctl.data.table import LoadedAnnotation
 from osctl.data.validate import validate_data
 from osctl.errors import ConfigError, DataError
 from osctl.parallel.layout import ParallelLayout

@@ -145,12 +145,13 @@ def test_index_columns_gathered_on_threads_are_the_same(make_data: Any, tmp_path
 
 def _sliced_build(make_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, racy_ns: int = 0) -> Path:
     """data.txt of one annotation file large enough (for the patched slice size) to be hashed after decoding."""
+    import osctl.data._fast.slices as slices
     import osctl.data.annotations as annotations
-    import osctl.data.index as index
+    import osctl.data.fingerprint as fingerprint
 
-    monkeypatch.setattr(annotations, "CHUNK_BYTES", 300)  # decoded in slices: the digest is a pending FileDigest
+    monkeypatch.setattr(slices, "CHUNK_BYTES", 300)  # decoded in slices: the digest is a pending FileDigest
     monkeypatch.setattr(annotations, "hash_in_background", lambda digests: None)  # computed on first use
-    monkeypatch.setattr(index, "RACY_NS", racy_ns)
+    monkeypatch.setattr(fingerprint, "RACY_NS", racy_ns)
     return make_data({"a.json": _records() * 5})
 
 

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from osctl.data import reader
-from osctl.data.reader import DecodeHung, MediaError, call_with_timeout, read_image, read_video
+from osctl.data.stream import reader
+from osctl.data.stream.reader import DecodeHung, MediaError, call_with_timeout, read_image, read_video
 from tests.unit.data.pipeline_helpers import coded_video, decode_frame_ids, still_image
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from osctl.data.sampler import (
+from osctl.data.stream.sampler import (
     BucketBatchSampler,
     BucketMembers,
     ResumableBatches,

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from osctl.data import strings
+from osctl.data._fast import strings
 
 ODD = re.compile(r"(^|/)\.\.?(/|$)|//")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from osctl.data.rules import ResolutionRules, size_absolute, size_area
-from osctl.data.transforms import (
+from osctl.data.stream.transforms import (
     ShapeMismatch,
     apply_crop,
     force_crop_box,

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from osctl.build import strategy_name
 from osctl.cli import app
-from osctl.data.sampler import BucketBatchSampler, epoch_batches
+from osctl.data.epochs import epoch_batches
+from osctl.data.stream.sampler import BucketBatchSampler
 from osctl.errors import ConfigError, PeerFailed, UsageError
 from osctl.parallel.launch import LaunchOptions, failure_summary, reporting_errors_to_launcher
 from osctl.parallel.layout import LAUNCH_NAMES, SAMPLE_SP_NAMES, ParallelLayout

@@ -13,13 +13,13 @@ What it does, in order:
    with the same functions ``osctl data bucket`` uses, a stale one in the default folder is rebuilt
    (and said so in the plan), a stale one in an explicit ``data.index_dir`` is refused with the
    command that rebuilds it. The other ranks wait for rank 0's verdict, then map the same file.
-2. **Sampler.** :class:`~osctl.data.sampler.BucketBatchSampler` over the index's bucket column for
+2. **Sampler.** :class:`~osctl.data.stream.sampler.BucketBatchSampler` over the index's bucket column for
    this data-parallel replica, with the layout's batch per replica (``train.train_batch_size``, or
    ``parallel.train_sp_batch_size`` under sequence parallelism) and its ``dp_size`` replicas
    (:class:`~osctl.parallel.layout.ParallelLayout`). Without ``data.group_data`` mixed
    shapes are padded with a latent mask in force resolution mode; area/absolute modes with more
    than one shape are refused (padding to max_height x max_width is wrong there).
-3. **Loader.** A ``torch.utils.data.DataLoader`` over :class:`~osctl.data.dataset.SampleDataset`
+3. **Loader.** A ``torch.utils.data.DataLoader`` over :class:`~osctl.data.stream.dataset.SampleDataset`
    (``data.num_workers`` persistent workers, pinned memory on CUDA) fed with the sampler's tickets.
 4. **Source.** :class:`IndexBatchSource` yields the batches, counts bad media
    (:meth:`IndexBatchSource.stats`), stops with a ``DataError`` above ``max_bad_fraction``, and keeps
@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,8 +45,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from osctl.data.captions import CaptionPolicy, Tokenize
-from osctl.data.dataset import (
+from osctl.data.bucket import BucketSettings
+from osctl.data.build import IndexTarget, build_index, check_index
+from osctl.data.stream.captions import CaptionPolicy, Tokenize
+from osctl.data.stream.dataset import (
     DEFAULT_DECODE_TIMEOUT_S,
     DEFAULT_MAX_BAD_FRACTION,
     DEFAULT_MAX_RETRIES,
@@ -57,7 +58,7 @@ from osctl.data.dataset import (
     ReadSettings,
     SampleDataset,
 )
-from osctl.data.sampler import BucketBatchSampler, ResumableBatches
+from osctl.data.stream.sampler import BucketBatchSampler, ResumableBatches
 from osctl.errors import ConfigError, DataError
 from osctl.geometry import LatentGeometry
 from osctl.parallel.layout import ParallelLayout
@@ -192,101 +193,13 @@ def _option(section: Any, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def bucket_settings(recipe: Any, layout: ParallelLayout, geometry: LatentGeometry) -> Any:
-    """The index's :class:`~osctl.data.bucket.BucketSettings` for this recipe, layout and latent geometry."""
-    from osctl.data.bucket import BucketSettings
-
-    return BucketSettings.from_recipe(recipe, geometry=geometry, layout=layout)
-
-
-def bucket_annotations(data_txt: Path, settings: Any, *, workers: int | None = None,
-                       digests_from: Path | None = None) -> Any:
-    """Read every annotation file of ``data_txt`` and apply the rules, in memory (``osctl data bucket``'s
-    functions); returns the :class:`~osctl.data.bucket.BucketResult`. Nothing is written.
-
-    ``digests_from``: an index folder whose recorded file digests are reused for unchanged files.
-    """
-    from osctl.data.annotations import read_annotations
-    from osctl.data.bucket import build_buckets
-    from osctl.data.datatxt import load_data_txt
-    from osctl.data.index import reuse_recorded_digests
-
-    workers = workers or max(1, min(8, os.cpu_count() or 1))  # as `osctl data bucket`
-    loaded = read_annotations(load_data_txt(data_txt), workers=workers)
-    if digests_from is not None:
-        reuse_recorded_digests(loaded, digests_from)
-    broken = [item for item in loaded if item.problem is not None]
-    if broken:
-        more = f" (and {len(broken) - 1} more file(s))" if len(broken) > 1 else ""
-        raise DataError(f"{broken[0].problem.message}{more}; no index was written.",  # type: ignore[union-attr]
-                        hint=f"run `osctl data validate {data_txt}` to see every problem.")
-    return build_buckets(loaded, settings)
-
-
-def build_index(data_txt: Path, settings: Any, out_dir: Path, *, workers: int | None = None) -> Path:
-    """Build and write the sample index with the functions ``osctl data bucket`` uses; returns the Arrow file."""
-    from osctl.data.index import write_index
-
-    result = bucket_annotations(data_txt, settings, workers=workers, digests_from=out_dir)
-    return write_index(result, data_txt, out_dir)
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexCheck:
-    """Where the run's sample index lives and whether it must be (re)built from ``data_txt`` first.
-
-    ``rebuild`` is None for a fresh index, else why it is built: ``"missing"`` or the staleness reason.
-    """
-
-    folder: Path
-    data_txt: Path | None
-    rebuild: str | None
-
-    def note(self, done: bool = True) -> str:
-        """The plan's word on the index: up to date, built or rebuilt (``done=False``: would be, in a dry run)."""
-        if self.rebuild is None:
-            return "up to date"
-        if self.rebuild == "missing":
-            return f"built now from {self.data_txt}" if done else f"would be built from {self.data_txt}"
-        return f"rebuilt ({self.rebuild})" if done else f"would be rebuilt ({self.rebuild})"
-
-
-def check_index(recipe: Any, settings: Any) -> IndexCheck:
-    """The index's folder and freshness, read only; refuses what training would refuse.
-
-    A missing index without ``data.data``, and a stale one in an explicit ``data.index_dir``, are errors
-    naming the command that builds it.
-    """
-    from osctl.data.index import INDEX_FILE, StaleIndexError, open_index
-
-    data = recipe.data
-    explicit = data.index_dir is not None
-    folder = Path(data.index_dir) if explicit else Path(recipe.train.output_dir) / "index"
-    data_txt = Path(data.data) if data.data is not None else None
-    if not (folder / INDEX_FILE).is_file():
-        if data_txt is None:
-            raise ConfigError(f"no sample index in {folder} and data.data is not set; set data.data to your data.txt "
-                              "(or data.index_dir to an index built with `osctl data bucket`).")
-        return IndexCheck(folder, data_txt, "missing")
-    try:
-        open_index(folder, data_txt=data_txt, settings=settings)
-    except StaleIndexError as exc:
-        if explicit or data_txt is None:
-            world = settings.layout.world_size
-            raise StaleIndexError(exc.message, hint=(
-                f"rebuild it with `osctl data bucket {data_txt or 'DATA_TXT'} --recipe RECIPE --world-size {world} "
-                f"--out {folder}` (training checks it against {world} process(es)), or unset data.index_dir to let "
-                "training rebuild it under train.output_dir.")) from None
-        return IndexCheck(folder, data_txt, exc.message.split(": ", 1)[-1].rstrip("."))
-    return IndexCheck(folder, data_txt, None)
-
-
-def _ensure_index(recipe: Any, settings: Any) -> tuple[Path, str]:
-    """Rank 0: make sure a fresh index exists; returns its folder and a note for the plan."""
+def _ensure_index(recipe: Any, settings: BucketSettings) -> tuple[Path, str]:
+    """Rank 0: make sure a fresh index exists (built as ``osctl data bucket`` builds it); returns its folder
+    and a note for the plan."""
     check = check_index(recipe, settings)
     if check.rebuild is not None:
         assert check.data_txt is not None  # check_index refuses a rebuild without data.data
-        build_index(check.data_txt, settings, check.folder)
+        build_index(check.data_txt, IndexTarget(settings, check.folder))
     return check.folder, check.note()
 
 
@@ -301,7 +214,7 @@ def prepare_index(recipe: Any, info: Any, layout: ParallelLayout, geometry: Late
     """``(index, settings, note)``: rank 0 checks/builds the index, every rank then maps it."""
     from osctl.data.index import open_index
 
-    settings = bucket_settings(recipe, layout, geometry)
+    settings = BucketSettings.from_recipe(recipe, geometry=geometry, layout=layout)
     verdict: tuple[str, Any, Any] | None = None
     if info.rank == 0:
         try:
@@ -413,7 +326,7 @@ def plan_stream(recipe: Any, index: Any, settings: Any, note: str, *, layout: Pa
     replica and the replicas, ``dp_rank`` this rank's replica. Raises ``DataError`` when no full batch
     can be formed.
     """
-    from osctl.data.bucket import check_epoch_batches
+    from osctl.data.epochs import check_epoch_batches
 
     d = recipe.data
     batch_size, dp_size = layout.stream_batch, layout.dp_size

@@ -33,12 +33,13 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from osctl.data.annotations import NUMERIC_COLUMNS, RecordTable, _SliceFailed
 from osctl.data.records import FieldIssue
+from osctl.data.table import NUMERIC_COLUMNS, RecordTable
 
 Items = list[tuple[int, int, int]]
 """``(fd, start, stop)``: bytes ``start:stop`` of the open file ``fd``, whole records of a JSON array."""
-SliceDecoder = Callable[[int, int, int], RecordTable]
+SliceDecoder = Callable[[int, int, int], RecordTable | None]
+"""Decodes one item; None when it does not decode cleanly."""
 
 _EXIT_OK, _EXIT_CRASHED = 0, 4
 _HEADER = struct.Struct("<QQQ")  # done flag, IPC stream bytes, trailer bytes
@@ -104,9 +105,8 @@ def _child(area: mmap.mmap, queue: int, items: Items, runs: list[tuple[int, int]
         full = False
         while not full and (token := _take(queue)) is not None:
             for k in range(*runs[token]):
-                try:
-                    table = decode(*items[k])
-                except _SliceFailed:
+                table = decode(*items[k])
+                if table is None:
                     failed.append(k)
                     continue
                 batch = _batch(table)
@@ -143,16 +143,10 @@ def _results(area: mmap.mmap) -> tuple[dict[int, RecordTable], list[int]]:
     return {k: _table(reader.read_next_batch(), issues) for k, issues in done}, failed
 
 
-def _decode_or_none(decode: SliceDecoder, item: tuple[int, int, int]) -> RecordTable | None:
-    try:
-        return decode(*item)
-    except _SliceFailed:
-        return None
-
-
 def decode_slices_parallel(items: Items, workers: int, decode: SliceDecoder,
                            start_background: Callable[[], None] | None = None) -> list[RecordTable | None]:
-    """Decode every item with ``decode`` in up to ``workers`` processes; one table per item, None where it failed.
+    """Decode every item with ``decode`` in up to ``workers`` processes; one table per item, None where it failed
+    (``decode`` returned None).
 
     Same result as decoding the items one after the other. ``start_background`` is called once the
     children are forked (a thread started earlier would be running during the fork).
@@ -162,7 +156,7 @@ def decode_slices_parallel(items: Items, workers: int, decode: SliceDecoder,
     if processes < 2 or not sys.platform.startswith("linux"):
         if start_background is not None:
             start_background()
-        return [_decode_or_none(decode, item) for item in items]
+        return [decode(*item) for item in items]
     queue, feed = os.pipe()
     try:
         os.write(feed, b"".join(_TOKEN.pack(t) for t in range(len(runs))))
@@ -183,7 +177,7 @@ def decode_slices_parallel(items: Items, workers: int, decode: SliceDecoder,
         results: dict[int, RecordTable | None] = {}
         while (token := _take(queue)) is not None:
             for k in range(*runs[token]):
-                results[k] = _decode_or_none(decode, items[k])
+                results[k] = decode(*items[k])
         while children:
             pid, area = children[0]
             _, status = os.waitpid(pid, 0)
@@ -194,7 +188,7 @@ def decode_slices_parallel(items: Items, workers: int, decode: SliceDecoder,
                 results.update(dict.fromkeys(failed))
         for k, item in enumerate(items):  # whatever a child left undone
             if k not in results:
-                results[k] = _decode_or_none(decode, item)
+                results[k] = decode(*item)
         return [results[k] for k in range(len(items))]
     finally:
         os.close(queue)

@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-LEFTOVER_RULES: tuple[str, ...] = ("drop", "pad")
+from osctl.data.epochs import LEFTOVER_RULES, epoch_batches
+
 ORDERS: tuple[str, ...] = ("osctl", "reference")
 _SCHEDULE_TAG = 0x5C4ED
 _SAMPLE_TAG = 0x5A3B1E
@@ -71,22 +72,6 @@ def sample_rng(seed: int, epoch: int, position: int, attempt: int = 0) -> random
     words = np.random.SeedSequence([*_seed_words(seed), int(epoch), int(position), int(attempt), _SAMPLE_TAG])
     state = words.generate_state(4, np.uint32)
     return random.Random(int.from_bytes(state.tobytes(), "little"))
-
-
-def epoch_batches(counts: np.ndarray | Sequence[int], batch: int, leftover: str = "drop") -> tuple[np.ndarray, np.ndarray,
-                                                                                                  np.ndarray]:
-    """Per group of ``counts`` samples (a bucket, or all samples without ``group_data``): the batches of
-    ``batch`` samples one epoch cuts from it, the samples it drops, and the duplicates that fill its last
-    batch (see the leftover rule in the module docstring). The one place this arithmetic lives:
-    :class:`BucketBatchSampler` (training) and ``osctl data bucket`` both use it, so they agree.
-    """
-    if leftover not in LEFTOVER_RULES:
-        raise ValueError(f"leftover must be one of {', '.join(LEFTOVER_RULES)}, got {leftover!r}")
-    counts = np.asarray(counts, dtype=np.int64)
-    rest = counts % batch
-    if leftover == "drop":
-        return counts // batch, rest, np.zeros_like(counts)
-    return -(-counts // batch), np.zeros_like(counts), np.where(rest > 0, batch - rest, 0)
 
 
 class BucketMembers:

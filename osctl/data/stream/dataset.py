@@ -1,20 +1,20 @@
 """The training dataset over the memory-mapped sample index, its bad-media policy and the batch collate.
 
 :class:`SampleDataset` is a ``torch.utils.data.Dataset`` whose items are asked for by *ticket*
-``(sample, epoch, position)`` (see :mod:`osctl.data.sampler`). Per item:
+``(sample, epoch, position)`` (see :mod:`osctl.data.stream.sampler`). Per item:
 
 1. ``rng = sample_rng(seed, epoch, position, attempt)`` — the only source of randomness;
 2. videos: the read-time frame indices (:func:`osctl.data.rules.sample_frame_indices`: fps
    resampling, ``speed_factor``, random temporal crop to ``num_frames``, snap to the legal count),
    which must give the frame count the sample was bucketed with; images: frame ``[0]``;
-3. decode (:mod:`osctl.data.reader`: decord, PyAV fallback, Pillow; time-bounded), check the decoded
-   size against the annotation, then crop, resize and normalise (:mod:`osctl.data.transforms`) into the
+3. decode (:mod:`osctl.data.stream.reader`: decord, PyAV fallback, Pillow; time-bounded), check the decoded
+   size against the annotation, then crop, resize and normalise (:mod:`osctl.data.stream.transforms`) into the
    bucket's ``3 x T x H x W``;
-4. the training text (:mod:`osctl.data.captions`).
+4. the training text (:mod:`osctl.data.stream.captions`).
 
 Bad media (missing, empty, truncated, undecodable, wrong size, a frame count that does not match the
 bucket, a decode past its time budget, or any unexpected exception while loading the sample — code
-``error``) never propagates as an exception (only :class:`~osctl.data.reader.DecodeHung`, a stuck
+``error``) never propagates as an exception (only :class:`~osctl.data.stream.reader.DecodeHung`, a stuck
 storage, does): the failure is recorded as an *event* and another sample of the same bucket, drawn
 from the same seeded stream, takes its place, at most ``max_retries`` times (a loop: no recursion,
 and every read is time-bounded, so no hang).
@@ -39,13 +39,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from osctl.data.captions import CaptionPolicy, Tokenize, tokenize_texts, training_text
 from osctl.data.index import SampleIndex
-from osctl.data.reader import MEDIA_ERROR_CODES, DecodeHung, MediaError, read_image, read_video
 from osctl.data.records import KIND_IMAGE
 from osctl.data.rules import FrameCountError, FrameRules, ResolutionRules, sample_frame_indices
-from osctl.data.sampler import BucketMembers, sample_rng
-from osctl.data.transforms import ShapeMismatch, to_training_tensor
+from osctl.data.stream.captions import CaptionPolicy, Tokenize, tokenize_texts, training_text
+from osctl.data.stream.reader import MEDIA_ERROR_CODES, DecodeHung, MediaError, read_image, read_video
+from osctl.data.stream.sampler import BucketMembers, sample_rng
+from osctl.data.stream.transforms import ShapeMismatch, to_training_tensor
 from osctl.errors import DataError
 from osctl.geometry import LatentGeometry
 
@@ -77,7 +77,7 @@ class ReadSettings:
 
 @dataclass(frozen=True)
 class BadEvent:
-    """One failed read: which sample, the error code (:data:`~osctl.data.reader.MEDIA_ERROR_CODES`), file and message."""
+    """One failed read: which sample, the error code (:data:`~osctl.data.stream.reader.MEDIA_ERROR_CODES`), file and message."""
 
     sample: int
     code: str

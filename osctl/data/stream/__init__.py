@@ -1,0 +1,1 @@
+"""The training data stream: sample index -> sampler -> DataLoader -> batches (see :mod:`.loader`)."""
