@@ -159,13 +159,17 @@ def _flat(pieces: list[pa.Array | pa.ChunkedArray]) -> pa.ChunkedArray:
     return pa.chunked_array(chunks, type=pa.string())
 
 
-def repeats(keys: list[pa.Array | pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+def repeats(keys: list[pa.Array | pa.ChunkedArray], spans: np.ndarray | None = None,
+            ) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
     """Records that repeat an earlier record's key, over all ``keys`` arrays taken as one column.
 
     Returns ``(later, codes, first)``: the global positions of every repeat after the first listing,
     the code of each one's key, and the global position of each code's first listing. Only records
     whose 64-bit string hash (:func:`osctl.data._fast.strings.hashes`) is shared with another record can
     repeat one; those few are then compared exactly (Arrow dictionary encoding).
+
+    ``spans`` (one row per record, e.g. the ``cut`` column; NaN for "absent"): a record repeats another
+    only when its row equals the other's too, so the scenes of one video (same path, other cuts) do not.
     """
     nothing: tuple[np.ndarray, np.ndarray, dict[int, int]] = (np.zeros(0, np.int64), np.zeros(0, np.int64), {})
     if not keys:
@@ -186,6 +190,14 @@ def repeats(keys: list[pa.Array | pa.ChunkedArray]) -> tuple[np.ndarray, np.ndar
     if not len(local):
         return nothing
     repeated, repeated_codes = candidates[local], codes[local]
+    if spans is not None:  # split each key's group by span; only groups still holding two records repeat
+        rows = np.column_stack([repeated_codes.astype(np.float64), np.nan_to_num(spans[repeated], nan=-1.0)])
+        _, repeated_codes = np.unique(rows, axis=0, return_inverse=True)
+        repeated_codes = repeated_codes.reshape(-1).astype(np.int64)
+        still = np.bincount(repeated_codes)[repeated_codes] > 1
+        repeated, repeated_codes = repeated[still], repeated_codes[still]
+        if not len(repeated):
+            return nothing
     _, first = np.unique(repeated_codes, return_index=True)
     first_of = dict(zip(repeated_codes[first].tolist(), repeated[first].tolist(), strict=True))
     later_mask = repeated != np.array([first_of[c] for c in repeated_codes.tolist()])

@@ -319,6 +319,7 @@ def validate_data(data_txt: Path, *, probe: bool = False, workers: int = 4) -> V
             lambda k: f"{data_txt} lists no annotation files; add DATA_ROOT,ANNOTATION_FILE lines"))
     joined_all: list[JoinedPaths] = []
     raw_all: list[pa.Array | pa.ChunkedArray] = []
+    cuts: list[np.ndarray] = []
     owners: list[tuple[str, int]] = []
     roots: set[str] = set()
     plain = True  # every path relative and normal: duplicates can be found on the short paths
@@ -350,26 +351,30 @@ def validate_data(data_txt: Path, *, probe: bool = False, workers: int = 4) -> V
             report.blocks.append(block)
         joined_all.append(joined)
         raw_all.append(raw)
+        cuts.append(table.cut)
         owners.append((name, table.n))
         roots.add(source.root)
         plain = plain and not facts.odd.any() and not facts.absolute.any()
         if probe:
             report.blocks.extend(_probe_blocks(table, name, joined(), exists, workers))
     keys = raw_all if plain and len(roots) == 1 else [joined() for joined in joined_all]
-    report.blocks.extend(_duplicate_blocks(keys, joined_all, owners))
+    report.blocks.extend(_duplicate_blocks(keys, np.concatenate(cuts) if cuts else None, joined_all, owners))
     return report
 
 
-def _duplicate_blocks(keys: list[pa.Array | pa.ChunkedArray], joined: list[JoinedPaths],
+def _duplicate_blocks(keys: list[pa.Array | pa.ChunkedArray], cuts: np.ndarray | None, joined: list[JoinedPaths],
                       owners: list[tuple[str, int]]) -> list[FindingBlock]:
     """``duplicate_path`` warnings on every listing of a media path after its first (across all files).
+
+    A listing with another ``cut`` (a scene of the same video, as ``osctl data import --scenes`` writes)
+    is not a repeat; the same path with the same cut, or twice without one, is.
 
     ``keys`` identify a media file (the joined paths, or the annotation's own paths when every file
     shares one root and no path is absolute or odd); ``joined`` are shown in the messages.
 
     Found by :func:`osctl.data.paths.repeats`.
     """
-    later, later_codes, first_of = repeats(keys)
+    later, later_codes, first_of = repeats(keys, cuts)
     if not len(later):
         return []
     offsets = np.cumsum([0] + [n for _, n in owners])

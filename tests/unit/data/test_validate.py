@@ -47,7 +47,7 @@ DEFECTS: list[tuple[Any, set[str]]] = [
     ({**V, "path": "v/d20.mp4", "crop": [5, 5, 0, 24]}, {"bad_crop"}),
     ({**V, "path": "v/absent.mp4"}, {"media_missing"}),
     ({**V, "path": "../outside/e.mp4"}, {"path_escapes_root"}),
-    ({**V, "path": "v/good.mp4"}, {"duplicate_path"}),
+    ({**V, "path": "v/good.mp4", "cut": [0, 12]}, {"duplicate_path"}),  # the same scene of the same video
     ({**I, "path": "i/d24.jpg", "resolution": {"height": 24.5, "width": 32}}, {"wrong_type"}),
     ({**V, "path": "v/d25.mp4", "num_frames": 1e30}, {"out_of_range"}),
     ({**V, "path": "v/d26.mp4", "resolution": {"height": 1e25, "width": 32}}, {"out_of_range"}),
@@ -281,3 +281,21 @@ def test_path_checks_match_a_record_by_record_reference(tmp_path: Path, seed: in
             listed = finding.message.split(" is also listed at ")[1]
             file, index = listed.rsplit(":", 1)
             assert files[int(Path(file).stem[1:])][int(index)]["path"] is not None
+
+
+def test_scenes_of_one_video_are_not_duplicates_but_a_repeated_scene_is(tmp_path: Path) -> None:
+    media = tmp_path / "m"
+    media.mkdir()
+    (media / "v.mp4").touch()
+    (media / "w.mp4").touch()
+    records = [{**V, "path": "v.mp4", "cut": [0, 12]}, {**V, "path": "v.mp4", "cut": [12, 24]},  # two scenes
+               {**V, "path": "v.mp4", "cut": [0, 12]},  # the first scene again
+               {**V, "path": "v.mp4"},  # the whole video: not one of its scenes
+               {**V, "path": "w.mp4"}, {**V, "path": "w.mp4"}]  # the same whole video twice
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    data_txt = tmp_path / "data.txt"
+    data_txt.write_text(f"{media},a.json\n")
+    report = validate_data(data_txt)
+    assert report.flagged() == {("a.json", 2): {"duplicate_path"}, ("a.json", 5): {"duplicate_path"}}
+    messages = sorted(f.message for f in report.findings())
+    assert messages[0].endswith("v.mp4 is also listed at a.json:0") and messages[1].endswith("w.mp4 is also listed at a.json:4")
