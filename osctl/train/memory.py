@@ -385,7 +385,7 @@ class MemoryPlan:
         t, h, w = largest.bucket
         out.append(("memory peak (largest bucket)", f"{t}x{h}x{w}: {largest.line()}"))
         out.append(("host RAM while loading", f"{_gb(self.host_load_peak)} (the model built in float32 on the CPU plus "
-                    "its largest weights file, before the strategy moves it to the device)"))
+                    "what reading its weights holds at once, before the strategy moves it to the device)"))
         if self.offload_blocks:
             out.append(("offload", f"{self.offload_blocks} blocks' frozen weights in host memory "
                         f"({_gb(largest.offloaded)})"))
@@ -431,22 +431,28 @@ def plan_memory(checked: Any, model: torch.nn.Module, *, buckets: list[tuple[int
             per_bucket = estimate(blocks)
     fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
     return MemoryPlan(per_bucket=per_bucket, device_bytes=device_bytes, offload_blocks=blocks,
-                      host_load_peak=fp32_bytes + _largest_weights_file(recipe))
+                      host_load_peak=fp32_bytes + _loading_extra(recipe))
 
 
-def _largest_weights_file(recipe: Any) -> int:
-    """Bytes of the largest safetensors/bin file the model is loaded from (0 for a fresh preset)."""
+def _loading_extra(recipe: Any) -> int:
+    """Host bytes loading the weights needs besides the model: the largest file of ``model.path`` (diffusers'
+    ``from_pretrained`` reads a file at a time), and for ``train.pretrained`` one chunk of a safetensors file
+    (:func:`osctl.train.weights.load_into`) or a whole torch file; 0 for a fresh preset."""
     from pathlib import Path
 
-    sources = [recipe.train.pretrained, recipe.model.options.get("path")]
-    sizes = [0]
-    for source in sources:
+    from osctl.train.weights import LOAD_CHUNK_BYTES
+
+    def files(source: Any) -> list[Path]:
         if not source:
-            continue
+            return []
         path = Path(str(source)).expanduser()
-        files = [path] if path.is_file() else list(path.glob("*.safetensors")) + list(path.glob("*.bin")) \
-            if path.is_dir() else []
-        sizes += [f.stat().st_size for f in files]
+        if path.is_file():
+            return [path]
+        return list(path.glob("*.safetensors")) + list(path.glob("*.bin")) if path.is_dir() else []
+
+    sizes = [0] + [f.stat().st_size for f in files(recipe.model.options.get("path"))]
+    sizes += [min(f.stat().st_size, LOAD_CHUNK_BYTES) if f.suffix == ".safetensors" else f.stat().st_size
+              for f in files(recipe.train.pretrained)]
     return max(sizes)
 
 

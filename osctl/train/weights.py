@@ -10,6 +10,7 @@ with its reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,15 +82,16 @@ def load_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
         raise DataError(f"cannot read {path} ({first_line(exc)}); the file is damaged — copy it again.") from None
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a weights file or diffusers/transformers folder."""
+def weight_files(path: Path) -> tuple[str, list[Path]]:
+    """The files holding the weights of ``path`` (a file or a diffusers/transformers folder) and their kind,
+    ``"safetensors"`` or ``"torch"``; a missing path, an unknown format or a missing shard is a ``ConfigError``."""
     if not path.exists():
         raise ConfigError(f"weights path {path} does not exist; check train.pretrained / the --model-path.")
     if path.is_file():
         if path.suffix == ".safetensors":
-            return load_safetensors_file(path)
+            return "safetensors", [path]
         if path.suffix in TORCH_SUFFIXES:
-            return load_torch_file(path)
+            return "torch", [path]
         raise ConfigError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pt/.pth/.bin or a folder.")
     for index_name in ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json"):
         index = path / index_name
@@ -97,51 +99,107 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from osctl.ckpt.headers import read_index
 
             shards = sorted(set(read_index(index).values()))
-            state: dict[str, torch.Tensor] = {}
             for shard in shards:
                 if not (path / shard).is_file():
                     raise ConfigError(f"{index} lists shard {shard}, which is missing from {path}.")
-                state.update(load_safetensors_file(path / shard))
-            return state
+            return "safetensors", [path / shard for shard in shards]
     for name in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
         if (path / name).is_file():
-            return load_safetensors_file(path / name)
+            return "safetensors", [path / name]
     for name in ("diffusion_pytorch_model.bin", "pytorch_model.bin"):
         if (path / name).is_file():
-            return load_torch_file(path / name)
+            return "torch", [path / name]
     raise ConfigError(f"{path} holds no weights file (diffusion_pytorch_model.safetensors, model.safetensors, *.bin).")
 
 
-def read_model_state(model: torch.nn.Module, source: Path) -> dict[str, torch.Tensor]:
-    """The tensors of ``source`` named as ``model``'s state dict.
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a weights file or diffusers/transformers folder, in memory at once (see :func:`load_into`
+    for loading into a model without a second copy)."""
+    kind, files = weight_files(path)
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_safetensors_file(file) if kind == "safetensors" else load_torch_file(file))
+    return state
+
+
+LOAD_CHUNK_BYTES = 256 * 2**20
+"""Bytes of safetensors data :func:`load_into` holds in memory besides the model: it reads this much, copies it
+into the model's tensors and lets it go before reading more."""
+
+
+def _weight_sources(model: torch.nn.Module, source: Path) -> list[tuple[Path, str]]:
+    """(file or folder, key prefix) of every part of ``model`` stored under ``source``.
 
     A model made of several diffusers models (``weight_parts()``, see :func:`osctl.train.export.save_model`)
     reads a folder part by part: each part's subfolder (or the folder itself), its keys given the part's prefix.
     """
     parts = getattr(model, "weight_parts", None)
     if not (callable(parts) and Path(source).is_dir()):
-        return read_state_dict(source)
+        return [(Path(source), "")]
+    return [(Path(source) / subfolder if subfolder else Path(source), prefix) for subfolder, prefix, _ in parts()]
+
+
+def read_model_state(model: torch.nn.Module, source: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``source`` named as ``model``'s state dict, all in memory (see :func:`_weight_sources`)."""
     state: dict[str, torch.Tensor] = {}
-    for subfolder, prefix, _ in parts():
-        folder = Path(source) / subfolder if subfolder else Path(source)
-        state.update({prefix + name: value for name, value in read_state_dict(folder).items()})
+    for path, prefix in _weight_sources(model, source):
+        state.update({prefix + name: value for name, value in read_state_dict(path).items()})
     return state
 
 
-def load_into(model: torch.nn.Module, source: Path) -> LoadReport:
-    """Copy every tensor of ``source`` whose name and shape match into ``model``; report the rest."""
-    incoming = read_model_state(model, source)
+def _safetensors_chunks(file: Path, chunk_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The tensors of ``file``, a few at a time (about ``chunk_bytes`` each, one tensor at least).
+
+    Each chunk is read through its own ``safe_open``, which maps the file: closing it before the next chunk
+    keeps the mapped pages of the file from adding up in the process's memory.
+    """
+    from safetensors import safe_open
+
+    from osctl.ckpt.headers import read_header
+    from osctl.ckpt.torch_files import first_line
+
+    infos = list(read_header(file).tensors.values())
+    start = 0
+    while start < len(infos):
+        stop, size = start, 0
+        while stop < len(infos) and (stop == start or size + infos[stop].nbytes <= chunk_bytes):
+            size += infos[stop].nbytes
+            stop += 1
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                chunk = {info.name: handle.get_tensor(info.name) for info in infos[start:stop]}
+        except Exception as exc:  # safetensors' own errors for damage the header check cannot see
+            raise DataError(f"cannot read {file} ({first_line(exc)}); the file is damaged — copy it again.") from None
+        yield chunk
+        start = stop
+
+
+def load_into(model: torch.nn.Module, source: Path, *, chunk_bytes: int = LOAD_CHUNK_BYTES) -> LoadReport:
+    """Copy every tensor of ``source`` whose name and shape match into ``model``; report the rest.
+
+    Safetensors weights are read and copied a chunk at a time (:data:`LOAD_CHUNK_BYTES`), so loading needs
+    the model's memory plus one chunk, not a second copy of the model; torch files are read whole.
+    """
     own = model.state_dict()
     report = LoadReport(source=str(source), total=len(own))
-    usable = {}
-    for key, value in incoming.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif tuple(value.shape) != tuple(own[key].shape):
-            report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
-        else:
-            usable[key] = value
-    report.missing = sorted(set(own) - set(usable) - {k for k, _, _ in report.mismatched})
-    model.load_state_dict(usable, strict=False)
-    report.loaded = len(usable)
+    loaded: set[str] = set()
+    for path, prefix in _weight_sources(model, source):
+        kind, files = weight_files(path)
+        for file in files:
+            pieces = _safetensors_chunks(file, chunk_bytes) if kind == "safetensors" else iter([load_torch_file(file)])
+            for piece in pieces:
+                usable = {}
+                for name, value in piece.items():
+                    key = prefix + name
+                    if key not in own:
+                        report.unexpected.append(key)
+                    elif tuple(value.shape) != tuple(own[key].shape):
+                        report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+                    else:
+                        usable[key] = value
+                model.load_state_dict(usable, strict=False)
+                loaded.update(usable)
+                del piece, usable
+    report.missing = sorted(set(own) - loaded - {k for k, _, _ in report.mismatched})
+    report.loaded = len(loaded)
     return report

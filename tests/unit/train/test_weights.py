@@ -116,3 +116,63 @@ def test_pretrained_in_a_training_run_is_reported(tmp_path):
     parts = setup_training(checked, registry, TrainOptions(data_source=SyntheticClips(te.tokenize), dry_run=True))
     notes = [v for k, v in parts.plan.lines if k == "note"]
     assert any("loaded" in n and "init.safetensors" in n for n in notes), notes
+
+
+def test_chunked_loading_equals_whole_loading_with_its_report(tmp_path):
+    """One tensor per chunk, over a sharded folder with a foreign key and a wrong shape in it."""
+    source, target, whole = tiny_model(1), tiny_model(2), tiny_model(2)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    name = next(k for k, v in state.items() if v.dim() == 2)
+    state[name] = torch.zeros(3, 5)  # a wrong shape
+    state["not.in.the.model"] = torch.ones(2)
+    from osctl.ckpt.shards import plan_shards, write_shards
+
+    (tmp_path / "model").mkdir()
+    sizes = {k: v.numel() * v.element_size() for k, v in state.items()}
+    write_shards(tmp_path / "model", "diffusion_pytorch_model",
+                 plan_shards(sizes, "diffusion_pytorch_model", max(sizes.values())), state)
+    assert len(list((tmp_path / "model").glob("*.safetensors"))) > 2
+    one_by_one = load_into(target, tmp_path / "model", chunk_bytes=1)
+    at_once = load_into(whole, tmp_path / "model", chunk_bytes=2**40)
+    assert_same(target, whole)
+    assert one_by_one.summary() == at_once.summary()
+    assert one_by_one.unexpected == ["not.in.the.model"] and [m[0] for m in one_by_one.mismatched] == [name]
+    assert one_by_one.loaded == len(state) - 2 and one_by_one.missing == []
+
+
+PEAK_SCRIPT = """
+import sys, torch
+from osctl.train.weights import load_into
+
+def status(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) * 1024
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(48)])  # 48 x 4 MiB = 192 MiB
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # the peak (VmHWM) starts again from here
+before = status("VmRSS")
+report = load_into(model, sys.argv[1], chunk_bytes=int(sys.argv[2]))
+print(report.loaded, status("VmHWM") - before)
+"""
+
+
+def test_loading_needs_one_chunk_of_memory_besides_the_model(tmp_path):
+    """Peak host memory while loading 192 MiB of safetensors weights into a built model: one chunk more, not a
+    second copy of the model (measured in a fresh process; the kernel's peak counter is reset before loading)."""
+    import subprocess
+    import sys
+
+    clear_refs = Path("/proc/self/clear_refs")
+    if not (clear_refs.exists() and os.access(clear_refs, os.W_OK)):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak-memory counter")
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(48)])
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    chunk = 16 * 2**20
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path / "w.safetensors"), str(chunk)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    loaded, extra = map(int, out.stdout.split())
+    assert loaded == 96
+    assert extra < chunk * 2 + 16 * 2**20 < model_bytes / 3, f"loading took {extra / 2**20:.0f} MiB besides the model"
