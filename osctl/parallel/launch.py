@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from osctl.errors import OsctlError, PeerFailed, UsageError
@@ -169,8 +170,11 @@ def reporting_errors_to_launcher() -> Iterator[None]:
             now = time.time()
             record = {"message": " ".join(text.split()) or type(exc).__name__, "timestamp": int(now),
                       "osctl": {"time": now, "peer": isinstance(exc, PeerFailed), "rank": os.environ.get("RANK")}}
-            with contextlib.suppress(OSError), open(path, "w") as handle:
-                json.dump(record, handle)
+            # atomically: the launcher may read the file while this rank is being stopped mid-write
+            with contextlib.suppress(OSError):
+                from osctl.utils.atomic import atomic_write_text
+
+                atomic_write_text(Path(path), json.dumps(record), root=Path(path).parent)
         raise
 
 

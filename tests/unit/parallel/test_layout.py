@@ -217,6 +217,21 @@ def test_a_collective_timeout_names_the_ranks_behind() -> None:
 # ------------------------------------------------------------------------------------ launcher contract
 
 
+def test_a_rank_stopped_while_reporting_leaves_no_partial_error_file(tmp_path, monkeypatch) -> None:
+    """The launcher reads a failed rank's error file while stopping the others: a rank stopped mid-write must
+    leave no file rather than an empty one (torch's agent then failed with a JSONDecodeError of its own)."""
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt  # the stop arrives before the file is complete
+
+    monkeypatch.setattr("osctl.utils.atomic.os.replace", stopped)
+    with pytest.raises(KeyboardInterrupt), reporting_errors_to_launcher():
+        raise PeerFailed("rank 1 left the run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_failing_worker_reports_its_sentence_and_the_summary_names_the_rank(tmp_path, monkeypatch) -> None:
     files = {rank: tmp_path / f"error-{rank}.json" for rank in (0, 1)}
 
