@@ -148,12 +148,18 @@ class DiffusersTransformers(nn.Module):
         """The first transformer's diffusers config (patch size, heads, channels)."""
         return getattr(self, self.transformer_names[0]).config
 
+    block_classes: tuple[str, ...] = ()
+    """Names of the family's repeated block classes when its diffusers class declares none in
+    ``_no_split_modules`` (LTX-Video's is None): FSDP, offload, the fp8 base and the memory plan need them."""
+
     @property
     def _no_split_modules(self) -> list[str]:
-        """The block classes FSDP shards one by one (every transformer's ``_no_split_modules``)."""
+        """The block classes FSDP shards one by one (every transformer's ``_no_split_modules``, else
+        :attr:`block_classes`)."""
         names: list[str] = []
         for name in self.transformer_names:
-            for block in getattr(getattr(self, name), "_no_split_modules", None) or ():
+            declared = getattr(getattr(self, name), "_no_split_modules", None) or self.block_classes
+            for block in declared:
                 if block not in names:
                     names.append(block)
         return names

@@ -45,6 +45,7 @@ VAE_STRIDES = (8, 32)
 class LTXVideoTransformers(DiffusersTransformers):
     """One ``LTXVideoTransformer3DModel`` behind osctl's model call (see the module docstring)."""
 
+    block_classes = ("LTXVideoTransformerBlock",)  # diffusers' LTXVideoTransformer3DModel declares no block class
     sequence_parallel_plan = (
         SplitOutputs("rope", dim=1, items=(0, 1)),   # cos, sin: B x S x D
         SplitInput("proj_in", arg=0, dim=1),         # packed latents: B x S x C

@@ -1,0 +1,65 @@
+"""The memory plan's activation trace runs each kind of transformer block twice and replays the rest: the
+trace must equal the one that runs every block, for blocks that differ by a setting (v1.3's alternating
+Skiparse modes) and for a diffusers family's identical blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import osctl.train.memory as memory
+from osctl.plugin_manager import default_registry
+
+CASES = [("opensora_v1_3", {"preset": "2B/122"}, 8, 4096), ("wan", {"preset": "wan2.1-t2v-1.3b"}, 16, 4096)]
+
+
+def _trace(model: torch.nn.Module, channels: int, text_dim: int) -> Any:
+    return memory.trace_activations(model, batch=1, latent=(3, 8, 8), channels=channels, text_tokens=16,
+                                    text_dim=text_dim, dtype=torch.float32)
+
+
+@pytest.mark.parametrize(("name", "config", "channels", "text_dim"), CASES, ids=[c[0] for c in CASES])
+def test_replayed_blocks_trace_like_every_block_run(name, config, channels, text_dim, monkeypatch) -> None:
+    model = default_registry().build("model", name, config, meta=True)
+    blocks = memory._block_modules(model)
+    assert len(blocks) >= 28
+    inside: list[int] = []  # a block that runs calls its first submodule; a replayed one does not
+    for block in blocks:
+        next(block.children()).register_forward_pre_hook(lambda *_: inside.append(1))
+    replayed = _trace(model, channels, text_dim)
+    ran = len(inside)
+    monkeypatch.setattr(memory._BlockReplays, "wrap", lambda self, block, index, trace: block.forward)
+    every = _trace(model, channels, text_dim)
+    assert (replayed.outside, replayed.blocks, replayed.block_inputs, replayed.largest, replayed.attention) == \
+        (every.outside, every.blocks, every.block_inputs, every.largest, every.attention)
+    kinds = {memory._block_kind(block) for block in blocks}
+    assert len(inside) - ran == len(blocks) and ran <= 2 * len(kinds) < len(blocks)
+    assert all("forward" not in vars(block) for block in blocks)  # the class's forward is back
+
+
+def test_a_block_kind_follows_plain_settings_and_parameters() -> None:
+    model = default_registry().build("model", "opensora_v1_3", {"preset": "2B/122"}, meta=True)
+    blocks = memory._block_modules(model)
+    kinds = [memory._block_kind(block) for block in blocks]
+    modes = [block.skiparse for block in blocks]
+    assert len(set(kinds)) == len(set(modes)) > 1  # one kind per Skiparse mode, whatever the blocks' objects
+    blocks[3].requires_grad_(False)
+    assert memory._block_kind(blocks[3]) != kinds[3]
+
+
+FAMILY_PRESETS = [("opensora_v1_3", "2B/122"), ("wan", "wan2.1-t2v-1.3b"), ("wan", "wan2.2-t2v-a14b"),
+                  ("cogvideox", "cogvideox-5b"), ("ltx_video", "ltx-video-2b"), ("hunyuan_video", "hunyuan-video")]
+
+
+@pytest.mark.parametrize(("name", "preset"), FAMILY_PRESETS, ids=[f"{n}-{p}" for n, p in FAMILY_PRESETS])
+def test_every_family_names_its_repeated_blocks(name, preset) -> None:
+    """FSDP shards, offload streams, the fp8 base casts and the memory plan counts the blocks that
+    ``_no_split_modules`` names; a family whose diffusers class names none (LTX-Video) must name its own."""
+    model = default_registry().build("model", name, {"preset": preset}, meta=True)
+    blocks = memory._block_modules(model)
+    layers = sum(getattr(t, "config", {}).get("num_layers", 0) + getattr(t, "config", {}).get("num_single_layers", 0)
+                 for t in [getattr(model, n) for n in getattr(model, "transformer_names", ())]) or \
+        model.config.num_layers
+    assert len([b for b in blocks if "Block" in type(b).__name__]) == layers
