@@ -58,3 +58,13 @@ def build_transformers(config: Any, transformer_class: Any, *, dtype: Any = None
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
     return transformers
+
+
+def placed(model: Any, *, device: Any, meta: bool, gradient_checkpointing: bool) -> Any:
+    """A model factory's last step: the built model on ``device`` (a meta build stays where it is) with gradient
+    checkpointing switched on when the recipe asks for it."""
+    if device is not None and not meta:
+        model = model.to(device)
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model

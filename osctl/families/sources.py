@@ -42,6 +42,12 @@ class Family:
     model_plugin: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def model_metadata(self, presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The model plugin's registry metadata: its presets' summaries, the classes and pipeline it loads."""
+        return {"presets": {name: preset["summary"] for name, preset in presets.items()},
+                "class_names": self.transformer_classes, "family": self.model_plugin,
+                "pipeline_class": self.pipeline_classes[0]}
+
 
 def looks_like_hub_id(value: str) -> bool:
     """``ORG/NAME`` (or ``NAME``) that is not an existing or path-like local path."""

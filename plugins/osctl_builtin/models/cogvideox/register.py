@@ -75,15 +75,11 @@ def build_model(config: CogVideoXConfig, *, device: Any = None, dtype: Any = Non
     only)."""
     from diffusers import CogVideoXTransformer3DModel
 
-    from osctl.families.loading import build_transformers
+    from osctl.families.loading import build_transformers, placed
     from osctl_builtin.models.cogvideox.model import CogVideoXTransformers
 
     model = CogVideoXTransformers(build_transformers(config, CogVideoXTransformer3DModel, dtype=dtype, meta=meta))
-    if device is not None and not meta:
-        model = model.to(device)
-    if config.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    return model
+    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing)
 
 
 @osctl.hookimpl
@@ -96,7 +92,5 @@ def register_models(register: Any) -> None:
                 "v-prediction, zero-SNR); presets: " + ", ".join(PRESETS),
         factory=build_model,
         config=CogVideoXConfig,
-        metadata={"presets": {name: p["summary"] for name, p in PRESETS.items()},
-                  "class_names": ("CogVideoXTransformer3DModel",), "family": "cogvideox",
-                  "pipeline_class": "CogVideoXPipeline"},
+        metadata=FAMILY.model_metadata(PRESETS),
     ))

@@ -79,16 +79,12 @@ def build_model(config: HunyuanVideoConfig, *, device: Any = None, dtype: Any = 
     shapes only)."""
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from osctl.families.loading import build_transformers
+    from osctl.families.loading import build_transformers, placed
     from osctl_builtin.models.hunyuan_video.model import HunyuanVideoTransformers
 
     model = HunyuanVideoTransformers(build_transformers(config, HunyuanVideoTransformer3DModel, dtype=dtype, meta=meta),
                                      guidance=config.guidance, training_guidance=config.training_guidance)
-    if device is not None and not meta:
-        model = model.to(device)
-    if config.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    return model
+    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing)
 
 
 @osctl.hookimpl
@@ -101,7 +97,5 @@ def register_models(register: Any) -> None:
                 "embedded guidance; no sequence parallelism yet); presets: " + ", ".join(PRESETS),
         factory=build_model,
         config=HunyuanVideoConfig,
-        metadata={"presets": {name: p["summary"] for name, p in PRESETS.items()},
-                  "class_names": ("HunyuanVideoTransformer3DModel",), "family": "hunyuan_video",
-                  "pipeline_class": "HunyuanVideoPipeline"},
+        metadata=FAMILY.model_metadata(PRESETS),
     ))

@@ -75,16 +75,12 @@ def build_model(config: LTXVideoConfig, *, device: Any = None, dtype: Any = None
     only)."""
     from diffusers import LTXVideoTransformer3DModel
 
-    from osctl.families.loading import build_transformers
+    from osctl.families.loading import build_transformers, placed
     from osctl_builtin.models.ltx_video.model import LTXVideoTransformers
 
     model = LTXVideoTransformers(build_transformers(config, LTXVideoTransformer3DModel, dtype=dtype, meta=meta),
                                  frame_rate=config.frame_rate)
-    if device is not None and not meta:
-        model = model.to(device)
-    if config.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    return model
+    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing)
 
 
 @osctl.hookimpl
@@ -97,7 +93,5 @@ def register_models(register: Any) -> None:
                 "token-dependent shift); presets: " + ", ".join(PRESETS),
         factory=build_model,
         config=LTXVideoConfig,
-        metadata={"presets": {name: p["summary"] for name, p in PRESETS.items()},
-                  "class_names": ("LTXVideoTransformer3DModel",), "family": "ltx_video",
-                  "pipeline_class": "LTXPipeline"},
+        metadata=FAMILY.model_metadata(PRESETS),
     ))

@@ -215,36 +215,12 @@ def _has_weights(path: str) -> bool:
     return any((Path(path).expanduser() / name).is_file() for name in WEIGHT_FILES)
 
 
-def _from_pretrained(cls: Any, folder: Path, dtype: Any, overrides: dict[str, Any]) -> Any:
-    """diffusers' ``from_pretrained`` of ``folder`` without running code from its files.
-
-    safetensors headers are checked against the file sizes first (a truncated file is named), and every
-    ``torch.load`` diffusers makes for ``*.bin`` weights is osctl's weights-only ``load_torch``: a pickle
-    that names anything beyond tensors is refused before it runs, as a ``DataError`` naming the file
-    (diffusers would otherwise replace the reason with a vague ``OSError``).
-    """
-    from osctl.ckpt.headers import find_weights, read_weights
-    from osctl.ckpt.torch_files import hold_torch_load
-
-    safetensors = find_weights(folder, ["diffusion_pytorch_model"])
-    if safetensors is not None:
-        read_weights(safetensors, root=folder.parent)
-    advice = "model weights never need that: use the safetensors weights of this model"
-    with hold_torch_load(allowed=(), advice=advice) as held:
-        try:
-            return cls.from_pretrained(str(folder), torch_dtype=dtype, use_safetensors=safetensors is not None,
-                                       **overrides)
-        except Exception:
-            if held.error is not None:
-                raise held.error from None
-            raise
-
-
 def build_model(config: OSPv13Config, *, device: Any = None, dtype: Any = None, meta: bool = False, **_: Any) -> Any:
     """Build the transformer: load ``config.path`` or make a fresh ``config.preset`` (meta: shapes only, from
     the folder's config.json or, before it is downloaded, the preset: see ``plan_architecture``)."""
     import torch
 
+    from osctl.families.loading import from_pretrained_safely, placed
     from osctl_builtin.models.osp_v13.transformer import OpenSoraT2V_v1_3
 
     # validates the folder (ConfigError) before torch work starts
@@ -256,8 +232,8 @@ def build_model(config: OSPv13Config, *, device: Any = None, dtype: Any = None, 
                     f"model.path {config.path!r} has a config.json but no diffusion_pytorch_model weights.",
                     hint="copy the weights next to config.json, or point model.path at the folder that has them",
                 )
-            model = _from_pretrained(OpenSoraT2V_v1_3, Path(config.path).expanduser(), dtype,
-                                     config.overrides(RUNTIME_KEYS))
+            model = from_pretrained_safely(OpenSoraT2V_v1_3, Path(config.path).expanduser(), dtype,
+                                           **config.overrides(RUNTIME_KEYS))
         else:
             with torch.device("meta") if meta else nullcontext():
                 model = OpenSoraT2V_v1_3.from_config(arch)
@@ -265,11 +241,7 @@ def build_model(config: OSPv13Config, *, device: Any = None, dtype: Any = None, 
                 model = torch.nn.Module.to(model, dtype=dtype)
     except ValueError as exc:
         raise osctl.ConfigError(f"model: {exc}") from None
-    if device is not None and not meta:
-        model = model.to(device)
-    if config.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    return model
+    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing)
 
 
 @osctl.hookimpl

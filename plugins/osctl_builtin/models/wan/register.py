@@ -132,18 +132,14 @@ def build_model(config: WanConfig, *, device: Any = None, dtype: Any = None, met
     only, from the folder's config.json or, before it is downloaded, the preset)."""
     from diffusers import WanTransformer3DModel
 
-    from osctl.families.loading import build_transformers
+    from osctl.families.loading import build_transformers, placed
     from osctl_builtin.models.wan.model import WanTransformers
 
     transformers = build_transformers(config, WanTransformer3DModel, dtype=dtype, meta=meta)
     boundary = config.boundary()
     model = WanTransformers(transformers, boundary_timestep=None if boundary is None else boundary * NUM_TRAIN_TIMESTEPS,
                             trained=config.trained_transformers(), text_length=config.text_length)
-    if device is not None and not meta:
-        model = model.to(device)
-    if config.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    return model
+    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing)
 
 
 @osctl.hookimpl
@@ -156,6 +152,5 @@ def register_models(register: Any) -> None:
                 "experts); presets: " + ", ".join(preset_names()),
         factory=build_model,
         config=WanConfig,
-        metadata={"presets": {name: p["summary"] for name, p in PRESETS.items()},
-                  "class_names": ("WanTransformer3DModel",), "family": "wan", "pipeline_class": "WanPipeline"},
+        metadata=FAMILY.model_metadata(PRESETS),
     ))
