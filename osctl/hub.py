@@ -75,8 +75,10 @@ def repo_cache_folder(repo_id: str, cache_dir: str | os.PathLike[str] | None = N
     return hub_cache_dir(cache_dir) / ("models--" + repo_id.replace("/", "--"))
 
 
-def cached_snapshot(repo_id: str, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """The cached snapshot folder of ``repo_id`` holding a ``config.json`` (``refs/main`` first), else None."""
+def cached_snapshot(repo_id: str, cache_dir: str | os.PathLike[str] | None = None, *,
+                    markers: tuple[str, ...] = ("config.json",)) -> Path | None:
+    """The cached snapshot folder of ``repo_id`` holding one of the ``markers`` files (``refs/main`` first, then
+    the newest), else None."""
     folder = repo_cache_folder(repo_id, cache_dir)
     snapshots = folder / "snapshots"
     ref = folder / "refs" / "main"
@@ -88,7 +90,7 @@ def cached_snapshot(repo_id: str, cache_dir: str | os.PathLike[str] | None = Non
             candidates += sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:
         return None
-    return next((c for c in candidates if (c / "config.json").is_file()), None)
+    return next((c for c in candidates if any((c / marker).is_file() for marker in markers)), None)
 
 
 def download_command(repo_id: str, cache_dir: str | os.PathLike[str] | None = None) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from osctl.availability import MissingWeights
 from osctl.errors import ConfigError
-from osctl.hub import download_command, repo_cache_folder
+from osctl.hub import cached_snapshot, download_command, repo_cache_folder
 
 MODEL_INDEX = "model_index.json"
 CONFIG = "config.json"
@@ -57,22 +57,8 @@ def looks_like_hub_id(value: str) -> bool:
 
 
 def cached_repo(repo_id: str, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """The cached snapshot of hub repo ``repo_id`` holding a ``model_index.json`` or a ``config.json``, else None.
-
-    ``refs/main`` first, then the newest snapshot (the hub cache layout, see :mod:`osctl.hub`).
-    """
-    folder = repo_cache_folder(repo_id, cache_dir)
-    snapshots = folder / "snapshots"
-    ref = folder / "refs" / "main"
-    candidates: list[Path] = []
-    try:
-        if ref.is_file():
-            candidates.append(snapshots / ref.read_text().strip())
-        if snapshots.is_dir():
-            candidates += sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-    except OSError:
-        return None
-    return next((c for c in candidates if (c / MODEL_INDEX).is_file() or (c / CONFIG).is_file()), None)
+    """The cached snapshot of hub repo ``repo_id`` holding a ``model_index.json`` or a ``config.json``, else None."""
+    return cached_snapshot(repo_id, cache_dir, markers=(MODEL_INDEX, CONFIG))
 
 
 def resolve_root(value: str, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
