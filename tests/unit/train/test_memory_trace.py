@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-import osctl.train.memory as memory
+import osctl.train.activations as memory
 from osctl.plugin_manager import default_registry
 
 CASES = [("opensora_v1_3", {"preset": "2B/122"}, 8, 4096), ("wan", {"preset": "wan2.1-t2v-1.3b"}, 16, 4096)]
@@ -23,7 +23,7 @@ def _trace(model: torch.nn.Module, channels: int, text_dim: int) -> Any:
 @pytest.mark.parametrize(("name", "config", "channels", "text_dim"), CASES, ids=[c[0] for c in CASES])
 def test_replayed_blocks_trace_like_every_block_run(name, config, channels, text_dim, monkeypatch) -> None:
     model = default_registry().build("model", name, config, meta=True)
-    blocks = memory._block_modules(model)
+    blocks = memory.block_modules(model)
     assert len(blocks) >= 28
     inside: list[int] = []  # a block that runs calls its first submodule; a replayed one does not
     for block in blocks:
@@ -41,7 +41,7 @@ def test_replayed_blocks_trace_like_every_block_run(name, config, channels, text
 
 def test_a_block_kind_follows_plain_settings_and_parameters() -> None:
     model = default_registry().build("model", "opensora_v1_3", {"preset": "2B/122"}, meta=True)
-    blocks = memory._block_modules(model)
+    blocks = memory.block_modules(model)
     kinds = [memory._block_kind(block) for block in blocks]
     modes = [block.skiparse for block in blocks]
     assert len(set(kinds)) == len(set(modes)) > 1  # one kind per Skiparse mode, whatever the blocks' objects
@@ -58,7 +58,7 @@ def test_every_family_names_its_repeated_blocks(name, preset) -> None:
     """FSDP shards, offload streams, the fp8 base casts and the memory plan counts the blocks that
     ``_no_split_modules`` names; a family whose diffusers class names none (LTX-Video) must name its own."""
     model = default_registry().build("model", name, {"preset": preset}, meta=True)
-    blocks = memory._block_modules(model)
+    blocks = memory.block_modules(model)
     layers = sum(getattr(t, "config", {}).get("num_layers", 0) + getattr(t, "config", {}).get("num_single_layers", 0)
                  for t in [getattr(model, n) for n in getattr(model, "transformer_names", ())]) or \
         model.config.num_layers
