@@ -99,8 +99,14 @@ class DiffusersModelConfig(ComponentConfig):
 
     @classmethod
     def patch_sizes(cls, arch: dict[str, Any]) -> tuple[int, int]:
-        """``(patch_t, patch_hw)`` of the architecture ``arch``."""
-        raise NotImplementedError
+        """``(patch_t, patch_hw)`` of the architecture ``arch``: diffusers' ``patch_size_t`` and ``patch_size``
+        (1 when absent), as CogVideoX, LTX-Video and HunyuanVideo name them (Wan has its own)."""
+        return int(arch.get("patch_size_t") or 1), int(arch.get("patch_size") or 1)
+
+    def diffusers_pipeline(self) -> dict[str, Any]:
+        """What ``model_index.json`` says besides the components: the family's pipeline class (a family with
+        pipeline settings, e.g. Wan 2.2's ``boundary_ratio``, adds them)."""
+        return {"_class_name": self.FAMILY.pipeline_classes[0]}
 
     # -- what the files or the preset say ----------------------------------------------------------------
     @property

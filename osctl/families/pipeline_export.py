@@ -13,7 +13,7 @@ loads the family's pipeline (``WanPipeline`` ...) and runs it:
   (``diffusers_pipeline()``: e.g. Wan's ``boundary_ratio``, ``expand_timesteps``), and ``[library, class]`` of
   every component, read from the folders written.
 
-The model plugin's config must define ``diffusers_pipeline()``; a component config may define
+The model plugin's config says ``diffusers_pipeline()`` (``DiffusersModelConfig``: the family's pipeline class); a component config may define
 ``diffusers_components() -> {name: folder}`` (its files), else its built object ``diffusers_modules() ->
 {name: object with save_pretrained}``. Everything is written into a temporary folder next to OUT and renamed
 into place at the end; an existing OUT is replaced only with ``force``.

@@ -59,15 +59,6 @@ class CogVideoXConfig(DiffusersModelConfig):
     def check_architecture(cls, arch: dict[str, Any]) -> None:
         check_architecture(arch)
 
-    @classmethod
-    def patch_sizes(cls, arch: dict[str, Any]) -> tuple[int, int]:
-        """``(patch_size_t or 1, patch_size)``."""
-        return int(arch.get("patch_size_t") or 1), int(arch["patch_size"])
-
-    def diffusers_pipeline(self) -> dict[str, Any]:
-        """What ``model_index.json`` says besides the components: the pipeline class."""
-        return {"_class_name": "CogVideoXPipeline"}
-
 
 def build_model(config: CogVideoXConfig, *, device: Any = None, dtype: Any = None, meta: bool = False,
                 **_: Any) -> Any:

@@ -59,15 +59,6 @@ class LTXVideoConfig(DiffusersModelConfig):
     def check_architecture(cls, arch: dict[str, Any]) -> None:
         check_architecture(arch)
 
-    @classmethod
-    def patch_sizes(cls, arch: dict[str, Any]) -> tuple[int, int]:
-        """``(patch_size_t, patch_size)`` (released: 1, 1)."""
-        return int(arch.get("patch_size_t") or 1), int(arch.get("patch_size") or 1)
-
-    def diffusers_pipeline(self) -> dict[str, Any]:
-        """What ``model_index.json`` says besides the components: the pipeline class."""
-        return {"_class_name": "LTXPipeline"}
-
 
 def build_model(config: LTXVideoConfig, *, device: Any = None, dtype: Any = None, meta: bool = False,
                 **_: Any) -> Any:
