@@ -205,7 +205,7 @@ def launch(folder: Path, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     env = {**subprocess_env(None), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=folder)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    return torch.load(folder / "results.pt", weights_only=False)
+    return torch.load(folder / "results.pt", weights_only=True)
 
 
 def main(spec_path: str) -> None:

@@ -61,7 +61,7 @@ def launch(folder: Path, jobs: list[dict[str, Any]], nproc: int = 2, timeout: fl
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if expect_success:
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-        return proc, torch.load(folder / "results.pt", weights_only=False)
+        return proc, torch.load(folder / "results.pt", weights_only=True)
     return proc, None
 
 
