@@ -72,3 +72,16 @@ def gather_sequence(x: torch.Tensor, state: SequenceParallelState) -> torch.Tens
 def scatter_sequence(x: torch.Tensor, state: SequenceParallelState) -> torch.Tensor:
     """``B x S x H/sp x D`` -> ``B x S_local x H x D``: this rank's tokens, all heads."""
     return ulysses.all_to_all(x, scatter_dim=1, gather_dim=2, group=state.group, scatter_sizes=state.token_sizes)
+
+
+def ulysses_self_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, state: SequenceParallelState,
+                           *, attention_mask: torch.Tensor | None = None, backend: Any = None) -> torch.Tensor:
+    """Self-attention over a sequence split across ``state``'s group, from this rank's ``B x S_local x H x D``
+    projections (normalised and rotated as the family does): all tokens of ``H/sp`` heads by one all-to-all,
+    diffusers' attention there, this rank's tokens of every head back; returns ``B x S_local x H*D``."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    query, key, value = (gather_sequence(x, state) for x in (query, key, value))
+    out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                backend=backend)
+    return scatter_sequence(out, state).flatten(2, 3).to(query.dtype)

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor, apply_rotary_emb
 from diffusers.pipelines.ltx.pipeline_ltx import LTXPipeline, calculate_shift
 from torch import nn
@@ -36,7 +35,7 @@ from osctl.families.transformers import (
     SplitOutputs,
     TextCondition,
 )
-from osctl.families.ulysses_attention import SequenceParallelState, gather_sequence, scatter_sequence
+from osctl.families.ulysses_attention import SequenceParallelState, ulysses_self_attention
 
 #: the strides of every LTX-Video VAE (8x time, 32x space): the rotary positions count pixels and frames with them
 VAE_STRIDES = (8, 32)
@@ -115,8 +114,7 @@ class UlyssesLTXAttnProcessor(LTXVideoAttnProcessor):
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb)
             key = apply_rotary_emb(key, image_rotary_emb)
-        query, key, value = (gather_sequence(x.unflatten(2, (attn.heads, -1)), self.state) for x in (query, key, value))
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                    backend=self._attention_backend)
-        out = scatter_sequence(out, self.state).flatten(2, 3).to(query.dtype)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        out = ulysses_self_attention(query, key, value, self.state, attention_mask=attention_mask,
+                                     backend=self._attention_backend)
         return attn.to_out[1](attn.to_out[0](out))

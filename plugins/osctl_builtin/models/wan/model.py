@@ -17,12 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from torch import nn
 
 from osctl.families.transformers import DiffusersTransformers, GatherOutput, SplitInput, SplitOutputs
-from osctl.families.ulysses_attention import SequenceParallelState, gather_sequence, scatter_sequence
+from osctl.families.ulysses_attention import SequenceParallelState, ulysses_self_attention
 
 
 class WanTransformers(DiffusersTransformers):
@@ -88,10 +87,8 @@ class UlyssesWanAttnProcessor(WanAttnProcessor):
         if rotary_emb is not None:
             query = apply_rotary_emb(query, *rotary_emb)
             key = apply_rotary_emb(key, *rotary_emb)
-        query, key, value = (gather_sequence(x, self.state) for x in (query, key, value))
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                    backend=self._attention_backend)
-        out = scatter_sequence(out, self.state).flatten(2, 3).type_as(query)
+        out = ulysses_self_attention(query, key, value, self.state, attention_mask=attention_mask,
+                                     backend=self._attention_backend)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
 
