@@ -15,9 +15,7 @@ the spec on every rank; rank 0 saves ``results.pt`` beside the spec. Jobs (``{"k
 from __future__ import annotations
 
 import json
-import os
 import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,22 +207,9 @@ def launch(folder: Path, jobs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(spec_path: str) -> None:
-    from osctl.parallel.dist import shutdown
+    from tests.integration.train_worker import serve
 
-    torch.set_num_threads(1)
-    spec_file = Path(spec_path)
-    spec = json.loads(spec_file.read_text())
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    try:
-        results = {job["name"]: run_job(job, spec_file.parent, rank, world) for job in spec["jobs"]}
-    except Exception as exc:
-        sys.stderr.write(f"rank {rank}: {type(exc).__name__}: {exc}\n")
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    if rank == 0:
-        torch.save(results, spec_file.parent / "results.pt")
-    shutdown(0)
+    serve(spec_path, run_job)
 
 
 if __name__ == "__main__":

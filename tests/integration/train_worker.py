@@ -136,6 +136,12 @@ def run_job(job: dict[str, Any], root: Path, rank: int = 0, world: int = 1) -> d
 
 def main(spec_path: str) -> None:
     """Every job of the spec on this rank; rank 0 saves the results; then a clean gloo exit."""
+    serve(spec_path, run_job)
+
+
+def serve(spec_path: str, run_job: Any) -> None:
+    """The worker protocol shared with ``family_sp_worker.py``: ``run_job(job, folder, rank, world)`` for every job
+    of the spec, rank 0's results in ``results.pt`` beside it; a failing job ends the rank at once (exit 1)."""
     from osctl.parallel.dist import shutdown
 
     torch.set_num_threads(1)
