@@ -166,7 +166,7 @@ def _cached_source(recipe: Any, index: Any, plan: Any, folder: Path, info: Any) 
     collate = CachedCollate(reader, pad=plan.pad, global_batch=plan.sampler.global_batch)
     source = IndexBatchSource(dataset, plan.sampler, collate, num_workers=recipe.data.num_workers,
                               pin_memory=getattr(info.device, "type", "cpu") == "cuda",
-                              max_bad_fraction=plan.max_bad_fraction, timeout_s=plan.backstop_s)
+                              max_bad_fraction=plan.max_bad_fraction, timeout_s=plan.backstop_s, shapes=plan.shapes)
     summary = dict(plan.summary)
     summary["reading"] = (f"{recipe.data.num_workers} worker(s) over the cache {folder} (memory-mapped), up to "
                           f"{plan.read.max_retries} replacement(s) per bad sample, stop above {plan.max_bad_fraction:.1%} bad")

@@ -176,10 +176,16 @@ class DiffusersTransformers(nn.Module):
             return [("", f"{name}.", getattr(self, name))]
         return [(name, f"{name}.", getattr(self, name)) for name in self.transformer_names]
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute each transformer block in backward (diffusers' own checkpointing)."""
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func: Any = None) -> None:
+        """Recompute each transformer block in backward (diffusers' own checkpointing, through
+        ``gradient_checkpointing_func`` when given: see :mod:`osctl.train.checkpointing`)."""
         for _, module in self.transformers():
-            module.enable_gradient_checkpointing()
+            module.enable_gradient_checkpointing(gradient_checkpointing_func=gradient_checkpointing_func)
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Keep every block's activations again."""
+        for _, module in self.transformers():
+            module.disable_gradient_checkpointing()
 
     def expert_index(self, timesteps: torch.Tensor) -> torch.Tensor:
         """0 (first transformer) for timesteps ``>= boundary``, 1 below it; all 0 with one transformer."""

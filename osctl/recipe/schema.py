@@ -255,6 +255,24 @@ class OffloadSettings(Section):
         return value
 
 
+#: the attention kernels a run may force (osctl.utils.attention)
+AttentionBackend = Literal["auto", "flash", "cudnn", "efficient", "math"]
+
+
+class CompileSettings(Section):
+    """``torch.compile`` of each transformer block (``train.compile``; see :mod:`osctl.train.compile`)."""
+
+    mode: Literal["default", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="inductor's mode (max-autotune-no-cudagraphs: slower to compile, tunes matmuls)"
+    )
+    dynamic: bool = Field(
+        False, description="one graph with symbolic shapes for every bucket (true) instead of one graph per bucket "
+        "shape (false: usually faster kernels, more compiling)"
+    )
+    warmup: bool = Field(True, description="compile every bucket shape before the first step, so the first epoch "
+                                           "does not stop to compile")
+
+
 class LoraRef(Section):
     """An adapter applied at sampling time: ``PATH`` or ``PATH:SCALE``, or ``{path, scale}``."""
 
@@ -295,7 +313,17 @@ class TrainSection(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Precision = "bf16"
     vae_fp32: bool = Field(False, description="keep the autoencoder in fp32")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["off", "full", "selective"] | None = Field(
+        None, description="activation checkpointing: off, full (each block recomputed in backward; true), selective "
+        "(recomputed except attention, whose outputs are kept); null follows model.gradient_checkpointing"
+    )
+    compile: CompileSettings | None = Field(
+        None, description="torch.compile each transformer block: true, or {mode, dynamic, warmup}; every bucket "
+        "shape is compiled before the first step"
+    )
+    attention_backend: AttentionBackend = Field(
+        "auto", description="the SDPA kernel attention uses: auto (torch picks per call), or one forced"
+    )
     use_ema: bool = True
     ema_decay: float = Field(0.9999, gt=0, lt=1)
     ema_start_step: int = Field(0, ge=0)
@@ -324,6 +352,14 @@ class TrainSection(Section):
         default_factory=list, description="experiment trackers fed on rank 0 besides logs/metrics.jsonl (always "
         "written): names, or {name: ..., <options>} (e.g. [tensorboard]); see `osctl plugins list --kind tracker`"
     )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value: Any) -> Any:
+        """``true`` is compile with the defaults, ``false`` no compile."""
+        if isinstance(value, bool):
+            return {} if value else None
+        return value
 
     @field_validator("trackers", mode="before")
     @classmethod
@@ -394,6 +430,11 @@ class SampleSection(Section):
     cpu_offload: bool = Field(False, description="text encoder on the CPU, autoencoder on the GPU only to decode")
     clean_captions: bool = Field(False, description="apply the training caption cleaner to prompts")
     save_latents: bool = Field(False, description="also write each sample's final latents (.latents.safetensors)")
+    compile: bool = Field(False, description="torch.compile each transformer block (the first step of each video "
+                                             "size compiles it; later videos of that size reuse it)")
+    attention_backend: AttentionBackend = Field(
+        "auto", description="the SDPA kernel attention uses: auto (torch picks per call), or one forced"
+    )
     loras: list[LoraRef] = Field(
         default_factory=list, description="LoRA adapters merged into the model for sampling: PATH or PATH:SCALE "
         "entries (or {path, scale})"

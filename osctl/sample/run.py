@@ -37,6 +37,7 @@ from osctl.sample.pipeline import VideoPipeline
 from osctl.sample.prompts import SampleJob, expand_jobs, read_prompts, slug
 from osctl.sample.sizes import check_sequence_parallel_frames, check_size
 from osctl.utils.atomic import atomic_file, atomic_write_text
+from osctl.utils.attention import attention_backend
 from osctl.utils.files import file_sha256
 from osctl.utils.output_dir import check_output_dir
 
@@ -94,6 +95,12 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
 
     model = build_model(checked, registry, device=device, dtype=dtype).eval()
     loras = apply_loras(model, cfg.loras, request.base_weights)
+    if cfg.compile:  # after the adapters are merged: the compiled blocks see the final weights
+        from osctl.recipe.schema import CompileSettings
+        from osctl.train.compile import compile_blocks
+
+        sizes = {(s.num_frames, s.height, s.width) for s in (job_settings(job, cfg, "") for job in mine)}
+        compile_blocks(model, CompileSettings(warmup=False), shapes=len(sizes))
     # cpu_offload: the text encoder runs on the CPU and the autoencoder visits the GPU only to decode
     side = torch.device("cpu") if cfg.cpu_offload else device
     ae = build_autoencoder(checked, registry, device=side, dtype=torch.float32 if cfg.dtype == "fp16" else dtype)
@@ -118,8 +125,9 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     per_prompt = Counter(job.prompt.index for job in jobs)
     for batch in batch_jobs(mine, cfg, NEGATIVE_PROMPT, cfg.batch_size):
         label = progress_label([job for job, _ in batch], len(specs), per_prompt)
-        records += _sample_batch(batch, cfg, checked, registry, request, model, ae, text_encoder, refiner,
-                                 info, dtype, out_dir, identities, progress, sp_group, label)
+        with attention_backend(cfg.attention_backend):
+            records += _sample_batch(batch, cfg, checked, registry, request, model, ae, text_encoder, refiner,
+                                     info, dtype, out_dir, identities, progress, sp_group, label)
     pdist.barrier()
     if request.grid and info.is_main:
         write_grid(out_dir, jobs, cfg)

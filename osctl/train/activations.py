@@ -44,6 +44,7 @@ class ActivationTrace:
     block_inputs: list[int] = field(default_factory=list)
     largest: int = 0
     attention: int = 0
+    block_attention: list[int] = field(default_factory=list)  # per block: attention outputs (out, logsumexp)
 
 
 @contextlib.contextmanager
@@ -71,6 +72,9 @@ def _tracing(model: torch.nn.Module, trace: ActivationTrace) -> Iterator[None]:
         q, k, v, attn_mask = given["query"], given["key"], given["value"], given.get("attn_mask")
         # flash-style workspace: fp32 output accumulators and logsumexp per query block, plus the grads of q, k, v
         trace.attention = max(trace.attention, 3 * q.numel() * q.element_size() + 2 * k.numel() * k.element_size())
+        if current[0] is not None:  # what selective checkpointing keeps of this call: its output and logsumexp
+            rows = q.numel() // q.shape[-1]
+            trace.block_attention[current[0]] += rows * (v.shape[-1] * q.element_size() + 4)
         mask = attn_mask if isinstance(attn_mask, torch.Tensor) else torch.empty(0, device=q.device)
         return _FlashLike.apply(q, k, v, mask)
 
@@ -81,6 +85,7 @@ def _tracing(model: torch.nn.Module, trace: ActivationTrace) -> Iterator[None]:
     for index, block in enumerate(blocks):
         trace.blocks.append(0)
         trace.block_inputs.append(0)
+        trace.block_attention.append(0)
 
         def enter(module: torch.nn.Module, args: Any, index: int = index) -> None:
             current[0] = index
@@ -131,8 +136,9 @@ class _BlockReplays:
         def replayed(*args: Any, **kwargs: Any) -> Any:
             key = (kind_of_block, _argument_kind(args), _argument_kind(tuple(sorted(kwargs.items()))))
             if key in self.recorded:
-                saved, outputs = self.recorded[key]
+                saved, attention, outputs = self.recorded[key]
                 trace.blocks[index] += saved
+                trace.block_attention[index] += attention
                 made = _empty_like(outputs)
                 self.alive.append(made)  # as a traced output is kept by the graph: its storage's address stays taken
                 return made
@@ -140,7 +146,7 @@ class _BlockReplays:
             self.seen[key] = self.seen.get(key, 0) + 1
             outputs = _output_spec(output)
             if self.seen[key] >= 2 and outputs is not None:
-                self.recorded[key] = (trace.blocks[index], outputs)
+                self.recorded[key] = (trace.blocks[index], trace.block_attention[index], outputs)
             return output
 
         return replayed

@@ -13,6 +13,7 @@ random comes from the run's own generators (``TrainState``), so a resumed run co
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import time
@@ -31,11 +32,15 @@ from osctl.parallel.layout import ParallelLayout
 from osctl.parallel.progress import RankProgress
 from osctl.protocols import Autoencoder, Strategy, TextEncoder
 from osctl.train import checkpoint as ckpt
+from osctl.train.compile import CompiledRun
 from osctl.train.ema import EMA
 from osctl.train.export import save_model
 from osctl.train.sequence_parallel import SequenceShards
 from osctl.train.state import TrainState
 from osctl.train.tracking import Trackers, write_curves
+from osctl.utils.attention import attention_backend
+
+log = logging.getLogger(__name__)
 
 
 class BatchSource(Protocol):
@@ -75,6 +80,8 @@ class TrainParts:
     trackers: Trackers | None = None  # rank 0's metrics file and recipe trackers (None: nothing is tracked)
     layout: ParallelLayout | None = None  # world, sp_size, batches (None: the recipe's on this world size)
     adapter: Any = None  # a LoRA run's AdapterSpec (osctl.train.lora): checkpoints hold adapter/ instead of model/
+    attention_backend: str = "auto"  # train.attention_backend (osctl.utils.attention)
+    compiled: CompiledRun | None = None  # train.compile: warm-up shapes and the compilation count
 
 
 @dataclass
@@ -130,8 +137,7 @@ def micro_step(parts: TrainParts, batch: dict[str, Any], *, sync: bool, scale: f
             pixels = batch["pixel_values"].to(device)
             latents = parts.autoencoder.encode(pixels, sample=True, generator=parts.state.noise_generator).float()
             text = parts.text_encoder.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-    text_states = text.unsqueeze(1)  # B x 1 x L x D, as the model expects
-    text_mask = batch["attention_mask"].to(device).unsqueeze(1)
+    text_mask = batch["attention_mask"].to(device)
     latent_mask = batch.get("latent_mask")
     latent_mask = latent_mask.to(device) if latent_mask is not None else None
     # one draw per data-parallel replica: every rank of a sequence-parallel group gets the same values
@@ -140,16 +146,28 @@ def micro_step(parts: TrainParts, batch: dict[str, Any], *, sync: bool, scale: f
     ).to(device)
     noise = parts.objective.sample_noise(latents, parts.state.noise_generator)
     noised = parts.objective.add_noise(latents, noise, timesteps)
+    return model_step(parts, noised, text, text_mask, latent_mask, sync=sync, scale=scale)
+
+
+def model_step(parts: TrainParts, noised: Any, text: torch.Tensor, text_mask: torch.Tensor,
+               latent_mask: torch.Tensor | None, *, sync: bool, scale: float) -> float:
+    """The model's forward on noised latents, the loss and its backward (``B x L x D`` text states and their
+    ``B x L`` mask); under sequence parallelism this rank runs its frames and text tokens."""
+    device = parts.dist.device
+    groups = parts.groups or ParallelGroups(parts.dist.world_size, parts.dist.rank)
+    text_states = text.unsqueeze(1)  # B x 1 x L x D, as the model expects
+    text_mask = text_mask.unsqueeze(1)
+    latents_shape = noised.noisy.shape
     model_mask = latent_mask if latent_mask is not None else torch.ones(
-        (latents.shape[0], *latents.shape[2:]), device=device)
-    # sequence parallelism: this rank runs its frames and text tokens (off for batches with too few frames)
-    shards = SequenceShards.for_batch(groups.sp_group, latents.shape[2], text_states.shape[2])
+        (latents_shape[0], *latents_shape[2:]), device=device)
+    # sequence parallelism: off for batches with too few frames
+    shards = SequenceShards.for_batch(groups.sp_group, latents_shape[2], text_states.shape[2])
     if groups.sp_group is not None:
         parts.strategy.module.set_sequence_parallel(shards.group if shards else None)
     noisy = noised.noisy
     if shards is not None:
         noisy, text_states, model_mask, text_mask = shards.model_inputs(noisy, text_states, model_mask, text_mask)
-    with parts.strategy.no_sync(sync), parts.strategy.autocast():
+    with parts.strategy.no_sync(sync), parts.strategy.autocast(), attention_backend(parts.attention_backend):
         prediction = parts.strategy.model(
             noisy, noised.timesteps, text_states, attention_mask=model_mask, encoder_attention_mask=text_mask,
             return_dict=False,
@@ -160,6 +178,22 @@ def micro_step(parts: TrainParts, batch: dict[str, Any], *, sync: bool, scale: f
             loss = shards.loss(parts.objective, prediction, noised, latent_mask)
         parts.strategy.backward(loss * scale)
     return float(loss.detach())
+
+
+def warm_up_shape(parts: TrainParts, latent_shape: tuple[int, ...], text_shape: tuple[int, int],
+                  text_dtype: torch.dtype) -> None:
+    """One forward and backward of a batch of zero latents ``latent_shape`` (C x T x H x W) and zero text states
+    ``text_shape`` (L x D) at a fixed timestep, through the path of a training step; the gradients are dropped
+    and no random state is used, so the run goes on exactly as without it (``train.compile``'s warm-up)."""
+    device = parts.dist.device
+    layout = parts.layout or ParallelLayout.from_recipe(parts.recipe, world_size=parts.dist.world_size)
+    batch = layout.stream_batch
+    latents = torch.zeros((batch, *latent_shape), device=device)
+    timesteps = torch.full((batch,), parts.objective.num_train_timesteps // 2, dtype=torch.long, device=device)
+    noised = parts.objective.add_noise(latents, torch.zeros_like(latents), timesteps)
+    text = torch.zeros((batch, *text_shape), device=device, dtype=text_dtype)
+    model_step(parts, noised, text, torch.ones((batch, text_shape[0]), device=device), None, sync=True, scale=0.0)
+    parts.strategy.optimizer.zero_grad(set_to_none=True)
 
 
 DATA_COUNTERS = ("reads", "bad_reads", "bad_samples", "replaced")
@@ -189,6 +223,22 @@ def data_counters(parts: TrainParts) -> dict[str, Any]:
     if "epoch" in current:
         out["data_epoch"] = int(current["epoch"])
     return out
+
+
+def compile_counters(parts: TrainParts) -> dict[str, Any]:
+    """``compiles`` (dynamo compilations so far) for a logged record of a compiled run, with a warning the first
+    time a shape compiles after the warm-up; nothing when ``train.compile`` is off."""
+    if parts.compiled is None:
+        return {}
+    watch = parts.compiled.watch
+    if watch.recompiles and parts.dist.rank == 0 and not getattr(watch, "warned", False):
+        log.warning("train.compile: %d compilation(s) after the warm-up (a batch shape it did not run: a last short "
+                    "batch, a new text length, validation); set train.compile.dynamic: true if it keeps happening",
+                    watch.recompiles)
+        watch.warned = True
+    warmup = parts.compiled.warmup
+    return {"compiles": watch.compiles, "recompiles": watch.recompiles,
+            "compile_warmup_s": warmup.seconds if warmup is not None else None}
 
 
 def eta_seconds(elapsed: float, steps_done: int, steps_left: int) -> float:
@@ -302,6 +352,8 @@ def _train(parts: TrainParts, progress: RankProgress | None) -> TrainResult:
     trackers = parts.trackers or Trackers()
     layout = parts.layout or ParallelLayout.from_recipe(parts.recipe, world_size=parts.dist.world_size)
     samples_per_step = layout.global_batch
+    if parts.compiled is not None:  # train.compile: every batch shape compiled before the first step
+        parts.compiled.warm_up(lambda *shape: warm_up_shape(parts, *shape))
     started = time.perf_counter()
     first_step = parts.state.step
     with StopRequest() as stop:
@@ -340,6 +392,7 @@ def _train(parts: TrainParts, progress: RankProgress | None) -> TrainResult:
                 record["samples_per_s"] = samples_per_step * len(step_times) / max(sum(step_times), 1e-9)
                 mark(parts.state.step, "logging")
                 record.update(data_counters(parts))
+                record.update(compile_counters(parts))
                 window.clear()
                 step_times.clear()
                 trackers.log_metrics(parts.state.step, record)

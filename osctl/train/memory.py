@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from osctl.train.activations import ActivationTrace, block_modules, trace_activations
+from osctl.train.checkpointing import apply_checkpointing, recipe_policy
 
 GiB = 1024**3
 #: bytes per trainable parameter of AdamW state (two fp32 moments)
@@ -47,13 +48,13 @@ class StepMemory:
     gradients: int = 0
     optimizer: int = 0
     ema: int = 0
-    activations: int = 0  # with the run's gradient-checkpointing choice
-    activations_other: int = 0  # with the other choice
+    activations: int = 0  # with the run's checkpointing policy
+    activations_by_policy: dict[str, int] = field(default_factory=dict)  # off / full / selective
     attention: int = 0  # attention workspace of the largest attention call
     batch_tensors: int = 0  # the pixel batch and the latent-sized tensors of noising and the loss
     transient: int = 0  # backward's largest gradient + its source tensor
     offloaded: int = 0  # frozen block weights kept in host memory (train.offload)
-    checkpointing: bool = False
+    checkpointing: str = "off"  # the run's policy (osctl.train.checkpointing)
 
     @property
     def total(self) -> int:
@@ -66,10 +67,10 @@ class StepMemory:
     def line(self) -> str:
         """One plan line: the total and its parts."""
         weights = " + ".join(f"{_gb(v)} {k}" for k, v in sorted(self.weights.items()))
-        other = "without" if self.checkpointing else "with"
         parts = [f"weights {weights}", f"frozen components {_gb(self.frozen_components)}",
                  f"grads {_gb(self.gradients)}", f"optimizer {_gb(self.optimizer)}", f"EMA {_gb(self.ema)}",
-                 f"activations {_gb(self.activations)} ({other} checkpointing {_gb(self.activations_other)})",
+                 f"activations {_gb(self.activations)} (checkpointing " + ", ".join(
+                     f"{policy} {_gb(size)}" for policy, size in self.activations_by_policy.items()) + ")",
                  f"batch tensors {_gb(self.batch_tensors)}", f"attention {_gb(self.attention)}",
                  f"backward transient {_gb(self.transient)}"]
         if self.offloaded:
@@ -123,9 +124,10 @@ def parameter_bytes(model: torch.nn.Module, base_dtype: str, offload_blocks: int
 def estimate_step_memory(model: torch.nn.Module, *, bucket: tuple[int, int, int], latent: tuple[int, int, int],
                          tokens: int, batch: int, channels: int, text_tokens: int, text_dim: int, recipe: Any,
                          strategy: str, world_size: int, sp_size: int = 1, frozen_components: int = 0,
-                         offload_blocks: int = 0, device_type: str = "cuda",
+                         offload_blocks: int = 0, device_type: str = "cuda", checkpointing: str = "off",
                          traces: dict[tuple[Any, ...], ActivationTrace] | None = None) -> StepMemory:
-    """The peak memory of one process for a training step on ``bucket`` (see the module docstring).
+    """The peak memory of one process for a training step on ``bucket`` (see the module docstring), with
+    ``checkpointing`` the run's policy (:func:`osctl.train.checkpointing.checkpointing_policy`).
 
     ``traces`` memoises the activation trace by everything it depends on (the model, the batch, this rank's
     latent shape, the text and the compute dtype), so callers estimating many buckets or offload counts trace
@@ -147,7 +149,7 @@ def estimate_step_memory(model: torch.nn.Module, *, bucket: tuple[int, int, int]
         weights["bfloat16"] = weights.get("bfloat16", 0) + trainable * 2
         weights["float32"] = weights.get("float32", 0) - trainable * 4 + trainable * 4 // shard
     memory = StepMemory(bucket=bucket, tokens=tokens, weights=weights, frozen_components=frozen_components,
-                        offloaded=offloaded, checkpointing=bool(train_cfg.gradient_checkpointing))
+                        offloaded=offloaded, checkpointing=checkpointing)
     memory.gradients = trainable * 4 // shard  # FSDP and ZeRO-2/3 reduce-scatter gradients to their shard
     memory.optimizer = trainable * ADAM_BYTES // shard
     if train_cfg.use_ema and not train_cfg.offload_ema:  # the EMA follows the parameters' sharding
@@ -165,9 +167,8 @@ def estimate_step_memory(model: torch.nn.Module, *, bucket: tuple[int, int, int]
             model.to(torch.float32)
         if traces is not None:
             traces[key] = trace
-    full = trace.outside + sum(trace.blocks)
-    checkpointed = trace.outside + sum(trace.block_inputs) + max(trace.blocks, default=0)
-    memory.activations, memory.activations_other = (checkpointed, full) if memory.checkpointing else (full, checkpointed)
+    memory.activations_by_policy = activations_by_policy(trace)
+    memory.activations = memory.activations_by_policy[checkpointing]
     memory.attention = trace.attention * (sp_size if sp_size > 1 else 1)  # all heads' share after the all-to-all
     pixels = batch * 3 * bucket[0] * bucket[1] * bucket[2] * 4
     memory.batch_tensors = pixels + LATENT_COPIES * batch * channels * frames * latent[1] * latent[2] * 4
@@ -175,13 +176,23 @@ def estimate_step_memory(model: torch.nn.Module, *, bucket: tuple[int, int, int]
     return memory
 
 
+def activations_by_policy(trace: ActivationTrace) -> dict[str, int]:
+    """Saved activations of a traced forward under each checkpointing policy: ``off`` keeps everything;
+    ``full`` each block's input plus the largest block's own activations (re-created while it back-propagates);
+    ``selective`` that plus every block's attention outputs (kept instead of recomputed)."""
+    full = trace.outside + sum(trace.block_inputs) + max(trace.blocks, default=0)
+    return {"off": trace.outside + sum(trace.blocks), "full": full, "selective": full + sum(trace.block_attention)}
+
+
 def knobs(memory: StepMemory, recipe: Any, device_bytes: int) -> list[str]:
     """What would bring ``memory`` under ``device_bytes``: each knob the recipe does not use yet, with its saving."""
     train_cfg = recipe.train
     found = []
     over = memory.total - device_bytes
-    if not memory.checkpointing and memory.activations > memory.activations_other:
-        found.append(f"train.gradient_checkpointing: true (-{_gb(memory.activations - memory.activations_other)})")
+    for policy in ("selective", "full"):  # the lighter recomputation first
+        saved = memory.activations - memory.activations_by_policy.get(policy, memory.activations)
+        if saved > 0 and policy != memory.checkpointing:
+            found.append(f"train.gradient_checkpointing: {policy} (-{_gb(saved)})")
     if train_cfg.lora is None:
         found.append("train.lora: {rank: 32} (only the adapter has gradients, optimizer state and EMA)")
     else:
@@ -219,8 +230,7 @@ def planned_model(checked: Any, registry: Any) -> torch.nn.Module:
 
     recipe = checked.loaded.recipe
     model = build_model(checked, registry, device="meta", dtype=torch.float32, meta=True)
-    if recipe.train.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
-        model.enable_gradient_checkpointing()
+    apply_checkpointing(model, recipe_policy(checked))
     if recipe.train.lora is not None:
         from osctl.train.lora import add_adapter, spec_from_settings
 
@@ -242,7 +252,8 @@ def recipe_step_memory(checked: Any, model: torch.nn.Module, geometry: Any, *, b
         model, bucket=bucket, latent=geometry.latent_shape(*bucket), tokens=geometry.tokens(*bucket), batch=batch,
         channels=int(config.in_channels), text_tokens=text_tokens, text_dim=int(text_dim),
         recipe=checked.loaded.recipe, strategy=strategy, world_size=world_size, sp_size=sp_size,
-        frozen_components=frozen_components, offload_blocks=offload_blocks, device_type=device_type, traces=traces)
+        frozen_components=frozen_components, offload_blocks=offload_blocks, device_type=device_type,
+        checkpointing=recipe_policy(checked), traces=traces)
 
 
 # --- the plan's memory section ----------------------------------------------------------------------------

@@ -140,6 +140,7 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
     from osctl.parallel.groups import ParallelGroups
     from osctl.parallel.layout import ParallelLayout
     from osctl.quiet import quiet_libraries
+    from osctl.train.compile import check_compile
     from osctl.train.run import (
         _check_recipe_change,
         _check_sequence_parallel_model,
@@ -201,6 +202,7 @@ def plan_training(checked: CheckedRecipe, registry: Registry, options: Any) -> A
         notes.append(f"no checkpoint in {output_dir} yet: starting from step 0")
 
     name = strategy_name(recipe, registry, info.world_size)
+    check_compile(train_cfg.compile, strategy=name, offload=train_cfg.offload)
     plan = _plan(checked, _PlannedStrategy(name, model), layout, state, max_steps, steps_per_epoch, data_summary,
                  output_dir, notes)
     line = validation_line(train_cfg, output_dir)

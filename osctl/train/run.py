@@ -38,6 +38,10 @@ from osctl.recipe.load import recipe_hash
 from osctl.recipe.validate import CheckedRecipe
 from osctl.registry import Registry
 from osctl.train import checkpoint as ckpt
+from osctl.train.activations import block_modules
+from osctl.train.checkpointing import apply_checkpointing, recipe_policy
+from osctl.train.compile import CompiledRun, CompileWatch, check_compile, compile_blocks
+from osctl.train.compile import plan_line as compile_plan_line
 from osctl.train.ema import EMA
 from osctl.train.loop import BatchSource, TrainParts, TrainResult, train
 from osctl.train.objective import build_objective
@@ -46,6 +50,7 @@ from osctl.train.plan import frozen_lines, plan_training, require_training_weigh
 from osctl.train.state import TrainState
 from osctl.train.tracking import open_trackers
 from osctl.train.weights import load_into
+from osctl.utils.attention import describe as describe_attention
 from osctl.utils.dir_lock import DirLock
 from osctl.utils.output_dir import check_output_dir
 
@@ -199,6 +204,8 @@ def _run(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> T
         return train(parts)
     finally:
         parts.trackers.close()
+        if parts.compiled is not None:
+            parts.compiled.watch.stop()
 
 
 def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOptions) -> TrainParts:
@@ -238,8 +245,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     model = build_model(checked, registry, device="cpu", dtype=torch.float32)
     if layout.sequence_parallel:
         _check_sequence_parallel_model(model, layout)
-    if train_cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
-        model.enable_gradient_checkpointing()
+    apply_checkpointing(model, recipe_policy(checked))
     model.train()
 
     # 3. weights: a checkpoint to resume wins over `pretrained`
@@ -273,6 +279,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         from osctl.train.frozen_base import store_frozen_base
 
         notes.extend(store_frozen_base(model, train_cfg.base_dtype, strategy=strategy.name))
+    compiled = _compile(checked, model, strategy.name, source, cache, text_encoder, precision)
     strategy.prepare(model, optimizer_factory=lambda params: build_optimizer(params, train_cfg),
                      lr_scheduler_factory=lambda opt: build_lr_scheduler(opt, train_cfg, max_steps))
     if train_cfg.offload is not None:  # train.offload: frozen blocks stay on the CPU and stream in
@@ -319,8 +326,25 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         fingerprint=fingerprint, recipe_yaml=yaml.safe_dump(resolved, sort_keys=False),
         log=options.log or (lambda record: None), on_step=options.on_step, validate=validate,
         versions={"osctl": __version__, "torch": torch.__version__}, groups=groups, plan=plan, layout=layout,
-        adapter=adapter,
+        adapter=adapter, attention_backend=train_cfg.attention_backend, compiled=compiled,
     )
+
+
+def _compile(checked: CheckedRecipe, model: torch.nn.Module, strategy: str, source: Any, cache: Any,
+             text_encoder: Any, text_dtype: torch.dtype) -> CompiledRun | None:
+    """``train.compile``: every transformer block compiled in place (before the strategy wraps the model), and
+    what the warm-up runs: the latent shape of each batch shape the data source makes, and the text states'
+    ``L x D`` (the cache's, else the text encoder's)."""
+    settings = checked.loaded.recipe.train.compile
+    if settings is None:
+        return None
+    check_compile(settings, strategy=strategy, offload=checked.loaded.recipe.train.offload)
+    geometry = checked.geometry
+    shapes = [(geometry.latent_channels, *geometry.latent_shape(*shape)) for shape in getattr(source, "shapes", [])]
+    text_shape = tuple(cache.reader.text_shape) if cache is not None else \
+        (int(text_encoder.max_length), int(text_encoder.hidden_size))
+    blocks = compile_blocks(model, settings, shapes=len(shapes))
+    return CompiledRun(settings, blocks, CompileWatch().start(), shapes, text_shape, text_dtype)
 
 
 def _plan(checked: CheckedRecipe, strategy: Any, layout: ParallelLayout, state: TrainState, max_steps: int,
@@ -344,6 +368,10 @@ def _plan(checked: CheckedRecipe, strategy: Any, layout: ParallelLayout, state: 
                  f"{f' min-SNR {diffusion.snr_gamma:g}' if diffusion.snr_gamma else ''}")
     plan.add("precision", f"{train_cfg.mixed_precision} (autoencoder {'fp32' if train_cfg.vae_fp32 else train_cfg.mixed_precision})")
     plan.add("latent geometry", checked.geometry.describe())
+    plan.add("activation checkpointing", recipe_policy(checked))
+    plan.add("attention", describe_attention(train_cfg.attention_backend))
+    if train_cfg.compile is not None:
+        plan.add("compile", compile_plan_line(train_cfg.compile, len(block_modules(strategy.module))))
     plan.add("strategy", f"{strategy.name}, world {layout.world_size}, sp_size {layout.sp_size}")
     plan.add("batch", layout.describe())
     for key, value in data_summary.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,13 @@ def test_plan_lists_each_bucket_and_the_parts_of_the_peak(recipe):
     lines = json.loads(result.output)
     assert lines["memory 5x16x16"].endswith("per process (20 tokens per clip)")  # 5 x (16/4/2) x (16/4/2)
     peak = lines["memory peak (largest bucket)"]
-    for part in ("weights", "grads", "optimizer", "EMA", "activations", "with checkpointing", "attention"):
+    for part in ("weights", "grads", "optimizer", "EMA", "activations", "attention"):
         assert part in peak, part
+    # the activations under each checkpointing policy, least memory with full recomputation
+    sizes = dict(re.findall(r"(off|full|selective) ([0-9.]+ [MG]B)", peak.split("(checkpointing ", 1)[1]))
+    assert set(sizes) == {"off", "full", "selective"}
+    mb = {k: float(v.split()[0]) * (1024 if v.endswith("GB") else 1) for k, v in sizes.items()}
+    assert mb["full"] <= mb["selective"] <= mb["off"]
     assert lines["memory verdict"].startswith("fits in 8.00 GB")
     assert "host RAM while loading" in lines
     assert lines["model"].endswith("(0.02 M trainable)")  # the adapter alone
@@ -44,7 +50,8 @@ def test_plan_that_does_not_fit_names_the_knobs_and_a_launch_is_refused(recipe):
     lines = json.loads(plan(recipe, "--device-memory", "1MB").output)
     verdict = lines["memory verdict"]
     assert verdict.startswith("does not fit: the 5x16x16 bucket needs")
-    assert "train.gradient_checkpointing: true" in verdict and "train.lora" in verdict
+    assert "train.gradient_checkpointing: selective" in verdict and "train.gradient_checkpointing: full" in verdict
+    assert "train.lora" in verdict
     result = runner.invoke(app, ["train", "--recipe", str(recipe[0]), "--set", f"data.data={recipe[1]}", *DATA,
                                  "--device-memory", "1MB"])
     assert result.exit_code == 2

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from osctl.cli import app
@@ -215,3 +216,25 @@ def test_llm_caption_refiner_is_run_and_recorded(checkpoint, tmp_path):
     sidecar = json.loads(next(out.glob("*.json")).read_text())
     assert sidecar["refiner"] == "llm" and sidecar["prompt"] == "a cat"
     assert isinstance(sidecar["refined_prompt"], str) and sidecar["encoded_prompt"] == sidecar["refined_prompt"]
+
+
+def test_compiled_sampling_with_a_forced_attention_kernel_gives_the_eager_latents(checkpoint, tmp_path):
+    """``sample.compile`` (each block through torch.compile) and ``sample.attention_backend: math`` change how the
+    step is computed, not what it computes: the final latents equal the eager, auto-kernel run's (<= 1e-4)."""
+    from safetensors.torch import load_file
+
+    from osctl.train.compile import CompileWatch
+
+    latents = {}
+    watch = CompileWatch().start()
+    for name, sets in (("eager", []), ("compiled", ["sample.compile=true", "sample.attention_backend=math"])):
+        out = tmp_path / name
+        args = ["--checkpoint", str(checkpoint), "-p", "clip number 1", "-o", str(out), "--seed", "5",
+                "--set", "sample.save_latents=true"]
+        result = sample([*args, *(item for s in sets for item in ("--set", s))])
+        assert result.exit_code == 0, result.output
+        (file,) = out.glob("*.latents.safetensors")
+        latents[name] = next(iter(load_file(str(file)).values()))
+        assert (watch.compiles > 0) is (name == "compiled")  # the blocks went through torch.compile
+    watch.stop()
+    torch.testing.assert_close(latents["compiled"], latents["eager"], atol=1e-4, rtol=1e-4)

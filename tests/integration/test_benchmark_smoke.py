@@ -42,3 +42,14 @@ def test_bench_train_step_runs_for_the_wan_family() -> None:
                           "--steps", "2", "--warmup", "1"], capture_output=True, text=True, timeout=600,
                          check=True).stdout
     assert "ratio osctl / bare = " in out and "bare loop step" in out
+
+
+def test_bench_realsize_reports_mfu_for_every_configuration() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_realsize.py"), "--tiny", "--reps", "1",
+                          "--checkpointing", "off,selective", "--profile", "--peak-tflops", "1"],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    for label in ("skiparse forward+backward (off)", "dense forward+backward (selective)",
+                  "training step (off, AdamW, EMA)", "sampling step 3x8x8 (CFG)"):
+        line = next(line for line in out.splitlines() if line.startswith(label))
+        assert "MFU" in line and "MFU n/a" not in line and "tokens/s" in line, line
+    assert "1 TFLOP/s dense bf16 assumed" in out and "rearrangements: " in out

@@ -1,5 +1,5 @@
-"""The memory plan against measured peaks on CPU: six configurations (tiny and small models, with and without
-gradient checkpointing, LoRA, offload), each measured in a fresh process (``memory_probe.py`` explains how).
+"""The memory plan against measured peaks on CPU: seven configurations (tiny and small models, with and without
+gradient checkpointing (full and selective), LoRA, offload), each measured in a fresh process (``memory_probe.py`` explains how).
 
 Sizes are chosen so that each peak is 100 MB or more: the resident-set measurement has a floor of about 10 MB
 (small allocations glibc keeps in its arenas, the batch and the data source), which would dominate a
@@ -26,6 +26,7 @@ CONFIGS = {  # smallest peak first: memory a configuration freed is not reused b
     "small-lora-offload": {"sets": [*SMALL, "train.lora={rank: 8}", "train.offload={blocks: 2}"], "size": 64},
     "tiny": {"sets": [], "size": 128, "batch": 4},
     "small-checkpointing": {"sets": [*SMALL, "train.gradient_checkpointing=true"], "size": 64},
+    "small-selective": {"sets": [*SMALL, "train.gradient_checkpointing=selective"], "size": 64},
     "small": {"sets": SMALL, "size": 64},
 }
 

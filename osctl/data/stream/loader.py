@@ -80,8 +80,10 @@ class IndexBatchSource:
 
     def __init__(self, dataset: SampleDataset, sampler: BucketBatchSampler, collate: Collate, *, num_workers: int = 0,
                  pin_memory: bool = False, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
-                 timeout_s: float = 0.0, prefetch_factor: int = 2) -> None:
+                 timeout_s: float = 0.0, prefetch_factor: int = 2,
+                 shapes: list[tuple[int, int, int]] | None = None) -> None:
         self.dataset = dataset
+        self.shapes = list(shapes or [])  # pixel T x H x W of the batches it makes (torch.compile's warm-up)
         self.sampler = sampler
         self.collate = collate
         self.num_workers = int(num_workers)
@@ -299,7 +301,7 @@ def build_batch_source(checked: Any, registry: Any, info: Any, *, layout: Parall
                       global_batch=plan.sampler.global_batch)
     source = IndexBatchSource(dataset, plan.sampler, collate, num_workers=recipe.data.num_workers,
                               pin_memory=getattr(info.device, "type", "cpu") == "cuda",
-                              max_bad_fraction=plan.max_bad_fraction, timeout_s=plan.backstop_s)
+                              max_bad_fraction=plan.max_bad_fraction, timeout_s=plan.backstop_s, shapes=plan.shapes)
     return source, plan.summary
 
 
@@ -314,6 +316,7 @@ class StreamPlan:
     max_bad_fraction: float
     backstop_s: float  # the DataLoader's own timeout: far above every decode budget of one batch
     summary: dict[str, str]
+    shapes: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)  # pixel T x H x W of the batches
 
 
 def plan_stream(recipe: Any, index: Any, settings: Any, note: str, *, layout: ParallelLayout,
@@ -363,4 +366,6 @@ def plan_stream(recipe: Any, index: Any, settings: Any, note: str, *, layout: Pa
                     f">= {captions.aesthetic_high:g} / <= {captions.aesthetic_low:g}",
     }
     backstop = max(600.0, 2 * timeout * (retries + 1) * batch_size)
-    return StreamPlan(sampler, pad, read, batch_size, max_bad, backstop, summary)
+    shapes = [(pad.frames, pad.height, pad.width)] if pad is not None else \
+        sorted({(int(b["t"]), int(b["h"]), int(b["w"])) for b in index.buckets})
+    return StreamPlan(sampler, pad, read, batch_size, max_bad, backstop, summary, shapes)
