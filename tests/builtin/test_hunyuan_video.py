@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from osctl.errors import ConfigError
-from tests.family_helpers import family_registry, tiny_hunyuan_pipeline
+from tests.family_helpers import family_registry, hunyuan_crop_start, tiny_hunyuan_pipeline
 
 PROMPT = "a red ball rolls over the blue floor"
 
@@ -32,20 +32,11 @@ def pipeline(tmp_path_factory) -> Path:
     return tiny_hunyuan_pipeline(tmp_path_factory.mktemp("hunyuan") / "pipe")
 
 
-def _crop_start(folder: Path) -> int:
-    """The template's prefix in tokens of the tiny tokenizer, as HunyuanVideoPipeline counts it without crop_start."""
-    from transformers import AutoTokenizer
-
-    from osctl_builtin.text_encoders.hunyuan import TEMPLATE
-
-    return len(AutoTokenizer.from_pretrained(folder / "tokenizer")(TEMPLATE)["input_ids"]) - 2
-
-
 def _components(registry, folder: Path, **model: float):
     built = registry.build("model", "hunyuan_video", {"path": str(folder), **model}, dtype=torch.float32).eval()
     ae = registry.build("autoencoder", "hunyuan_vae", {"path": str(folder)}, dtype=torch.float32)
     text = registry.build("text_encoder", "hunyuan_text", {"name_or_path": str(folder),
-                                                           "crop_start": _crop_start(folder)}, dtype=torch.float32)
+                                                           "crop_start": hunyuan_crop_start(folder)}, dtype=torch.float32)
     return built, ae, text
 
 
