@@ -218,3 +218,13 @@ def tiny_hunyuan_pipeline(folder: Path, *, seed: int = 0) -> Path:
                          scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=perturb(clip).eval(),
                          tokenizer_2=tokenizer_2).save_pretrained(folder)
     return folder
+
+
+def hunyuan_crop_start(folder: Path) -> int:
+    """The chat template's prefix in tokens of the tiny pipeline's Llama tokenizer (``hunyuan_text.crop_start``), as
+    ``HunyuanVideoPipeline`` counts it when it is given no ``crop_start``."""
+    from transformers import AutoTokenizer
+
+    from osctl_builtin.text_encoders.hunyuan import TEMPLATE
+
+    return len(AutoTokenizer.from_pretrained(folder / "tokenizer")(TEMPLATE)["input_ids"]) - 2

@@ -5,7 +5,9 @@ sequence (``token_sizes``, one entry per rank). Self-attention needs every token
 turns its local queries, keys and values ``B x S_local x H x D`` into ``B x S x H/sp x D`` with one
 all-to-all (:func:`gather_sequence`), attends, and turns the result back with another
 (:func:`scatter_sequence`). Cross-attention to the (replicated) text needs nothing: local queries attend to
-all text keys. The all-to-all is osctl's (:mod:`osctl.parallel.ulysses`): autograd-aware, uneven splits
+all text keys. Joint attention over ``[text; video]`` or ``[video; text]`` in one sequence (CogVideoX,
+HunyuanVideo) gathers the video tokens the same way and takes the same heads of the whole text on each rank
+(:func:`ulysses_joint_attention`). The all-to-all is osctl's (:mod:`osctl.parallel.ulysses`): autograd-aware, uneven splits
 allowed, gloo and NCCL.
 """
 
@@ -85,3 +87,36 @@ def ulysses_self_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                 backend=backend)
     return scatter_sequence(out, state).flatten(2, 3).to(query.dtype)
+
+
+def ulysses_joint_attention(video: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                            text: tuple[torch.Tensor, torch.Tensor, torch.Tensor], state: SequenceParallelState, *,
+                            text_first: bool, attention_mask: torch.Tensor | None = None,
+                            backend: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint attention over the video tokens split across ``state``'s group and the text every rank holds whole.
+
+    ``video``: this rank's queries, keys and values ``B x S_local x H x D`` (normalised and rotated as the family
+    does); ``text``: those of the whole text ``B x L x H x D``. One all-to-all gives each rank every video token
+    of ``H/sp`` heads; the text's same heads are taken locally; diffusers' attention runs over one sequence in the
+    family's order (``[text; video]`` when ``text_first``, else ``[video; text]``, the order ``attention_mask``'s
+    keys follow). Returns this rank's video tokens of every head ``B x S_local x H*D`` (a second all-to-all) and
+    the whole text ``B x L x H*D``, gathered over the heads: its backward gives the rank that computed each head
+    the gradient summed over the group, so the text's projections, summed over the ranks, get the full gradient.
+    """
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    video = tuple(gather_sequence(x, state) for x in video)
+    heads = video[0].shape[2]
+    text = tuple(x.narrow(2, state.rank * heads, heads) for x in text)
+    text_length = text[0].shape[1]
+    query, key, value = (torch.cat((t, v) if text_first else (v, t), dim=1) for v, t in zip(video, text, strict=True))
+    out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                backend=backend)
+    video_length = out.shape[1] - text_length
+    if text_first:
+        text_out, video_out = out.split([text_length, video_length], dim=1)
+    else:
+        video_out, text_out = out.split([video_length, text_length], dim=1)
+    video_out = scatter_sequence(video_out.contiguous(), state)
+    text_out = ulysses.gather_along_dim(text_out.contiguous(), 2, state.group)
+    return video_out.flatten(2, 3).to(query.dtype), text_out.flatten(2, 3).to(query.dtype)

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from osctl.errors import ConfigError
-from tests.family_helpers import family_registry, tiny_hunyuan_pipeline
+from tests.family_helpers import family_registry, hunyuan_crop_start, tiny_hunyuan_pipeline
 
 PROMPT = "a red ball rolls over the blue floor"
 
@@ -32,20 +31,11 @@ def pipeline(tmp_path_factory) -> Path:
     return tiny_hunyuan_pipeline(tmp_path_factory.mktemp("hunyuan") / "pipe")
 
 
-def _crop_start(folder: Path) -> int:
-    """The template's prefix in tokens of the tiny tokenizer, as HunyuanVideoPipeline counts it without crop_start."""
-    from transformers import AutoTokenizer
-
-    from osctl_builtin.text_encoders.hunyuan import TEMPLATE
-
-    return len(AutoTokenizer.from_pretrained(folder / "tokenizer")(TEMPLATE)["input_ids"]) - 2
-
-
 def _components(registry, folder: Path, **model: float):
     built = registry.build("model", "hunyuan_video", {"path": str(folder), **model}, dtype=torch.float32).eval()
     ae = registry.build("autoencoder", "hunyuan_vae", {"path": str(folder)}, dtype=torch.float32)
     text = registry.build("text_encoder", "hunyuan_text", {"name_or_path": str(folder),
-                                                           "crop_start": _crop_start(folder)}, dtype=torch.float32)
+                                                           "crop_start": hunyuan_crop_start(folder)}, dtype=torch.float32)
     return built, ae, text
 
 
@@ -122,10 +112,32 @@ def test_training_embeds_the_training_guidance_and_sampling_the_pipelines(regist
     assert not torch.allclose(sampling, training, atol=1e-4)
 
 
-def test_sequence_parallelism_is_refused_with_a_clear_error(registry):
-    model = registry.build("model", "hunyuan_video", {"preset": "tiny"})
-    with pytest.raises(ConfigError, match="sequence parallelism is not available for HunyuanVideo yet"):
-        model.sequence_parallel_attention(model.transformer, True)
+def test_sequence_parallel_attention_covers_both_block_kinds_and_is_diffusers_without_a_group(registry):
+    """The Ulysses processor goes on every dual- and single-stream block (the token refiner keeps its own) and comes
+    off again; installed without a group it is diffusers' processor (the 2-process equality is
+    tests/integration/test_family_sequence_parallel.py)."""
+    from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+
+    from osctl_builtin.models.hunyuan_video.model import UlyssesHunyuanVideoAttnProcessor
+
+    model = registry.build("model", "hunyuan_video", {"preset": "tiny"}).eval()
+    transformer = model.transformer
+    blocks = (*transformer.transformer_blocks, *transformer.single_transformer_blocks)
+    refiner = {name: type(module.processor) for name, module in transformer.context_embedder.named_modules()
+               if hasattr(module, "processor")}
+    x = torch.randn(1, 16, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 1, 12, 32, generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[[1] * 8 + [0] * 4]])
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        plain = model(x, t, text, encoder_attention_mask=mask)[0]
+        model.sequence_parallel_attention(transformer, True)
+        assert all(type(block.attn.processor) is UlyssesHunyuanVideoAttnProcessor for block in blocks)
+        assert torch.equal(model(x, t, text, encoder_attention_mask=mask)[0], plain)
+    assert refiner and {name: type(module.processor) for name, module in transformer.context_embedder.named_modules()
+                        if hasattr(module, "processor")} == refiner
+    model.sequence_parallel_attention(transformer, False)
+    assert all(type(block.attn.processor) is HunyuanVideoAttnProcessor2_0 for block in blocks)
 
 
 def test_released_presets_build_on_meta(registry, monkeypatch, tmp_path):

@@ -6,7 +6,8 @@ the spec on every rank; rank 0 saves ``results.pt`` beside the spec. Jobs (``{"k
 "sets"}``; ``family`` is a key of :data:`FAMILIES`, ``wan`` when absent; the tiny pipeline is ``<root>/<preset>``):
 
 - ``grads``: one training micro-step of the real loop (``osctl.train.loop.micro_step``) on the first batch of the
-  tiny pipeline: the loss averaged over ranks, the full model output and the reduced parameter gradients;
+  tiny pipeline: the loss averaged over ranks, the full model output, the reduced parameter gradients and the
+  batch's text lengths;
 - ``train``: a few optimizer steps (losses per step);
 - ``sample``: ``VideoPipeline`` with ``sequence_parallel`` over the world (as ``osctl sample --sp``): the final
   latents from given initial latents and a seeded generator (CogVideoX's sampler draws step noise).
@@ -57,6 +58,18 @@ text_encoder: {{max_length: 32}}
 data: {{num_frames: 9, hw_stride: 32, max_height: 64, max_width: 64}}
 """ + _TRAIN + """sample: {{num_frames: 9, height: 64, width: 64, num_sampling_steps: 5, dtype: fp32}}
 """
+# 48 x 48 pixels: 3 x 3 tokens a latent frame, 27 in all, split 14 / 13 over 2 ranks; true classifier-free
+# guidance when sampling, so the batch holds the prompt and the shorter negative prompt (the text mask pads)
+HUNYUAN_RECIPE = """
+pipeline_path: {pipe}
+model: {{name: hunyuan_video, gradient_checkpointing: false}}
+autoencoder: {{name: hunyuan_vae}}
+text_encoder: {{name: hunyuan_text, crop_start: {crop_start}, max_length: 32}}
+data: {{num_frames: 9, hw_stride: 16, max_height: 48, max_width: 48}}
+diffusion: {{objective: flow_matching, flow_shift: 7.0, weighting_scheme: logit_normal}}
+""" + _TRAIN + """sample: {{num_frames: 9, height: 48, width: 48, num_sampling_steps: 4, sample_method: FlowMatchEulerDiscrete,
+         sampler_options: {{flow_shift: 7.0}}, guidance_scale: 3.0, max_sequence_length: 32, dtype: fp32}}
+"""
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,9 @@ class FamilyCase:
     recipe: str
     size: int          # pixels of the square clips
     latents: tuple[int, ...]
-    processor: Any     # model -> the class name of the first self-attention processor
+    processor: Any     # model -> the class name(s) of its joint or self-attention processors
+    fields: Any = None  # pipeline folder -> more fields of the recipe (HunyuanVideo's crop_start)
+    padded_text: bool = False  # captions of different lengths, so the training batch's text mask pads
 
 
 def _first_attention(model: Any) -> str:
@@ -74,10 +89,24 @@ def _first_attention(model: Any) -> str:
     return type(blocks[0].attn1.processor).__name__
 
 
+def _hunyuan_attention(model: Any) -> str:
+    """The processors of every dual- and single-stream block (one name when they agree)."""
+    blocks = (*model.transformer.transformer_blocks, *model.transformer.single_transformer_blocks)
+    return "/".join(sorted({type(block.attn.processor).__name__ for block in blocks}))
+
+
+def _hunyuan_fields(pipe: Path) -> dict[str, Any]:
+    from tests.family_helpers import hunyuan_crop_start
+
+    return {"crop_start": hunyuan_crop_start(pipe)}
+
+
 FAMILIES = {
     "wan": FamilyCase(WAN_RECIPE, 32, (1, 16, 3, 4, 4), _first_attention),
     "cogvideox": FamilyCase(COGVIDEOX_RECIPE, 32, (1, 16, 3, 4, 4), _first_attention),
     "ltx": FamilyCase(LTX_RECIPE, 64, (1, 128, 2, 2, 2), _first_attention),
+    "hunyuan": FamilyCase(HUNYUAN_RECIPE, 48, (1, 16, 3, 6, 6), _hunyuan_attention, fields=_hunyuan_fields,
+                          padded_text=True),
 }
 
 
@@ -86,8 +115,10 @@ def _case(job: dict[str, Any]) -> FamilyCase:
 
 
 def _recipe_text(job: dict[str, Any], root: Path) -> str:
-    return _case(job).recipe.format(pipe=root / job["preset"], out=root / job["name"] / "out",
-                                    recipes=REPO / "recipes")
+    case = _case(job)
+    pipe = root / job["preset"]
+    fields = case.fields(pipe) if case.fields else {}
+    return case.recipe.format(pipe=pipe, out=root / job["name"] / "out", recipes=REPO / "recipes", **fields)
 
 
 def setup(job: dict[str, Any], root: Path, rank: int, world: int) -> Any:
@@ -104,9 +135,13 @@ def setup(job: dict[str, Any], root: Path, rank: int, world: int) -> Any:
     recipe.write_text(_recipe_text(job, root))
     registry = family_registry()
     checked = check_recipe(load_recipe(recipe, list(job.get("sets", []))), registry)
-    text = registry.build("text_encoder", "t5", checked.components["text_encoder"])
+    text = registry.build("text_encoder", checked.loaded.recipe.text_encoder.name, checked.components["text_encoder"])
+    tokenize = text.tokenize
+    if _case(job).padded_text:  # caption i gets i more words
+        def tokenize(captions: list[str]) -> dict[str, Any]:
+            return text.tokenize([caption + " red" * i for i, caption in enumerate(captions)])
     sp = checked.loaded.recipe.parallel.sp_size
-    source = SyntheticClips(text.tokenize, frames=9, size=_case(job).size, dp_rank=rank // sp, dp_size=world // sp)
+    source = SyntheticClips(tokenize, frames=9, size=_case(job).size, dp_rank=rank // sp, dp_size=world // sp)
     return setup_training(checked, registry, TrainOptions(data_source=source)), registry, checked
 
 
@@ -128,7 +163,8 @@ def run_grads(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[st
     grads = {n: p.grad.detach().clone() for n, p in parts.strategy.module.named_parameters() if p.grad is not None}
     processor = _case(job).processor(parts.strategy.module)
     return {"loss": all_reduce_mean(loss, parts.dist.device), "output": output, "grads": grads,
-            "local_frames": local.shape[2], "processor": processor}
+            "local_frames": local.shape[2], "processor": processor,
+            "text_lengths": batch["attention_mask"].sum(dim=1).tolist()}
 
 
 def run_train(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[str, Any]:

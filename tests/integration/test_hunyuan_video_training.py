@@ -19,7 +19,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.family_helpers import ensure_family_plugins, family_registry, tiny_hunyuan_pipeline
+from tests.family_helpers import (
+    ensure_family_plugins,
+    family_registry,
+    hunyuan_crop_start,
+    tiny_hunyuan_pipeline,
+)
 from tests.train_helpers import SyntheticClips
 
 SEED = 7
@@ -68,14 +73,6 @@ def _expected_loss(pipe: Path, batch: dict, captions: list[str], crop: int) -> f
     return float(((prediction - (noise - latents)) ** 2).mean())
 
 
-def _crop(pipe: Path) -> int:
-    from transformers import AutoTokenizer
-
-    from osctl_builtin.text_encoders.hunyuan import TEMPLATE
-
-    return len(AutoTokenizer.from_pretrained(pipe / "tokenizer")(TEMPLATE)["input_ids"]) - 2
-
-
 def test_one_step_loss_equals_the_flow_matching_objective_and_the_pipeline_exports(tmp_path, monkeypatch):
     from diffusers import DiffusionPipeline
 
@@ -86,7 +83,7 @@ def test_one_step_loss_equals_the_flow_matching_objective_and_the_pipeline_expor
 
     ensure_family_plugins(monkeypatch, tmp_path / "site")
     pipe = tiny_hunyuan_pipeline(tmp_path / "pipe")
-    crop = _crop(pipe)
+    crop = hunyuan_crop_start(pipe)
     recipe = tmp_path / "hunyuan.yaml"
     recipe.write_text(RECIPE.format(pipe=pipe, crop=crop, shift=SHIFT, out=tmp_path / "out", seed=SEED))
     registry = family_registry()

@@ -25,14 +25,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 from diffusers.models.embeddings import apply_rotary_emb, get_3d_rotary_pos_embed
 from torch import nn
 
 from osctl.families.transformers import DiffusersTransformers, GatherOutput, SplitInput
-from osctl.families.ulysses_attention import SequenceParallelState, gather_sequence, scatter_sequence
-from osctl.parallel import ulysses
+from osctl.families.ulysses_attention import SequenceParallelState, ulysses_joint_attention
 
 
 class CogVideoXTransformers(DiffusersTransformers):
@@ -104,11 +102,12 @@ class UlyssesCogVideoXAttnProcessor(CogVideoXAttnProcessor2_0):
     """CogVideoX's joint text-video attention over video tokens split across a sequence-parallel group.
 
     Queries, keys and values of this rank's video tokens are projected, normalised and rotated (the rotary
-    rows of its tokens), then one all-to-all gives each rank every video token of ``heads / sp`` heads; the
-    (replicated) text's queries, keys and values of the same heads are taken locally; attention runs over
-    ``[text; video]`` as in diffusers. The video part goes back with a second all-to-all; the text part,
-    computed for this rank's heads only, is gathered over the heads (its backward sums every rank's
-    gradient into the rank that computed each head). Without a group: diffusers' processor unchanged.
+    rows of its tokens), those of the (replicated) text projected and normalised, and
+    :func:`~osctl.families.ulysses_attention.ulysses_joint_attention` attends over ``[text; video]`` as
+    diffusers does (every video token of ``heads / sp`` heads by an all-to-all, the text's same heads taken
+    locally; through diffusers' attention dispatcher, whose default native backend is the
+    ``scaled_dot_product_attention`` diffusers' processor calls); both parts go through the output projection.
+    Without a group: diffusers' processor unchanged.
     """
 
     def __init__(self, state: SequenceParallelState) -> None:
@@ -124,7 +123,6 @@ class UlyssesCogVideoXAttnProcessor(CogVideoXAttnProcessor2_0):
         if attention_mask is not None:
             raise ValueError("sequence-parallel CogVideoX attention takes no attention mask (the pipeline passes none).")
         heads = attn.heads
-        text_length = encoder_hidden_states.shape[1]
 
         def project(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             """``B x S x H x D`` queries, keys (normalised per head) and values of tokens ``x``."""
@@ -141,16 +139,7 @@ class UlyssesCogVideoXAttnProcessor(CogVideoXAttnProcessor2_0):
             local = tuple(t.narrow(0, start, hidden_states.shape[1]) for t in image_rotary_emb)
             video_q = apply_rotary_emb(video_q.transpose(1, 2), local).transpose(1, 2)
             video_k = apply_rotary_emb(video_k.transpose(1, 2), local).transpose(1, 2)
-        video_q, video_k, video_v = (gather_sequence(x, state) for x in (video_q, video_k, video_v))
-        heads_here = video_q.shape[2]
-        first = state.rank * heads_here
-        text_q, text_k, text_v = (x.narrow(2, first, heads_here) for x in project(encoder_hidden_states))
-        query, key, value = (torch.cat(pair, dim=1).transpose(1, 2) for pair in
-                             ((text_q, video_q), (text_k, video_k), (text_v, video_v)))
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False).transpose(1, 2)
-        text_out, video_out = out.split([text_length, out.shape[1] - text_length], dim=1)
-        video_out = scatter_sequence(video_out.contiguous(), state)
-        text_out = ulysses.gather_along_dim(text_out.contiguous(), 2, state.group)
-        video_out, text_out = (attn.to_out[1](attn.to_out[0](x.flatten(2, 3).type_as(hidden_states)))
-                               for x in (video_out, text_out))
+        video_out, text_out = ulysses_joint_attention((video_q, video_k, video_v), project(encoder_hidden_states),
+                                                      state, text_first=True)
+        video_out, text_out = (attn.to_out[1](attn.to_out[0](x.type_as(hidden_states))) for x in (video_out, text_out))
         return video_out, text_out

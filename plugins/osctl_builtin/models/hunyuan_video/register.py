@@ -85,7 +85,7 @@ def register_models(register: Any) -> None:
         name="hunyuan_video",
         aliases=("HunyuanVideoTransformer3DModel",),
         summary="HunyuanVideo text-to-video transformer (diffusers HunyuanVideoTransformer3DModel; flow matching, "
-                "embedded guidance; no sequence parallelism yet); presets: " + ", ".join(PRESETS),
+                "embedded guidance, Ulysses sequence parallelism); presets: " + ", ".join(PRESETS),
         factory=build_model,
         config=HunyuanVideoConfig,
         metadata=FAMILY.model_metadata(PRESETS),
