@@ -10,6 +10,7 @@ cached loader's batches/s over the cached training's steps/s (target >= 10). Not
 
     python benchmarks/bench_cache.py [--rounds 5] [--steps 12] [--batch 4] [--videos 36]
     python benchmarks/bench_cache.py --storage        # the storage format comparison (benchmarks/README.md)
+    python benchmarks/bench_cache.py --text-trim --samples 32   # text states whole vs trimmed to each prompt
     python benchmarks/bench_cache.py --real-size      # GPU: v1.3 2B/122, 93 x 352 x 640, real-size random encoders
     python benchmarks/bench_cache.py --real-size --smoke   # the same code at toy sizes (any machine)
 
@@ -271,6 +272,71 @@ def storage(args: argparse.Namespace) -> None:
           f"random read {arrow_read:.0f} samples/s")
 
 
+def text_trim(args: argparse.Namespace) -> None:
+    """Write the same caption variants' text states (512 x 4096 bf16, prompts of 20-120 tokens) whole and trimmed
+    to each prompt; compare bytes per variant and the random-read rate of both at the padded length."""
+    import shutil
+
+    root = Path(tempfile.mkdtemp(prefix="bench-cache-text-"))
+    try:
+        _text_trim(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # 4 MiB per whole variant: do not leave them behind
+
+
+def _text_trim(args: argparse.Namespace, root: Path) -> None:
+    import numpy as np
+    import torch
+
+    from osctl.cache.store import EncodedSample, ShardMap, ShardWriter, read_table, write_tables
+
+    n, variants, per_shard = args.samples, args.variants, 16
+    text = (32, 32) if args.small else (512, 4096)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 121, size=(n, variants)).clip(max=text[0])  # tokens of each prompt, </s> included
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(text, generator=g).to(torch.bfloat16)
+    mean = torch.zeros(1, 1, 1, 1, dtype=torch.bfloat16)
+    sizes, rates = {}, {}
+    for trim in (False, True):
+        folder = root / ("trimmed" if trim else "whole")
+        for shard in range(-(-n // per_shard)):
+            writer = ShardWriter(folder / "shards", shard, root=folder, dtype=torch.bfloat16, spec_sha="b",
+                                 trim_text=trim)
+            for i in range(shard * per_shard, min(n, (shard + 1) * per_shard)):
+                texts = []
+                for k in range(variants):
+                    mask = torch.zeros(text[0], dtype=torch.int64)
+                    mask[: int(lengths[i, k])] = 1
+                    texts.append((f"{i} {k}", states, mask))
+                writer.add(EncodedSample(i, views=[(mean, None)], texts=texts))
+            writer.publish()
+        write_tables(folder, n, per_shard, spec_sha="b")
+        sizes[trim] = sum(p.stat().st_size for p in (folder / "shards").iterdir())
+        samples, _ = read_table(folder / "samples.arrow")
+        table, _ = read_table(folder / "texts.arrow")
+        shards = ShardMap(folder)
+        passes = []
+        for number in range(args.rounds):
+            order = np.random.default_rng(number).permutation(n * variants)[: args.reads]
+            started = time.perf_counter()
+            for row in order:
+                sample = int(row // variants)
+                shard, offset = int(samples["shard"][sample]), int(table["offset"][row])
+                got, _ = shards.text(shard, offset, int(table["length"][row]), text, torch.bfloat16)
+                got.clone()  # what the collate's stack does
+            passes.append(len(order) / (time.perf_counter() - started))
+        rates[trim] = statistics.median(passes)
+    entries = n * variants
+    whole, trimmed = sizes[False] / entries, sizes[True] / entries
+    print(f"{n} samples x {variants} caption variants, text states {text} bf16 + int64 mask, prompts of 20-120 "
+          f"tokens (mean {lengths.mean():.1f})")
+    print(f"whole:   {whole / 2**20:.3f} MiB per variant, read {rates[False]:.0f} variants/s (median of {args.rounds})")
+    print(f"trimmed: {trimmed / 2**20:.3f} MiB per variant, read {rates[True]:.0f} variants/s: {trimmed / whole:.1%} "
+          f"of the whole size ({whole / trimmed:.1f}x smaller)")
+    print(f"1k clips x 20 variants: {whole * 20_000 / 1e9:.1f} GB whole, {trimmed * 20_000 / 1e9:.1f} GB trimmed")
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 
 
@@ -370,14 +436,18 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=36, help="clips in the shapes dataset")
     parser.add_argument("--batch", type=int, default=4, help="train.train_batch_size")
     parser.add_argument("--storage", action="store_true", help="compare storage formats instead")
-    parser.add_argument("--samples", type=int, default=256, help="--storage: samples written")
+    parser.add_argument("--samples", type=int, default=256, help="--storage, --text-trim: samples written")
     parser.add_argument("--reads", type=int, default=200, help="--storage: random reads timed")
     parser.add_argument("--small", action="store_true", help="--storage: tiny tensors (a smoke test)")
+    parser.add_argument("--text-trim", action="store_true", help="text states stored whole vs trimmed to the prompt")
+    parser.add_argument("--variants", type=int, default=4, help="--text-trim: caption variants per sample")
     parser.add_argument("--real-size", action="store_true", help="GPU: the real-size step with and without the cache")
     parser.add_argument("--smoke", action="store_true", help="--real-size at toy sizes (any machine)")
     args = parser.parse_args()
     if args.storage:
         storage(args)
+    elif args.text_trim:
+        text_trim(args)
     elif args.real_size:
         realsize(args)
     else:

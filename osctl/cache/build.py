@@ -12,7 +12,9 @@ Per rank (``torchrun`` / ``osctl data cache --nproc-per-node N``, the launcher `
    read (:meth:`osctl.data.stream.dataset.SampleDataset.load`) of each stored view, then the autoencoder's
    posterior (:func:`osctl.latent_moments.latent_moments`) and the text encoder's states of every
    caption variant (:func:`osctl.data.stream.captions.caption_variants`), one clip and one text at a time,
-   so a sample's numbers never depend on which rank or which batch encoded it;
+   so a sample's numbers never depend on which rank or which batch encoded it; text states are stored
+   trimmed to each prompt when the recipe's model declares that it ignores the padding
+   (:func:`osctl.cache.spec.text_storage`), whole otherwise;
 3. bad media are recorded in the shard (code, file, message), counted and logged as training counts
    them (:class:`osctl.data.stream.dataset.BadSampleStats`, ``data.max_bad_fraction``);
 4. once every rank is done, rank 0 writes the tables and completes the manifest.
@@ -33,7 +35,15 @@ import torch
 
 from osctl.cache.identity import component_identity
 from osctl.cache.reader import read_manifest
-from osctl.cache.spec import differences, index_content_sha256, make_spec, recipe_fields, spec_sha256
+from osctl.cache.spec import (
+    TEXT_TRIMMED,
+    differences,
+    index_content_sha256,
+    make_spec,
+    recipe_fields,
+    spec_sha256,
+    text_storage,
+)
 from osctl.cache.store import (
     MANIFEST,
     PROMPTS_FILE,
@@ -96,7 +106,7 @@ def wanted_spec(checked: Any, index: Any, read: Any, *, recorded: dict[str, Any]
         parts[section] = {**identity, "dtype": str(dtype).removeprefix("torch.")}
     return make_spec(index={"samples": len(index), "content_sha256": index_content_sha256(index)},
                      recipe=recipe_fields(read, recipe.data.cache), shard_samples=recipe.data.cache.shard_samples,
-                     **parts)
+                     text_states=text_storage(checked.components.get("model")), **parts)
 
 
 @dataclasses.dataclass
@@ -319,7 +329,8 @@ def _encode_my_shards(setup: _Setup, encoder: _Encoder, info: Any, recipe: Any, 
     last_report = 0.0
     for shard in todo:
         writer = ShardWriter(setup.folder / SHARDS, shard, root=setup.folder, dtype=STORAGE_DTYPES[cache.dtype],
-                             spec_sha=setup.spec_sha)
+                             spec_sha=setup.spec_sha,
+                             trim_text=setup.spec["storage"]["text_states"] == TEXT_TRIMMED)
         try:
             for sample in range(shard * cache.shard_samples, min(n, (shard + 1) * cache.shard_samples)):
                 item = encoder.sample(sample)

@@ -2,7 +2,8 @@
 
 :class:`CacheReader` maps the manifest, the two tables and (lazily) the shards; it pickles as its
 folder, so every DataLoader worker maps the same files and shares their pages. Tensors it returns
-are views of the memory maps: copy them (the collate does) before changing them.
+are views of the memory maps (text states stored trimmed come back as new tensors, padded with zeros):
+copy them (the collate does) before changing them.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class CacheReader:
         self.samples, self.table_meta = read_table(self.folder / SAMPLES_TABLE)
         self.texts, _ = read_table(self.folder / TEXTS_TABLE)
         self.dtype = STORAGE_DTYPES[manifest["spec"]["recipe"]["data.cache.dtype"]]
-        self.text_shape = tuple(int(v) for v in manifest["text"]["shape"])
+        length, width = manifest["text"]["shape"]
+        self.text_shape = (int(length), int(width))  # the encoder's padded length: every text is read at it
         latents = manifest["latents"]
         self.latent_dtype = getattr(torch, latents["dtype"])
         self.text_dtype = getattr(torch, manifest["text"]["dtype"])
@@ -99,8 +101,8 @@ class CacheReader:
         return mean, std
 
     def text(self, sample: int, text: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(states L x D, mask L)`` of ``sample``'s caption variant ``text`` (``""``: the empty prompt);
-        None when the cache does not hold it."""
+        """``(states L x D, mask L)`` of ``sample``'s caption variant ``text`` (``""``: the empty prompt) at the
+        encoder's padded length ``L``, whether it is stored whole or trimmed; None when the cache does not hold it."""
         if text == "":
             return self.prompts.get(("", None))
         start, count = int(self.samples["text_start"][sample]), int(self.samples["text_count"][sample])
@@ -108,9 +110,6 @@ class CacheReader:
         hits = (keys == text_key(text)).nonzero()[0]
         if not len(hits):
             return None
-        offset = int(self.texts["offset"][start + int(hits[0])])
-        length, width = self.text_shape
-        states = self.shards.tensor(int(self.samples["shard"][sample]), offset, (length, width), self.dtype)
-        mask = self.shards.tensor(int(self.samples["shard"][sample]), offset + length * width * self.dtype.itemsize,
-                                  (length,), torch.int64)
-        return states, mask
+        row = start + int(hits[0])
+        return self.shards.text(int(self.samples["shard"][sample]), int(self.texts["offset"][row]),
+                                int(self.texts["length"][row]), self.text_shape, self.dtype)

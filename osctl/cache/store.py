@@ -5,14 +5,17 @@ Folder layout (``<index folder>/cache`` unless ``data.cache.dir`` / ``--out`` sa
     manifest.json                 what the cache is for (osctl.cache.spec); written first, by rank 0
     shards/shard-000000.safetensors   samples [0, S), shard k holds [k S, (k + 1) S)
     samples.arrow                 one row per sample: shard, status, views, latent shape, byte offset
-    texts.arrow                   one row per stored caption variant: text key, byte offset
+    texts.arrow                   one row per stored caption variant: text key, byte offset, stored length
     prompts.safetensors           the empty prompt (CFG dropout) and the validation prompts
 
 **Shards** are ordinary safetensors files (any safetensors tool reads them): per sample ``N/mV``
 (posterior mean of view V, ``C x T x H x W``), ``N/sV`` (its std, absent for a deterministic
-autoencoder), ``N/tK`` (text states ``L x D`` of caption variant K) and ``N/kK`` (its attention mask,
-int64 ``L``), in that order, in the storage dtype; the header's ``__metadata__`` holds the shard's
-rows as JSON (key :data:`SHARD_META_KEY`), so the tables can always be rebuilt from the shards. A
+autoencoder), ``N/tK`` (text states ``n x D`` of caption variant K) and ``N/kK`` (its attention mask,
+int64 ``n``), in that order, in the storage dtype; the header's ``__metadata__`` holds the shard's
+rows as JSON (key :data:`SHARD_META_KEY`), so the tables can always be rebuilt from the shards.
+``n`` is the encoder's padded length ``L`` for whole text states, or, trimmed (``storage.text_states``,
+:mod:`osctl.cache.spec`), the variant's :func:`stored_text_length`: the padding after its last valid
+token is not stored, and :meth:`ShardMap.text` restores it as zeros (states and mask) on read. A
 shard is written to a hidden temporary file and renamed into place when complete
 (:func:`osctl.utils.atomic.atomic_file`): a shard file that exists is whole, a killed or failed
 writer leaves only a ``.shard-*.tmp-*`` file, removed by the next build.
@@ -70,7 +73,7 @@ SAMPLES_SCHEMA = pa.schema([
     ("c", pa.int32()), ("t", pa.int32()), ("h", pa.int32()), ("w", pa.int32()),
     ("latent_offset", pa.int64()), ("text_start", pa.int64()), ("text_count", pa.int32()),
 ])
-TEXTS_SCHEMA = pa.schema([("key", pa.uint64()), ("offset", pa.int64())])
+TEXTS_SCHEMA = pa.schema([("key", pa.uint64()), ("offset", pa.int64()), ("length", pa.int32())])
 
 
 def shard_name(shard: int) -> str:
@@ -81,6 +84,14 @@ def shard_name(shard: int) -> str:
 def text_key(text: str) -> int:
     """A 64-bit key of a caption variant (looked up among one sample's variants only)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def stored_text_length(mask: torch.Tensor) -> int:
+    """Tokens of a trimmed text entry: up to its last valid token (the mask's last 1, plus one), so every
+    position left out is masked whatever the mask's shape (a prefix mask, as the T5 and Llama tokenizers pad on
+    the right, or not). A text with no valid token is kept whole: a model would attend to all of its padding."""
+    valid = mask.reshape(-1).nonzero()
+    return int(valid[-1]) + 1 if valid.numel() else int(mask.numel())
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -102,10 +113,12 @@ class ShardWriter:
     """Writes one shard: samples are appended as they are encoded (their bytes go to a hidden data file, so
     the shard is never held in memory), :meth:`publish` writes header + data and renames it into place."""
 
-    def __init__(self, folder: Path, shard: int, *, root: Path, dtype: torch.dtype, spec_sha: str) -> None:
+    def __init__(self, folder: Path, shard: int, *, root: Path, dtype: torch.dtype, spec_sha: str,
+                 trim_text: bool = False) -> None:
         self.path = folder / shard_name(shard)
         self.root = root
         self.dtype = dtype
+        self.trim_text = trim_text  # store text states up to their last valid token (see the module docstring)
         self.meta: dict[str, Any] = {"shard": shard, "spec_sha256": spec_sha, "rows": []}
         self.tensors: list[tuple[str, str, list[int], int, int]] = []  # name, dtype, shape, begin, end
         ensure_inside(folder, root).mkdir(parents=True, exist_ok=True)
@@ -137,9 +150,10 @@ class ShardWriter:
                 self._put(f"{item.sample}/s{v}", std.to(self.dtype))
         texts = []
         for k, (text, states, mask) in enumerate(item.texts):
-            begin = self._put(f"{item.sample}/t{k}", states.to(self.dtype))
-            self._put(f"{item.sample}/k{k}", mask.to(torch.int64))
-            texts.append([text_key(text), begin])
+            length = stored_text_length(mask) if self.trim_text else int(mask.shape[0])
+            begin = self._put(f"{item.sample}/t{k}", states[:length].to(self.dtype))
+            self._put(f"{item.sample}/k{k}", mask[:length].to(torch.int64))
+            texts.append([text_key(text), begin, length])
         mean, std = item.views[0]
         self.meta["rows"].append({"sample": item.sample, "views": len(item.views), "random": item.random,
                                   "std": std is not None,
@@ -216,16 +230,31 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + length
 
 
-def shard_rows(path: Path) -> dict[str, Any]:
-    """The rows a shard's metadata records (``{"shard", "spec_sha256", "rows"}``), with absolute offsets."""
-    header, start = read_header(path)
-    meta = json.loads(header.get("__metadata__", {}).get(SHARD_META_KEY, "{}"))
+def shard_rows(path: Path, header: tuple[dict[str, Any], int] | None = None) -> dict[str, Any]:
+    """The rows a shard's metadata records (``{"shard", "spec_sha256", "rows"}``), with absolute offsets
+    (``header``: the shard's :func:`read_header`, when the caller has read it)."""
+    header_json, start = header if header is not None else read_header(path)
+    meta = json.loads(header_json.get("__metadata__", {}).get(SHARD_META_KEY, "{}"))
     for row in meta.get("rows", []):
         if "offset" in row:
             row["offset"] += start
             for pair in row["texts"]:
                 pair[1] += start
     return meta
+
+
+def stored_texts(header: dict[str, Any]) -> tuple[int, int, int]:
+    """``(entries, tokens, bytes)`` of the text entries (states and masks) a shard's header lists."""
+    entries = tokens = size = 0
+    for name, info in header.items():
+        kind = name.rpartition("/")[2][:1]
+        if name != "__metadata__" and kind in ("t", "k"):
+            begin, end = info["data_offsets"]
+            size += end - begin
+            if kind == "t":
+                entries += 1
+                tokens += int(info["shape"][0])
+    return entries, tokens, size
 
 
 class ShardMap:
@@ -264,6 +293,25 @@ class ShardMap:
         count = int(np.prod(shape)) if shape else 1
         return torch.frombuffer(self._map(shard), dtype=dtype, count=count, offset=offset).view(shape)
 
+    def text(self, shard: int, offset: int, length: int, shape: tuple[int, int],
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(states L x D, mask L)`` of the text entry at byte ``offset`` holding ``length`` tokens, in the
+        padded ``shape`` ``(L, D)``: views of the shard's pages when it is stored whole, else new tensors with
+        zeros (states and mask) past ``length``."""
+        full, width = shape
+        states = self.tensor(shard, offset, (length, width), dtype)
+        mask = self.tensor(shard, offset + length * width * dtype.itemsize, (length,), torch.int64)
+        if length == full:
+            return states, mask
+        if length > full:
+            raise DataError(f"cache shard {self.folder / SHARDS / shard_name(shard)} holds a text entry of {length} "
+                            f"tokens, more than the cache's {full}; rebuild it with `osctl data cache --overwrite`.")
+        padded_states = torch.zeros(shape, dtype=dtype)
+        padded_states[:length] = states
+        padded_mask = torch.zeros(full, dtype=torch.int64)
+        padded_mask[:length] = mask
+        return padded_states, padded_mask
+
 
 # ------------------------------------------------------------------------------------------- tables
 
@@ -276,6 +324,7 @@ def write_tables(folder: Path, num_samples: int, shard_samples: int, *, spec_sha
                for name in SAMPLES_SCHEMA.names}
     keys = array("Q")  # compact: a million samples with 20 caption variants each are 21 M rows
     offsets = array("q")
+    lengths = array("i")
     bad: dict[str, list[str]] = {}
     total_bytes = 0
     for shard in range(n_shards):
@@ -302,9 +351,10 @@ def write_tables(folder: Path, num_samples: int, shard_samples: int, *, spec_sha
             columns["latent_offset"][i] = row["offset"]
             columns["text_start"][i] = len(keys)
             columns["text_count"][i] = len(row["texts"])
-            for key, offset in row["texts"]:
+            for key, offset, length in row["texts"]:
                 keys.append(int(key))
                 offsets.append(int(offset))
+                lengths.append(int(length))
     status = columns["status"]
     counts = {"ok": int((status == STATUS_OK).sum()), "bad": int((status == STATUS_BAD).sum()),
               "missing": int((status == STATUS_MISSING).sum()), "texts": len(keys), "bytes": total_bytes}
@@ -312,7 +362,8 @@ def write_tables(folder: Path, num_samples: int, shard_samples: int, *, spec_sha
     samples = pa.table({name: pa.array(values, type=SAMPLES_SCHEMA.field(name).type)
                         for name, values in columns.items()}, schema=SAMPLES_SCHEMA)
     texts = pa.table({"key": pa.array(np.frombuffer(keys, dtype=np.uint64), type=pa.uint64()),
-                      "offset": pa.array(np.frombuffer(offsets, dtype=np.int64), type=pa.int64())}, schema=TEXTS_SCHEMA)
+                      "offset": pa.array(np.frombuffer(offsets, dtype=np.int64), type=pa.int64()),
+                      "length": pa.array(np.frombuffer(lengths, dtype=np.int32), type=pa.int32())}, schema=TEXTS_SCHEMA)
     with writing(folder, action="write the cache tables to"):
         _write_table(folder / TEXTS_TABLE, texts, folder, {"spec_sha256": spec_sha})
         _write_table(folder / SAMPLES_TABLE, samples, folder, meta)  # last: its presence means complete tables

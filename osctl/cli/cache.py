@@ -132,9 +132,23 @@ def inspect(
     table.add_row("stored", f"{report['stored']['views']} latent view(s), {report['stored']['texts']} caption "
                             f"variant(s), {report['stored']['prompts']} prompt(s)")
     table.add_row("size", f"{size['total'] / 1e9:.3f} GB ({size['per_sample'] / 1e6:.3f} MB per sample)")
+    table.add_row("text states", _text_states_line(report["text_states"]))
+    if not report["readable"]:
+        table.add_row("format", f"version {report['version']}, which this osctl does not read: rebuild it with "
+                                "`osctl data cache --recipe RECIPE --overwrite`")
     for line in report["bad_examples"]:
         table.add_row("bad", escape(line))
     console.print(table)
+
+
+def _text_states_line(texts: dict[str, Any]) -> str:
+    """Inspect's line on the caption variants' states: how they are stored, stored against padded size."""
+    stored, padded = texts["bytes"]["stored"], texts["bytes"]["padded"]
+    how = ("trimmed to each prompt" if texts["storage"] == "trimmed" else "whole") + \
+        f", {texts['mean_length']} of {texts['padded_length']} tokens on average"
+    if padded:
+        return f"{how}: {stored / 1e9:.3f} GB stored, {padded / 1e9:.3f} GB padded ({stored / padded:.1%})"
+    return f"{how}: {stored / 1e9:.3f} GB stored"
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -63,6 +63,9 @@ class DiffusersModelConfig(ComponentConfig):
     FETCH_HINT: ClassVar[str] = ""
     #: the pipeline names a model of this family may have, first the one every model has
     TRANSFORMER_NAMES: ClassVar[tuple[str, ...]] = ("transformer",)
+    #: whether the transformer's prediction ignores the text states at positions the text mask marks 0 (read by
+    #: :meth:`ignores_text_padding`; False, the safe default, when the family attends to its padding tokens)
+    TEXT_PADDING_IGNORED: ClassVar[bool] = False
 
     path: str | None = Field(
         None, description="a diffusers pipeline folder or hub id of the family (its transformer/ is read), one "
@@ -169,6 +172,11 @@ class DiffusersModelConfig(ComponentConfig):
 
     def transformer_count(self) -> int:
         return len(self.transformer_names())
+
+    def ignores_text_padding(self) -> bool:
+        """Whether the prediction is the same whatever the text states at masked positions (the family's
+        :attr:`TEXT_PADDING_IGNORED`): ``osctl data cache`` then stores text states trimmed to each prompt."""
+        return self.TEXT_PADDING_IGNORED
 
     def model_geometry(self) -> ModelGeometry:
         """The transformer's half of the latent geometry: its patch sizes and latent channels."""

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPE = """
 model: {{name: opensora_v1_3, preset: tiny, in_channels: 8, out_channels: 8}}
 autoencoder: {{name: wfvae, preset: tiny}}
-text_encoder: {{name: tiny_t5, d_model: 32, max_length: 16, cache_dir: {tcache}}}
+text_encoder: {{name: tiny_t5, d_model: 32, max_length: 64, cache_dir: {tcache}}}  # captions: 41-63 bytes
 data:
   data: {data}
   num_frames: 9
@@ -97,6 +97,8 @@ def test_a_step_from_the_cache_equals_the_step_that_encodes(space, tmp_path):
         assert torch.equal(a, b), name
     plan = cached.plan.as_dict()
     assert "not built" in plan["memory saved by the cache"] and "not built" in plan["autoencoder"]
+    lengths = CacheReader(space / "cache").texts["length"]  # the tiny transformer ignores the padding: trimmed
+    assert lengths.min() < 64 and lengths.max() == 64  # short captions trimmed, truncated ones whole
 
     # bf16 storage: the same posteriors within bf16 rounding, and a run that trains from them
     build_cache(_checked(space, [f"data.cache.dir={tmp_path / 'bf16'}", "data.cache.dtype=bf16"], "bf16-out"),
@@ -165,6 +167,23 @@ def test_a_cache_of_another_recipe_is_refused_or_ignored(space, tmp_path):
     report = json.loads(runner.invoke(app, ["data", "cache", "inspect", str(space / "cache"), "--json"]).output)
     assert report["complete"] and report["samples"] == {"ok": 18, "bad": 0, "missing": 0, "random_frames": 0}
     assert report["components"]["autoencoder"]["name"] == "wfvae" and report["bytes"]["per_sample"] > 0
+    texts = report["text_states"]
+    assert texts["storage"] == "trimmed" and texts["padded_length"] == 64 and texts["mean_length"] < 64
+    assert 0 < texts["bytes"]["stored"] < texts["bytes"]["padded"] and report["readable"]
+
+    # a cache of an older format: refused (require) or passed over (auto), with the rebuild command
+    old = tmp_path / "old"
+    shutil.copytree(space / "cache", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["spec"]["version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="version 1 and this osctl reads") as caught:
+        setup_training(_checked(space, [f"data.cache.dir={old}", "data.cache.mode=require"]), default_registry(),
+                       TrainOptions())
+    assert "--overwrite" in caught.value.hint
+    assert "version 1" in setup_training(_checked(space, [f"data.cache.dir={old}"]), default_registry(),
+                                         TrainOptions()).plan.as_dict()["data cache"]
+    assert "rebuild it" in runner.invoke(app, ["data", "cache", "inspect", str(old)]).output
 
 
 def test_bad_media_are_counted_skipped_and_replaced_as_in_training(space, tmp_path):

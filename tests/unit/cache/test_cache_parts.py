@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from osctl.cache.identity import component_identity
-from osctl.cache.spec import differences, make_spec
+from osctl.cache.spec import TEXT_TRIMMED, TEXT_WHOLE, VERSION, differences, make_spec, text_storage
 from osctl.cache.views import RecordingRandom, frames_are_random, view_choice, view_rng
 from osctl.data.records import KIND_IMAGE, KIND_VIDEO
 from osctl.data.stream.captions import CaptionPolicy, caption_variants, training_text
@@ -108,6 +108,43 @@ def test_differences_name_the_recipe_key_and_both_values():
                      "text_encoder.name is 't5' in the cache and 'tiny_t5' in the recipe"]
     assert differences(base, base) == [] and "shard_samples is 4" in differences(base, other, storage=True)[-1]
     assert "format" in differences({"format": "x"}, base)[0]
+
+
+def test_text_states_are_trimmed_for_the_models_that_declare_they_ignore_the_padding():
+    from pydantic import BaseModel
+
+    from osctl_builtin.models.cogvideox.register import CogVideoXConfig
+    from osctl_builtin.models.hunyuan_video.register import HunyuanVideoConfig
+    from osctl_builtin.models.ltx_video.register import LTXVideoConfig
+    from osctl_builtin.models.osp_v13.register import OSPv13Config
+    from osctl_builtin.models.wan.register import WanConfig
+
+    trimmed = [OSPv13Config(preset="tiny"), WanConfig(preset="tiny"), LTXVideoConfig(preset="tiny"),
+               HunyuanVideoConfig(preset="tiny")]
+    assert {text_storage(config) for config in trimmed} == {TEXT_TRIMMED}
+    class Undeclared(BaseModel):
+        preset: str = "mine"
+
+    # CogVideoX attends to its padding; a model that declares nothing keeps them whole too
+    assert text_storage(CogVideoXConfig(preset="tiny-rope")) == text_storage(Undeclared()) == TEXT_WHOLE
+    assert text_storage(None) == TEXT_WHOLE
+
+
+def test_a_trimmed_cache_serves_only_a_model_that_ignores_padding_and_an_old_format_is_refused():
+    part = {"name": "wfvae", "config_sha256": "c", "weights_sha256": "w", "dtype": "float32"}
+
+    def spec(text_states: str) -> dict:
+        return make_spec(index={"samples": 3, "content_sha256": "i"}, recipe={}, autoencoder=part, text_encoder=part,
+                         shard_samples=4, text_states=text_states)
+
+    trimmed, whole = spec(TEXT_TRIMMED), spec(TEXT_WHOLE)
+    assert differences(whole, trimmed) == []  # whole states serve any model
+    assert differences(trimmed, whole) == ["the cache stores text states trimmed to each prompt but the recipe's "
+                                           "model reads the padding tokens' states too (its config's "
+                                           "ignores_text_padding() is not true)"]
+    assert "stores them trimmed" in differences(whole, trimmed, storage=True)[0]  # a build does not mix the two
+    assert differences({**trimmed, "version": 1}, trimmed) == [
+        f"the cache has format 'osctl.data-cache' version 1 and this osctl reads 'osctl.data-cache' version {VERSION}"]
 
 
 @pytest.mark.parametrize(("value", "mode"), [("require", "require"), (False, "off"), ({"mode": False}, "off"),

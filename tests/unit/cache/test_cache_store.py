@@ -1,5 +1,5 @@
 """The cache's files: shards round-trip through the memory map, are plain safetensors, and are published
-whole or not at all; the tables point into them."""
+whole or not at all; the tables point into them; text states stored trimmed read back at the padded length."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from osctl.cache.store import (
     leftovers,
     read_table,
     shard_name,
+    stored_text_length,
     text_key,
     write_tables,
 )
@@ -97,3 +98,29 @@ def test_shards_of_another_spec_are_not_read_into_the_tables(tmp_path):
     _write(tmp_path, 0, [_sample(0)])
     counts = write_tables(tmp_path, 1, 1, spec_sha="other")
     assert (counts["ok"], counts["missing"]) == (0, 1)
+
+
+def test_trimmed_text_states_are_smaller_and_read_back_at_the_padded_length(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    item = EncodedSample(0)
+    item.views.append((torch.randn(3, 2, 4, 5, generator=g), None))
+    masks = [[1, 1, 1, 0, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0, 0, 0], [1] * 8, [0] * 8]  # a gap; full; no valid token
+    for k, mask in enumerate(masks):
+        item.texts.append((f"text {k}", torch.randn(8, 4, generator=g), torch.tensor(mask)))
+    assert [stored_text_length(torch.tensor(m)) for m in masks] == [3, 4, 8, 8]
+    sizes = {}
+    for trim in (False, True):
+        folder = tmp_path / str(trim)
+        writer = ShardWriter(folder / SHARDS, 0, root=folder, dtype=torch.float32, spec_sha="s", trim_text=trim)
+        writer.add(item)
+        sizes[trim] = writer.publish()
+        write_tables(folder, 1, 1, spec_sha="s")
+        texts, _ = read_table(folder / "texts.arrow")
+        assert texts["length"].tolist() == ([3, 4, 8, 8] if trim else [8] * 4)
+        shards = ShardMap(folder)
+        for row, (_, states, mask) in enumerate(item.texts):
+            read, read_mask = shards.text(0, int(texts["offset"][row]), int(texts["length"][row]), (8, 4), torch.float32)
+            n = int(texts["length"][row])
+            assert read.shape == (8, 4) and torch.equal(read_mask, mask)
+            assert torch.equal(read[:n], states[:n]) and not read[n:].any()
+    assert sizes[False] - sizes[True] >= (5 + 4) * (4 * 4 + 8)  # the padding of the first two texts is not stored

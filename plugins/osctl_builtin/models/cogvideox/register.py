@@ -39,6 +39,8 @@ class CogVideoXConfig(DiffusersModelConfig):
     PRESETS = PRESETS
     SHAPE_KEYS = SHAPE_KEYS
     FETCH_HINT = FETCH_HINT
+    #: CogVideoX takes no text mask: the padding tokens' states are attended to, part of the condition
+    TEXT_PADDING_IGNORED = False
 
     path: str | None = Field(
         None, description="a CogVideoX diffusers pipeline folder or hub id (its transformer/ is read), one transformer "

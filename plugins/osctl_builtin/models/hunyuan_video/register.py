@@ -39,6 +39,9 @@ class HunyuanVideoConfig(DiffusersModelConfig):
     PRESETS = PRESETS
     SHAPE_KEYS = SHAPE_KEYS
     FETCH_HINT = FETCH_HINT
+    #: the token refiner and the joint attention mask the padding with boolean masks (softmax weight 0), the
+    #: refiner's pooled text is a masked mean, and the trailing padding is dropped before the call
+    TEXT_PADDING_IGNORED = True
 
     path: str | None = Field(
         None, description="a HunyuanVideo diffusers pipeline folder or hub id (its transformer/ is read), one "

@@ -37,6 +37,10 @@ class LTXVideoConfig(DiffusersModelConfig):
     PRESETS = PRESETS
     SHAPE_KEYS = SHAPE_KEYS
     FETCH_HINT = FETCH_HINT
+    #: the transformer adds ``(1 - mask) x -10000`` to the cross-attention logits: a masked text token's softmax
+    #: weight underflows to exactly 0 (the encoder attended to the padding, ``attend_padding``, but the valid
+    #: tokens' states carry that; the padding tokens' own states reach nothing)
+    TEXT_PADDING_IGNORED = True
 
     path: str | None = Field(
         None, description="an LTX-Video diffusers pipeline folder or hub id (its transformer/ is read), one "

@@ -172,6 +172,12 @@ class OSPv13Config(ComponentConfig):
         arch["cross_attention_dim"] = arch["num_attention_heads"] * arch["attention_head_dim"]
         return arch
 
+    def ignores_text_padding(self) -> bool:
+        """True: the text reaches the model only through a per-token projection and cross-attention whose logits
+        get ``(1 - mask) x -10000`` (the reference's bias), so a masked token's softmax weight underflows to
+        exactly 0 and its states change nothing; ``osctl data cache`` stores text states trimmed to each prompt."""
+        return True
+
     def model_geometry(self) -> ModelGeometry:
         """The model's half of the latent geometry: patch sizes and channels, from the preset (with overrides)
         or the folder's config.json (:meth:`plan_architecture`: the preset until the folder is downloaded).

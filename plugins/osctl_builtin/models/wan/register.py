@@ -49,6 +49,9 @@ class WanConfig(DiffusersModelConfig):
     SHAPE_KEYS = SHAPE_KEYS
     FETCH_HINT = FETCH_HINT
     TRANSFORMER_NAMES = ("transformer", "transformer_2")
+    #: ``WanTransformers.prepare_text`` multiplies the states by the mask: masked positions are zeros whatever
+    #: the encoder gave there (``WanPipeline`` zeroes them too)
+    TEXT_PADDING_IGNORED = True
 
     path: str | None = Field(
         None, description="a Wan diffusers pipeline folder or hub id (transformer/ and transformer_2/ are read), one "
