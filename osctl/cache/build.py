@@ -209,8 +209,7 @@ class _Encoder:
             if self.latent_info is None:
                 self.latent_info = {"dtype": str(moments.mean.dtype).removeprefix("torch."), "exact": exact,
                                     "channels": int(moments.mean.shape[1]),
-                                    "shift": moments.shift.tolist() if moments.shift is not None else None,
-                                    "scale": moments.scale.tolist() if moments.scale is not None else None}
+                                    "normalisation": moments.normalisation()}
         info = dataset.index.sample(sample)
         for text in caption_variants(info.captions, info.aesthetic, info.kind, dataset.settings.captions):
             if text:  # "" is the shared empty prompt

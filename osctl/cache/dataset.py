@@ -104,7 +104,7 @@ class CachedCollate(Collate):
             "replaced": sum(1 for item in items if item["events"]), "texts": [item["text"] for item in items],
             "text_states": torch.stack([item["text_states"] for item in items]),
             "attention_mask": torch.stack([item["text_mask"] for item in items]),
-            "latent_shift": self.cache.shift, "latent_scale": self.cache.scale,
+            "latent_normalisation": self.cache.normalisation,
             "latent_dtype": self.cache.latent_dtype, "text_dtype": self.cache.text_dtype,
         }
         means = [item["latent_mean"] for item in items]
@@ -146,6 +146,6 @@ def cached_inputs(batch: dict[str, Any], device: torch.device,
     std = batch.get("latent_std")
     moments = LatentMoments(mean=batch["latent_mean"].to(device=device, dtype=dtype),
                             std=std.to(device=device, dtype=dtype) if std is not None else None,
-                            shift=batch.get("latent_shift"), scale=batch.get("latent_scale"))
+                            **batch["latent_normalisation"])
     latents = moments.latents(sample=True, generator=generator).float()
     return latents, batch["text_states"].to(device=device, dtype=batch["text_dtype"])

@@ -27,6 +27,7 @@ from osctl.cache.store import (
     text_key,
 )
 from osctl.errors import DataError
+from osctl.latent_moments import normalisation_from
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -62,8 +63,7 @@ class CacheReader:
         latents = manifest["latents"]
         self.latent_dtype = getattr(torch, latents["dtype"])
         self.text_dtype = getattr(torch, manifest["text"]["dtype"])
-        self.shift = torch.tensor(latents["shift"], dtype=torch.float32) if latents.get("shift") is not None else None
-        self.scale = torch.tensor(latents["scale"], dtype=torch.float32) if latents.get("scale") is not None else None
+        self.normalisation = normalisation_from(latents.get("normalisation") or {})  # shift, scale, divisor, dtype
         self.bad = {int(k): tuple(v) for k, v in self.table_meta.get("bad_samples", {}).items()}
         self.prompts = read_prompts(self.folder / PROMPTS_FILE)
         self.shards = ShardMap(self.folder)

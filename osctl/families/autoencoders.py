@@ -2,10 +2,12 @@
 
 :class:`DiffusersAutoencoder` holds the diffusers module as ``self.vae`` and owns what every family shares:
 loading a released folder without running code from it, random weights from a preset (deterministic for a
-seed), the architecture on the meta device for plans, tiling, the dtype, and the modules a pipeline export
-saves. A subclass names its diffusers class and says how the family normalises latents
-(:meth:`~DiffusersAutoencoder.normalise` / :meth:`~DiffusersAutoencoder.denormalise`): exactly as the family's
-pipeline decodes and its trainers encode. :func:`build_autoencoder` is the factory body of every family's
+seed), the architecture on the meta device for plans, tiling, the dtype, the posterior as
+:class:`~osctl.latent_moments.LatentMoments` (so ``osctl data cache`` stores it and training from the cache draws
+exactly the latents ``encode`` draws), and the modules a pipeline export saves. A subclass names its diffusers
+class and says how the family normalises latents (:meth:`~DiffusersAutoencoder.normalisation` /
+:meth:`~DiffusersAutoencoder.denormalise`): exactly as the family's pipeline decodes and its trainers encode,
+in float32. :func:`build_autoencoder` is the factory body of every family's
 autoencoder plugin.
 """
 
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from osctl.errors import ConfigError
+from osctl.latent_moments import LatentMoments
 from osctl.utils.dtypes import torch_dtype
 
 
@@ -32,8 +35,9 @@ class DiffusersAutoencoder(nn.Module):
         self.vae = vae
 
     # -- what a family defines ---------------------------------------------------------------------------
-    def normalise(self, z: torch.Tensor) -> torch.Tensor:
-        """The model's latents from the VAE's raw latents ``z`` (fp32)."""
+    def normalisation(self) -> dict[str, torch.Tensor | None]:
+        """``shift``, ``scale``, ``divisor`` (float32, broadcastable to ``B x C x T x H x W``; None where unused)
+        of the normalisation ``(z - shift) * scale / divisor`` from raw latents ``z`` to the model's."""
         raise NotImplementedError
 
     def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
@@ -97,12 +101,17 @@ class DiffusersAutoencoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
+    def latent_moments(self, video: torch.Tensor) -> LatentMoments:
+        """The posterior of pixel video ``B x 3 x T x H x W`` in [-1, 1] (mean and std in the VAE's dtype) and the
+        family's normalisation: :meth:`encode` is ``latent_moments(video).latents(...)``."""
+        posterior = self.vae.encode(video.to(self.dtype)).latent_dist
+        return LatentMoments(mean=posterior.mean, std=posterior.std, dtype=torch.float32, **self.normalisation())
+
     def encode(self, video: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalised latents ``B x C x T_lat x H_lat x W_lat`` of pixel video ``B x 3 x T x H x W`` in [-1, 1]:
-        the posterior's sample (its mean with ``sample=False``)."""
-        posterior = self.vae.encode(video.to(self.dtype)).latent_dist
-        z = posterior.sample(generator=generator) if sample else posterior.mean
-        return self.normalise(z.float())
+        a draw from the posterior (``mean + std * noise``, float32 noise from ``generator``; its mean with
+        ``sample=False``), normalised in float32."""
+        return self.latent_moments(video).latents(sample=sample, generator=generator)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixel video ``B x 3 x T x H x W`` (about [-1, 1]) from normalised latents."""
@@ -126,8 +135,8 @@ class ScaledAutoencoder(DiffusersAutoencoder):
         self.latent_channels = int(vae.config.latent_channels)
         self.scaling_factor = float(vae.config.scaling_factor)
 
-    def normalise(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.scaling_factor
+    def normalisation(self) -> dict[str, torch.Tensor | None]:
+        return {"shift": None, "scale": torch.tensor([self.scaling_factor], dtype=torch.float32), "divisor": None}
 
     def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
         return latents / self.scaling_factor

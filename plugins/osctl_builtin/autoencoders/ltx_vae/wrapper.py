@@ -41,9 +41,9 @@ class LTXVAEAutoencoder(DiffusersAutoencoder):
         std = self.vae.latents_std.view(view).to(like.device, like.dtype)
         return mean, std, float(self.vae.config.scaling_factor)
 
-    def normalise(self, z: torch.Tensor) -> torch.Tensor:
-        mean, std, scale = self._statistics(z)
-        return (z - mean) * scale / std
+    def normalisation(self) -> dict[str, torch.Tensor | None]:
+        mean, std, scale = self._statistics(torch.empty(0))
+        return {"shift": mean, "scale": torch.tensor([scale], dtype=torch.float32), "divisor": std}
 
     def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
         mean, std, scale = self._statistics(latents)

@@ -33,8 +33,8 @@ class WanVAEAutoencoder(DiffusersAutoencoder):
         self.register_buffer("inv_std", 1.0 / torch.tensor(list(cfg.latents_std), dtype=torch.float32).view(view),
                              persistent=False)
 
-    def normalise(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.latents_mean) * self.inv_std
+    def normalisation(self) -> dict[str, torch.Tensor | None]:
+        return {"shift": self.latents_mean, "scale": self.inv_std, "divisor": None}
 
     def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
         return latents / self.inv_std + self.latents_mean
