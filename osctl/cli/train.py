@@ -142,7 +142,7 @@ def duration(seconds: float | None) -> str:
 
 def record_line(record: dict[str, Any]) -> str:
     """One logged step as a line: step N/total, loss (and its average since the last line), lr, grad norm,
-    samples/s, elapsed time, ETA, bad media and torch.compile's compilations (the same record goes to logs/metrics.jsonl and the trackers)."""
+    samples/s, elapsed time, ETA, bad media, torch.compile's compilations and (on a GPU) model TFLOP/s and MFU (the same record goes to logs/metrics.jsonl and the trackers)."""
     total = f"/{record['total_steps']}" if record.get("total_steps") is not None else ""
     avg = f" (avg {record['loss_avg']:.4f})" if record.get("loss_avg") is not None else ""
     grad = f" grad {record['grad_norm']:.3f}" if record.get("grad_norm") is not None else ""
@@ -150,6 +150,8 @@ def record_line(record: dict[str, Any]) -> str:
     eta = f"  ETA {duration(record['eta_s'])}" if "eta_s" in record else ""
     bad = f"  bad media {record['data_bad_reads']}" if record.get("data_bad_reads") else ""
     bad += f"  compiles {record['compiles']}" if record.get("compiles") is not None else ""
+    bad += f"  {record['tflops']:.0f} TFLOP/s" if record.get("tflops") is not None else ""
+    bad += f"  MFU {record['mfu']:.1%}" if record.get("mfu") is not None else ""
     return (f"step {record['step']:>6}{total}  loss {record['loss']:.4f}{avg}  lr {record['lr']:.2e}{grad}{speed}  "
             f"{record['elapsed_s']:.1f}s{eta}{bad}")
 

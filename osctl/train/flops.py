@@ -13,6 +13,7 @@ listed needs ``peak_tflops`` given.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,3 +71,70 @@ def model_step_flops(model: torch.nn.Module, inputs: Callable[[], tuple[tuple[An
 def mfu(flops: float, seconds: float, peak_tflops: float) -> float:
     """Model FLOPs utilisation: ``flops`` done in ``seconds`` as a fraction of ``peak_tflops``."""
     return flops / seconds / (peak_tflops * 1e12)
+
+
+class StepFlops:
+    """Model FLOPs of a run's training micro-steps, counted once per batch shape on a meta-device copy of the model,
+    and the achieved TFLOP/s and MFU of the steps since the last logged record (``train``'s logs on a GPU).
+
+    ``meta_model`` is the model as it trains (LoRA adapter, frozen base) on the meta device
+    (:func:`osctl.train.memory.planned_model`); under sequence parallelism each rank of a group of ``sp_size``
+    computes a ``1/sp_size`` share of every sample. A model whose forward cannot run on the meta device is
+    reported once and counted no further (training goes on).
+    """
+
+    def __init__(self, meta_model: torch.nn.Module, *, sp_size: int = 1, peak_tflops: float | None = None) -> None:
+        self.model = meta_model
+        self.sp_size = max(1, int(sp_size))
+        self.peak_tflops = peak_tflops
+        self.per_shape: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        self.done = 0.0  # FLOPs of the micro-steps since the last record
+        self.counting_s = 0.0  # seconds spent counting since then (a new shape's meta run, not training)
+        self.failed: str | None = None
+
+    def count(self, latent_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> int:
+        """Model FLOPs of one micro-step (forward and backward) on this rank for latents ``B x C x T x H x W`` and
+        text states ``B x L x D`` (counted at the first use of the shapes)."""
+        key = (tuple(latent_shape), tuple(text_shape))
+        if key not in self.per_shape:
+            batch = latent_shape[0]
+
+            def inputs() -> tuple[tuple[Any, ...], dict[str, Any]]:
+                meta = torch.device("meta")
+                hidden = torch.empty(latent_shape, device=meta)
+                text = torch.empty((batch, 1, *text_shape[1:]), device=meta)
+                return (hidden, torch.zeros(batch, dtype=torch.long, device=meta), text), {
+                    "attention_mask": torch.ones((batch, *latent_shape[2:]), device=meta),
+                    "encoder_attention_mask": torch.ones((batch, 1, text_shape[1]), device=meta),
+                    "return_dict": False}
+
+            self.per_shape[key] = model_step_flops(self.model, inputs, backward=True) // self.sp_size
+        return self.per_shape[key]
+
+    def add(self, latent_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> None:
+        """Count one micro-step of these shapes (nothing after a failed count)."""
+        if self.failed is not None:
+            return
+        started = time.perf_counter()
+        try:
+            self.done += self.count(latent_shape, text_shape)
+            self.counting_s += time.perf_counter() - started
+        except Exception as exc:  # a forward that needs real values: no figure, never a failed run
+            import logging
+
+            self.failed = f"{type(exc).__name__}: {exc}"
+            logging.getLogger(__name__).warning("model FLOPs are not counted for this model (its forward did not run "
+                                                "on the meta device: %s); logs carry no tflops/mfu", self.failed)
+
+    def take(self, seconds: float) -> dict[str, float]:
+        """``tflops`` (model TFLOP/s per process) and ``mfu`` (with a known peak) of the micro-steps counted since
+        the last call, done in ``seconds`` (the time spent counting is taken off); empty when nothing was counted."""
+        done, counting = self.done, self.counting_s
+        self.done = self.counting_s = 0.0
+        seconds -= counting
+        if not done or seconds <= 0:
+            return {}
+        record = {"tflops": done / seconds / 1e12}
+        if self.peak_tflops:
+            record["mfu"] = mfu(done, seconds, self.peak_tflops)
+        return record

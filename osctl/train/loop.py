@@ -35,6 +35,7 @@ from osctl.train import checkpoint as ckpt
 from osctl.train.compile import CompiledRun
 from osctl.train.ema import EMA
 from osctl.train.export import save_model
+from osctl.train.flops import StepFlops
 from osctl.train.sequence_parallel import SequenceShards
 from osctl.train.state import TrainState
 from osctl.train.tracking import Trackers, write_curves
@@ -82,6 +83,7 @@ class TrainParts:
     adapter: Any = None  # a LoRA run's AdapterSpec (osctl.train.lora): checkpoints hold adapter/ instead of model/
     attention_backend: str = "auto"  # train.attention_backend (osctl.utils.attention)
     compiled: CompiledRun | None = None  # train.compile: warm-up shapes and the compilation count
+    flops: StepFlops | None = None  # model FLOPs per micro-step: tflops and mfu in the logged records (GPU runs)
 
 
 @dataclass
@@ -155,6 +157,8 @@ def model_step(parts: TrainParts, noised: Any, text: torch.Tensor, text_mask: to
     ``B x L`` mask); under sequence parallelism this rank runs its frames and text tokens."""
     device = parts.dist.device
     groups = parts.groups or ParallelGroups(parts.dist.world_size, parts.dist.rank)
+    if parts.flops is not None:
+        parts.flops.add(tuple(noised.noisy.shape), tuple(text.shape))
     text_states = text.unsqueeze(1)  # B x 1 x L x D, as the model expects
     text_mask = text_mask.unsqueeze(1)
     latents_shape = noised.noisy.shape
@@ -354,6 +358,8 @@ def _train(parts: TrainParts, progress: RankProgress | None) -> TrainResult:
     samples_per_step = layout.global_batch
     if parts.compiled is not None:  # train.compile: every batch shape compiled before the first step
         parts.compiled.warm_up(lambda *shape: warm_up_shape(parts, *shape))
+    if parts.flops is not None:
+        parts.flops.take(0.0)  # the warm-up's steps are not training's
     started = time.perf_counter()
     first_step = parts.state.step
     with StopRequest() as stop:
@@ -393,6 +399,8 @@ def _train(parts: TrainParts, progress: RankProgress | None) -> TrainResult:
                 mark(parts.state.step, "logging")
                 record.update(data_counters(parts))
                 record.update(compile_counters(parts))
+                if parts.flops is not None:
+                    record.update(parts.flops.take(sum(step_times)))
                 window.clear()
                 step_times.clear()
                 trackers.log_metrics(parts.state.step, record)

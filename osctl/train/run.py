@@ -327,7 +327,21 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         log=options.log or (lambda record: None), on_step=options.on_step, validate=validate,
         versions={"osctl": __version__, "torch": torch.__version__}, groups=groups, plan=plan, layout=layout,
         adapter=adapter, attention_backend=train_cfg.attention_backend, compiled=compiled,
+        flops=_step_flops(checked, registry, layout, info.device),
     )
+
+
+def _step_flops(checked: CheckedRecipe, registry: Registry, layout: ParallelLayout, device: torch.device) -> Any:
+    """On a GPU, the counter of model FLOPs that puts ``tflops`` and ``mfu`` in the logs (a meta-device copy of the
+    model as it trains; the device's dense bf16 peak from :data:`osctl.train.flops.DENSE_BF16_TFLOPS`); None on
+    other devices, where a utilisation figure means little."""
+    if device.type != "cuda":
+        return None
+    from osctl.train.flops import StepFlops, device_peak_tflops
+    from osctl.train.memory import planned_model
+
+    return StepFlops(planned_model(checked, registry), sp_size=layout.sp_size,
+                     peak_tflops=device_peak_tflops(torch.cuda.get_device_name(device)))
 
 
 def _compile(checked: CheckedRecipe, model: torch.nn.Module, strategy: str, source: Any, cache: Any,
