@@ -53,3 +53,11 @@ def test_bench_realsize_reports_mfu_for_every_configuration() -> None:
         line = next(line for line in out.splitlines() if line.startswith(label))
         assert "MFU" in line and "MFU n/a" not in line and "tokens/s" in line, line
     assert "1 TFLOP/s dense bf16 assumed" in out and "rearrangements: " in out
+
+
+def test_bench_family_realsize_compares_osctl_with_the_bare_module() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_family_realsize.py"), "--tiny", "--steps",
+                          "1", "--sample", "--peak-tflops", "1"], capture_output=True, text=True, timeout=600,
+                         check=True).stdout
+    assert "ratio osctl / bare = " in out and "sampling step (CFG, batch 2)" in out
+    assert sum("MFU" in line and "MFU n/a" not in line for line in out.splitlines()) == 2
