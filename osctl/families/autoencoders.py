@@ -13,6 +13,7 @@ autoencoder plugin.
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ from osctl.latent_moments import LatentMoments
 from osctl.utils.dtypes import torch_dtype
 
 
-class DiffusersAutoencoder(nn.Module):
+class DiffusersAutoencoder(nn.Module, abc.ABC):
     """A diffusers VAE (``self.vae``) with the family's latent normalisation (see the module docstring)."""
 
     #: the diffusers class name (``AutoencoderKLWan`` ...)
@@ -35,14 +36,14 @@ class DiffusersAutoencoder(nn.Module):
         self.vae = vae
 
     # -- what a family defines ---------------------------------------------------------------------------
+    @abc.abstractmethod
     def normalisation(self) -> dict[str, torch.Tensor | None]:
         """``shift``, ``scale``, ``divisor`` (float32, broadcastable to ``B x C x T x H x W``; None where unused)
         of the normalisation ``(z - shift) * scale / divisor`` from raw latents ``z`` to the model's."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
         """The VAE's raw latents from the model's (fp32)."""
-        raise NotImplementedError
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Pixels from raw latents in the VAE's dtype (default: ``vae.decode``)."""

@@ -30,6 +30,7 @@ summed over the group they are the gradient of the sum of the group's rank losse
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,7 @@ class TextCondition:
                              None if self.pooled is None else self.pooled[samples])
 
 
-class DiffusersTransformers(nn.Module):
+class DiffusersTransformers(nn.Module, abc.ABC):
     """A family's diffusers transformer(s) as one osctl model (see the module docstring)."""
 
     #: where the family's token sequence is split and gathered (submodule names relative to one transformer)
@@ -128,19 +129,19 @@ class DiffusersTransformers(nn.Module):
             self._install_split_points(getattr(self, name))
 
     # -- what a family defines ---------------------------------------------------------------------------
+    @abc.abstractmethod
     def call_transformer(self, transformer: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
                          text: Any) -> torch.Tensor:
         """One transformer's prediction (latents' shape) for full latents, timesteps ``B`` and the text
         :meth:`prepare_text` made (states ``B x L x D``, or a :class:`TextCondition`)."""
-        raise NotImplementedError
 
     def prepare_text(self, text: torch.Tensor, mask: torch.Tensor | None) -> Any:
         """The text the transformer sees, from the encoder's states and mask (default: the states unchanged)."""
         return text
 
+    @abc.abstractmethod
     def sequence_parallel_attention(self, transformer: nn.Module, enabled: bool) -> None:
         """Install (``enabled``) or remove the family's Ulysses attention processors on ``transformer``."""
-        raise NotImplementedError
 
     # -- the module ------------------------------------------------------------------------------------
     @property
