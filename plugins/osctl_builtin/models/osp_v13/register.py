@@ -234,12 +234,11 @@ def build_model(config: OSPv13Config, *, device: Any = None, dtype: Any = None, 
     # validates the folder (ConfigError) before torch work starts
     arch = config.plan_architecture() if meta else config.architecture()
     try:
-        if config.path is not None and not meta:
-            if not _has_weights(config.path):
-                raise osctl.ConfigError(
-                    f"model.path {config.path!r} has a config.json but no diffusion_pytorch_model weights.",
-                    hint="copy the weights next to config.json, or point model.path at the folder that has them",
-                )
+        if config.path is not None and not meta and not _has_weights(config.path):
+            raise osctl.ConfigError(
+                f"model.path {config.path!r} has a config.json but no diffusion_pytorch_model weights.",
+                hint="copy the weights next to config.json, or point model.path at the folder that has them",
+            )
         if config.path is not None and not (meta or empty):
             model = from_pretrained_safely(OpenSoraT2V_v1_3, Path(config.path).expanduser(), dtype,
                                            **config.overrides(RUNTIME_KEYS))
