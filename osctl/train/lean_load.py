@@ -178,6 +178,34 @@ def _chunks(keys: list[str], plan: LeanPlan, chunk_bytes: int) -> Iterator[list[
         yield chunk
 
 
+#: strategies that move the whole model to the process's device as it is (DeepSpeed partitions a host copy)
+DEVICE_LOADING_STRATEGIES = ("single", "ddp", "fsdp")
+
+
+def loads_on_device(recipe: Any, strategy: str) -> bool:
+    """True when training builds and loads the model straight on the process's device: the strategy would move the
+    whole model there anyway (:data:`DEVICE_LOADING_STRATEGIES`), no ``train.offload`` (frozen blocks stay in host
+    memory) and no ``train.base_dtype`` below fp32 (the frozen base shrinks before it is moved: loading it in
+    float32 on the device first would need the memory it saves). Otherwise on the CPU, as before."""
+    train_cfg = recipe.train
+    small_base = train_cfg.lora is not None and train_cfg.base_dtype != "fp32"
+    return strategy in DEVICE_LOADING_STRATEGIES and train_cfg.offload is None and not small_base
+
+
+def lean_source(recipe: Any) -> Path | None:
+    """The safetensors weights a run's model is built from, lean (``train.pretrained``, else ``model.path``), as
+    far as the recipe tells; None for a fresh preset or torch files (a plan's guess: a checkpoint to resume, or
+    weights that miss keys, are known only when the run starts)."""
+    for value in (recipe.train.pretrained, recipe.model.options.get("path")):
+        if not value:
+            continue
+        path = Path(str(value)).expanduser()
+        if path.is_file():
+            return path if path.suffix == ".safetensors" else None
+        return path if path.is_dir() and any(path.rglob("*.safetensors")) else None
+    return None
+
+
 @dataclass
 class LoadedModel:
     """A built model with its weights, and how they got there."""

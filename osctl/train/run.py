@@ -344,16 +344,12 @@ def _weights_to_load(train_cfg: Any, resume_dir: Path | None) -> Path | None:
 
 
 def load_device(recipe: Any, registry: Registry, info: pdist.DistInfo) -> torch.device:
-    """Where the model is built and its weights loaded: the process's device when the strategy would move the
-    whole model there anyway (single, ddp, fsdp), else the CPU: DeepSpeed partitions from the host copy,
-    ``train.offload`` keeps frozen blocks in host memory, and ``train.base_dtype`` shrinks the frozen base before
-    it is moved (loading it in float32 on the device first would need the memory it saves)."""
-    train_cfg = recipe.train
-    name = strategy_name(recipe, registry, info.world_size)
-    if name not in ("single", "ddp", "fsdp") or train_cfg.offload is not None or \
-            (train_cfg.lora is not None and train_cfg.base_dtype != "fp32"):
-        return torch.device("cpu")
-    return torch.device(info.device)
+    """Where the model is built and its weights loaded: the process's device where the strategy would move the
+    whole model there anyway, else the CPU (:func:`osctl.train.lean_load.loads_on_device`)."""
+    from osctl.train.lean_load import loads_on_device
+
+    on_device = loads_on_device(recipe, strategy_name(recipe, registry, info.world_size))
+    return torch.device(info.device) if on_device else torch.device("cpu")
 
 
 def _device_of(model: torch.nn.Module) -> str:

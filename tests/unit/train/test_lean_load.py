@@ -152,3 +152,76 @@ def test_torch_files_and_missing_sources(tmp_path, registry):
     with pytest.raises(ConfigError, match="does not exist"):
         build_loaded_model(checked, registry, weights=tmp_path / "nothing.safetensors", device="cpu",
                            dtype=torch.float32)
+
+
+def test_memory_plan_host_loading_follows_the_loading_path(tmp_path):
+    """The plan's "host RAM while loading": one chunk on a GPU run that loads lean on the device; the float32
+    model plus one chunk where the model stays in host memory; the old build + read estimate otherwise."""
+    from osctl.train.memory import host_loading
+    from osctl.train.weights import LOAD_CHUNK_BYTES
+
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 4))
+    fp32 = sum(p.numel() * 4 for p in model.parameters())
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    file_bytes = (tmp_path / "w.safetensors").stat().st_size
+    assert file_bytes < LOAD_CHUNK_BYTES  # the chunk is then the whole file
+
+    def recipe(pretrained, **train):
+        settings = {"lora": None, "base_dtype": "fp32", "offload": None, **train}
+        return SimpleNamespace(train=SimpleNamespace(pretrained=pretrained, **settings),
+                               model=SimpleNamespace(options={}))
+
+    lean = recipe(str(tmp_path / "w.safetensors"))
+    assert host_loading(lean, model, strategy="ddp")[0] == file_bytes
+    assert "straight to the device" in host_loading(lean, model, strategy="fsdp")[1]
+    assert host_loading(lean, model, strategy="ddp", device_type="cpu")[0] == fp32 + file_bytes
+    assert host_loading(lean, model, strategy="deepspeed")[0] == fp32 + file_bytes
+    assert host_loading(recipe(str(tmp_path / "w.safetensors"), offload=SimpleNamespace(blocks=2)), model,
+                        strategy="single")[0] == fp32 + file_bytes
+    small_base = recipe(str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4), base_dtype="bf16")
+    assert host_loading(small_base, model, strategy="single")[0] == fp32 + file_bytes
+    torch_file = host_loading(recipe(str(tmp_path / "w.pt")), model, strategy="ddp")
+    assert torch_file[0] == fp32 + (tmp_path / "w.pt").stat().st_size and "built in float32" in torch_file[1]
+    assert host_loading(recipe(None), model, strategy="ddp")[0] == fp32  # a fresh preset
+
+
+LEAN_PEAK_SCRIPT = """
+import sys, torch
+from pathlib import Path
+from osctl.train.lean_load import materialise, parameters_on_meta, plan_lean_load
+
+def status(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) * 1024
+
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # the peak (VmHWM) starts again from here
+before = status("VmRSS")
+with parameters_on_meta():
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(48)])  # 48 x 4 MiB = 192 MiB
+plan = plan_lean_load(model, [(Path(sys.argv[1]), "")], source=sys.argv[1])
+report = materialise(model, plan, device="cpu", chunk_bytes=int(sys.argv[2]))
+print(report.loaded, status("VmHWM") - before, status("VmRSS") - before)
+"""
+
+
+def test_lean_loading_on_the_cpu_holds_the_model_and_one_chunk(tmp_path):
+    """Measured in a fresh process: building on the meta device and filling 192 MiB from the mapped file, 16 MiB
+    at a time, peaks at the model plus about a chunk (the mapped pages of each chunk are let go before the next)."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak-memory counter")
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(48)])
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    chunk = 16 * 2**20
+    out = subprocess.run([sys.executable, "-c", LEAN_PEAK_SCRIPT, str(tmp_path / "w.safetensors"), str(chunk)],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
+    loaded, peak, kept = map(int, out.stdout.split())
+    assert loaded == 96
+    assert kept >= model_bytes  # the model's own memory, privately copied (never the mapped file)
+    assert peak < model_bytes + 2 * chunk + 16 * 2**20, f"loading peaked {(peak - model_bytes) / 2**20:.0f} MiB over"

@@ -127,7 +127,8 @@ class WanConfig(DiffusersModelConfig):
         return {"_class_name": "WanPipeline", "boundary_ratio": self.boundary(), "expand_timesteps": expand}
 
 
-def build_model(config: WanConfig, *, device: Any = None, dtype: Any = None, meta: bool = False, empty: bool = False, **_: Any) -> Any:
+def build_model(config: WanConfig, *, device: Any = None, dtype: Any = None, meta: bool = False,
+                empty: bool = False, **_: Any) -> Any:
     """The Wan transformer(s) as one osctl model: loaded from ``path`` or fresh from the preset (``meta``: shapes
     only, from the folder's config.json or, before it is downloaded, the preset)."""
     from diffusers import WanTransformer3DModel
