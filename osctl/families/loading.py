@@ -43,7 +43,10 @@ def build_transformers(config: Any, transformer_class: Any, *, dtype: Any = None
     from osctl.train.lean_load import parameters_on_meta
 
     found = None if meta else config.located()
-    building = torch.device("meta") if meta else parameters_on_meta() if empty else nullcontext()
+
+    def building() -> Any:  # a fresh context per transformer (parameters_on_meta's is entered once)
+        return torch.device("meta") if meta else parameters_on_meta() if empty else nullcontext()
+
     transformers: dict[str, Any] = {}
     try:
         if found is not None:
@@ -52,7 +55,7 @@ def build_transformers(config: Any, transformer_class: Any, *, dtype: Any = None
                     raise ConfigError(f"model.path: {str(folder)!r} has a config.json but no diffusion_pytorch_model "
                                       "weights.", hint=config.FETCH_HINT)
                 if empty:
-                    with building:
+                    with building():
                         module = transformer_class.from_config(transformer_class.load_config(folder))
                     module.register_to_config(_name_or_path=str(folder))  # as from_pretrained records it
                     transformers[name] = cast_as_loaded(module, dtype)
@@ -61,7 +64,7 @@ def build_transformers(config: Any, transformer_class: Any, *, dtype: Any = None
         else:
             arch = config.plan_architecture() if meta else config.architecture()
             for name in config.transformer_names():
-                with building:
+                with building():
                     module = transformer_class.from_config(arch)
                 transformers[name] = _cast(module, dtype)
     except ValueError as exc:

@@ -18,7 +18,7 @@ from tests.family_helpers import family_registry
 #: (registry name, tiny options): OSP has no buffers; Wan (rotary tables) and CogVideoX (sincos positions)
 #: have non-persistent buffers made when they are built
 FAMILIES = {"osp": ("opensora_v1_3", {"preset": "tiny"}), "wan": ("wan", {"preset": "tiny"}),
-            "cogvideox": ("cogvideox", {"preset": "tiny"})}
+            "cogvideox": ("cogvideox", {"preset": "tiny"}), "wan-a14b": ("wan", {"preset": "tiny-a14b"})}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,10 @@ def trained_weights(registry, family: str, folder: Path) -> tuple[Path, Path]:
             param.add_(0.05 * torch.randn_like(param))
     file = folder / "w.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, file)
-    inner = model if family == "osp" else model.transformer
-    inner.save_pretrained(folder / "released")
+    if family == "osp":
+        model.save_pretrained(folder / "released")
+    for name, transformer in [] if family == "osp" else model.transformers():  # one folder, or one per expert
+        transformer.save_pretrained(folder / "released" / (name if len(model.transformer_names) > 1 else ""))
     return file, folder / "released"
 
 
@@ -91,7 +93,8 @@ def test_lean_pretrained_equals_normal_build_and_load(tmp_path, registry, family
 
 
 @pytest.mark.parametrize(("family", "dtype"), [("osp", torch.float32), ("osp", torch.bfloat16),
-                                               ("wan", torch.float32), ("cogvideox", torch.bfloat16)])
+                                               ("wan", torch.float32), ("cogvideox", torch.bfloat16),
+                                               ("wan-a14b", torch.float32)])
 def test_lean_model_path_equals_from_pretrained(tmp_path, registry, family, dtype):
     _, released = trained_weights(registry, family, tmp_path)
     checked = checked_for(registry, family, path=str(released))
