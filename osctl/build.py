@@ -29,10 +29,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_model(checked: CheckedRecipe, registry: Registry, *, device: torch.device | str = "cpu",
-                dtype: torch.dtype | None = None, meta: bool = False) -> DiffusionModel:
-    """The diffusion transformer named by the recipe's ``model`` section."""
+                dtype: torch.dtype | None = None, meta: bool = False, empty: bool = False) -> DiffusionModel:
+    """The diffusion transformer named by the recipe's ``model`` section.
+
+    ``empty``: the architecture that would be loaded, its parameters on the meta device and its buffers made as
+    usual, not placed; :mod:`osctl.train.lean_load` fills it from weight files. A factory that does not know the
+    argument builds the model normally."""
     section = checked.loaded.recipe.model
-    model = registry.build("model", section.name, checked.components["model"], device=device, dtype=dtype, meta=meta)
+    extra = {"empty": True} if empty else {}
+    model = registry.build("model", section.name, checked.components["model"], device=device, dtype=dtype, meta=meta,
+                           **extra)
     return check_contract(model, "model", section.name)
 
 

@@ -203,6 +203,12 @@ class DiffusersModelConfig(ComponentConfig):
         found = self.located()
         return dict(found.folders) if found is not None else {}
 
+    def weight_sources(self) -> list[tuple[Path, str]]:
+        """(folder, state-dict key prefix) of each transformer's weights ``path`` holds: the family's model names
+        its transformers by their pipeline names (:class:`osctl.families.transformers.DiffusersTransformers`);
+        empty for a preset (see :mod:`osctl.train.lean_load`)."""
+        return [(folder, f"{name}.") for name, folder in self.source_folders().items()]
+
 
 class DiffusersAutoencoderConfig(ComponentConfig):
     """Recipe section ``autoencoder`` of a family from diffusers: released files (``path``) or a ``preset``.

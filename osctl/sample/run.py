@@ -23,7 +23,6 @@ from osctl.availability import component_missing_weights, require_weights
 from osctl.build import (
     DTYPES,
     build_autoencoder,
-    build_model,
     build_refiner,
     build_sampler,
     build_text_encoder,
@@ -36,6 +35,7 @@ from osctl.registry import Registry
 from osctl.sample.pipeline import VideoPipeline
 from osctl.sample.prompts import SampleJob, expand_jobs, read_prompts, slug
 from osctl.sample.sizes import check_sequence_parallel_frames, check_size
+from osctl.train.lean_load import build_loaded_model
 from osctl.utils.atomic import atomic_file, atomic_write_text
 from osctl.utils.attention import attention_backend
 from osctl.utils.files import file_sha256
@@ -93,8 +93,9 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     mine = jobs if cfg.sp else jobs[info.rank :: info.world_size]
     out_dir = check_output_dir(cfg.output_dir, key="sample.output_dir")
 
-    model = build_model(checked, registry, device=device, dtype=dtype).eval()
-    loras = apply_loras(model, cfg.loras, request.base_weights)
+    # model.path's weights or a LoRA checkpoint's base, loaded on the device without a host copy where it can
+    model = build_loaded_model(checked, registry, weights=request.base_weights, device=device, dtype=dtype).model.eval()
+    loras = apply_loras(model, cfg.loras)
     if cfg.compile:  # after the adapters are merged: the compiled blocks see the final weights
         from osctl.recipe.schema import CompileSettings
         from osctl.train.compile import compile_blocks
@@ -134,14 +135,10 @@ def run_sampling(checked: CheckedRecipe, registry: Registry, request: SampleRequ
     return records
 
 
-def apply_loras(model: Any, refs: list[Any], base_weights: Path | None = None) -> list[dict[str, Any]]:
+def apply_loras(model: Any, refs: list[Any]) -> list[dict[str, Any]]:
     """Merge each ``sample.loras`` adapter into ``model`` (``scale * alpha/rank * B @ A`` added to the weights,
-    in float32), after loading ``base_weights`` when given; returns what the sidecars record of each. An
-    adapter trained on other base weights (another fingerprint) is applied with a warning."""
-    if base_weights is not None:
-        from osctl.train.weights import load_into
-
-        load_into(model, base_weights)
+    in float32); returns what the sidecars record of each. An adapter trained on other base weights (another
+    fingerprint) is applied with a warning."""
     if not refs:
         return []
     from osctl.train.lora import adapter_files, base_fingerprint, merge_into_model, read_adapter

@@ -368,15 +368,16 @@ def _class_name(model: torch.nn.Module) -> str:
 # --- training: the model of a LoRA run, and its checkpoints -----------------------------------------------
 
 def prepare_lora_model(model: torch.nn.Module, recipe: Any, registry: Any, resume_dir: Path | None,
-                       notes: list[str]) -> AdapterSpec:
+                       notes: list[str], base_report: Any = None) -> AdapterSpec:
     """Make ``model`` the model of a LoRA run: the base weights (``train.pretrained``, also when resuming: a
-    LoRA checkpoint holds the adapter alone), frozen; the adapter injected and, when resuming, restored from
+    LoRA checkpoint holds the adapter alone; ``base_report``: the LoadReport of a model built with them already,
+    see :mod:`osctl.train.lean_load`), frozen; the adapter injected and, when resuming, restored from
     ``resume_dir/adapter`` after checking it was trained on this base. Returns the adapter's spec."""
     from osctl.train.weights import load_into
 
     train_cfg = recipe.train
     if train_cfg.pretrained:
-        report = load_into(model, Path(train_cfg.pretrained))
+        report = base_report if base_report is not None else load_into(model, Path(train_cfg.pretrained))
         notes.append(f"LoRA base: {report.summary()}")
     fingerprint = base_fingerprint(model.state_dict())
     declared = None

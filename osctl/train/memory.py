@@ -266,6 +266,7 @@ class MemoryPlan:
     device_bytes: int | None = None
     offload_blocks: int = 0
     host_load_peak: int = 0
+    host_load_note: str = ""
 
     @property
     def largest(self) -> StepMemory:
@@ -285,8 +286,7 @@ class MemoryPlan:
         largest = self.largest
         t, h, w = largest.bucket
         out.append(("memory peak (largest bucket)", f"{t}x{h}x{w}: {largest.line()}"))
-        out.append(("host RAM while loading", f"{_gb(self.host_load_peak)} (the model built in float32 on the CPU plus "
-                    "what reading its weights holds at once, before the strategy moves it to the device)"))
+        out.append(("host RAM while loading", f"{_gb(self.host_load_peak)} ({self.host_load_note})"))
         if self.offload_blocks:
             out.append(("offload", f"{self.offload_blocks} blocks' frozen weights in host memory "
                         f"({_gb(largest.offloaded)})"))
@@ -330,15 +330,40 @@ def plan_memory(checked: Any, model: torch.nn.Module, *, buckets: list[tuple[int
         while max(m.total for m in per_bucket) > device_bytes and blocks < total_blocks:
             blocks += 1
             per_bucket = estimate(blocks)
-    fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
+    host_load_peak, host_load_note = host_loading(recipe, model, strategy=strategy, device_type=device_type)
     return MemoryPlan(per_bucket=per_bucket, device_bytes=device_bytes, offload_blocks=blocks,
-                      host_load_peak=fp32_bytes + _loading_extra(recipe))
+                      host_load_peak=host_load_peak, host_load_note=host_load_note)
+
+
+def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_type: str = "cuda") -> tuple[int, str]:
+    """Peak host bytes while the model is built and its weights read, and what they are.
+
+    Lean loading (:mod:`osctl.train.lean_load`: safetensors weights, ``train.pretrained`` or ``model.path``) holds
+    one chunk of mapped file pages (at least the largest tensor) besides the model's own memory: on a GPU, where
+    the strategy loads straight on the device, that chunk is all; on the CPU (or for DeepSpeed, ``train.offload``
+    or a smaller frozen base) the float32 model is in host memory too. Otherwise the model is built in float32 on
+    the CPU and what reading its weights holds at once comes on top (:func:`_loading_extra`)."""
+    from osctl.train.lean_load import lean_source, loads_on_device
+    from osctl.train.weights import LOAD_CHUNK_BYTES
+
+    fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
+    source = lean_source(recipe)
+    if source is None:
+        return fp32_bytes + _loading_extra(recipe), ("the model built in float32 on the CPU plus what reading its "
+                                                     "weights holds at once, before the strategy moves it to the device")
+    largest = max((p.numel() * 4 for p in model.parameters()), default=0)
+    files = [source] if source.is_file() else list(source.rglob("*.safetensors"))
+    chunk = min(max(LOAD_CHUNK_BYTES, largest), max(f.stat().st_size for f in files))
+    if device_type == "cuda" and loads_on_device(recipe, strategy):
+        return chunk, f"built on the meta device, weights read {_gb(chunk)} at a time straight to the device"
+    return fp32_bytes + chunk, (f"the float32 model in host memory plus {_gb(chunk)} of its weights read at a time "
+                                "(built on the meta device, no random init)")
 
 
 def _loading_extra(recipe: Any) -> int:
-    """Host bytes loading the weights needs besides the model: the largest file of ``model.path`` (diffusers'
-    ``from_pretrained`` reads a file at a time), and for ``train.pretrained`` one chunk of a safetensors file
-    (:func:`osctl.train.weights.load_into`) or a whole torch file; 0 for a fresh preset."""
+    """Host bytes loading the weights needs besides the model built in float32 on the CPU: the largest file of
+    ``model.path`` (diffusers' ``from_pretrained`` reads a file at a time), and for ``train.pretrained`` one chunk of
+    a safetensors file (:func:`osctl.train.weights.load_into`) or a whole torch file; 0 for a fresh preset."""
     from pathlib import Path
 
     from osctl.train.weights import LOAD_CHUNK_BYTES

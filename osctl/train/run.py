@@ -24,7 +24,6 @@ from osctl import __version__
 from osctl.build import (
     DTYPES,
     build_autoencoder,
-    build_model,
     build_strategy,
     build_text_encoder,
     strategy_name,
@@ -43,13 +42,13 @@ from osctl.train.checkpointing import apply_checkpointing, recipe_policy
 from osctl.train.compile import CompiledRun, CompileWatch, check_compile, compile_blocks
 from osctl.train.compile import plan_line as compile_plan_line
 from osctl.train.ema import EMA
+from osctl.train.lean_load import build_loaded_model
 from osctl.train.loop import BatchSource, TrainParts, TrainResult, train
 from osctl.train.objective import build_objective
 from osctl.train.optim import build_lr_scheduler, build_optimizer
 from osctl.train.plan import frozen_lines, plan_training, require_training_weights, stop_step, validation_line
 from osctl.train.state import TrainState
 from osctl.train.tracking import open_trackers
-from osctl.train.weights import load_into
 from osctl.utils.attention import describe as describe_attention
 from osctl.utils.dir_lock import DirLock
 from osctl.utils.output_dir import check_output_dir
@@ -242,24 +241,30 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
                            precision) if cache is None or validating else None  # with a cache: to decode samples
     text_encoder = build_text_encoder(checked, registry, device=info.device, dtype=precision) if cache is None else \
         cache.prompt_encoder(checked, registry, device=info.device, dtype=precision, validating=validating)
-    model = build_model(checked, registry, device="cpu", dtype=torch.float32)
+    # 3. the model with its weights: a checkpoint to resume wins over `pretrained` (a LoRA run's base is
+    #    `pretrained`, also on resume: its checkpoint holds the adapter alone); lean where it can (lean_load)
+    resume_dir = ckpt.resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
+    loaded = build_loaded_model(checked, registry, weights=_weights_to_load(train_cfg, resume_dir),
+                                device=load_device(recipe, registry, info), dtype=torch.float32)
+    model = loaded.model
     if layout.sequence_parallel:
         _check_sequence_parallel_model(model, layout)
     apply_checkpointing(model, recipe_policy(checked))
     model.train()
-
-    # 3. weights: a checkpoint to resume wins over `pretrained`
-    resume_dir = ckpt.resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     notes: list[str] = []
+    if loaded.lean:
+        notes.append(f"model built on the meta device and loaded on {_device_of(model)} chunk by chunk "
+                     "(no random init, no second copy of its weights in host memory)")
+    report = loaded.report
     adapter = None
     if train_cfg.lora is not None:  # base from pretrained (also on resume), frozen; adapter added and restored
         from osctl.train.lora import prepare_lora_model
 
-        adapter = prepare_lora_model(model, recipe, registry, resume_dir, notes)
+        adapter = prepare_lora_model(model, recipe, registry, resume_dir, notes, base_report=report)
         if resume_dir is not None:
             _check_recipe_change(resume_dir, resolved, options.allow_recipe_change, notes)
     elif resume_dir is not None:
-        report = load_into(model, resume_dir / "model")
+        assert report is not None
         if report.missing or report.unexpected or report.mismatched:
             raise ConfigError(f"{resume_dir}/model does not match this model ({report.summary()}); "
                               "resume with the recipe it was trained with.")
@@ -267,7 +272,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
         if train_cfg.pretrained:
             notes.append(f"resuming from {resume_dir}: train.pretrained ({train_cfg.pretrained}) is ignored")
     elif train_cfg.pretrained:
-        report = load_into(model, Path(train_cfg.pretrained))
+        assert report is not None
         notes.append(report.summary())
         notes.extend(report.details()[:20])
     elif train_cfg.resume_from_checkpoint == "latest":
@@ -342,6 +347,27 @@ def _step_flops(checked: CheckedRecipe, registry: Registry, layout: ParallelLayo
 
     return StepFlops(planned_model(checked, registry), sp_size=layout.sp_size,
                      peak_tflops=device_peak_tflops(torch.cuda.get_device_name(device)))
+
+
+def _weights_to_load(train_cfg: Any, resume_dir: Path | None) -> Path | None:
+    """The weights the model is built with: a LoRA run's base (``pretrained``, also on resume), else the checkpoint
+    to resume, else ``pretrained``; None: ``model.path``'s or a fresh preset's."""
+    if train_cfg.lora is None and resume_dir is not None:
+        return resume_dir / "model"
+    return Path(train_cfg.pretrained) if train_cfg.pretrained else None
+
+
+def load_device(recipe: Any, registry: Registry, info: pdist.DistInfo) -> torch.device:
+    """Where the model is built and its weights loaded: the process's device where the strategy would move the
+    whole model there anyway, else the CPU (:func:`osctl.train.lean_load.loads_on_device`)."""
+    from osctl.train.lean_load import loads_on_device
+
+    on_device = loads_on_device(recipe, strategy_name(recipe, registry, info.world_size))
+    return torch.device(info.device) if on_device else torch.device("cpu")
+
+
+def _device_of(model: torch.nn.Module) -> str:
+    return str(next(iter(model.parameters())).device)
 
 
 def _compile(checked: CheckedRecipe, model: torch.nn.Module, strategy: str, source: Any, cache: Any,

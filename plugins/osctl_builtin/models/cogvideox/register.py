@@ -63,7 +63,7 @@ class CogVideoXConfig(DiffusersModelConfig):
 
 
 def build_model(config: CogVideoXConfig, *, device: Any = None, dtype: Any = None, meta: bool = False,
-                **_: Any) -> Any:
+                empty: bool = False, **_: Any) -> Any:
     """The CogVideoX transformer as an osctl model: loaded from ``path`` or fresh from the preset (``meta``: shapes
     only)."""
     from diffusers import CogVideoXTransformer3DModel
@@ -71,8 +71,10 @@ def build_model(config: CogVideoXConfig, *, device: Any = None, dtype: Any = Non
     from osctl.families.loading import build_transformers, placed
     from osctl_builtin.models.cogvideox.model import CogVideoXTransformers
 
-    model = CogVideoXTransformers(build_transformers(config, CogVideoXTransformer3DModel, dtype=dtype, meta=meta))
-    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing)
+    model = CogVideoXTransformers(build_transformers(config, CogVideoXTransformer3DModel, dtype=dtype, meta=meta,
+                                                     empty=empty))
+    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing,
+                  empty=empty)
 
 
 @osctl.hookimpl

@@ -68,7 +68,7 @@ class HunyuanVideoConfig(DiffusersModelConfig):
 
 
 def build_model(config: HunyuanVideoConfig, *, device: Any = None, dtype: Any = None, meta: bool = False,
-                **_: Any) -> Any:
+                empty: bool = False, **_: Any) -> Any:
     """The HunyuanVideo transformer as an osctl model: loaded from ``path`` or fresh from the preset (``meta``:
     shapes only)."""
     from diffusers import HunyuanVideoTransformer3DModel
@@ -76,9 +76,11 @@ def build_model(config: HunyuanVideoConfig, *, device: Any = None, dtype: Any = 
     from osctl.families.loading import build_transformers, placed
     from osctl_builtin.models.hunyuan_video.model import HunyuanVideoTransformers
 
-    model = HunyuanVideoTransformers(build_transformers(config, HunyuanVideoTransformer3DModel, dtype=dtype, meta=meta),
+    model = HunyuanVideoTransformers(build_transformers(config, HunyuanVideoTransformer3DModel, dtype=dtype, meta=meta,
+                                                        empty=empty),
                                      guidance=config.guidance, training_guidance=config.training_guidance)
-    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing)
+    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing,
+                  empty=empty)
 
 
 @osctl.hookimpl

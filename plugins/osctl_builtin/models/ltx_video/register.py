@@ -65,7 +65,7 @@ class LTXVideoConfig(DiffusersModelConfig):
 
 
 def build_model(config: LTXVideoConfig, *, device: Any = None, dtype: Any = None, meta: bool = False,
-                **_: Any) -> Any:
+                empty: bool = False, **_: Any) -> Any:
     """The LTX-Video transformer as an osctl model: loaded from ``path`` or fresh from the preset (``meta``: shapes
     only)."""
     from diffusers import LTXVideoTransformer3DModel
@@ -73,9 +73,11 @@ def build_model(config: LTXVideoConfig, *, device: Any = None, dtype: Any = None
     from osctl.families.loading import build_transformers, placed
     from osctl_builtin.models.ltx_video.model import LTXVideoTransformers
 
-    model = LTXVideoTransformers(build_transformers(config, LTXVideoTransformer3DModel, dtype=dtype, meta=meta),
+    model = LTXVideoTransformers(build_transformers(config, LTXVideoTransformer3DModel, dtype=dtype, meta=meta,
+                                                    empty=empty),
                                  frame_rate=config.frame_rate)
-    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing)
+    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing,
+                  empty=empty)
 
 
 @osctl.hookimpl

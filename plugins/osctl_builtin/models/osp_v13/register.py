@@ -147,6 +147,11 @@ class OSPv13Config(ComponentConfig):
             return self._preset_architecture()
         return self.architecture()
 
+    def weight_sources(self) -> list[tuple[Path, str]]:
+        """(folder, state-dict key prefix) of the weights ``path`` holds; empty for a preset (see
+        :mod:`osctl.train.lean_load`)."""
+        return [] if self.path is None else [(Path(self.path).expanduser(), "")]
+
     def missing_weights(self) -> list[MissingWeights]:
         """``path`` when it does not hold a config.json and weights (a preset builds fresh weights)."""
         if self.path is None:
@@ -221,33 +226,43 @@ def _has_weights(path: str) -> bool:
     return any((Path(path).expanduser() / name).is_file() for name in WEIGHT_FILES)
 
 
-def build_model(config: OSPv13Config, *, device: Any = None, dtype: Any = None, meta: bool = False, **_: Any) -> Any:
+def build_model(config: OSPv13Config, *, device: Any = None, dtype: Any = None, meta: bool = False, empty: bool = False,
+                **_: Any) -> Any:
     """Build the transformer: load ``config.path`` or make a fresh ``config.preset`` (meta: shapes only, from
-    the folder's config.json or, before it is downloaded, the preset: see ``plan_architecture``)."""
+    the folder's config.json or, before it is downloaded, the preset: see ``plan_architecture``; empty: the
+    architecture that would be loaded or made, parameters on the meta device, buffers made, not placed)."""
     import torch
 
-    from osctl.families.loading import from_pretrained_safely, placed
+    from osctl.families.loading import cast_as_loaded, from_pretrained_safely, placed
+    from osctl.train.lean_load import parameters_on_meta
     from osctl_builtin.models.osp_v13.transformer import OpenSoraT2V_v1_3
 
     # validates the folder (ConfigError) before torch work starts
     arch = config.plan_architecture() if meta else config.architecture()
     try:
-        if config.path is not None and not meta:
-            if not _has_weights(config.path):
-                raise osctl.ConfigError(
-                    f"model.path {config.path!r} has a config.json but no diffusion_pytorch_model weights.",
-                    hint="copy the weights next to config.json, or point model.path at the folder that has them",
-                )
+        if config.path is not None and not meta and not _has_weights(config.path):
+            raise osctl.ConfigError(
+                f"model.path {config.path!r} has a config.json but no diffusion_pytorch_model weights.",
+                hint="copy the weights next to config.json, or point model.path at the folder that has them",
+            )
+        if config.path is not None and not (meta or empty):
             model = from_pretrained_safely(OpenSoraT2V_v1_3, Path(config.path).expanduser(), dtype,
                                            **config.overrides(RUNTIME_KEYS))
+        elif config.path is not None and empty:  # what from_pretrained builds before it loads the weights
+            folder = str(Path(config.path).expanduser())
+            with parameters_on_meta():
+                model = OpenSoraT2V_v1_3.from_config(OpenSoraT2V_v1_3.load_config(folder),
+                                                     **config.overrides(RUNTIME_KEYS))
+            model = cast_as_loaded(model, dtype)
+            model.register_to_config(_name_or_path=folder)
         else:
-            with torch.device("meta") if meta else nullcontext():
+            with torch.device("meta") if meta else parameters_on_meta() if empty else nullcontext():
                 model = OpenSoraT2V_v1_3.from_config(arch)
             if dtype is not None:  # nn.Module.to: diffusers' own .to() warns spuriously on every dtype cast
                 model = torch.nn.Module.to(model, dtype=dtype)
     except ValueError as exc:
         raise osctl.ConfigError(f"model: {exc}") from None
-    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing)
+    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing, empty=empty)
 
 
 @osctl.hookimpl

@@ -130,7 +130,8 @@ class WanConfig(DiffusersModelConfig):
         return {"_class_name": "WanPipeline", "boundary_ratio": self.boundary(), "expand_timesteps": expand}
 
 
-def build_model(config: WanConfig, *, device: Any = None, dtype: Any = None, meta: bool = False, **_: Any) -> Any:
+def build_model(config: WanConfig, *, device: Any = None, dtype: Any = None, meta: bool = False,
+                empty: bool = False, **_: Any) -> Any:
     """The Wan transformer(s) as one osctl model: loaded from ``path`` or fresh from the preset (``meta``: shapes
     only, from the folder's config.json or, before it is downloaded, the preset)."""
     from diffusers import WanTransformer3DModel
@@ -138,11 +139,12 @@ def build_model(config: WanConfig, *, device: Any = None, dtype: Any = None, met
     from osctl.families.loading import build_transformers, placed
     from osctl_builtin.models.wan.model import WanTransformers
 
-    transformers = build_transformers(config, WanTransformer3DModel, dtype=dtype, meta=meta)
+    transformers = build_transformers(config, WanTransformer3DModel, dtype=dtype, meta=meta, empty=empty)
     boundary = config.boundary()
     model = WanTransformers(transformers, boundary_timestep=None if boundary is None else boundary * NUM_TRAIN_TIMESTEPS,
                             trained=config.trained_transformers(), text_length=config.text_length)
-    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing)
+    return placed(model, device=device, meta=meta, gradient_checkpointing=config.gradient_checkpointing,
+                  empty=empty)
 
 
 @osctl.hookimpl

@@ -1,0 +1,249 @@
+"""Loading a model without a full-size host copy: parameters made on the meta device, then filled straight on
+the target device from the memory-mapped safetensors files, a chunk at a time.
+
+Why: the plain path builds every parameter on the CPU with a random init (a 14B model: 56 GB of float32 and
+minutes of init) only for :func:`osctl.train.weights.load_into` or diffusers' ``from_pretrained`` to overwrite
+it, and a GPU run then copies the whole host model to the device. Here the factory builds the model with its
+parameters on the meta device (``empty=True``: no memory, no init; buffers such as rotary tables are computed
+as usual, since they are not in the weight files), and :func:`materialise` gives each parameter and persistent
+buffer a fresh tensor on the device, copied from the file. The host then holds at most one chunk of mapped
+file pages (:data:`osctl.train.weights.LOAD_CHUNK_BYTES`) besides what lives on the device.
+
+It gives the same model as a normal build plus ``load_into``, bit for bit, or is not used: :func:`plan_lean_load`
+says no (and the caller builds normally) whenever that could differ: weights in torch files, a model tensor
+absent from the files or of another shape (it would keep its initial value, which only a normal build makes),
+parameters shared between modules, a buffer that depends on a parameter, or a module with its own
+state-dict loading hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from osctl.train.weights import LOAD_CHUNK_BYTES, LoadReport, weight_files
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Every plain ``nn.Parameter`` registered inside is moved to the meta device as it is registered; buffers
+    and everything else are made as usual. An init that writes to such a parameter then writes to nothing."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and type(param) is nn.Parameter and not param.is_meta:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def is_empty(model: nn.Module) -> bool:
+    """True when some parameter of ``model`` is on the meta device (an ``empty=True`` build)."""
+    return any(p.is_meta for p in model.parameters())
+
+
+@dataclass
+class LeanPlan:
+    """Where each tensor of the model's state dict is read from, and what the load will report."""
+
+    #: state-dict key -> (file, name in the file, offset of its data, bytes)
+    locations: dict[str, tuple[Path, str, int, int]] = field(default_factory=dict)
+    report: LoadReport = field(default_factory=lambda: LoadReport(source=""))
+
+
+def plan_lean_load(model: nn.Module, sources: list[tuple[Path, str]], *, source: str) -> LeanPlan | None:
+    """The plan to fill the empty ``model`` from ``sources`` ((file or folder, key prefix) pairs, as
+    :func:`osctl.train.weights._weight_sources` gives them), read from the safetensors headers alone; None when
+    the result could differ from a normal build plus ``load_into`` (see the module docstring)."""
+    from osctl.ckpt.headers import read_header
+
+    if _needs_normal_build(model):
+        return None
+    own = {key: (tuple(t.shape), t.dtype) for key, t in model.state_dict(keep_vars=True).items()}
+    plan = LeanPlan(report=LoadReport(source=source, total=len(own)))
+    for path, prefix in sources:
+        kind, files = weight_files(path)
+        if kind != "safetensors":
+            return None
+        for file in files:
+            for info in read_header(file).tensors.values():
+                key = prefix + info.name
+                if key not in own:
+                    plan.report.unexpected.append(key)
+                elif tuple(info.shape) != own[key][0]:
+                    return None  # load_into would leave this tensor at its initial value
+                else:
+                    plan.locations[key] = (file, info.name, info.begin, info.end - info.begin)
+    if set(own) - set(plan.locations):
+        return None
+    plan.report.loaded = len(plan.locations)
+    return plan
+
+
+def _needs_normal_build(model: nn.Module) -> bool:
+    """Shared parameters, a buffer still on the meta device (made from a parameter), or a module with its own
+    state-dict loading: cases :func:`materialise` would not reproduce."""
+    if len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.named_parameters())):
+        return True
+    if any(b.is_meta for b in model.buffers()):
+        return True
+    for module in model.modules():
+        if module._load_state_dict_pre_hooks or module._load_state_dict_post_hooks:
+            return True
+        if type(module)._load_from_state_dict is not nn.Module._load_from_state_dict:
+            return True
+    return False
+
+
+def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
+                chunk_bytes: int = LOAD_CHUNK_BYTES) -> LoadReport:
+    """Give every parameter and persistent buffer of ``model`` a new tensor on ``device`` holding its weights
+    from ``plan``, a chunk of about ``chunk_bytes`` of file data at a time (one tensor at least), and move the
+    other buffers to ``device``; returns the report ``load_into`` would give."""
+    from safetensors import safe_open
+
+    from osctl.ckpt.torch_files import first_line
+    from osctl.errors import DataError
+
+    device = torch.device(device)
+    slots = _state_slots(model)
+    keys = sorted(plan.locations, key=lambda k: (str(plan.locations[k][0]), plan.locations[k][2]))  # file order
+    for chunk in _chunks(keys, plan, chunk_bytes):
+        files = sorted({plan.locations[key][0] for key in chunk}, key=str)
+        try:
+            handles = {file: safe_open(str(file), framework="pt") for file in files}
+        except Exception as exc:  # safetensors' own errors for damage the header check cannot see
+            raise DataError(f"cannot read {files[0]} ({first_line(exc)}); the file is damaged — copy it again.") \
+                from None
+        try:
+            for key in chunk:
+                file, name, _, _ = plan.locations[key]
+                module, attr, is_param = slots[key]
+                old = (module._parameters if is_param else module._buffers)[attr]
+                assert old is not None
+                value = torch.empty(old.shape, dtype=old.dtype, device=device)
+                with torch.no_grad():
+                    value.copy_(handles[file].get_tensor(name))  # a copy: the mapped file is never written
+                if is_param:
+                    module._parameters[attr] = nn.Parameter(value, requires_grad=old.requires_grad)
+                else:
+                    module._buffers[attr] = value
+        finally:
+            handles.clear()  # unmaps the chunk's pages before the next chunk is read
+    for module in model.modules():  # buffers not in the files (computed when the model was built)
+        for attr, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != device:
+                module._buffers[attr] = buffer.to(device)
+    return plan.report
+
+
+def _state_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
+    """State-dict key -> (owning module, attribute name, is a parameter) for every parameter and persistent
+    buffer of ``model``."""
+    slots: dict[str, tuple[nn.Module, str, bool]] = {}
+    for prefix, module in model.named_modules():
+        base = f"{prefix}." if prefix else ""
+        for attr, param in module._parameters.items():
+            if param is not None:
+                slots[base + attr] = (module, attr, True)
+        for attr, buffer in module._buffers.items():
+            if buffer is not None and attr not in module._non_persistent_buffers_set:
+                slots[base + attr] = (module, attr, False)
+    return slots
+
+
+def _chunks(keys: list[str], plan: LeanPlan, chunk_bytes: int) -> Iterator[list[str]]:
+    """``keys`` in runs of about ``chunk_bytes`` of file data (one key at least)."""
+    chunk: list[str] = []
+    size = 0
+    for key in keys:
+        nbytes = plan.locations[key][3]
+        if chunk and size + nbytes > chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(key)
+        size += nbytes
+    if chunk:
+        yield chunk
+
+
+#: strategies that move the whole model to the process's device as it is (DeepSpeed partitions a host copy)
+DEVICE_LOADING_STRATEGIES = ("single", "ddp", "fsdp")
+
+
+def loads_on_device(recipe: Any, strategy: str) -> bool:
+    """True when training builds and loads the model straight on the process's device: the strategy would move the
+    whole model there anyway (:data:`DEVICE_LOADING_STRATEGIES`), no ``train.offload`` (frozen blocks stay in host
+    memory) and no ``train.base_dtype`` below fp32 (the frozen base shrinks before it is moved: loading it in
+    float32 on the device first would need the memory it saves). Otherwise on the CPU, as before."""
+    train_cfg = recipe.train
+    small_base = train_cfg.lora is not None and train_cfg.base_dtype != "fp32"
+    return strategy in DEVICE_LOADING_STRATEGIES and train_cfg.offload is None and not small_base
+
+
+def lean_source(recipe: Any) -> Path | None:
+    """The safetensors weights a run's model is built from, lean (``train.pretrained``, else ``model.path``), as
+    far as the recipe tells; None for a fresh preset or torch files (a plan's guess: a checkpoint to resume, or
+    weights that miss keys, are known only when the run starts)."""
+    for value in (recipe.train.pretrained, recipe.model.options.get("path")):
+        if not value:
+            continue
+        path = Path(str(value)).expanduser()
+        if path.is_file():
+            return path if path.suffix == ".safetensors" else None
+        return path if path.is_dir() and any(path.rglob("*.safetensors")) else None
+    return None
+
+
+@dataclass
+class LoadedModel:
+    """A built model with its weights, and how they got there."""
+
+    model: Any
+    report: LoadReport | None  # None: a fresh preset, or model.path loaded by the factory itself
+    lean: bool  # True: built on the meta device and filled on the target device (no host copy)
+
+
+def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, device: torch.device | str,
+                       dtype: torch.dtype | None, chunk_bytes: int = LOAD_CHUNK_BYTES) -> LoadedModel:
+    """The recipe's model on ``device`` with its weights: ``weights`` (a checkpoint's ``model/``,
+    ``train.pretrained``, a LoRA checkpoint's base) or, when None, the files ``model.path`` names.
+
+    Lean (meta build, filled on ``device``) when the factory supports ``empty=True`` and :func:`plan_lean_load`
+    agrees; otherwise the normal build (random init or diffusers' ``from_pretrained``) plus
+    :func:`osctl.train.weights.load_into`, exactly as before. Either way the report lists the same keys."""
+    from osctl.build import build_model
+    from osctl.train.weights import _weight_sources, load_into
+
+    def normal() -> LoadedModel:
+        model = build_model(checked, registry, device=device, dtype=dtype)
+        return LoadedModel(model, load_into(model, weights, chunk_bytes=chunk_bytes) if weights else None, False)
+
+    config = checked.components["model"]
+    path_sources = getattr(config, "weight_sources", lambda: [])()
+    if weights is None and not path_sources:  # a fresh preset: the random init is the weights
+        return normal()
+    with torch.random.fork_rng(devices=[]):  # a normal build after this one draws as if this one never ran
+        model = build_model(checked, registry, device=device, dtype=dtype, empty=True)
+    if not is_empty(model):  # a factory without empty builds: it made (and placed) the model itself
+        return LoadedModel(model, load_into(model, weights, chunk_bytes=chunk_bytes) if weights else None, False)
+    if path_sources and dtype not in (None, torch.float32) and \
+            any(getattr(m, "_keep_in_fp32_modules", None) for m in model.modules()):
+        return normal()  # from_pretrained keeps some modules in float32 in a lower precision: leave that to it
+    sources = _weight_sources(model, weights) if weights is not None else path_sources
+    plan = plan_lean_load(model, sources, source=str(weights if weights is not None else sources[0][0]))
+    if plan is None:
+        del model
+        return normal()
+    return LoadedModel(model, materialise(model, plan, device=device, chunk_bytes=chunk_bytes), True)

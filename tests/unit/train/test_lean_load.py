@@ -1,0 +1,230 @@
+"""Lean loading (meta build, filled from the files on the target device) gives the normal build + ``load_into``
+bit for bit, reports the same keys, and steps aside whenever it could not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from osctl.errors import ConfigError
+from osctl.train.lean_load import build_loaded_model, is_empty
+from osctl.train.weights import load_into
+from tests.family_helpers import family_registry
+
+#: (registry name, tiny options): OSP has no buffers; Wan (rotary tables) and CogVideoX (sincos positions)
+#: have non-persistent buffers made when they are built
+FAMILIES = {"osp": ("opensora_v1_3", {"preset": "tiny"}), "wan": ("wan", {"preset": "tiny"}),
+            "cogvideox": ("cogvideox", {"preset": "tiny"}), "wan-a14b": ("wan", {"preset": "tiny-a14b"})}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return family_registry()
+
+
+def checked_for(registry, family: str, **options) -> SimpleNamespace:
+    """What ``build_model`` reads of a checked recipe: the model's name and validated config."""
+    name, tiny = FAMILIES[family]
+    config = registry.make_config("model", name, {**tiny, **options}, where="model")
+    return SimpleNamespace(loaded=SimpleNamespace(recipe=SimpleNamespace(model=SimpleNamespace(name=name))),
+                           components={"model": config})
+
+
+def trained_weights(registry, family: str, folder: Path) -> tuple[Path, Path]:
+    """A tiny model with every weight distinct from a fresh build, saved as one safetensors file and as a
+    diffusers folder (``model.path``)."""
+    torch.manual_seed(7)
+    model = registry.build("model", *FAMILIES[family])
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    file = folder / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, file)
+    if family == "osp":
+        model.save_pretrained(folder / "released")
+    for name, transformer in [] if family == "osp" else model.transformers():  # one folder, or one per expert
+        transformer.save_pretrained(folder / "released" / (name if len(model.transformer_names) > 1 else ""))
+    return file, folder / "released"
+
+
+def forward(model: torch.nn.Module) -> torch.Tensor:
+    """One osctl model call on fixed inputs."""
+    config = model.config
+    width = getattr(config, "caption_channels", None) or getattr(config, "text_dim", None) or config.text_embed_dim
+    dtype = next(model.parameters()).dtype
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, config.in_channels, 2, 8, 8, generator=generator).to(dtype)
+    tokens = getattr(config, "max_text_seq_length", None) or 6  # CogVideoX's sincos positions need all of them
+    text = torch.randn(1, 1, tokens, width, generator=generator).to(dtype)
+    with torch.no_grad():
+        return model(latents, torch.tensor([500.0]), text, encoder_attention_mask=torch.ones(1, 1, tokens),
+                     return_dict=False)[0]
+
+
+def assert_identical(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    """Every parameter and buffer (persistent or not) equal bit for bit, with the same dtype, device and
+    ``requires_grad``, and the same forward."""
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    ba, bb = dict(a.named_buffers()), dict(b.named_buffers())
+    assert list(pa) == list(pb) and list(ba) == list(bb)
+    for key in pa:
+        assert pa[key].dtype == pb[key].dtype and pa[key].device == pb[key].device, key
+        assert pa[key].requires_grad == pb[key].requires_grad and torch.equal(pa[key], pb[key]), key
+    for key in ba:
+        assert ba[key].dtype == bb[key].dtype and ba[key].device == bb[key].device and torch.equal(ba[key], bb[key]), key
+    assert torch.equal(forward(a.eval()), forward(b.eval()))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_lean_pretrained_equals_normal_build_and_load(tmp_path, registry, family):
+    file, _ = trained_weights(registry, family, tmp_path)
+    checked = checked_for(registry, family)
+    lean = build_loaded_model(checked, registry, weights=file, device="cpu", dtype=torch.float32)
+    assert lean.lean and not is_empty(lean.model)
+    torch.manual_seed(3)
+    normal = registry.build("model", *FAMILIES[family], device="cpu", dtype=torch.float32)
+    report = load_into(normal, file)
+    assert lean.report is not None and lean.report.summary() == report.summary()
+    assert_identical(lean.model, normal)
+
+
+@pytest.mark.parametrize(("family", "dtype"), [("osp", torch.float32), ("osp", torch.bfloat16),
+                                               ("wan", torch.float32), ("cogvideox", torch.bfloat16),
+                                               ("wan-a14b", torch.float32)])
+def test_lean_model_path_equals_from_pretrained(tmp_path, registry, family, dtype):
+    _, released = trained_weights(registry, family, tmp_path)
+    checked = checked_for(registry, family, path=str(released))
+    lean = build_loaded_model(checked, registry, weights=None, device="cpu", dtype=dtype)
+    assert lean.lean
+    normal = registry.build("model", FAMILIES[family][0], checked.components["model"], device="cpu", dtype=dtype)
+    inner = (lambda m: m) if family == "osp" else (lambda m: m.transformer)
+    assert dict(inner(lean.model).config) == dict(inner(normal).config)
+    for param in normal.parameters():  # from_pretrained leaves views of the mapped file, at any byte offset: some
+        param.data = param.data.clone()  # CPU kernels sum in another order for such inputs (about 1e-6)
+    assert_identical(lean.model, normal)
+
+
+def test_wan_in_bf16_from_model_path_keeps_from_pretrained(tmp_path, registry):
+    """diffusers keeps some Wan modules in float32 under a lower precision: that build stays diffusers'."""
+    _, released = trained_weights(registry, "wan", tmp_path)
+    checked = checked_for(registry, "wan", path=str(released))
+    built = build_loaded_model(checked, registry, weights=None, device="cpu", dtype=torch.bfloat16)
+    assert not built.lean and built.model.transformer.scale_shift_table.dtype == torch.float32
+
+
+def test_incomplete_weights_take_the_normal_path_with_the_same_report(tmp_path, registry):
+    """A missing key keeps its initial value and a wrong shape is skipped: only a normal build has those values,
+    so the load is load_into's, report and all; an unexpected key alone stays lean and is reported the same."""
+    torch.manual_seed(1)
+    source = registry.build("model", *FAMILIES["osp"])
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    removed = next(iter(state))
+    del state[removed]
+    state["extra.weight"] = torch.zeros(1)
+    save_file(state, tmp_path / "w.safetensors")
+    checked = checked_for(registry, "osp")
+    torch.manual_seed(4)
+    built = build_loaded_model(checked, registry, weights=tmp_path / "w.safetensors", device="cpu",
+                               dtype=torch.float32)
+    torch.manual_seed(4)
+    normal = registry.build("model", *FAMILIES["osp"], device="cpu", dtype=torch.float32)
+    report = load_into(normal, tmp_path / "w.safetensors")
+    assert not built.lean and built.report.details() == report.details() and report.missing == [removed]
+    assert_identical(built.model, normal)
+
+    state[removed] = source.state_dict()[removed].contiguous()
+    save_file(state, tmp_path / "w.safetensors")
+    built = build_loaded_model(checked, registry, weights=tmp_path / "w.safetensors", device="cpu",
+                               dtype=torch.float32)
+    assert built.lean and built.report.unexpected == ["extra.weight"]
+    assert built.report.summary() == load_into(normal, tmp_path / "w.safetensors").summary()
+
+
+def test_torch_files_and_missing_sources(tmp_path, registry):
+    """A torch file is read whole by load_into (normal path); a missing path is load_into's ConfigError."""
+    torch.manual_seed(1)
+    source = registry.build("model", *FAMILIES["osp"])
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    checked = checked_for(registry, "osp")
+    built = build_loaded_model(checked, registry, weights=tmp_path / "w.pt", device="cpu", dtype=torch.float32)
+    assert not built.lean and built.report.loaded == built.report.total
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_loaded_model(checked, registry, weights=tmp_path / "nothing.safetensors", device="cpu",
+                           dtype=torch.float32)
+
+
+def test_memory_plan_host_loading_follows_the_loading_path(tmp_path):
+    """The plan's "host RAM while loading": one chunk on a GPU run that loads lean on the device; the float32
+    model plus one chunk where the model stays in host memory; the old build + read estimate otherwise."""
+    from osctl.train.memory import host_loading
+    from osctl.train.weights import LOAD_CHUNK_BYTES
+
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 4))
+    fp32 = sum(p.numel() * 4 for p in model.parameters())
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    file_bytes = (tmp_path / "w.safetensors").stat().st_size
+    assert file_bytes < LOAD_CHUNK_BYTES  # the chunk is then the whole file
+
+    def recipe(pretrained, **train):
+        settings = {"lora": None, "base_dtype": "fp32", "offload": None, **train}
+        return SimpleNamespace(train=SimpleNamespace(pretrained=pretrained, **settings),
+                               model=SimpleNamespace(options={}))
+
+    lean = recipe(str(tmp_path / "w.safetensors"))
+    assert host_loading(lean, model, strategy="ddp")[0] == file_bytes
+    assert "straight to the device" in host_loading(lean, model, strategy="fsdp")[1]
+    assert host_loading(lean, model, strategy="ddp", device_type="cpu")[0] == fp32 + file_bytes
+    assert host_loading(lean, model, strategy="deepspeed")[0] == fp32 + file_bytes
+    assert host_loading(recipe(str(tmp_path / "w.safetensors"), offload=SimpleNamespace(blocks=2)), model,
+                        strategy="single")[0] == fp32 + file_bytes
+    small_base = recipe(str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4), base_dtype="bf16")
+    assert host_loading(small_base, model, strategy="single")[0] == fp32 + file_bytes
+    torch_file = host_loading(recipe(str(tmp_path / "w.pt")), model, strategy="ddp")
+    assert torch_file[0] == fp32 + (tmp_path / "w.pt").stat().st_size and "built in float32" in torch_file[1]
+    assert host_loading(recipe(None), model, strategy="ddp")[0] == fp32  # a fresh preset
+
+
+LEAN_PEAK_SCRIPT = """
+import sys, torch
+from pathlib import Path
+from osctl.train.lean_load import materialise, parameters_on_meta, plan_lean_load
+
+def status(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) * 1024
+
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # the peak (VmHWM) starts again from here
+before = status("VmRSS")
+with parameters_on_meta():
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(48)])  # 48 x 4 MiB = 192 MiB
+plan = plan_lean_load(model, [(Path(sys.argv[1]), "")], source=sys.argv[1])
+report = materialise(model, plan, device="cpu", chunk_bytes=int(sys.argv[2]))
+print(report.loaded, status("VmHWM") - before, status("VmRSS") - before)
+"""
+
+
+def test_lean_loading_on_the_cpu_holds_the_model_and_one_chunk(tmp_path):
+    """Measured in a fresh process: building on the meta device and filling 192 MiB from the mapped file, 16 MiB
+    at a time, peaks at the model plus about a chunk (the mapped pages of each chunk are let go before the next)."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak-memory counter")
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(48)])
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    chunk = 16 * 2**20
+    out = subprocess.run([sys.executable, "-c", LEAN_PEAK_SCRIPT, str(tmp_path / "w.safetensors"), str(chunk)],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
+    loaded, peak, kept = map(int, out.stdout.split())
+    assert loaded == 96
+    assert kept >= model_bytes  # the model's own memory, privately copied (never the mapped file)
+    assert peak < model_bytes + 2 * chunk + 16 * 2**20, f"loading peaked {(peak - model_bytes) / 2**20:.0f} MiB over"
