@@ -19,7 +19,7 @@ state-dict loading hooks.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,22 +30,14 @@ from torch import nn
 from osctl.train.weights import LOAD_CHUNK_BYTES, LoadReport, weight_files
 
 
-@contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Every plain ``nn.Parameter`` registered inside is moved to the meta device as it is registered; buffers
-    and everything else are made as usual. An init that writes to such a parameter then writes to nothing."""
-    register = nn.Module.register_parameter
+def parameters_on_meta() -> AbstractContextManager[None]:
+    """A context in which every parameter a module registers is moved to the meta device as it is registered,
+    while buffers (rotary tables, position grids) are made as usual: accelerate's ``init_empty_weights`` without
+    buffers (the same accelerate diffusers' ``from_pretrained`` builds its empty modules with). An init that writes
+    to such a parameter then writes to nothing."""
+    from accelerate import init_empty_weights
 
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None and type(param) is nn.Parameter and not param.is_meta:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
+    return init_empty_weights(include_buffers=False)
 
 
 def is_empty(model: nn.Module) -> bool:
