@@ -170,8 +170,9 @@ def _chunks(keys: list[str], plan: LeanPlan, chunk_bytes: int) -> Iterator[list[
         yield chunk
 
 
-#: strategies that move the whole model to the process's device as it is (DeepSpeed partitions a host copy)
-DEVICE_LOADING_STRATEGIES = ("single", "ddp", "fsdp")
+#: strategies that move the whole model to the process's device as it is (FSDP shards a host copy block by block,
+#: so the device never holds the whole model; DeepSpeed partitions a host copy)
+DEVICE_LOADING_STRATEGIES = ("single", "ddp")
 
 
 def loads_on_device(recipe: Any, strategy: str) -> bool:

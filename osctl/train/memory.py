@@ -267,15 +267,21 @@ class MemoryPlan:
     offload_blocks: int = 0
     host_load_peak: int = 0
     host_load_note: str = ""
+    device_load_peak: int = 0  # device bytes before the first step, when above every step's (DeepSpeed)
 
     @property
     def largest(self) -> StepMemory:
         """The bucket with the highest peak (the one that decides whether the run fits)."""
         return max(self.per_bucket, key=lambda m: m.total)
 
+    @property
+    def peak(self) -> int:
+        """The run's device peak: the largest bucket's step, or loading when that needs more."""
+        return max(self.largest.total, self.device_load_peak)
+
     def fits(self) -> bool:
-        """True when the device memory is unknown or the largest bucket fits in it."""
-        return self.device_bytes is None or self.largest.total <= self.device_bytes
+        """True when the device memory is unknown or the run's peak fits in it."""
+        return self.device_bytes is None or self.peak <= self.device_bytes
 
     def lines(self, recipe: Any) -> list[tuple[str, str]]:
         """Plan lines: one per bucket (up to 8), the largest, host RAM while loading, and the verdict."""
@@ -287,12 +293,15 @@ class MemoryPlan:
         t, h, w = largest.bucket
         out.append(("memory peak (largest bucket)", f"{t}x{h}x{w}: {largest.line()}"))
         out.append(("host RAM while loading", f"{_gb(self.host_load_peak)} ({self.host_load_note})"))
+        if self.device_load_peak > largest.total:
+            out.append(("device memory while loading", f"{_gb(self.device_load_peak)} (DeepSpeed moves the whole "
+                        "float32 model to each device before it partitions it, beside the frozen components)"))
         if self.offload_blocks:
             out.append(("offload", f"{self.offload_blocks} blocks' frozen weights in host memory "
                         f"({_gb(largest.offloaded)})"))
         if self.device_bytes is not None:
             if self.fits():
-                out.append(("memory verdict", f"fits in {_gb(self.device_bytes)} ({_gb(self.device_bytes - largest.total)} "
+                out.append(("memory verdict", f"fits in {_gb(self.device_bytes)} ({_gb(self.device_bytes - self.peak)} "
                             "to spare)"))
             else:
                 out.append(("memory verdict", self.refusal(recipe)))
@@ -301,6 +310,10 @@ class MemoryPlan:
     def refusal(self, recipe: Any) -> str:
         """Why the run does not fit and what would make it fit."""
         largest = self.largest
+        if self.device_load_peak > largest.total:
+            return (f"does not fit: loading needs {_gb(self.device_load_peak)} per process (DeepSpeed moves the whole "
+                    f"float32 model to each device first) but the device has {_gb(self.device_bytes or 0)}; try "
+                    "parallel.strategy: fsdp (it shards the model block by block as it moves it), or train.lora")
         t, h, w = largest.bucket
         return (f"does not fit: the {t}x{h}x{w} bucket needs {_gb(largest.total)} per process but the device has "
                 f"{_gb(self.device_bytes or 0)}; try " + "; ".join(knobs(largest, recipe, self.device_bytes or 0)))
@@ -331,8 +344,11 @@ def plan_memory(checked: Any, model: torch.nn.Module, *, buckets: list[tuple[int
             blocks += 1
             per_bucket = estimate(blocks)
     host_load_peak, host_load_note = host_loading(recipe, model, strategy=strategy, device_type=device_type)
+    # DeepSpeed's engine gets the model on the device whole (osctl_builtin's deepspeed strategy), beside the frozen
+    # components built before it; FSDP shards it block by block as it moves it, single/DDP keep it whole anyway
+    device_load = frozen_components + sum(p.numel() * 4 for p in model.parameters()) if strategy == "deepspeed" else 0
     return MemoryPlan(per_bucket=per_bucket, device_bytes=device_bytes, offload_blocks=blocks,
-                      host_load_peak=host_load_peak, host_load_note=host_load_note)
+                      host_load_peak=host_load_peak, host_load_note=host_load_note, device_load_peak=device_load)
 
 
 def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_type: str = "cuda") -> tuple[int, str]:

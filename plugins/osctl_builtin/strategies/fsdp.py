@@ -51,10 +51,14 @@ class FSDPStrategy(SingleStrategy):
         self.ema: Any = None
 
     def prepare(self, model: torch.nn.Module, *, optimizer_factory: Any, lr_scheduler_factory: Any) -> None:
-        """Shard every block and the root, then build the optimizer over the shards."""
+        """Shard every block and the root, then build the optimizer over the shards.
+
+        The model comes in on the CPU and is sharded there: ``fully_shard`` moves each block's parameters to the
+        process's device as it shards that block, so the device holds one whole block at a time besides the
+        shards, never the whole model (which a 14B model in float32, 56 GB, would not fit in)."""
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        model = model.to(self.device, torch.float32)
+        model = model.to(torch.float32)
         policy = MixedPrecisionPolicy(param_dtype=_PARAM_DTYPES[self.precision], reduce_dtype=torch.float32)
         block_names = set(getattr(model, "_no_split_modules", None) or ())
         for module in model.modules():

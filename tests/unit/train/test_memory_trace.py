@@ -63,3 +63,24 @@ def test_every_family_names_its_repeated_blocks(name, preset) -> None:
                  for t in [getattr(model, n) for n in getattr(model, "transformer_names", ())]) or \
         model.config.num_layers
     assert len([b for b in blocks if "Block" in type(b).__name__]) == layers
+
+
+def test_a_loading_peak_above_every_step_decides_the_verdict() -> None:
+    """DeepSpeed gets the whole float32 model on each device before it partitions it: when that is more than any
+    step needs, the plan shows it, judges the launch by it and says what loads in less."""
+    from types import SimpleNamespace
+
+    from osctl.train.memory import GiB, MemoryPlan, StepMemory
+
+    step = StepMemory(bucket=(9, 64, 64), tokens=100, weights={"float32": 2 * GiB})
+    recipe = SimpleNamespace(train=SimpleNamespace(lora=None))
+    plan = MemoryPlan(per_bucket=[step], device_bytes=3 * GiB, device_load_peak=5 * GiB)
+    lines = dict(plan.lines(recipe))
+    assert plan.peak == 5 * GiB and not plan.fits()
+    assert lines["device memory while loading"].startswith("5.00 GB (DeepSpeed moves the whole float32 model")
+    assert lines["memory verdict"].startswith("does not fit: loading needs 5.00 GB per process")
+    assert "parallel.strategy: fsdp" in lines["memory verdict"]
+    roomy = MemoryPlan(per_bucket=[step], device_bytes=6 * GiB, device_load_peak=5 * GiB)
+    assert roomy.fits() and dict(roomy.lines(recipe))["memory verdict"] == "fits in 6.00 GB (1.00 GB to spare)"
+    below = MemoryPlan(per_bucket=[step], device_bytes=3 * GiB, device_load_peak=1 * GiB)
+    assert below.fits() and "device memory while loading" not in dict(below.lines(recipe))
