@@ -93,7 +93,10 @@ class Strategy(Protocol):
     Optional attributes, read with ``getattr``: ``shards_parameters`` (each rank holds only part of
     the weights, so every rank saves its own ``ema-rank-R.pt``), ``supports_resharding`` (resuming
     on another world size works), and ``saves_ema`` with ``attach_ema(ema)`` (the strategy keeps
-    the EMA inside its own state, e.g. to re-shard it; no ``ema-rank-R.pt`` is written).
+    the EMA inside its own state, e.g. to re-shard it; no ``ema-rank-R.pt`` is written), and
+    ``prepare_empty(model, fill, *, optimizer_factory, lr_scheduler_factory)`` for a strategy named in
+    ``osctl.train.lean_load.SHARD_LOADING_STRATEGIES``: ``prepare`` for a model whose parameters are on the meta
+    device; the strategy places (shards) them, then calls ``fill(model)`` to read their values where they live.
     """
 
     name: str

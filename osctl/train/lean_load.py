@@ -18,7 +18,7 @@ state-dict loading hooks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,13 +103,58 @@ def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
     """Give every parameter and persistent buffer of ``model`` a new tensor on ``device`` holding its weights
     from ``plan``, a chunk of about ``chunk_bytes`` of file data at a time (one tensor at least), and move the
     other buffers to ``device``; returns the report ``load_into`` would give."""
+    device = torch.device(device)
+    slots = _state_slots(model)
+    for key, stored in _stored_tensors(plan, chunk_bytes):
+        module, attr, is_param = slots[key]
+        old = (module._parameters if is_param else module._buffers)[attr]
+        assert old is not None
+        value = torch.empty(old.shape, dtype=old.dtype, device=device)
+        with torch.no_grad():
+            value.copy_(stored)  # a copy: the mapped file is never written
+        if is_param:
+            module._parameters[attr] = nn.Parameter(value, requires_grad=old.requires_grad)
+        else:
+            module._buffers[attr] = value
+    for module in model.modules():  # buffers not in the files (computed when the model was built)
+        for attr, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != device:
+                module._buffers[attr] = buffer.to(device)
+    return plan.report
+
+
+def fill_shards(model: nn.Module, plan: LeanPlan, *, chunk_bytes: int = LOAD_CHUNK_BYTES) -> LoadReport:
+    """Copy the weights of ``plan`` into the tensors ``model`` already has where they live: for a parameter that
+    is a DTensor (sharded by FSDP2 on the meta device, then given memory by ``to_empty``), only this rank's
+    shard, sliced from the file's tensor without communication (``distribute_tensor`` with
+    ``src_data_rank=None``); a plain parameter or persistent buffer whole. Host memory holds about one
+    ``chunk_bytes`` of file data at a time; returns the report ``load_into`` would give."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    slots = _state_slots(model)
+    with torch.no_grad():
+        for key, stored in _stored_tensors(plan, chunk_bytes):
+            module, attr, is_param = slots[key]
+            target = (module._parameters if is_param else module._buffers)[attr]
+            assert target is not None and not target.is_meta, key
+            if isinstance(target, DTensor):
+                local = target.to_local()
+                local.copy_(distribute_tensor(stored, target.device_mesh, target.placements,
+                                              src_data_rank=None).to_local())
+            else:
+                target.copy_(stored)
+    return plan.report
+
+
+def _stored_tensors(plan: LeanPlan, chunk_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """(state-dict key, tensor mapped from its file) for every key of ``plan``, in file order, with the files of
+    about ``chunk_bytes`` of data open at a time (unmapped before the next chunk: copy each tensor before
+    asking for the next)."""
     from safetensors import safe_open
 
     from osctl.ckpt.torch_files import first_line
     from osctl.errors import DataError
 
-    device = torch.device(device)
-    slots = _state_slots(model)
     keys = sorted(plan.locations, key=lambda k: (str(plan.locations[k][0]), plan.locations[k][2]))  # file order
     for chunk in _chunks(keys, plan, chunk_bytes):
         files = sorted({plan.locations[key][0] for key in chunk}, key=str)
@@ -121,23 +166,9 @@ def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
         try:
             for key in chunk:
                 file, name, _, _ = plan.locations[key]
-                module, attr, is_param = slots[key]
-                old = (module._parameters if is_param else module._buffers)[attr]
-                assert old is not None
-                value = torch.empty(old.shape, dtype=old.dtype, device=device)
-                with torch.no_grad():
-                    value.copy_(handles[file].get_tensor(name))  # a copy: the mapped file is never written
-                if is_param:
-                    module._parameters[attr] = nn.Parameter(value, requires_grad=old.requires_grad)
-                else:
-                    module._buffers[attr] = value
+                yield key, handles[file].get_tensor(name)
         finally:
             handles.clear()  # unmaps the chunk's pages before the next chunk is read
-    for module in model.modules():  # buffers not in the files (computed when the model was built)
-        for attr, buffer in module._buffers.items():
-            if buffer is not None and buffer.device != device:
-                module._buffers[attr] = buffer.to(device)
-    return plan.report
 
 
 def _state_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
@@ -170,9 +201,12 @@ def _chunks(keys: list[str], plan: LeanPlan, chunk_bytes: int) -> Iterator[list[
         yield chunk
 
 
-#: strategies that move the whole model to the process's device as it is (FSDP shards a host copy block by block,
-#: so the device never holds the whole model; DeepSpeed partitions a host copy)
+#: strategies that move the whole model to the process's device as it is (DeepSpeed partitions a host copy)
 DEVICE_LOADING_STRATEGIES = ("single", "ddp")
+
+#: strategies that take the model empty (``prepare_empty``): they shard it on the meta device and each rank then
+#: fills its own shards from the files (:func:`fill_shards`)
+SHARD_LOADING_STRATEGIES = ("fsdp",)
 
 
 def loads_on_device(recipe: Any, strategy: str) -> bool:
@@ -183,6 +217,14 @@ def loads_on_device(recipe: Any, strategy: str) -> bool:
     train_cfg = recipe.train
     small_base = train_cfg.lora is not None and train_cfg.base_dtype != "fp32"
     return strategy in DEVICE_LOADING_STRATEGIES and train_cfg.offload is None and not small_base
+
+
+def loads_sharded(recipe: Any, strategy: str) -> bool:
+    """True when training gives the strategy the model empty and each rank reads only its own shards of the
+    weights (:data:`SHARD_LOADING_STRATEGIES`): full fine-tuning without ``train.offload``. A LoRA run (its adapter
+    is added to the loaded base before the strategy sees it) or an offloaded one loads on the CPU, as before."""
+    train_cfg = recipe.train
+    return strategy in SHARD_LOADING_STRATEGIES and train_cfg.lora is None and train_cfg.offload is None
 
 
 def lean_source(recipe: Any) -> Path | None:
@@ -206,16 +248,22 @@ class LoadedModel:
     model: Any
     report: LoadReport | None  # None: a fresh preset, or model.path loaded by the factory itself
     lean: bool  # True: built on the meta device and filled on the target device (no host copy)
+    #: set when the weights are still to be read (``shards=True``): the model's parameters are on the meta device,
+    #: and the strategy calls this once it has sharded and placed them, to fill each rank's shards
+    fill: Callable[[nn.Module], LoadReport] | None = None
 
 
 def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, device: torch.device | str,
-                       dtype: torch.dtype | None, chunk_bytes: int = LOAD_CHUNK_BYTES) -> LoadedModel:
+                       dtype: torch.dtype | None, chunk_bytes: int = LOAD_CHUNK_BYTES,
+                       shards: bool = False) -> LoadedModel:
     """The recipe's model on ``device`` with its weights: ``weights`` (a checkpoint's ``model/``,
     ``train.pretrained``, a LoRA checkpoint's base) or, when None, the files ``model.path`` names.
 
     Lean (meta build, filled on ``device``) when the factory supports ``empty=True`` and :func:`plan_lean_load`
     agrees; otherwise the normal build (random init or diffusers' ``from_pretrained``) plus
-    :func:`osctl.train.weights.load_into`, exactly as before. Either way the report lists the same keys."""
+    :func:`osctl.train.weights.load_into`, exactly as before. Either way the report lists the same keys.
+    With ``shards`` (:func:`loads_sharded`) a lean model comes back still empty (buffers on ``device``), with
+    ``fill``: the strategy's ``prepare_empty`` shards it, then fills each rank's shards (:func:`fill_shards`)."""
     from osctl.build import build_model
     from osctl.train.weights import _weight_sources, load_into
 
@@ -239,4 +287,7 @@ def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, dev
     if plan is None:
         del model
         return normal()
+    if shards:
+        return LoadedModel(model, plan.report, True,
+                           fill=lambda sharded: fill_shards(sharded, plan, chunk_bytes=chunk_bytes))
     return LoadedModel(model, materialise(model, plan, device=device, chunk_bytes=chunk_bytes), True)

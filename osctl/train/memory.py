@@ -313,7 +313,7 @@ class MemoryPlan:
         if self.device_load_peak > largest.total:
             return (f"does not fit: loading needs {_gb(self.device_load_peak)} per process (DeepSpeed moves the whole "
                     f"float32 model to each device first) but the device has {_gb(self.device_bytes or 0)}; try "
-                    "parallel.strategy: fsdp (it shards the model block by block as it moves it), or train.lora")
+                    "parallel.strategy: fsdp (each process loads only its own shards), or train.lora")
         t, h, w = largest.bucket
         return (f"does not fit: the {t}x{h}x{w} bucket needs {_gb(largest.total)} per process but the device has "
                 f"{_gb(self.device_bytes or 0)}; try " + "; ".join(knobs(largest, recipe, self.device_bytes or 0)))
@@ -343,23 +343,28 @@ def plan_memory(checked: Any, model: torch.nn.Module, *, buckets: list[tuple[int
         while max(m.total for m in per_bucket) > device_bytes and blocks < total_blocks:
             blocks += 1
             per_bucket = estimate(blocks)
-    host_load_peak, host_load_note = host_loading(recipe, model, strategy=strategy, device_type=device_type)
+    host_load_peak, host_load_note = host_loading(recipe, model, strategy=strategy, device_type=device_type,
+                                                  world_size=world_size)
     # DeepSpeed's engine gets the model on the device whole (osctl_builtin's deepspeed strategy), beside the frozen
-    # components built before it; FSDP shards it block by block as it moves it, single/DDP keep it whole anyway
+    # components built before it; FSDP fills only each process's shards there (or, for LoRA or train.offload,
+    # shards a host copy block by block as it moves it), single/DDP keep it whole anyway
     device_load = frozen_components + sum(p.numel() * 4 for p in model.parameters()) if strategy == "deepspeed" else 0
     return MemoryPlan(per_bucket=per_bucket, device_bytes=device_bytes, offload_blocks=blocks,
                       host_load_peak=host_load_peak, host_load_note=host_load_note, device_load_peak=device_load)
 
 
-def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_type: str = "cuda") -> tuple[int, str]:
+def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_type: str = "cuda",
+                 world_size: int = 1) -> tuple[int, str]:
     """Peak host bytes while the model is built and its weights read, and what they are.
 
     Lean loading (:mod:`osctl.train.lean_load`: safetensors weights, ``train.pretrained`` or ``model.path``) holds
     one chunk of mapped file pages (at least the largest tensor) besides the model's own memory: on a GPU, where
-    the strategy loads straight on the device, that chunk is all; on the CPU (or for DeepSpeed, ``train.offload``
-    or a smaller frozen base) the float32 model is in host memory too. Otherwise the model is built in float32 on
+    the strategy loads straight on the device (single, DDP) or each process fills only its own shards there (FSDP
+    full fine-tuning, :func:`osctl.train.lean_load.loads_sharded`), that chunk is all; sharded on the CPU, this
+    process's float32 shards (1/``world_size`` of the model) come on top; on the CPU otherwise (or for DeepSpeed,
+    ``train.offload`` or a smaller frozen base) the whole float32 model. Otherwise the model is built in float32 on
     the CPU and what reading its weights holds at once comes on top (:func:`_loading_extra`)."""
-    from osctl.train.lean_load import lean_source, loads_on_device
+    from osctl.train.lean_load import lean_source, loads_on_device, loads_sharded
     from osctl.train.weights import LOAD_CHUNK_BYTES
 
     fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
@@ -370,6 +375,13 @@ def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_t
     largest = max((p.numel() * 4 for p in model.parameters()), default=0)
     files = [source] if source.is_file() else list(source.rglob("*.safetensors"))
     chunk = min(max(LOAD_CHUNK_BYTES, largest), max(f.stat().st_size for f in files))
+    if loads_sharded(recipe, strategy):
+        if device_type == "cuda":
+            return chunk, (f"built and sharded on the meta device, weights read {_gb(chunk)} at a time, each "
+                           "process keeping only its shards, on the device")
+        shards = -(-fp32_bytes // max(1, world_size))
+        return shards + chunk, (f"this process's float32 shards plus {_gb(chunk)} of the weights read at a time "
+                                "(built and sharded on the meta device)")
     if device_type == "cuda" and loads_on_device(recipe, strategy):
         return chunk, f"built on the meta device, weights read {_gb(chunk)} at a time straight to the device"
     return fp32_bytes + chunk, (f"the float32 model in host memory plus {_gb(chunk)} of its weights read at a time "

@@ -42,7 +42,7 @@ from osctl.train.checkpointing import apply_checkpointing, recipe_policy
 from osctl.train.compile import CompiledRun, CompileWatch, check_compile, compile_blocks
 from osctl.train.compile import plan_line as compile_plan_line
 from osctl.train.ema import EMA
-from osctl.train.lean_load import build_loaded_model
+from osctl.train.lean_load import build_loaded_model, loads_sharded
 from osctl.train.loop import BatchSource, TrainParts, TrainResult, train
 from osctl.train.objective import build_objective
 from osctl.train.optim import build_lr_scheduler, build_optimizer
@@ -245,14 +245,18 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     #    `pretrained`, also on resume: its checkpoint holds the adapter alone); lean where it can (lean_load)
     resume_dir = ckpt.resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     loaded = build_loaded_model(checked, registry, weights=_weights_to_load(train_cfg, resume_dir),
-                                device=load_device(recipe, registry, info), dtype=torch.float32)
+                                device=load_device(recipe, registry, info), dtype=torch.float32,
+                                shards=loads_sharded(recipe, strategy_name(recipe, registry, info.world_size)))
     model = loaded.model
     if layout.sequence_parallel:
         _check_sequence_parallel_model(model, layout)
     apply_checkpointing(model, recipe_policy(checked))
     model.train()
     notes: list[str] = []
-    if loaded.lean:
+    if loaded.fill is not None:
+        notes.append("model built and sharded on the meta device; each process loads only its own shards on "
+                     f"{info.device}, chunk by chunk (no random init, no whole copy of its weights anywhere)")
+    elif loaded.lean:
         notes.append(f"model built on the meta device and loaded on {_device_of(model)} chunk by chunk "
                      "(no random init, no second copy of its weights in host memory)")
     report = loaded.report
@@ -285,8 +289,12 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
 
         notes.extend(store_frozen_base(model, train_cfg.base_dtype, strategy=strategy.name))
     compiled = _compile(checked, model, strategy.name, source, cache, text_encoder, precision)
-    strategy.prepare(model, optimizer_factory=lambda params: build_optimizer(params, train_cfg),
-                     lr_scheduler_factory=lambda opt: build_lr_scheduler(opt, train_cfg, max_steps))
+    factories = {"optimizer_factory": lambda params: build_optimizer(params, train_cfg),
+                 "lr_scheduler_factory": lambda opt: build_lr_scheduler(opt, train_cfg, max_steps)}
+    if loaded.fill is not None:  # the strategy shards the empty model, then fills each rank's shards
+        strategy.prepare_empty(model, loaded.fill, **factories)
+    else:
+        strategy.prepare(model, **factories)
     if train_cfg.offload is not None:  # train.offload: frozen blocks stay on the CPU and stream in
         from osctl.train.offload import offload_blocks
 

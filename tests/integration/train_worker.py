@@ -5,7 +5,8 @@ job of the spec in order on every rank and rank 0 writes ``results.json`` beside
 ``{"kind": "train" | "grads", "name": ..., "dir": folder (default: name), "sets": [recipe overrides],
 "batch": per-replica batch, "draws": "per_sample" | "native", "invalid_tail": padded trailing latent
 frames per clip (cycled), "fail_rank" with "fail_at_step" (raise) or "hang_at_step" (sleep),
-"expect_error": a message the job must fail with}``.
+"expect_error": a message the job must fail with, "old_load": true to load an fsdp run's weights the way
+runs did before sharded loading (the whole model on the CPU, then sharded)}``.
 
 Per-sample draws make runs with different layouts comparable: a 2-rank data-parallel run and one
 process with the doubled batch see the same clips, but each rank draws timesteps and noise from
@@ -77,8 +78,14 @@ def setup(job: dict[str, Any], root: Path, rank: int, world: int) -> Any:
                             size=size, dp_rank=rank // sp, dp_size=world // sp, invalid_tail=job.get("invalid_tail"),
                             latent_shape=checked.geometry.latent_shape(frames, size, size))
     records: list[dict[str, Any]] = []
-    parts = setup_training(checked, registry, TrainOptions(data_source=source,
-                                                           on_step=lambda step, record: records.append(dict(record))))
+    options = TrainOptions(data_source=source, on_step=lambda step, record: records.append(dict(record)))
+    if job.get("old_load"):
+        from unittest import mock
+
+        with mock.patch("osctl.train.lean_load.SHARD_LOADING_STRATEGIES", ()):
+            parts = setup_training(checked, registry, options)
+    else:
+        parts = setup_training(checked, registry, options)
     if job.get("draws", "native") == "per_sample":
         parts.objective = PerSampleDraws(parts.objective, parts.state)
     parts.records = records  # type: ignore[attr-defined]
@@ -100,7 +107,8 @@ def run_train(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[st
         parts.on_step = fail
     result = train(parts)
     return {"losses": result.losses, "grad_norms": [r.get("grad_norm") for r in parts.records],
-            "final_step": result.final_step, "out": str(parts.output_dir)}
+            "final_step": result.final_step, "out": str(parts.output_dir),
+            "notes": [value for key, value in parts.plan.lines if key == "note"]}
 
 
 def run_grads(job: dict[str, Any], root: Path, rank: int, world: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ gathers them the same way as the weights.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +56,40 @@ class FSDPStrategy(SingleStrategy):
         The model comes in on the CPU and is sharded there: ``fully_shard`` moves each block's parameters to the
         process's device as it shards that block, so the device holds one whole block at a time besides the
         shards, never the whole model (which a 14B model in float32, 56 GB, would not fit in)."""
+        self._shard(model)
+        self._build_optimizer(model, optimizer_factory, lr_scheduler_factory)
+
+    def prepare_empty(self, model: torch.nn.Module, fill: Callable[[torch.nn.Module], Any], *,
+                      optimizer_factory: Any, lr_scheduler_factory: Any) -> None:
+        """Like :meth:`prepare` for a model whose parameters are on the meta device (buffers real): shard it there
+        (parameters become meta DTensors), give this rank's shards memory on the device, ``fill`` them from the
+        weight files (:func:`osctl.train.lean_load.fill_shards`), then build the optimizer over them. No process
+        ever holds the whole model, in host memory or on the device.
+
+        ``to_empty`` replaces every tensor, buffers too: the buffers (computed when the model was built, moved to
+        the device by ``fully_shard``) are put back as they were, and ``fill`` overwrites the persistent ones."""
+        self._shard(model)
+        buffers = [(module, name, buffer) for module in model.modules()
+                   for name, buffer in module._buffers.items() if buffer is not None]
+        model.to_empty(device=self.device)
+        for module, name, buffer in buffers:
+            module._buffers[name] = buffer
+        fill(model)
+        self._build_optimizer(model, optimizer_factory, lr_scheduler_factory)
+
+    def _shard(self, model: torch.nn.Module) -> None:
+        """``fully_shard`` each block (``_no_split_modules``), then the root, parameters in float32."""
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        model = model.to(torch.float32)
+        model.to(torch.float32)
         policy = MixedPrecisionPolicy(param_dtype=_PARAM_DTYPES[self.precision], reduce_dtype=torch.float32)
         block_names = set(getattr(model, "_no_split_modules", None) or ())
         for module in model.modules():
             if module is not model and type(module).__name__ in block_names:
                 fully_shard(module, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
+
+    def _build_optimizer(self, model: torch.nn.Module, optimizer_factory: Any, lr_scheduler_factory: Any) -> None:
         self.module = self.model = model
         self.optimizer = optimizer_factory(model.parameters())
         self.lr_scheduler = lr_scheduler_factory(self.optimizer)

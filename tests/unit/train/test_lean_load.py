@@ -158,8 +158,9 @@ def test_torch_files_and_missing_sources(tmp_path, registry):
 
 
 def test_memory_plan_host_loading_follows_the_loading_path(tmp_path):
-    """The plan's "host RAM while loading": one chunk on a GPU run that loads lean on the device; the float32
-    model plus one chunk where the model stays in host memory; the old build + read estimate otherwise."""
+    """The plan's "host RAM while loading": one chunk on a GPU run that loads lean on the device, whole or (fsdp)
+    its shards; on the CPU the float32 model (or this process's shards) plus one chunk; the float32 model plus
+    one chunk where the model stays in host memory; the old build + read estimate otherwise."""
     from osctl.train.memory import host_loading
     from osctl.train.weights import LOAD_CHUNK_BYTES
 
@@ -177,7 +178,10 @@ def test_memory_plan_host_loading_follows_the_loading_path(tmp_path):
 
     lean = recipe(str(tmp_path / "w.safetensors"))
     assert host_loading(lean, model, strategy="ddp")[0] == file_bytes
-    assert host_loading(lean, model, strategy="fsdp")[0] == fp32 + file_bytes  # sharded on the CPU, block by block
+    assert host_loading(lean, model, strategy="fsdp")[0] == file_bytes  # each process fills its shards on the GPU
+    assert host_loading(lean, model, strategy="fsdp", device_type="cpu", world_size=2)[0] == fp32 // 2 + file_bytes
+    lora = recipe(str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4))  # adapter added to a host copy
+    assert host_loading(lora, model, strategy="fsdp")[0] == fp32 + file_bytes
     assert host_loading(lean, model, strategy="ddp", device_type="cpu")[0] == fp32 + file_bytes
     assert host_loading(lean, model, strategy="deepspeed")[0] == fp32 + file_bytes
     assert host_loading(recipe(str(tmp_path / "w.safetensors"), offload=SimpleNamespace(blocks=2)), model,

@@ -1,0 +1,81 @@
+"""Sharded lean loading (``parallel.strategy: fsdp``): the model is sharded on the meta device and each rank fills
+only its own shards from the files; every local shard must hold exactly its rows of the stored tensor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+pytestmark = [pytest.mark.multiprocess]
+
+REPO = Path(__file__).resolve().parents[3]
+
+#: one rank: build empty, shard and fill through the fsdp strategy, then compare every local shard and buffer
+#: with the rows torch.chunk gives this rank (FSDP2's dim-0 split: 5 rows -> 3 + 2, 1 row -> 1 + 0)
+RANK_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from pathlib import Path
+from torch import nn
+from safetensors.torch import load_file
+from osctl.train.lean_load import fill_shards, parameters_on_meta, plan_lean_load
+from osctl_builtin.strategies.fsdp import FSDPStrategy
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 5)
+        self.b = nn.Linear(5, 1)
+        self.register_buffer("scale", torch.zeros(4))                              # persistent: from the file
+        self.register_buffer("table", torch.arange(6.0) * 0.5, persistent=False)   # computed at build
+
+class Model(nn.Module):
+    _no_split_modules = ["Block"]
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(1, 7)
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+folder = Path(sys.argv[1])
+full = load_file(folder / "w.safetensors")
+with parameters_on_meta():
+    model = Model()
+plan = plan_lean_load(model, [(folder / "w.safetensors", "")], source="w")
+assert plan is not None
+strategy = FSDPStrategy(mixed_precision="fp32", device=torch.device("cpu"))
+strategy.prepare_empty(model, lambda m: fill_shards(m, plan, chunk_bytes=1),
+                       optimizer_factory=lambda params: torch.optim.SGD(params, lr=0.1),
+                       lr_scheduler_factory=lambda optimizer: None)
+for name, param in model.named_parameters():
+    expected = full[name].chunk(world)[rank] if rank < len(full[name].chunk(world)) else full[name][:0]
+    assert torch.equal(param.to_local(), expected), (rank, name)
+    assert torch.equal(param.full_tensor(), full[name]), (rank, name)
+for block in model.blocks:
+    assert torch.equal(block.table, torch.arange(6.0) * 0.5)
+assert torch.equal(model.blocks[1].scale, full["blocks.1.scale"])
+assert all(state["params"] for state in strategy.optimizer.param_groups)
+(folder / f"ok-{rank}").write_text("ok")
+dist.destroy_process_group()
+"""
+
+
+def test_each_rank_fills_exactly_its_own_shards(tmp_path):
+    torch.manual_seed(3)
+    shapes = {"a.weight": (5, 3), "a.bias": (5,), "b.weight": (1, 5), "b.bias": (1,), "scale": (4,)}
+    state = {f"blocks.{i}.{key}": torch.randn(shape) for i in range(2) for key, shape in shapes.items()}
+    state |= {"head.weight": torch.randn(7, 1), "head.bias": torch.randn(7)}
+    save_file(state, tmp_path / "w.safetensors")
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(tmp_path / "rank.py"), str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert {p.name for p in tmp_path.glob("ok-*")} == {"ok-0", "ok-1"}
