@@ -14,7 +14,9 @@ full-precision copy of every weight at the peak.
 
 from __future__ import annotations
 
+import contextlib
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -53,17 +55,50 @@ def _upcast_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return UpcastLinear.apply(x, self.weight, self.bias)
 
 
-def block_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
-    """Frozen ``nn.Linear`` layers inside the model's repeated blocks (``_no_split_modules``), by name."""
+def block_linear_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    """Every ``nn.Linear`` layer inside the model's repeated blocks (``_no_split_modules``), by name."""
     block_names = set(getattr(model, "_no_split_modules", None) or ())
     found: list[tuple[str, torch.nn.Linear]] = []
     for name, module in model.named_modules():
         if module is model or type(module).__name__ not in block_names:
             continue
         for sub_name, sub in module.named_modules():
-            if isinstance(sub, torch.nn.Linear) and not any(p.requires_grad for p in sub.parameters(recurse=False)):
+            if isinstance(sub, torch.nn.Linear):
                 found.append((f"{name}.{sub_name}", sub))
     return found
+
+
+def block_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    """Frozen ``nn.Linear`` layers inside the model's repeated blocks (``_no_split_modules``), by name."""
+    return [(name, layer) for name, layer in block_linear_layers(model)
+            if not any(p.requires_grad for p in layer.parameters(recurse=False))]
+
+
+def storage_plan(model: torch.nn.Module, base_dtype: str) -> dict[str, torch.dtype]:
+    """The weights a LoRA base in ``base_dtype`` keeps in its storage dtype (every block linear's), by state-dict
+    key: the lean loader (:func:`osctl.train.lean_load.materialise`) casts them as it reads them."""
+    dtype = STORAGE_DTYPES.get(base_dtype)
+    return {} if dtype is None else {f"{name}.weight": dtype for name, _ in block_linear_layers(model)}
+
+
+@contextlib.contextmanager
+def float32_placeholders(model: torch.nn.Module) -> Iterator[None]:
+    """While peft adds an adapter: every block linear whose weight is already in its storage dtype shows a float32
+    weight of the same shape and device instead (one value, expanded: 4 bytes), so peft makes the adapter in
+    float32, as for a float32 base (it casts a new adapter to its base weight's dtype); the stored weights are put
+    back afterwards. The adapter inits osctl allows never read the base weights."""
+    swapped = []
+    for _, layer in block_linear_layers(model):
+        weight = layer.weight
+        if weight.dtype != torch.float32:
+            swapped.append((layer, weight))
+            layer.weight = torch.nn.Parameter(torch.zeros((), device=weight.device).expand(weight.shape),
+                                              requires_grad=False)
+    try:
+        yield
+    finally:
+        for layer, weight in swapped:
+            layer.weight = weight
 
 
 def store_frozen_base(model: torch.nn.Module, base_dtype: str, *, strategy: str) -> list[str]:
@@ -81,7 +116,7 @@ def store_frozen_base(model: torch.nn.Module, base_dtype: str, *, strategy: str)
     dtype = STORAGE_DTYPES[base_dtype]
     before = after = 0
     for _, layer in layers:
-        before += layer.weight.numel() * layer.weight.element_size()
+        before += layer.weight.numel() * 4  # float32 (a lean load may have stored it in the smaller dtype already)
         layer.weight.data = layer.weight.data.to(dtype)
         after += layer.weight.numel() * layer.weight.element_size()
         layer.forward = types.MethodType(_upcast_forward, layer)

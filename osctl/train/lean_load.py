@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from osctl.train.lora import FINGERPRINT_VALUES
 from osctl.train.weights import LOAD_CHUNK_BYTES, LoadReport, weight_files
 
 
@@ -99,21 +100,28 @@ def _needs_normal_build(model: nn.Module) -> bool:
 
 
 def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
-                chunk_bytes: int = LOAD_CHUNK_BYTES) -> LoadReport:
+                chunk_bytes: int = LOAD_CHUNK_BYTES, storage: dict[str, torch.dtype] | None = None) -> LoadReport:
     """Give every parameter and persistent buffer of ``model`` a new tensor on ``device`` holding its weights
     from ``plan``, a chunk of about ``chunk_bytes`` of file data at a time (one tensor at least), and move the
-    other buffers to ``device``; returns the report ``load_into`` would give."""
+    other buffers to ``device``; returns the report ``load_into`` would give.
+
+    ``storage`` names parameters kept in a smaller dtype (a LoRA run's frozen base in ``train.base_dtype``): each is
+    cast as it is read, frozen, and its first values as the file gave them go to the report's ``heads``, so the
+    float32 tensor never exists."""
     device = torch.device(device)
     slots = _state_slots(model)
+    storage = storage or {}
     for key, stored in _stored_tensors(plan, chunk_bytes):
         module, attr, is_param = slots[key]
         old = (module._parameters if is_param else module._buffers)[attr]
         assert old is not None
-        value = torch.empty(old.shape, dtype=old.dtype, device=device)
+        value = torch.empty(old.shape, dtype=storage.get(key, old.dtype), device=device)
         with torch.no_grad():
             value.copy_(stored)  # a copy: the mapped file is never written
+        if key in storage:
+            plan.report.heads[key] = stored.reshape(-1)[:FINGERPRINT_VALUES].to(old.dtype).clone()
         if is_param:
-            module._parameters[attr] = nn.Parameter(value, requires_grad=old.requires_grad)
+            module._parameters[attr] = nn.Parameter(value, requires_grad=old.requires_grad and key not in storage)
         else:
             module._buffers[attr] = value
     for module in model.modules():  # buffers not in the files (computed when the model was built)
@@ -211,12 +219,12 @@ SHARD_LOADING_STRATEGIES = ("fsdp",)
 
 def loads_on_device(recipe: Any, strategy: str) -> bool:
     """True when training builds and loads the model straight on the process's device: the strategy would move the
-    whole model there anyway (:data:`DEVICE_LOADING_STRATEGIES`), no ``train.offload`` (frozen blocks stay in host
-    memory) and no ``train.base_dtype`` below fp32 (the frozen base shrinks before it is moved: loading it in
-    float32 on the device first would need the memory it saves). Otherwise on the CPU, as before."""
+    whole model there anyway (:data:`DEVICE_LOADING_STRATEGIES`) and no ``train.offload`` (frozen blocks stay in
+    host memory). A LoRA base in a ``train.base_dtype`` below fp32 loads there too, in that dtype (see
+    :func:`build_loaded_model`); a normal build of it (weights the lean path does not take) stays on the CPU,
+    where the base shrinks before it is moved (:func:`normal_load_on_cpu`). Otherwise on the CPU, as before."""
     train_cfg = recipe.train
-    small_base = train_cfg.lora is not None and train_cfg.base_dtype != "fp32"
-    return strategy in DEVICE_LOADING_STRATEGIES and train_cfg.offload is None and not small_base
+    return strategy in DEVICE_LOADING_STRATEGIES and train_cfg.offload is None
 
 
 def loads_sharded(recipe: Any, strategy: str) -> bool:
@@ -225,6 +233,13 @@ def loads_sharded(recipe: Any, strategy: str) -> bool:
     is added to the loaded base before the strategy sees it) or an offloaded one loads on the CPU, as before."""
     train_cfg = recipe.train
     return strategy in SHARD_LOADING_STRATEGIES and train_cfg.lora is None and train_cfg.offload is None
+
+
+def normal_load_on_cpu(recipe: Any) -> bool:
+    """True when a normal (float32) build must stay on the CPU even where the lean load goes to the device: a LoRA
+    base stored in less than fp32 would otherwise be built whole in float32 on the device first."""
+    train_cfg = recipe.train
+    return train_cfg.lora is not None and train_cfg.base_dtype != "fp32"
 
 
 def lean_source(recipe: Any) -> Path | None:
@@ -255,7 +270,8 @@ class LoadedModel:
 
 def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, device: torch.device | str,
                        dtype: torch.dtype | None, chunk_bytes: int = LOAD_CHUNK_BYTES,
-                       shards: bool = False) -> LoadedModel:
+                       shards: bool = False, base_dtype: str = "fp32",
+                       normal_device: torch.device | str | None = None) -> LoadedModel:
     """The recipe's model on ``device`` with its weights: ``weights`` (a checkpoint's ``model/``,
     ``train.pretrained``, a LoRA checkpoint's base) or, when None, the files ``model.path`` names.
 
@@ -263,12 +279,15 @@ def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, dev
     agrees; otherwise the normal build (random init or diffusers' ``from_pretrained``) plus
     :func:`osctl.train.weights.load_into`, exactly as before. Either way the report lists the same keys.
     With ``shards`` (:func:`loads_sharded`) a lean model comes back still empty (buffers on ``device``), with
-    ``fill``: the strategy's ``prepare_empty`` shards it, then fills each rank's shards (:func:`fill_shards`)."""
+    ``fill``: the strategy's ``prepare_empty`` shards it, then fills each rank's shards (:func:`fill_shards`).
+    ``base_dtype`` (a LoRA run's ``train.base_dtype``): a lean load stores the block linears' weights in it as it
+    reads them (:func:`osctl.train.frozen_base.storage_plan`). ``normal_device``: where the normal build goes
+    (default ``device``; the CPU when only the lean load keeps the model small enough for ``device``)."""
     from osctl.build import build_model
     from osctl.train.weights import _weight_sources, load_into
 
     def normal() -> LoadedModel:
-        model = build_model(checked, registry, device=device, dtype=dtype)
+        model = build_model(checked, registry, device=normal_device or device, dtype=dtype)
         return LoadedModel(model, load_into(model, weights, chunk_bytes=chunk_bytes) if weights else None, False)
 
     config = checked.components["model"]
@@ -290,4 +309,7 @@ def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, dev
     if shards:
         return LoadedModel(model, plan.report, True,
                            fill=lambda sharded: fill_shards(sharded, plan, chunk_bytes=chunk_bytes))
-    return LoadedModel(model, materialise(model, plan, device=device, chunk_bytes=chunk_bytes), True)
+    from osctl.train.frozen_base import storage_plan
+
+    return LoadedModel(model, materialise(model, plan, device=device, chunk_bytes=chunk_bytes,
+                                          storage=storage_plan(model, base_dtype)), True)

@@ -133,18 +133,28 @@ def is_adapted(model: torch.nn.Module) -> bool:
     return any(".lora_A." in name for name, _ in model.named_parameters())
 
 
-def base_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+#: values of each tensor the base fingerprint reads
+FINGERPRINT_VALUES = 1024
+
+
+def base_fingerprint(state: Mapping[str, torch.Tensor], heads: Mapping[str, torch.Tensor] | None = None) -> str:
     """A cheap identity of base weights, independent of file layout and storage dtype: the SHA-256 of every
-    tensor's name, shape and first 1024 values (as float32), in name order. Adapter layers are left out."""
+    tensor's name, shape and first :data:`FINGERPRINT_VALUES` values (as float32), in name order. Adapter layers
+    are left out. ``heads`` gives those first values for tensors already stored in a smaller dtype (as the file
+    held them: :attr:`osctl.train.weights.LoadReport.heads`), so a base cast while it was loaded has the
+    fingerprint of the same base loaded in float32."""
     digest = hashlib.sha256()
+    heads = heads or {}
     for name in sorted(state):
         if ".lora_" in name:
             continue
         tensor = state[name]
-        digest.update(name.replace(".base_layer.", ".").encode())
+        plain = name.replace(".base_layer.", ".")
+        digest.update(plain.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         if tensor.device.type != "meta" and tensor.numel():
-            head = tensor.detach().reshape(-1)[:1024].to("cpu", torch.float32).contiguous()
+            source = heads.get(plain, tensor.detach())
+            head = source.reshape(-1)[:FINGERPRINT_VALUES].to("cpu", torch.float32).contiguous()
             digest.update(head.numpy().tobytes())
     return "sha256:" + digest.hexdigest()[:16]
 
@@ -379,7 +389,7 @@ def prepare_lora_model(model: torch.nn.Module, recipe: Any, registry: Any, resum
     if train_cfg.pretrained:
         report = base_report if base_report is not None else load_into(model, Path(train_cfg.pretrained))
         notes.append(f"LoRA base: {report.summary()}")
-    fingerprint = base_fingerprint(model.state_dict())
+    fingerprint = base_fingerprint(model.state_dict(), heads=base_report.heads if base_report is not None else None)
     declared = None
     try:
         declared = registry.get("model", recipe.model.name).spec.metadata.get("lora_target_modules")
@@ -387,7 +397,10 @@ def prepare_lora_model(model: torch.nn.Module, recipe: Any, registry: Any, resum
         declared = None
     spec = spec_from_settings(train_cfg.lora, model, declared)
     spec.base_fingerprint = fingerprint
-    add_adapter(model, spec)
+    from osctl.train.frozen_base import float32_placeholders
+
+    with float32_placeholders(model):  # a base stored in train.base_dtype as it was loaded: a float32 adapter
+        add_adapter(model, spec)
     model._osctl_adapter_spec = spec  # validation builds its sampling copy with the same adapter layers
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     notes.append(f"LoRA rank {spec.rank}, alpha {spec.alpha:g} on {', '.join(spec.target_modules)}: "

@@ -361,9 +361,10 @@ def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_t
     one chunk of mapped file pages (at least the largest tensor) besides the model's own memory: on a GPU, where
     the strategy loads straight on the device (single, DDP) or each process fills only its own shards there (FSDP
     full fine-tuning, :func:`osctl.train.lean_load.loads_sharded`), that chunk is all; sharded on the CPU, this
-    process's float32 shards (1/``world_size`` of the model) come on top; on the CPU otherwise (or for DeepSpeed,
-    ``train.offload`` or a smaller frozen base) the whole float32 model. Otherwise the model is built in float32 on
-    the CPU and what reading its weights holds at once comes on top (:func:`_loading_extra`)."""
+    process's float32 shards (1/``world_size`` of the model) come on top; on the CPU otherwise (or for DeepSpeed or
+    ``train.offload``) the whole model, a LoRA base's block linears in ``train.base_dtype`` (cast as they are
+    read). Otherwise the model is built in float32 on the CPU and what reading its weights holds at once comes on
+    top (:func:`_loading_extra`)."""
     from osctl.train.lean_load import lean_source, loads_on_device, loads_sharded
     from osctl.train.weights import LOAD_CHUNK_BYTES
 
@@ -384,6 +385,11 @@ def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_t
                                 "(built and sharded on the meta device)")
     if device_type == "cuda" and loads_on_device(recipe, strategy):
         return chunk, f"built on the meta device, weights read {_gb(chunk)} at a time straight to the device"
+    base_dtype = recipe.train.base_dtype if recipe.train.lora is not None else "fp32"
+    if base_dtype != "fp32":
+        stored = sum(parameter_bytes(model, base_dtype, 0)[0].values())
+        return stored + chunk, (f"the model in host memory, its frozen block linears in {base_dtype}, plus "
+                                f"{_gb(chunk)} of its weights read at a time (built on the meta device, cast as read)")
     return fp32_bytes + chunk, (f"the float32 model in host memory plus {_gb(chunk)} of its weights read at a time "
                                 "(built on the meta device, no random init)")
 

@@ -42,7 +42,7 @@ from osctl.train.checkpointing import apply_checkpointing, recipe_policy
 from osctl.train.compile import CompiledRun, CompileWatch, check_compile, compile_blocks
 from osctl.train.compile import plan_line as compile_plan_line
 from osctl.train.ema import EMA
-from osctl.train.lean_load import build_loaded_model, loads_sharded
+from osctl.train.lean_load import build_loaded_model, loads_sharded, normal_load_on_cpu
 from osctl.train.loop import BatchSource, TrainParts, TrainResult, train
 from osctl.train.objective import build_objective
 from osctl.train.optim import build_lr_scheduler, build_optimizer
@@ -246,7 +246,9 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     resume_dir = ckpt.resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     loaded = build_loaded_model(checked, registry, weights=_weights_to_load(train_cfg, resume_dir),
                                 device=load_device(recipe, registry, info), dtype=torch.float32,
-                                shards=loads_sharded(recipe, strategy_name(recipe, registry, info.world_size)))
+                                shards=loads_sharded(recipe, strategy_name(recipe, registry, info.world_size)),
+                                base_dtype=train_cfg.base_dtype if train_cfg.lora is not None else "fp32",
+                                normal_device="cpu" if normal_load_on_cpu(recipe) else None)
     model = loaded.model
     if layout.sequence_parallel:
         _check_sequence_parallel_model(model, layout)

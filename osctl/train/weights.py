@@ -34,6 +34,9 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    #: the first values (float32) of tensors stored in a smaller dtype than the file gave them (a LoRA base in
+    #: ``train.base_dtype``, cast as it was read): what ``osctl.train.lora.base_fingerprint`` reads of them
+    heads: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: loaded x/y plus counts of skipped keys by reason."""

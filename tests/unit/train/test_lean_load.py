@@ -187,7 +187,8 @@ def test_memory_plan_host_loading_follows_the_loading_path(tmp_path):
     assert host_loading(recipe(str(tmp_path / "w.safetensors"), offload=SimpleNamespace(blocks=2)), model,
                         strategy="single")[0] == fp32 + file_bytes
     small_base = recipe(str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4), base_dtype="bf16")
-    assert host_loading(small_base, model, strategy="single")[0] == fp32 + file_bytes
+    assert host_loading(small_base, model, strategy="single")[0] == file_bytes  # cast as read, on the device
+    assert host_loading(small_base, model, strategy="single", device_type="cpu")[0] == fp32 + file_bytes  # no blocks
     torch_file = host_loading(recipe(str(tmp_path / "w.pt")), model, strategy="ddp")
     assert torch_file[0] == fp32 + (tmp_path / "w.pt").stat().st_size and "built in float32" in torch_file[1]
     assert host_loading(recipe(None), model, strategy="ddp")[0] == fp32  # a fresh preset
@@ -232,3 +233,63 @@ def test_lean_loading_on_the_cpu_holds_the_model_and_one_chunk(tmp_path):
     assert loaded == 96
     assert kept >= model_bytes  # the model's own memory, privately copied (never the mapped file)
     assert peak < model_bytes + 2 * chunk + 16 * 2**20, f"loading peaked {(peak - model_bytes) / 2**20:.0f} MiB over"
+
+
+@pytest.mark.parametrize("base_dtype", ["bf16", "fp8_e4m3"])
+def test_a_lora_base_in_a_smaller_dtype_is_cast_as_it_is_read(tmp_path, monkeypatch, base_dtype):
+    """``train.base_dtype`` with lean loading: each block linear is stored in its dtype as it is read (the float32
+    tensor never exists), and the run is the one that loads the base in float32 and casts it afterwards: the same
+    adapter (made in float32), the same base fingerprint, the same stored weights and the same losses."""
+    import osctl.train.lean_load as lean_load
+    from osctl.plugin_manager import default_registry
+    from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import check_recipe
+    from osctl.train.frozen_base import STORAGE_DTYPES, block_linears
+    from osctl.train.loop import train
+    from osctl.train.run import TrainOptions, setup_training
+    from tests.train_helpers import SyntheticClips, write_tiny_recipe
+
+    registry = default_registry()
+    recipe = write_tiny_recipe(tmp_path, tmp_path / "out", tmp_path / "cache")
+    base = check_recipe(load_recipe(recipe), registry)
+    torch.manual_seed(11)
+    weights = registry.build("model", "opensora_v1_3", base.components["model"])
+    save_file({k: v.contiguous() for k, v in weights.state_dict().items()}, tmp_path / "base.safetensors")
+    sets = [f"train.pretrained={tmp_path / 'base.safetensors'}", "train.lora={rank: 4, init: random}",
+            f"train.base_dtype={base_dtype}", "train.max_steps=2", "train.use_ema=false"]
+    tokenize = registry.build("text_encoder", "tiny_t5", base.components["text_encoder"]).tokenize
+    import osctl.train.lora as lora
+
+    add_adapter = lora.add_adapter
+
+    def seeded(*args, **kwargs):  # the normal build's random init draws first: give both runs one adapter init
+        torch.manual_seed(0)
+        return add_adapter(*args, **kwargs)
+
+    monkeypatch.setattr(lora, "add_adapter", seeded)
+    materialise, cast = lean_load.materialise, []
+
+    def spy(*args, storage=None, **kwargs):
+        cast.append(dict(storage or {}))
+        return materialise(*args, storage=storage, **kwargs)
+
+    monkeypatch.setattr(lean_load, "materialise", spy)
+    runs = {}
+    for way in ("lean", "float32 then cast"):
+        with monkeypatch.context() as patch:
+            if way != "lean":
+                patch.setattr(lean_load, "plan_lean_load", lambda *a, **k: None)
+            checked = check_recipe(load_recipe(recipe, [*sets, f"train.output_dir={tmp_path / way}"]), registry)
+            torch.manual_seed(5)
+            parts = setup_training(checked, registry, TrainOptions(data_source=SyntheticClips(tokenize)))
+            runs[way] = (parts, train(parts))
+    (lean, lean_run), (plain, plain_run) = runs["lean"], runs["float32 then cast"]
+    assert len(cast) == 1 and cast[0] and set(cast[0].values()) == {STORAGE_DTYPES[base_dtype]}  # lean run only
+    assert lean.adapter.base_fingerprint == plain.adapter.base_fingerprint
+    layers = dict(block_linears(lean.strategy.module))
+    assert layers and all(layer.weight.dtype == STORAGE_DTYPES[base_dtype] for layer in layers.values())
+    for name, layer in block_linears(plain.strategy.module):
+        assert torch.equal(layers[name].weight.float(), layer.weight.float()), name
+    adapters = {k: v for k, v in lean.strategy.module.state_dict().items() if "lora_" in k}
+    assert adapters and all(v.dtype == torch.float32 for v in adapters.values())
+    assert lean_run.losses == plain_run.losses
