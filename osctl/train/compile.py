@@ -28,8 +28,8 @@ from osctl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: graphs a block's code object may hold per bucket shape: training forward/backward of each block kind
-#: (dense, Skiparse single, Skiparse group; the two experts of a two-expert model), plus sampling's
+#: graphs a block's code object may hold per batch shape: the training forward and backward of each block kind
+#: (dense, Skiparse single, Skiparse group; the two experts of a two-expert model) and validation sampling's
 GRAPHS_PER_SHAPE = 8
 
 
