@@ -50,8 +50,8 @@ def is_empty(model: nn.Module) -> bool:
 class LeanPlan:
     """Where each tensor of the model's state dict is read from, and what the load will report."""
 
-    #: state-dict key -> (file, name in the file, offset of its data, bytes)
-    locations: dict[str, tuple[Path, str, int, int]] = field(default_factory=dict)
+    #: state-dict key -> (file, name in the file)
+    locations: dict[str, tuple[Path, str]] = field(default_factory=dict)
     report: LoadReport = field(default_factory=lambda: LoadReport(source=""))
 
 
@@ -77,7 +77,7 @@ def plan_lean_load(model: nn.Module, sources: list[tuple[Path, str]], *, source:
                 elif tuple(info.shape) != own[key][0]:
                     return None  # load_into would leave this tensor at its initial value
                 else:
-                    plan.locations[key] = (file, info.name, info.begin, info.end - info.begin)
+                    plan.locations[key] = (file, info.name)
     if set(own) - set(plan.locations):
         return None
     plan.report.loaded = len(plan.locations)
@@ -155,28 +155,19 @@ def fill_shards(model: nn.Module, plan: LeanPlan, *, chunk_bytes: int = LOAD_CHU
 
 
 def _stored_tensors(plan: LeanPlan, chunk_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """(state-dict key, tensor mapped from its file) for every key of ``plan``, in file order, with the files of
-    about ``chunk_bytes`` of data open at a time (unmapped before the next chunk: copy each tensor before
-    asking for the next)."""
-    from safetensors import safe_open
+    """(state-dict key, tensor read from its file) for every key of ``plan``, file by file, about ``chunk_bytes``
+    of data at a time (:func:`osctl.train.weights.safetensors_chunks`, the reader ``load_into`` uses)."""
+    from osctl.train.weights import safetensors_chunks
 
-    from osctl.ckpt.torch_files import first_line
-    from osctl.errors import DataError
-
-    keys = sorted(plan.locations, key=lambda k: (str(plan.locations[k][0]), plan.locations[k][2]))  # file order
-    for chunk in _chunks(keys, plan, chunk_bytes):
-        files = sorted({plan.locations[key][0] for key in chunk}, key=str)
-        try:
-            handles = {file: safe_open(str(file), framework="pt") for file in files}
-        except Exception as exc:  # safetensors' own errors for damage the header check cannot see
-            raise DataError(f"cannot read {files[0]} ({first_line(exc)}); the file is damaged — copy it again.") \
-                from None
-        try:
-            for key in chunk:
-                file, name, _, _ = plan.locations[key]
-                yield key, handles[file].get_tensor(name)
-        finally:
-            handles.clear()  # unmaps the chunk's pages before the next chunk is read
+    keys = {where: key for key, where in plan.locations.items()}
+    for file in sorted({file for file, _ in plan.locations.values()}, key=str):
+        for chunk in safetensors_chunks(file, chunk_bytes):
+            while chunk:  # handed out and let go one by one: nothing of a chunk is held while the next is read
+                name, tensor = chunk.popitem()
+                key = keys.get((file, name))
+                if key is not None:  # (a tensor the model lacks is reported, not loaded)
+                    yield key, tensor
+                del tensor
 
 
 def _state_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
@@ -192,21 +183,6 @@ def _state_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
             if buffer is not None and attr not in module._non_persistent_buffers_set:
                 slots[base + attr] = (module, attr, False)
     return slots
-
-
-def _chunks(keys: list[str], plan: LeanPlan, chunk_bytes: int) -> Iterator[list[str]]:
-    """``keys`` in runs of about ``chunk_bytes`` of file data (one key at least)."""
-    chunk: list[str] = []
-    size = 0
-    for key in keys:
-        nbytes = plan.locations[key][3]
-        if chunk and size + nbytes > chunk_bytes:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(key)
-        size += nbytes
-    if chunk:
-        yield chunk
 
 
 #: strategies that move the whole model to the process's device as it is (DeepSpeed partitions a host copy)

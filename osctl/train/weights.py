@@ -150,7 +150,7 @@ def read_model_state(model: torch.nn.Module, source: Path) -> dict[str, torch.Te
     return state
 
 
-def _safetensors_chunks(file: Path, chunk_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
+def safetensors_chunks(file: Path, chunk_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
     """The tensors of ``file``, a few at a time (about ``chunk_bytes`` each, one tensor at least).
 
     Each chunk is read through its own ``safe_open``, which maps the file: closing it before the next chunk
@@ -189,7 +189,7 @@ def load_into(model: torch.nn.Module, source: Path, *, chunk_bytes: int = LOAD_C
     for path, prefix in _weight_sources(model, source):
         kind, files = weight_files(path)
         for file in files:
-            pieces = _safetensors_chunks(file, chunk_bytes) if kind == "safetensors" else iter([load_torch_file(file)])
+            pieces = safetensors_chunks(file, chunk_bytes) if kind == "safetensors" else iter([load_torch_file(file)])
             for piece in pieces:
                 usable = {}
                 for name, value in piece.items():
