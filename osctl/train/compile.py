@@ -112,7 +112,6 @@ class CompiledRun:
     """A compiled run's warm-up inputs and its compilation count (``TrainParts.compiled``)."""
 
     settings: Any
-    blocks: int
     watch: CompileWatch
     shapes: list[tuple[int, ...]]  # latent shapes (C x T x H x W) of the run's batches
     text_shape: tuple[int, int]  # L x D of the text states a batch carries
@@ -130,10 +129,6 @@ class CompiledRun:
         self.watch.after_warmup = self.watch.compiles
         self.warmup = Warmup(list(self.shapes), time.perf_counter() - started)
         return self.warmup
-
-    def plan_line(self) -> str:
-        """The plan's ``compile`` line."""
-        return plan_line(self.settings, self.blocks)
 
 
 def plan_line(settings: Any, blocks: int) -> str:

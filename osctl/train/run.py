@@ -215,7 +215,7 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     train_cfg, parallel = recipe.train, recipe.parallel
     info = pdist.init_distributed(parallel.timeout_s)
     layout = ParallelLayout.from_recipe(recipe, world_size=info.world_size)
-    strategy_name(recipe, registry, info.world_size)  # a one-process strategy in several processes: refused now
+    chosen = strategy_name(recipe, registry, info.world_size)  # a one-process strategy in several processes: refused
     groups = ParallelGroups(layout.world_size, info.rank, layout.sp_size)
     output_dir = check_output_dir(train_cfg.output_dir, key="train.output_dir", create=False)  # before any work
     resolved = checked.loaded.resolved()
@@ -245,8 +245,8 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     #    `pretrained`, also on resume: its checkpoint holds the adapter alone); lean where it can (lean_load)
     resume_dir = ckpt.resolve_resume(train_cfg.resume_from_checkpoint, output_dir)
     loaded = build_loaded_model(checked, registry, weights=_weights_to_load(train_cfg, resume_dir),
-                                device=load_device(recipe, registry, info), dtype=torch.float32,
-                                shards=loads_sharded(recipe, strategy_name(recipe, registry, info.world_size)),
+                                device=load_device(recipe, chosen, info), dtype=torch.float32,
+                                shards=loads_sharded(recipe, chosen),
                                 base_dtype=train_cfg.base_dtype if train_cfg.lora is not None else "fp32",
                                 normal_device="cpu" if normal_load_on_cpu(recipe) else None)
     model = loaded.model
@@ -367,13 +367,12 @@ def _weights_to_load(train_cfg: Any, resume_dir: Path | None) -> Path | None:
     return Path(train_cfg.pretrained) if train_cfg.pretrained else None
 
 
-def load_device(recipe: Any, registry: Registry, info: pdist.DistInfo) -> torch.device:
-    """Where the model is built and its weights loaded: the process's device where the strategy would move the
+def load_device(recipe: Any, strategy: str, info: pdist.DistInfo) -> torch.device:
+    """Where the model is built and its weights loaded: the process's device where ``strategy`` would move the
     whole model there anyway, else the CPU (:func:`osctl.train.lean_load.loads_on_device`)."""
     from osctl.train.lean_load import loads_on_device
 
-    on_device = loads_on_device(recipe, strategy_name(recipe, registry, info.world_size))
-    return torch.device(info.device) if on_device else torch.device("cpu")
+    return torch.device(info.device) if loads_on_device(recipe, strategy) else torch.device("cpu")
 
 
 def _device_of(model: torch.nn.Module) -> str:
@@ -393,8 +392,8 @@ def _compile(checked: CheckedRecipe, model: torch.nn.Module, strategy: str, sour
     shapes = [(geometry.latent_channels, *geometry.latent_shape(*shape)) for shape in getattr(source, "shapes", [])]
     text_shape = tuple(cache.reader.text_shape) if cache is not None else \
         (int(text_encoder.max_length), int(text_encoder.hidden_size))
-    blocks = compile_blocks(model, settings, shapes=len(shapes))
-    return CompiledRun(settings, blocks, CompileWatch().start(), shapes, text_shape, text_dtype)
+    compile_blocks(model, settings, shapes=len(shapes))
+    return CompiledRun(settings, CompileWatch().start(), shapes, text_shape, text_dtype)
 
 
 def _plan(checked: CheckedRecipe, strategy: Any, layout: ParallelLayout, state: TrainState, max_steps: int,
