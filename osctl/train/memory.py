@@ -90,16 +90,11 @@ def parameter_bytes(model: torch.nn.Module, base_dtype: str, offload_blocks: int
     """(device weight bytes by dtype, trainable parameters, frozen bytes of offloaded blocks, bytes of the
     largest block) of ``model`` as it will train: frozen block linears in ``base_dtype``, the last
     ``offload_blocks`` blocks' frozen weights in host memory."""
-    from osctl.train.frozen_base import STORAGE_DTYPES
+    from osctl.train.frozen_base import STORAGE_DTYPES, block_linears
 
     storage = STORAGE_DTYPES.get(base_dtype)
     blocks = block_modules(model)
-    cast = set()
-    if storage is not None:
-        for block in blocks:
-            for module in block.modules():
-                if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
-                    cast.add(id(module.weight))
+    cast = {id(layer.weight) for _, layer in block_linears(model)} if storage is not None else set()
     offloaded_params = {id(p) for block in blocks[len(blocks) - offload_blocks:] for p in block.parameters()
                         if not p.requires_grad} if offload_blocks else set()
     weights: dict[str, int] = {}
