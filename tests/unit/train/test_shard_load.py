@@ -23,6 +23,7 @@ import sys, torch, torch.distributed as dist
 from pathlib import Path
 from torch import nn
 from safetensors.torch import load_file
+from osctl.parallel.dist import shutdown
 from osctl.train.lean_load import fill_shards, parameters_on_meta, plan_lean_load
 from osctl_builtin.strategies.fsdp import FSDPStrategy
 
@@ -62,7 +63,7 @@ for block in model.blocks:
 assert torch.equal(model.blocks[1].scale, full["blocks.1.scale"])
 assert all(state["params"] for state in strategy.optimizer.param_groups)
 (folder / f"ok-{rank}").write_text("ok")
-dist.destroy_process_group()
+shutdown(0)  # barrier, destroy the group, flush, exit: gloo can abort at a plain interpreter exit
 """
 
 
