@@ -96,7 +96,8 @@ class Strategy(Protocol):
     the EMA inside its own state, e.g. to re-shard it; no ``ema-rank-R.pt`` is written), and
     ``prepare_empty(model, fill, *, optimizer_factory, lr_scheduler_factory)`` for a strategy named in
     ``osctl.train.lean_load.SHARD_LOADING_STRATEGIES``: ``prepare`` for a model whose parameters are on the meta
-    device; the strategy places (shards) them, then calls ``fill(model)`` to read their values where they live.
+    device (any that come with values, such as a LoRA adapter added to the empty base, keep them); the strategy
+    places (shards) them, then calls ``fill(model)`` to read their values where they live.
     """
 
     name: str

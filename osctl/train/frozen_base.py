@@ -83,22 +83,28 @@ def storage_plan(model: torch.nn.Module, base_dtype: str) -> dict[str, torch.dty
 
 @contextlib.contextmanager
 def float32_placeholders(model: torch.nn.Module) -> Iterator[None]:
-    """While peft adds an adapter: every block linear whose weight is already in its storage dtype shows a float32
-    weight of the same shape and device instead (one value, expanded: 4 bytes), so peft makes the adapter in
-    float32, as for a float32 base (it casts a new adapter to its base weight's dtype); the stored weights are put
-    back afterwards. The adapter inits osctl allows never read the base weights."""
+    """While peft adds an adapter: every layer whose weight is stored in a smaller dtype (``train.base_dtype``, as
+    it was loaded) or not loaded yet (on the meta device: a base the strategy shards empty, see
+    :func:`osctl.train.lean_load.loads_sharded`) shows a float32 weight of the same shape instead (one value,
+    expanded: 4 bytes), on the weight's device or, for a meta weight, the CPU. peft makes a new adapter in its
+    base weight's dtype and on its device: so the adapter is float32 and has real values, as for a float32 base
+    in memory (an adapter on the meta device would lose its init). The weights are put back afterwards; the
+    adapter inits osctl allows never read them."""
     swapped = []
-    for _, layer in block_linear_layers(model):
-        weight = layer.weight
-        if weight.dtype != torch.float32:
-            swapped.append((layer, weight))
-            layer.weight = torch.nn.Parameter(torch.zeros((), device=weight.device).expand(weight.shape),
-                                              requires_grad=False)
+    for layer in model.modules():
+        weight = layer._parameters.get("weight")
+        if weight is not None and weight.is_floating_point() and (weight.is_meta or weight.dtype != torch.float32):
+            device = "cpu" if weight.is_meta else weight.device
+            placeholder = torch.nn.Parameter(torch.zeros((), device=device).expand(weight.shape),
+                                             requires_grad=weight.requires_grad)
+            swapped.append((layer, weight, placeholder))
+            layer._parameters["weight"] = placeholder
     try:
         yield
     finally:
-        for layer, weight in swapped:
-            layer.weight = weight
+        for layer, weight, placeholder in swapped:  # frozen (or not) as the placeholder was meanwhile
+            weight.requires_grad_(placeholder.requires_grad)
+            layer._parameters["weight"] = weight
 
 
 def store_frozen_base(model: torch.nn.Module, base_dtype: str, *, strategy: str) -> list[str]:

@@ -109,7 +109,7 @@ def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
     cast as it is read, frozen, and its first values as the file gave them go to the report's ``heads``, so the
     float32 tensor never exists."""
     device = torch.device(device)
-    slots = _state_slots(model)
+    slots = state_slots(model)
     storage = storage or {}
     for key, stored in _stored_tensors(plan, chunk_bytes):
         module, attr, is_param = slots[key]
@@ -131,15 +131,20 @@ def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
     return plan.report
 
 
-def fill_shards(model: nn.Module, plan: LeanPlan, *, chunk_bytes: int = LOAD_CHUNK_BYTES) -> LoadReport:
+def fill_shards(model: nn.Module, plan: LeanPlan, *, chunk_bytes: int = LOAD_CHUNK_BYTES,
+                slots: dict[str, tuple[nn.Module, str, bool]] | None = None) -> LoadReport:
     """Copy the weights of ``plan`` into the tensors ``model`` already has where they live: for a parameter that
     is a DTensor (sharded by FSDP2 on the meta device, then given memory by ``to_empty``), only this rank's
     shard, sliced from the file's tensor without communication (``distribute_tensor`` with
     ``src_data_rank=None``); a plain parameter or persistent buffer whole. Host memory holds about one
-    ``chunk_bytes`` of file data at a time; returns the report ``load_into`` would give."""
+    ``chunk_bytes`` of file data at a time; returns the report ``load_into`` would give.
+
+    ``slots`` (:func:`state_slots` of the model when it was planned) finds each tensor under the key the plan
+    knows, also after an adapter wrapped its layer (peft's ``<layer>.base_layer.weight``); default: ``model``'s
+    slots now."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    slots = _state_slots(model)
+    slots = slots if slots is not None else state_slots(model)
     with torch.no_grad():
         for key, stored in _stored_tensors(plan, chunk_bytes):
             module, attr, is_param = slots[key]
@@ -152,6 +157,22 @@ def fill_shards(model: nn.Module, plan: LeanPlan, *, chunk_bytes: int = LOAD_CHU
             else:
                 target.copy_(stored)
     return plan.report
+
+
+def file_heads(plan: LeanPlan) -> dict[str, torch.Tensor]:
+    """The first :data:`~osctl.train.lora.FINGERPRINT_VALUES` values of every tensor of ``plan`` as its file holds
+    them, by state-dict key (:func:`osctl.train.weights.safetensors_heads`): what a base fingerprint reads of a model
+    whose weights are not loaded yet."""
+    from osctl.train.weights import safetensors_heads
+
+    by_file: dict[Path, dict[str, str]] = {}
+    for key, (file, name) in plan.locations.items():
+        by_file.setdefault(file, {})[name] = key
+    heads: dict[str, torch.Tensor] = {}
+    for file, keys in by_file.items():
+        for name, head in safetensors_heads(file, keys, FINGERPRINT_VALUES).items():
+            heads[keys[name]] = head
+    return heads
 
 
 def _stored_tensors(plan: LeanPlan, chunk_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
@@ -170,7 +191,7 @@ def _stored_tensors(plan: LeanPlan, chunk_bytes: int) -> Iterator[tuple[str, tor
                 del tensor
 
 
-def _state_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
+def state_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
     """State-dict key -> (owning module, attribute name, is a parameter) for every parameter and persistent
     buffer of ``model``."""
     slots: dict[str, tuple[nn.Module, str, bool]] = {}
@@ -185,8 +206,9 @@ def _state_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
     return slots
 
 
-#: strategies that move the whole model to the process's device as it is (DeepSpeed partitions a host copy)
-DEVICE_LOADING_STRATEGIES = ("single", "ddp")
+#: strategies that move the whole model to the process's device as it is (DeepSpeed's engine takes it there whole
+#: too, also for ZeRO-3, before partitioning: see the memory plan's "device memory while loading")
+DEVICE_LOADING_STRATEGIES = ("single", "ddp", "deepspeed")
 
 #: strategies that take the model empty (``prepare_empty``): they shard it on the meta device and each rank then
 #: fills its own shards from the files (:func:`fill_shards`)
@@ -205,10 +227,9 @@ def loads_on_device(recipe: Any, strategy: str) -> bool:
 
 def loads_sharded(recipe: Any, strategy: str) -> bool:
     """True when training gives the strategy the model empty and each rank reads only its own shards of the
-    weights (:data:`SHARD_LOADING_STRATEGIES`): full fine-tuning without ``train.offload``. A LoRA run (its adapter
-    is added to the loaded base before the strategy sees it) or an offloaded one loads on the CPU, as before."""
-    train_cfg = recipe.train
-    return strategy in SHARD_LOADING_STRATEGIES and train_cfg.lora is None and train_cfg.offload is None
+    weights (:data:`SHARD_LOADING_STRATEGIES`): full fine-tuning, and LoRA runs (the adapter is added to the empty
+    base, on the CPU, and sharded with it: see :func:`osctl.train.frozen_base.float32_placeholders`)."""
+    return strategy in SHARD_LOADING_STRATEGIES and recipe.train.offload is None
 
 
 def normal_load_on_cpu(recipe: Any) -> bool:
@@ -282,9 +303,11 @@ def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, dev
     if plan is None:
         del model
         return normal()
-    if shards:
+    if shards:  # a LoRA run fingerprints its base before any shard is read: the heads come from the files now
+        plan.report.heads = file_heads(plan)
+        slots = state_slots(model)  # the keys as planned: a LoRA adapter renames the layers it wraps
         return LoadedModel(model, plan.report, True,
-                           fill=lambda sharded: fill_shards(sharded, plan, chunk_bytes=chunk_bytes))
+                           fill=lambda sharded: fill_shards(sharded, plan, chunk_bytes=chunk_bytes, slots=slots))
     from osctl.train.frozen_base import storage_plan
 
     return LoadedModel(model, materialise(model, plan, device=device, chunk_bytes=chunk_bytes,

@@ -140,9 +140,9 @@ FINGERPRINT_VALUES = 1024
 def base_fingerprint(state: Mapping[str, torch.Tensor], heads: Mapping[str, torch.Tensor] | None = None) -> str:
     """A cheap identity of base weights, independent of file layout and storage dtype: the SHA-256 of every
     tensor's name, shape and first :data:`FINGERPRINT_VALUES` values (as float32), in name order. Adapter layers
-    are left out. ``heads`` gives those first values for tensors already stored in a smaller dtype (as the file
-    held them: :attr:`osctl.train.weights.LoadReport.heads`), so a base cast while it was loaded has the
-    fingerprint of the same base loaded in float32."""
+    are left out. ``heads`` gives those first values for tensors stored in a smaller dtype or not loaded yet (as
+    the file holds them: :attr:`osctl.train.weights.LoadReport.heads`), so a base cast while it was loaded, or
+    sharded before it was read, has the fingerprint of the same base loaded in float32."""
     digest = hashlib.sha256()
     heads = heads or {}
     for name in sorted(state):
@@ -152,8 +152,8 @@ def base_fingerprint(state: Mapping[str, torch.Tensor], heads: Mapping[str, torc
         plain = name.replace(".base_layer.", ".")
         digest.update(plain.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        if tensor.device.type != "meta" and tensor.numel():
-            source = heads.get(plain, tensor.detach())
+        source = heads.get(plain, None if tensor.device.type == "meta" else tensor.detach())
+        if source is not None and source.numel():
             head = source.reshape(-1)[:FINGERPRINT_VALUES].to("cpu", torch.float32).contiguous()
             digest.update(head.numpy().tobytes())
     return "sha256:" + digest.hexdigest()[:16]
@@ -399,7 +399,7 @@ def prepare_lora_model(model: torch.nn.Module, recipe: Any, registry: Any, resum
     spec.base_fingerprint = fingerprint
     from osctl.train.frozen_base import float32_placeholders
 
-    with float32_placeholders(model):  # a base stored in train.base_dtype as it was loaded: a float32 adapter
+    with float32_placeholders(model):  # a base in train.base_dtype or still empty: a float32 adapter with values
         add_adapter(model, spec)
     model._osctl_adapter_spec = spec  # validation builds its sampling copy with the same adapter layers
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

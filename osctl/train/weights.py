@@ -10,7 +10,8 @@ with its reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,9 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-    #: the first values (float32) of tensors stored in a smaller dtype than the file gave them (a LoRA base in
-    #: ``train.base_dtype``, cast as it was read): what ``osctl.train.lora.base_fingerprint`` reads of them
+    #: the first values (float32) of tensors whose values as the file gave them are not in memory: stored in a
+    #: smaller dtype (a LoRA base in ``train.base_dtype``, cast as it was read) or not loaded yet (a model sharded on
+    #: the meta device, each rank to fill its own shards): what ``osctl.train.lora.base_fingerprint`` reads of them
     heads: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -175,6 +177,31 @@ def safetensors_chunks(file: Path, chunk_bytes: int) -> Iterator[dict[str, torch
             raise DataError(f"cannot read {file} ({first_line(exc)}); the file is damaged — copy it again.") from None
         yield chunk
         start = stop
+
+
+def safetensors_heads(file: Path, names: Iterable[str], count: int) -> dict[str, torch.Tensor]:
+    """The first ``count`` values (flattened, in the file's dtype) of each tensor ``names`` names in ``file``, read
+    through safetensors' slices: only the leading rows each needs, not the tensors. What a base fingerprint reads
+    of weights that are not in memory whole (see :attr:`LoadReport.heads`)."""
+    from safetensors import safe_open
+
+    from osctl.ckpt.torch_files import first_line
+
+    heads: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in names:
+                part = handle.get_slice(name)
+                shape = part.get_shape()
+                if not shape:
+                    heads[name] = handle.get_tensor(name).reshape(-1)
+                    continue
+                row = math.prod(shape[1:])
+                rows = shape[0] if row == 0 else min(shape[0], -(-count // row))
+                heads[name] = part[:rows].reshape(-1)[:count].clone()
+    except Exception as exc:  # safetensors' own errors for damage the header check cannot see
+        raise DataError(f"cannot read {file} ({first_line(exc)}); the file is damaged — copy it again.") from None
+    return heads
 
 
 def load_into(model: torch.nn.Module, source: Path, *, chunk_bytes: int = LOAD_CHUNK_BYTES) -> LoadReport:

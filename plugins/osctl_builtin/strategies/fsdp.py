@@ -67,13 +67,20 @@ class FSDPStrategy(SingleStrategy):
         ever holds the whole model, in host memory or on the device.
 
         ``to_empty`` replaces every tensor, buffers too: the buffers (computed when the model was built, moved to
-        the device by ``fully_shard``) are put back as they were, and ``fill`` overwrites the persistent ones."""
+        the device by ``fully_shard``) are put back as they were, and ``fill`` overwrites the persistent ones.
+        Parameters that came in with values (a LoRA adapter added to the empty base) keep them: their shards are
+        copied into the new tensors."""
         self._shard(model)
         buffers = [(module, name, buffer) for module in model.modules()
                    for name, buffer in module._buffers.items() if buffer is not None]
+        real = {name: param.detach().clone() for name, param in model.named_parameters() if not param.is_meta}
         model.to_empty(device=self.device)
         for module, name, buffer in buffers:
             module._buffers[name] = buffer
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in real:
+                    _local(param).copy_(_local(real[name]))
         fill(model)
         self._build_optimizer(model, optimizer_factory, lr_scheduler_factory)
 
@@ -201,3 +208,9 @@ def _like(param: Any, local: torch.Tensor) -> Any:
     local = local.to(param.to_local().device, param.dtype)  # an offloaded EMA lives on the CPU
     return DTensor.from_local(local, param.device_mesh, param.placements, shape=param.shape, stride=param.stride(),
                               run_check=False)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``tensor``: a DTensor's local shard, a plain tensor itself."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor

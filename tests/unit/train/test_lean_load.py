@@ -180,10 +180,10 @@ def test_memory_plan_host_loading_follows_the_loading_path(tmp_path):
     assert host_loading(lean, model, strategy="ddp")[0] == file_bytes
     assert host_loading(lean, model, strategy="fsdp")[0] == file_bytes  # each process fills its shards on the GPU
     assert host_loading(lean, model, strategy="fsdp", device_type="cpu", world_size=2)[0] == fp32 // 2 + file_bytes
-    lora = recipe(str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4))  # adapter added to a host copy
-    assert host_loading(lora, model, strategy="fsdp")[0] == fp32 + file_bytes
+    lora = recipe(str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4))  # adapter added to the empty base
+    assert host_loading(lora, model, strategy="fsdp")[0] == file_bytes
     assert host_loading(lean, model, strategy="ddp", device_type="cpu")[0] == fp32 + file_bytes
-    assert host_loading(lean, model, strategy="deepspeed")[0] == fp32 + file_bytes
+    assert host_loading(lean, model, strategy="deepspeed")[0] == file_bytes  # the engine takes it on the device
     assert host_loading(recipe(str(tmp_path / "w.safetensors"), offload=SimpleNamespace(blocks=2)), model,
                         strategy="single")[0] == fp32 + file_bytes
     small_base = recipe(str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4), base_dtype="bf16")
@@ -293,3 +293,61 @@ def test_a_lora_base_in_a_smaller_dtype_is_cast_as_it_is_read(tmp_path, monkeypa
     adapters = {k: v for k, v in lean.strategy.module.state_dict().items() if "lora_" in k}
     assert adapters and all(v.dtype == torch.float32 for v in adapters.values())
     assert lean_run.losses == plain_run.losses
+
+
+def test_file_heads_are_the_first_values_of_each_tensor(tmp_path):
+    """``safetensors_heads`` reads only the leading rows each tensor needs: its first values flattened, for any rank
+    of tensor, fewer when the tensor is smaller, in the file's dtype."""
+    from osctl.train.weights import safetensors_heads
+
+    tensors = {"matrix": torch.randn(40, 7), "row": torch.randn(5), "scalar": torch.tensor(3.5),
+               "half": torch.randn(3, 4, 5).to(torch.bfloat16), "empty": torch.zeros(0, 3)}
+    save_file(tensors, tmp_path / "w.safetensors")
+    heads = safetensors_heads(tmp_path / "w.safetensors", tensors, 16)
+    for name, tensor in tensors.items():
+        assert torch.equal(heads[name], tensor.reshape(-1)[:16]) and heads[name].dtype == tensor.dtype, name
+
+
+def test_an_adapter_added_to_an_empty_base_is_real_float32_and_alone_trainable(tmp_path):
+    """A LoRA base sharded before it is read (fsdp) gets its adapter while its weights are on the meta device: the
+    adapter is made on the CPU in float32 with the init a loaded base gives it, the base stays empty and frozen,
+    and its fingerprint, read from the files' heads, is the loaded base's."""
+    from osctl.train.frozen_base import float32_placeholders
+    from osctl.train.lean_load import file_heads, parameters_on_meta, plan_lean_load
+    from osctl.train.lora import AdapterSpec, add_adapter, base_fingerprint
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.to_q = torch.nn.Linear(8, 8)
+            self.ff = torch.nn.Linear(8, 16)
+
+    def build():
+        model = torch.nn.Sequential(Block(), Block())
+        model._no_split_modules = ["Block"]
+        return model
+
+    torch.manual_seed(1)
+    save_file({k: v.contiguous() for k, v in build().state_dict().items()}, tmp_path / "w.safetensors")
+    spec = AdapterSpec(rank=2, alpha=2.0, target_modules=["to_q", "ff"], init="random")
+    loaded = build()
+    load_into(loaded, tmp_path / "w.safetensors")
+    expected = base_fingerprint(loaded.state_dict())
+    torch.manual_seed(4)
+    add_adapter(loaded, spec)
+
+    with parameters_on_meta():
+        empty = build()
+    plan = plan_lean_load(empty, [(tmp_path / "w.safetensors", "")], source="w")
+    assert base_fingerprint(empty.state_dict(), heads=file_heads(plan)) == expected
+    assert base_fingerprint(empty.state_dict()) != expected  # without the heads: names and shapes alone
+    torch.manual_seed(4)
+    with float32_placeholders(empty):
+        add_adapter(empty, spec)
+    reference = dict(loaded.named_parameters())
+    for name, param in empty.named_parameters():
+        if ".lora_" in name:
+            assert param.requires_grad and param.device.type == "cpu" and param.dtype == torch.float32, name
+            assert torch.equal(param, reference[name]), name
+        else:
+            assert param.is_meta and not param.requires_grad, name
