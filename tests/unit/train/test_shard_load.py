@@ -80,3 +80,82 @@ def test_each_rank_fills_exactly_its_own_shards(tmp_path):
                           timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert {p.name for p in tmp_path.glob("ok-*")} == {"ok-0", "ok-1"}
+
+
+#: one rank: a 192 MiB model (48 blocks of one 1024x1024 linear) built empty, optionally given a LoRA adapter while
+#: empty, sharded and filled 16 MiB at a time; prints the peak resident memory above the start (VmHWM)
+PEAK_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from pathlib import Path
+from torch import nn
+from osctl.parallel.dist import shutdown
+from osctl.train.lean_load import fill_shards, parameters_on_meta, plan_lean_load, state_slots
+from osctl_builtin.strategies.fsdp import FSDPStrategy
+
+def status(key):
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) * 1024
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(1024, 1024)
+
+class Model(nn.Module):
+    _no_split_modules = ["Block"]
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block() for _ in range(48)])
+
+dist.init_process_group("gloo")
+folder, lora = Path(sys.argv[1]), sys.argv[2] == "lora"
+from torch.distributed.fsdp import fully_shard  # warm up: libraries and lazy imports are not the loading's memory
+from osctl.train.frozen_base import float32_placeholders
+from osctl.train.lora import AdapterSpec, add_adapter
+warm = nn.Sequential(nn.Linear(8, 8))
+add_adapter(warm, AdapterSpec(rank=2, alpha=2.0, target_modules=["0"], init="random"))
+fully_shard(warm)
+warm(torch.ones(2, 8)).sum().backward()
+del warm
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")
+before = status("VmRSS")
+with parameters_on_meta():
+    model = Model()
+plan = plan_lean_load(model, [(folder / "w.safetensors", "")], source="w")
+slots = state_slots(model)
+if lora:
+    with float32_placeholders(model):
+        add_adapter(model, AdapterSpec(rank=4, alpha=4.0, target_modules=["proj"], init="random"))
+strategy = FSDPStrategy(mixed_precision="fp32", device=torch.device("cpu"))
+strategy.prepare_empty(model, lambda m: fill_shards(m, plan, chunk_bytes=16 * 2**20, slots=slots),
+                       optimizer_factory=lambda params: torch.optim.SGD([p for p in params if p.requires_grad], lr=0.1),
+                       lr_scheduler_factory=lambda optimizer: None)
+print(dist.get_rank(), status("VmHWM") - before, flush=True)
+shutdown(0)
+"""
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_each_rank_holds_its_shards_and_about_one_chunk_while_loading(tmp_path, mode):
+    """Measured per process (CPU, 2 ranks): loading a 192 MiB model sharded, 16 MiB of the file at a time, peaks at
+    this process's half of the model plus about a chunk, never the whole model (which the host-copy path held on
+    every rank before sharding) — for full fine-tuning and for a LoRA base given its adapter while empty."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak-memory counter")
+    torch.manual_seed(0)
+    state = {f"blocks.{i}.proj.{kind}": torch.randn(1024, 1024) if kind == "weight" else torch.randn(1024)
+             for i in range(48) for kind in ("weight", "bias")}
+    save_file(state, tmp_path / "w.safetensors")
+    model_bytes = sum(t.numel() * 4 for t in state.values())
+    (tmp_path / "peak.py").write_text(PEAK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536",
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(tmp_path / "peak.py"), str(tmp_path), mode], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    peaks = dict(line.split() for line in proc.stdout.splitlines() if line[:1].isdigit())
+    assert set(peaks) == {"0", "1"}
+    for rank, peak in peaks.items():
+        assert int(peak) < model_bytes / 2 + 2 * 16 * 2**20 + 32 * 2**20, \
+            f"rank {rank} peaked at {int(peak) / 2**20:.0f} MiB for a {model_bytes / 2**20:.0f} MiB model"
