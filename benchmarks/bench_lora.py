@@ -96,7 +96,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         add_adapter(model, spec_from_settings(recipe.train.lora, model))
         store_frozen_base(model, config["base_dtype"], strategy="single")
     if config["offload"]:
-        offload_blocks(model, config["offload"], device=torch.device(device), strategy="single")
+        offload_blocks(model, config["offload"], device=torch.device(device))
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)

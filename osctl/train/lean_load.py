@@ -19,6 +19,7 @@ state-dict loading hooks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,14 +101,17 @@ def _needs_normal_build(model: nn.Module) -> bool:
 
 
 def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
-                chunk_bytes: int = LOAD_CHUNK_BYTES, storage: dict[str, torch.dtype] | None = None) -> LoadReport:
+                chunk_bytes: int = LOAD_CHUNK_BYTES, storage: dict[str, torch.dtype] | None = None,
+                host_keys: AbstractSet[str] = frozenset()) -> LoadReport:
     """Give every parameter and persistent buffer of ``model`` a new tensor on ``device`` holding its weights
     from ``plan``, a chunk of about ``chunk_bytes`` of file data at a time (one tensor at least), and move the
     other buffers to ``device``; returns the report ``load_into`` would give.
 
     ``storage`` names parameters kept in a smaller dtype (a LoRA run's frozen base in ``train.base_dtype``): each is
     cast as it is read, frozen, and its first values as the file gave them go to the report's ``heads``, so the
-    float32 tensor never exists."""
+    float32 tensor never exists. ``host_keys`` names parameters made on the CPU instead (pinned when ``device`` is
+    a GPU): the frozen weights ``train.offload`` keeps in host memory (:func:`osctl.train.offload.offloaded_keys`),
+    which the offloader then adopts without a copy."""
     device = torch.device(device)
     slots = state_slots(model)
     storage = storage or {}
@@ -115,7 +119,7 @@ def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
         module, attr, is_param = slots[key]
         old = (module._parameters if is_param else module._buffers)[attr]
         assert old is not None
-        value = torch.empty(old.shape, dtype=storage.get(key, old.dtype), device=device)
+        value = torch.empty(old.shape, dtype=storage.get(key, old.dtype), **_placement(key in host_keys, device))
         with torch.no_grad():
             value.copy_(stored)  # a copy: the mapped file is never written
         if key in storage:
@@ -129,6 +133,14 @@ def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
             if buffer is not None and buffer.device != device:
                 module._buffers[attr] = buffer.to(device)
     return plan.report
+
+
+def _placement(on_host: bool, device: torch.device) -> dict[str, Any]:
+    """``torch.empty`` arguments for a tensor :func:`materialise` makes: on ``device``, or with ``on_host`` on the
+    CPU, pinned when ``device`` is a GPU (so the offloader's copies in are asynchronous)."""
+    if not on_host:
+        return {"device": device}
+    return {"device": torch.device("cpu"), "pin_memory": device.type == "cuda"}
 
 
 def fill_shards(model: nn.Module, plan: LeanPlan, *, chunk_bytes: int = LOAD_CHUNK_BYTES,
@@ -217,12 +229,12 @@ SHARD_LOADING_STRATEGIES = ("fsdp",)
 
 def loads_on_device(recipe: Any, strategy: str) -> bool:
     """True when training builds and loads the model straight on the process's device: the strategy would move the
-    whole model there anyway (:data:`DEVICE_LOADING_STRATEGIES`) and no ``train.offload`` (frozen blocks stay in
-    host memory). A LoRA base in a ``train.base_dtype`` below fp32 loads there too, in that dtype (see
-    :func:`build_loaded_model`); a normal build of it (weights the lean path does not take) stays on the CPU,
-    where the base shrinks before it is moved (:func:`normal_load_on_cpu`). Otherwise on the CPU, as before."""
-    train_cfg = recipe.train
-    return strategy in DEVICE_LOADING_STRATEGIES and train_cfg.offload is None
+    whole model there anyway (:data:`DEVICE_LOADING_STRATEGIES`). A LoRA base in a ``train.base_dtype`` below fp32
+    loads there too, in that dtype (see :func:`build_loaded_model`); with ``train.offload`` the frozen weights of the
+    offloaded blocks are read into host memory instead (``host_blocks``), everything else to the device. A normal
+    build of either (weights the lean path does not take) stays on the CPU, where the base shrinks or is offloaded
+    before it is moved (:func:`normal_load_on_cpu`). Otherwise on the CPU, as before."""
+    return strategy in DEVICE_LOADING_STRATEGIES
 
 
 def loads_sharded(recipe: Any, strategy: str) -> bool:
@@ -234,9 +246,10 @@ def loads_sharded(recipe: Any, strategy: str) -> bool:
 
 def normal_load_on_cpu(recipe: Any) -> bool:
     """True when a normal (float32) build must stay on the CPU even where the lean load goes to the device: a LoRA
-    base stored in less than fp32 would otherwise be built whole in float32 on the device first."""
+    base stored in less than fp32, or one with ``train.offload``, would otherwise be built whole in float32 on the
+    device first."""
     train_cfg = recipe.train
-    return train_cfg.lora is not None and train_cfg.base_dtype != "fp32"
+    return train_cfg.lora is not None and (train_cfg.base_dtype != "fp32" or train_cfg.offload is not None)
 
 
 def lean_source(recipe: Any) -> Path | None:
@@ -268,7 +281,7 @@ class LoadedModel:
 def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, device: torch.device | str,
                        dtype: torch.dtype | None, chunk_bytes: int = LOAD_CHUNK_BYTES,
                        shards: bool = False, base_dtype: str = "fp32",
-                       normal_device: torch.device | str | None = None) -> LoadedModel:
+                       normal_device: torch.device | str | None = None, host_blocks: int = 0) -> LoadedModel:
     """The recipe's model on ``device`` with its weights: ``weights`` (a checkpoint's ``model/``,
     ``train.pretrained``, a LoRA checkpoint's base) or, when None, the files ``model.path`` names.
 
@@ -279,7 +292,9 @@ def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, dev
     ``fill``: the strategy's ``prepare_empty`` shards it, then fills each rank's shards (:func:`fill_shards`).
     ``base_dtype`` (a LoRA run's ``train.base_dtype``): a lean load stores the block linears' weights in it as it
     reads them (:func:`osctl.train.frozen_base.storage_plan`). ``normal_device``: where the normal build goes
-    (default ``device``; the CPU when only the lean load keeps the model small enough for ``device``)."""
+    (default ``device``; the CPU when only the lean load keeps the model small enough for ``device``).
+    ``host_blocks`` (``train.offload``'s count, :func:`osctl.train.offload.offload_count`): a lean load reads the
+    weights of that many last blocks into host memory (:func:`osctl.train.offload.offloaded_keys`)."""
     from osctl.build import build_model
     from osctl.train.weights import _weight_sources, load_into
 
@@ -309,6 +324,8 @@ def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, dev
         return LoadedModel(model, plan.report, True,
                            fill=lambda sharded: fill_shards(sharded, plan, chunk_bytes=chunk_bytes, slots=slots))
     from osctl.train.frozen_base import storage_plan
+    from osctl.train.offload import offloaded_keys
 
     return LoadedModel(model, materialise(model, plan, device=device, chunk_bytes=chunk_bytes,
-                                          storage=storage_plan(model, base_dtype)), True)
+                                          storage=storage_plan(model, base_dtype),
+                                          host_keys=offloaded_keys(model, host_blocks)), True)

@@ -339,27 +339,30 @@ def plan_memory(checked: Any, model: torch.nn.Module, *, buckets: list[tuple[int
             blocks += 1
             per_bucket = estimate(blocks)
     host_load_peak, host_load_note = host_loading(recipe, model, strategy=strategy, device_type=device_type,
-                                                  world_size=world_size)
+                                                  world_size=world_size, offload_blocks=blocks)
     # DeepSpeed's engine gets the model on the device whole (osctl_builtin's deepspeed strategy), beside the frozen
-    # components built before it; FSDP fills only each process's shards there (or, for LoRA or train.offload,
-    # shards a host copy block by block as it moves it), single/DDP keep it whole anyway
+    # components built before it; FSDP fills only each process's shards there (or, for weights the lean path does
+    # not take, shards a host copy block by block as it moves it), single/DDP keep it whole anyway (less
+    # train.offload's blocks, never there)
     device_load = frozen_components + sum(p.numel() * 4 for p in model.parameters()) if strategy == "deepspeed" else 0
     return MemoryPlan(per_bucket=per_bucket, device_bytes=device_bytes, offload_blocks=blocks,
                       host_load_peak=host_load_peak, host_load_note=host_load_note, device_load_peak=device_load)
 
 
 def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_type: str = "cuda",
-                 world_size: int = 1) -> tuple[int, str]:
+                 world_size: int = 1, offload_blocks: int = 0) -> tuple[int, str]:
     """Peak host bytes while the model is built and its weights read, and what they are.
 
     Lean loading (:mod:`osctl.train.lean_load`: safetensors weights, ``train.pretrained`` or ``model.path``) holds
     one chunk of mapped file pages (at least the largest tensor) besides the model's own memory: on a GPU, where
-    the strategy loads straight on the device (single, DDP) or each process fills only its own shards there (FSDP
-    full fine-tuning, :func:`osctl.train.lean_load.loads_sharded`), that chunk is all; sharded on the CPU, this
-    process's float32 shards (1/``world_size`` of the model) come on top; on the CPU otherwise (or for DeepSpeed or
-    ``train.offload``) the whole model, a LoRA base's block linears in ``train.base_dtype`` (cast as they are
-    read). Otherwise the model is built in float32 on the CPU and what reading its weights holds at once comes on
-    top (:func:`_loading_extra`)."""
+    the strategy loads straight on the device (single, DDP, DeepSpeed) or each process fills only its own shards
+    there (FSDP, full fine-tuning and LoRA: :func:`osctl.train.lean_load.loads_sharded`), that chunk is all, plus
+    with ``train.offload``
+    the frozen weights of the ``offload_blocks`` offloaded blocks (in ``train.base_dtype``), read into pinned host
+    memory where they stay; sharded on the CPU, this process's float32 shards (1/``world_size`` of the model) come
+    on top; on the CPU otherwise the whole model, a LoRA base's block linears in
+    ``train.base_dtype`` (cast as they are read). Otherwise the model is built in float32 on the CPU and what
+    reading its weights holds at once comes on top (:func:`_loading_extra`)."""
     from osctl.train.lean_load import lean_source, loads_on_device, loads_sharded
     from osctl.train.weights import LOAD_CHUNK_BYTES
 
@@ -378,9 +381,15 @@ def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_t
         shards = -(-fp32_bytes // max(1, world_size))
         return shards + chunk, (f"this process's float32 shards plus {_gb(chunk)} of the weights read at a time "
                                 "(built and sharded on the meta device)")
-    if device_type == "cuda" and loads_on_device(recipe, strategy):
-        return chunk, f"built on the meta device, weights read {_gb(chunk)} at a time straight to the device"
     base_dtype = recipe.train.base_dtype if recipe.train.lora is not None else "fp32"
+    if device_type == "cuda" and loads_on_device(recipe, strategy):
+        if offload_blocks:
+            offloaded = parameter_bytes(model, base_dtype, offload_blocks)[2]
+            return offloaded + chunk, (f"{offload_blocks} offloaded blocks' frozen weights read into pinned host "
+                                       f"memory, where they stay: {_gb(offloaded)} with base_dtype {base_dtype}; plus "
+                                       f"{_gb(chunk)} of the weights read at a time, everything else straight to "
+                                       "the device (built on the meta device)")
+        return chunk, f"built on the meta device, weights read {_gb(chunk)} at a time straight to the device"
     if base_dtype != "fp32":
         stored = sum(parameter_bytes(model, base_dtype, 0)[0].values())
         return stored + chunk, (f"the model in host memory, its frozen block linears in {base_dtype}, plus "

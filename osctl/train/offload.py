@@ -1,7 +1,9 @@
 """Frozen transformer blocks kept in host memory and streamed to the device (``train.offload``).
 
 The frozen parameters of the last N blocks (a LoRA run's base; the adapter stays on the device) live on
-the CPU, pinned when the device is a GPU; on the device each holds an empty placeholder. A block's
+the CPU, pinned when the device is a GPU; on the device each holds an empty placeholder. A lean load reads
+them straight into (pinned) host memory and the offloader adopts those tensors as they are; offloading
+happens before the strategy moves the model, so the device never holds the whole model. A block's
 forward pre-hook copies its weights in (on a side CUDA stream, prefetching the next offloaded block while
 this one computes), and its forward hook drops them again. Backward needs them once more:
 
@@ -65,10 +67,7 @@ class BlockOffloader:
             params = [p for p in module.parameters() if not p.requires_grad]
             homes = []
             for param in params:
-                home = param.data.detach().to("cpu")
-                if self.device.type == "cuda":
-                    home = home.pin_memory()
-                homes.append(home)
+                homes.append(_host_home(param, self.device))
                 param.data = torch.empty(0, dtype=param.dtype, device=self.device)
             self.blocks.append(_Block(params, homes))
             names = {id(p): n for n, p in module.named_parameters()}
@@ -180,29 +179,67 @@ class BlockOffloader:
             self.blocks[index].pending = 0
 
 
+def _host_home(param: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The host tensor ``param``'s weights live in while offloaded: its own tensor when it is on the CPU already
+    (and pinned, when ``device`` is a GPU: a lean load placed it there, :func:`offloaded_keys`), so the weights
+    are never held twice; otherwise a host copy, pinned for a GPU (fast, asynchronous copies in)."""
+    data = param.data.detach()
+    if data.device.type == "cpu" and (device.type != "cuda" or data.is_pinned()):
+        return data
+    home = data.to("cpu")
+    return home.pin_memory() if device.type == "cuda" else home
+
+
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's repeated blocks in forward order (the classes its ``_no_split_modules`` names)."""
     names = set(getattr(model, "_no_split_modules", None) or ())
     return [m for m in model.modules() if m is not model and type(m).__name__ in names]
 
 
-def offload_blocks(model: torch.nn.Module, blocks: int | str, *, device: torch.device, strategy: str,
-                   auto_blocks: int | None = None) -> str:
-    """Offload the last ``blocks`` blocks of ``model`` (``auto``: ``auto_blocks``, from the memory plan, else
-    none on a CPU); attaches the offloader as ``model._osctl_offloader`` and returns a plan note."""
+def offload_count(settings: Any, *, strategy: str, auto_blocks: int | None) -> int:
+    """How many blocks ``train.offload`` (``settings``; None: no offload, 0) keeps in host memory: ``blocks``, or for
+    ``auto`` the memory plan's count ``auto_blocks`` (none when no plan ran: the device memory is unknown). The one
+    place the count is decided: the lean loader's placement and :func:`offload_blocks` both take it. Refuses a
+    strategy that cannot offload here, before anything is built."""
+    if settings is None:
+        return 0
     if strategy not in SUPPORTED_STRATEGIES:
         raise ConfigError(f"train.offload needs the single or ddp strategy; the {strategy} strategy has its own "
                           "(fsdp: sharding; deepspeed: parallel.offload_params) — drop train.offload.")
+    return (auto_blocks or 0) if settings.blocks == "auto" else int(settings.blocks)
+
+
+def offloaded_modules(model: torch.nn.Module, count: int) -> list[torch.nn.Module]:
+    """The last ``count`` transformer blocks of ``model``: the ones whose frozen weights live in host memory."""
     found = transformer_blocks(model)
     if not found:
         raise ConfigError(f"train.offload: {type(model).__name__} names no block classes (_no_split_modules); "
                           "drop train.offload.")
-    count = (auto_blocks or 0) if blocks == "auto" else int(blocks)
     if count > len(found):
         raise ConfigError(f"train.offload.blocks {count} is more than the model's {len(found)} blocks; use at most "
                           f"{len(found)}.")
+    return found[len(found) - count:]
+
+
+def offloaded_keys(model: torch.nn.Module, count: int) -> set[str]:
+    """State-dict keys of every parameter of the ``count`` offloaded blocks of ``model`` (built before its adapter
+    is added: the adapter stays on the device): what a lean load puts in host memory, where the offloader adopts
+    the tensors as they are."""
     if count == 0:
-        return "offload: no block offloaded (" + ("the plan fits without" if blocks == "auto" else "blocks: 0") + ")"
+        return set()
+    names = {id(module): name for name, module in model.named_modules()}
+    return {f"{names[id(block)]}.{name}" for block in offloaded_modules(model, count)
+            for name, _ in block.named_parameters()}
+
+
+def offload_blocks(model: torch.nn.Module, count: int, *, device: torch.device, auto: bool = False) -> str:
+    """Offload the last ``count`` blocks of ``model`` (:func:`offload_count`; ``auto``: the count came from the
+    memory plan); attaches the offloader as ``model._osctl_offloader`` and returns a plan note. Called before the
+    strategy moves the model, which then moves only what stays on the device."""
+    blocks = offloaded_modules(model, count)
+    if count == 0:
+        return "offload: no block offloaded (" + ("the plan fits without" if auto else "blocks: 0") + ")"
     track = not getattr(model, "gradient_checkpointing", False)
-    model._osctl_offloader = BlockOffloader(found[len(found) - count:], torch.device(device), track_saved=track)
-    return f"offload: the frozen weights of {count}/{len(found)} blocks live on the CPU and stream in per block"
+    model._osctl_offloader = BlockOffloader(blocks, torch.device(device), track_saved=track)
+    total = len(transformer_blocks(model))
+    return f"offload: the frozen weights of {count}/{total} blocks live on the CPU and stream in per block"

@@ -45,6 +45,7 @@ from osctl.train.ema import EMA
 from osctl.train.lean_load import build_loaded_model, loads_sharded, normal_load_on_cpu
 from osctl.train.loop import BatchSource, TrainParts, TrainResult, train
 from osctl.train.objective import build_objective
+from osctl.train.offload import offload_blocks, offload_count
 from osctl.train.optim import build_lr_scheduler, build_optimizer
 from osctl.train.plan import frozen_lines, plan_training, require_training_weights, stop_step, validation_line
 from osctl.train.state import TrainState
@@ -216,6 +217,8 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
     info = pdist.init_distributed(parallel.timeout_s)
     layout = ParallelLayout.from_recipe(recipe, world_size=info.world_size)
     chosen = strategy_name(recipe, registry, info.world_size)  # a one-process strategy in several processes: refused
+    offloaded = offload_count(train_cfg.offload, strategy=chosen,  # train.offload: refused here for fsdp/deepspeed
+                              auto_blocks=getattr(options.memory_plan, "offload_blocks", None))
     groups = ParallelGroups(layout.world_size, info.rank, layout.sp_size)
     output_dir = check_output_dir(train_cfg.output_dir, key="train.output_dir", create=False)  # before any work
     resolved = checked.loaded.resolved()
@@ -248,7 +251,8 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
                                 device=load_device(recipe, chosen, info), dtype=torch.float32,
                                 shards=loads_sharded(recipe, chosen),
                                 base_dtype=train_cfg.base_dtype if train_cfg.lora is not None else "fp32",
-                                normal_device="cpu" if normal_load_on_cpu(recipe) else None)
+                                normal_device="cpu" if normal_load_on_cpu(recipe) else None,
+                                host_blocks=offloaded)
     model = loaded.model
     if layout.sequence_parallel:
         _check_sequence_parallel_model(model, layout)
@@ -291,18 +295,14 @@ def setup_training(checked: CheckedRecipe, registry: Registry, options: TrainOpt
 
         notes.extend(store_frozen_base(model, train_cfg.base_dtype, strategy=strategy.name))
     compiled = _compile(checked, model, strategy.name, source, cache, text_encoder, precision)
+    if train_cfg.offload is not None:  # frozen blocks stay on the CPU and stream in: the strategy moves the rest
+        notes.append(offload_blocks(model, offloaded, device=info.device, auto=train_cfg.offload.blocks == "auto"))
     factories = {"optimizer_factory": lambda params: build_optimizer(params, train_cfg),
                  "lr_scheduler_factory": lambda opt: build_lr_scheduler(opt, train_cfg, max_steps)}
     if loaded.fill is not None:  # the strategy shards the empty model, then fills each rank's shards
         strategy.prepare_empty(model, loaded.fill, **factories)
     else:
         strategy.prepare(model, **factories)
-    if train_cfg.offload is not None:  # train.offload: frozen blocks stay on the CPU and stream in
-        from osctl.train.offload import offload_blocks
-
-        auto = getattr(options.memory_plan, "offload_blocks", None)
-        notes.append(offload_blocks(strategy.module, train_cfg.offload.blocks, device=info.device,
-                                    strategy=strategy.name, auto_blocks=auto))
     ema = None
     if train_cfg.use_ema:
         ema = EMA((p for _, p in strategy.local_parameters()), decay=train_cfg.ema_decay,

@@ -61,3 +61,26 @@ def test_plan_that_does_not_fit_names_the_knobs_and_a_launch_is_refused(recipe):
 def test_bad_device_memory_is_a_usage_error(recipe):
     result = plan(recipe, "--device-memory", "lots")
     assert result.exit_code == 2 and "--device-memory 'lots' is not a size" in result.output
+
+
+def test_an_offload_plan_counts_the_offloaded_blocks_in_host_ram_while_loading(recipe, tmp_path):
+    """``train.offload.blocks: auto`` with lean weights: the blocks the plan offloads (all 4 of the tiny model, the
+    device being too small) are the ones loading reads into host memory; without offload all goes to the device."""
+    from safetensors.torch import save_file
+
+    from osctl.plugin_manager import default_registry
+    from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import check_recipe
+
+    registry = default_registry()
+    checked = check_recipe(load_recipe(recipe[0]), registry)
+    model = registry.build("model", checked.loaded.recipe.model.name, checked.components["model"])
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "base.safetensors")
+    lora = ["--set", f"train.pretrained={tmp_path / 'base.safetensors'}", "--set", "train.lora={rank: 4}"]
+    lines = json.loads(plan(recipe, *lora, "--set", "train.offload={blocks: auto}", "--device-memory", "1MB").output)
+    offloaded = re.fullmatch(r"4 blocks' frozen weights in host memory \((.+)\)", lines["offload"])
+    assert offloaded, lines["offload"]
+    assert f"(4 offloaded blocks' frozen weights read into pinned host memory, where they stay: {offloaded[1]} with " \
+           "base_dtype fp32;" in lines["host RAM while loading"]
+    plain = json.loads(plan(recipe, *lora).output)["host RAM while loading"]
+    assert "weights read" in plain and "straight to the device" in plain and "offloaded" not in plain

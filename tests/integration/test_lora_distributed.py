@@ -106,3 +106,20 @@ def test_fsdp_lora_from_sharded_empty_base_equals_the_host_copy_and_resumes(tmp_
         assert_close(adapter(sharded, 4, kind), adapter(old, 4, kind), atol=0.0)
     assert results["first"]["losses"] + results["resumed"]["losses"] == sharded["losses"]
     assert_close(adapter(results["resumed"], 4), adapter(sharded, 4), atol=0.0)
+
+
+def test_offload_under_ddp_trains_like_without(tmp_path):
+    """``train.offload`` is applied before DDP wraps the model: DDP broadcasts the offloaded blocks' empty
+    placeholders at construction (every rank read the same weights into host memory) and the 2-rank run trains
+    bit for bit like the same run without offload; fsdp refuses train.offload."""
+    sets = [*STRATEGIES["ddp"], *LORA, "train.max_steps=2", "train.checkpointing_steps=2"]
+    jobs = [{"kind": "train", "name": "ddp", "sets": sets, "batch": 2},
+            {"kind": "train", "name": "ddp-offload", "sets": [*sets, "train.offload={blocks: 2}"], "batch": 2},
+            {"kind": "train", "name": "fsdp-offload", "batch": 2, "expect_error": "train.offload needs the single or ddp",
+             "sets": [*STRATEGIES["fsdp"], *LORA, "train.max_steps=2", "train.offload={blocks: 2}"]}]
+    _, results = launch(tmp_path, jobs)
+    assert results["ddp-offload"]["losses"] == results["ddp"]["losses"]
+    ours, theirs = adapter(results["ddp-offload"], 2), adapter(results["ddp"], 2)
+    assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in theirs)
+    assert any(n.startswith("offload: the frozen weights of 2/") for n in results["ddp-offload"]["notes"])
+    assert "error" in results["fsdp-offload"]

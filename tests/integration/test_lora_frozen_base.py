@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tests.integration.train_worker import run_job, setup
 
@@ -79,3 +79,62 @@ def test_offloaded_blocks_stream_in_and_the_step_is_unchanged(tmp_path, checkpoi
     ours = load_file(parts.output_dir / "checkpoint-3" / "adapter" / "pytorch_lora_weights.safetensors")
     theirs = load_file(Path(plain["out"]) / "checkpoint-3" / "adapter" / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_a_lean_loaded_offload_run_adopts_the_loaded_weights(tmp_path, monkeypatch):
+    """LoRA + offload from ``train.pretrained`` safetensors, loaded lean (meta build, filled from the file): the
+    offloaded blocks' weights are made once, in host memory, and the offloader's homes ARE those tensors (no
+    second host copy), holding the file's values; offloading comes before the strategy's move, which sees each
+    offloaded weight only as an empty placeholder; and the run trains bit for bit like the one without offload."""
+    import osctl.train.lean_load as lean_load
+    from osctl.plugin_manager import default_registry
+    from osctl.recipe.load import load_recipe
+    from osctl.recipe.validate import check_recipe
+    from osctl.train.loop import train
+    from tests.move_helpers import ParameterMoves
+    from tests.train_helpers import write_tiny_recipe
+
+    registry = default_registry()
+    base = check_recipe(load_recipe(write_tiny_recipe(tmp_path, tmp_path / "o", tmp_path / "c")), registry)
+    torch.manual_seed(11)
+    weights = registry.build("model", base.loaded.recipe.model.name, base.components["model"])
+    with torch.no_grad():
+        for param in weights.parameters():  # values a fresh build would not have
+            param.add_(0.05 * torch.randn_like(param))
+    file = tmp_path / "base.safetensors"
+    save_file({k: v.contiguous() for k, v in weights.state_dict().items()}, file)
+    sets = [*LORA, f"train.pretrained={file}"]
+    plain = run_job({"kind": "train", "name": "plain", "sets": sets, "batch": 2}, tmp_path)
+
+    made: list[dict[str, torch.Tensor]] = []  # the tensors the loader made for the host keys, kept alive
+    materialise = lean_load.materialise
+
+    def recording(model, plan, **kwargs):
+        report = materialise(model, plan, **kwargs)
+        state = model.state_dict()
+        made.append({key: state[key] for key in kwargs.get("host_keys", ())})
+        return report
+
+    monkeypatch.setattr(lean_load, "materialise", recording)
+    with ParameterMoves() as moves:
+        parts = setup({"name": "offload", "sets": [*sets, "train.offload={blocks: 3}"], "batch": 2}, tmp_path, 0, 1)
+    notes = [value for key, value in parts.plan.lines if key == "note"]
+    assert any(n.startswith("model built on the meta device") for n in [*notes, *plain["notes"]])
+    assert len(made) == 1 and made[0]
+    host = made[0]
+    offloader = parts.strategy.module._osctl_offloader
+    params = [p for block in offloader.blocks for p in block.params]
+    homes = [h for block in offloader.blocks for h in block.homes]
+    assert len(homes) == len(host)  # every weight the loader put in host memory, and only those
+    assert {h.untyped_storage().data_ptr() for h in homes} == {t.untyped_storage().data_ptr() for t in host.values()}
+    saved = load_file(file)
+    assert all(torch.equal(tensor, saved[key]) for key, tensor in host.items())
+    assert all(p.numel() == 0 for p in params)
+    moved = moves.sizes_moved(params)
+    assert len(moved) == len(params) and set(moved) == {0}  # the strategy's move took placeholders only
+
+    result = train(parts)
+    assert result.losses == plain["losses"]  # fp32: bit for bit
+    ours = load_file(parts.output_dir / "checkpoint-3" / "adapter" / "pytorch_lora_weights.safetensors")
+    theirs = load_file(Path(plain["out"]) / "checkpoint-3" / "adapter" / "pytorch_lora_weights.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -118,7 +118,11 @@ class SingleStrategy:
 
 def to_device_fp32(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``model`` on ``device`` with fp32 trainable parameters; frozen parameters keep their dtype (a LoRA run's
-    base stored in bf16/fp8, see ``osctl.train.frozen_base``), everything else becomes fp32 as before."""
+    base stored in bf16/fp8, see ``osctl.train.frozen_base``), everything else becomes fp32 as before.
+
+    Blocks offloaded before this (``train.offload``, ``osctl.train.offload``) hold empty frozen placeholders on
+    ``device`` already, each in its host copy's dtype: nothing of their weights moves, and neither branch changes a
+    placeholder's dtype (the float32 one runs only when every frozen parameter is float32 already)."""
     if all(p.requires_grad or p.dtype == torch.float32 for p in model.parameters()):
         return model.to(device, torch.float32)
     model = model.to(device)

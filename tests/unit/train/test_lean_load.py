@@ -184,14 +184,48 @@ def test_memory_plan_host_loading_follows_the_loading_path(tmp_path):
     assert host_loading(lora, model, strategy="fsdp")[0] == file_bytes
     assert host_loading(lean, model, strategy="ddp", device_type="cpu")[0] == fp32 + file_bytes
     assert host_loading(lean, model, strategy="deepspeed")[0] == file_bytes  # the engine takes it on the device
-    assert host_loading(recipe(str(tmp_path / "w.safetensors"), offload=SimpleNamespace(blocks=2)), model,
-                        strategy="single")[0] == fp32 + file_bytes
+    offload = recipe(str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4), offload=SimpleNamespace(blocks=0))
+    assert host_loading(offload, model, strategy="single")[0] == file_bytes  # no block offloaded: all to the device
+    assert host_loading(offload, model, strategy="single", device_type="cpu")[0] == fp32 + file_bytes
     small_base = recipe(str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4), base_dtype="bf16")
     assert host_loading(small_base, model, strategy="single")[0] == file_bytes  # cast as read, on the device
     assert host_loading(small_base, model, strategy="single", device_type="cpu")[0] == fp32 + file_bytes  # no blocks
     torch_file = host_loading(recipe(str(tmp_path / "w.pt")), model, strategy="ddp")
     assert torch_file[0] == fp32 + (tmp_path / "w.pt").stat().st_size and "built in float32" in torch_file[1]
     assert host_loading(recipe(None), model, strategy="ddp")[0] == fp32  # a fresh preset
+
+
+@pytest.mark.parametrize("family", ["osp", "wan"])
+def test_materialise_puts_the_host_keys_on_the_cpu_and_the_rest_on_the_device(registry, tmp_path, family):
+    """``train.offload``'s placement: the parameters of the offloaded blocks are made on the CPU with the file's
+    values (in their storage dtype where ``storage`` says so), every other tensor on the device: here the meta
+    device, so whatever is on the CPU afterwards was put there by the placement alone."""
+    from safetensors.torch import load_file
+
+    from osctl.build import build_model
+    from osctl.train.frozen_base import storage_plan
+    from osctl.train.lean_load import materialise, plan_lean_load
+    from osctl.train.offload import offloaded_keys, transformer_blocks
+    from osctl.train.weights import _weight_sources
+
+    file, _ = trained_weights(registry, family, tmp_path)
+    model = build_model(checked_for(registry, family), registry, device="cpu", dtype=torch.float32, empty=True)
+    plan = plan_lean_load(model, _weight_sources(model, file), source=str(file))
+    assert plan is not None
+    host = offloaded_keys(model, 1)  # the last block (the tiny Wan has two)
+    names = {id(m): n for n, m in model.named_modules()}
+    last = [names[id(block)] + "." for block in transformer_blocks(model)[-1:]]
+    assert host == {k for k, _ in model.named_parameters() if k.startswith(tuple(last))} and host
+    storage = storage_plan(model, "bf16")
+    assert set(storage) & host and set(storage) - host  # cast weights both in host memory and on the device
+    materialise(model, plan, device="meta", storage=storage, host_keys=host)
+    saved = load_file(file)
+    state = model.state_dict()
+    assert {k for k, v in state.items() if not v.is_meta} == host
+    for key in host:
+        assert state[key].dtype == storage.get(key, torch.float32), key
+        assert torch.equal(state[key], saved[key].to(state[key].dtype)), key
+    assert all(b.is_meta for b in model.buffers())  # buffers not in the files follow the device too
 
 
 LEAN_PEAK_SCRIPT = """

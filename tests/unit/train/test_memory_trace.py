@@ -84,3 +84,45 @@ def test_a_loading_peak_above_every_step_decides_the_verdict() -> None:
     assert roomy.fits() and dict(roomy.lines(recipe))["memory verdict"] == "fits in 6.00 GB (1.00 GB to spare)"
     below = MemoryPlan(per_bucket=[step], device_bytes=3 * GiB, device_load_peak=1 * GiB)
     assert below.fits() and "device memory while loading" not in dict(below.lines(recipe))
+
+
+def test_offload_loading_holds_the_offloaded_blocks_frozen_weights_and_a_chunk(tmp_path) -> None:
+    """``train.offload`` loading lean on a GPU: host RAM while loading is the offloaded blocks' frozen weights (in
+    ``train.base_dtype``: they are read into pinned host memory, where they stay) plus one chunk of the file;
+    nothing more with no block offloaded, and the whole model where the run loads on the CPU."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from osctl.train.memory import host_loading
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(16, 16)
+            self.norm = torch.nn.LayerNorm(16)
+
+    class Net(torch.nn.Module):
+        _no_split_modules = ["Block"]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Linear(8, 16)
+            self.blocks = torch.nn.ModuleList(Block() for _ in range(4))
+
+    model = Net()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    model.requires_grad_(False)
+    model.embed.requires_grad_(True)  # stands in for the adapter: trainable, stays on the device
+    chunk = (tmp_path / "w.safetensors").stat().st_size  # a small file: the chunk is all of it
+    train = SimpleNamespace(pretrained=str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4),
+                            base_dtype="bf16", offload=SimpleNamespace(blocks="auto"))
+    recipe = SimpleNamespace(train=train, model=SimpleNamespace(options={}))
+    per_block = 16 * 16 * 2 + 3 * 16 * 4  # the linear's weight in bf16; its bias and the norm's two in float32
+    peak, note = host_loading(recipe, model, strategy="single", offload_blocks=3)
+    assert peak == 3 * per_block + chunk
+    assert note.startswith("3 offloaded blocks' frozen weights read into pinned host memory") and " with base_dtype bf16;" in note
+    assert host_loading(recipe, model, strategy="ddp", offload_blocks=3)[0] == peak
+    assert host_loading(recipe, model, strategy="single", offload_blocks=0)[0] == chunk  # all to the device
+    whole = sum(p.numel() * 4 for p in model.parameters()) - 4 * 16 * 16 * 2  # block linears' weights in bf16
+    assert host_loading(recipe, model, strategy="single", device_type="cpu", offload_blocks=3)[0] == whole + chunk
