@@ -127,13 +127,15 @@ def test_strategy_matches_one_process_and_resumes_exactly(strategy, tmp_path, do
         assert videos == ["0000-a-red-ball.mp4", "0001-a-blue-cube.mp4", "0002-a-green-cone.mp4"]
 
 
-def test_fsdp_sharded_loading_equals_the_host_copy_and_resumes(tmp_path):
-    """An fsdp run from train.pretrained safetensors, sharded on the meta device with each rank filling only its
-    shards, trains bit for bit like the same run loaded whole on the CPU and then sharded; and it resumes exactly
-    (the resumed run loads checkpoint-2/model the same sharded way, then its DCP state)."""
+def launch_sharded_loading(folder: Path, extra: list[str]) -> dict[str, Any]:
+    """fsdp runs from train.pretrained safetensors (a one-step seed run's checkpoint), with ``extra`` settings:
+    ``sharded`` (sharded on the meta device, each rank filling only its shards) and ``old`` (loaded whole on the CPU,
+    then sharded), 4 steps each, and ``first`` (2 steps) ``resumed`` to 4. Checks what every such comparison
+    needs (the loading notes; the same losses and gradient norms; the resumed run continues exactly) and returns
+    rank 0's results for the test's own checks of what was saved."""
     steps = ["train.checkpointing_steps=2", "train.gradient_accumulation_steps=2"]
-    pretrained = f"train.pretrained={tmp_path / 'seed' / 'out' / 'checkpoint-1' / 'model'}"
-    sets = [*STRATEGIES["fsdp"], *steps, pretrained]
+    pretrained = f"train.pretrained={folder / 'seed' / 'out' / 'checkpoint-1' / 'model'}"
+    sets = [*STRATEGIES["fsdp"], *extra, *steps, pretrained]
     jobs = [
         {"kind": "train", "name": "seed", "sets": [*STRATEGIES["fsdp"], "train.max_steps=1",
                                                    "train.checkpointing_steps=1"], "batch": 2},
@@ -143,16 +145,24 @@ def test_fsdp_sharded_loading_equals_the_host_copy_and_resumes(tmp_path):
         {"kind": "train", "name": "resumed", "dir": "first", "batch": 2,
          "sets": [*sets, "train.max_steps=4", "train.resume_from_checkpoint=latest"]},
     ]
-    _, results = launch(tmp_path, jobs)
+    _, results = launch(folder, jobs)
     sharded, old = results["sharded"], results["old"]
     assert any("loads only its own shards" in note for note in sharded["notes"]), sharded["notes"]
     assert not any("loads only its own shards" in note for note in old["notes"]), old["notes"]
     assert any("loads only its own shards" in note for note in results["resumed"]["notes"])
     assert sharded["losses"] == old["losses"] and sharded["grad_norms"] == old["grad_norms"]
-    for kind in ("model", "model_ema"):
-        assert_close_weights(weights(sharded, 4, kind), weights(old, 4, kind), atol=0.0)
     assert results["first"]["losses"] + results["resumed"]["losses"] == sharded["losses"]
-    assert_close_weights(weights(results["resumed"], 4), weights(sharded, 4), atol=0.0)
+    return results
+
+
+def test_fsdp_sharded_loading_equals_the_host_copy_and_resumes(tmp_path):
+    """An fsdp run from train.pretrained safetensors, sharded on the meta device with each rank filling only its
+    shards, trains bit for bit like the same run loaded whole on the CPU and then sharded; and it resumes exactly
+    (the resumed run loads checkpoint-2/model the same sharded way, then its DCP state)."""
+    results = launch_sharded_loading(tmp_path, [])
+    for kind in ("model", "model_ema"):
+        assert_close_weights(weights(results["sharded"], 4, kind), weights(results["old"], 4, kind), atol=0.0)
+    assert_close_weights(weights(results["resumed"], 4), weights(results["sharded"], 4), atol=0.0)
 
 
 def test_sequence_parallel_equals_one_process(tmp_path):
