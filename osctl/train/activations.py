@@ -51,12 +51,17 @@ class ActivationTrace:
 def _tracing(model: torch.nn.Module, trace: ActivationTrace) -> Iterator[None]:
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     seen: set[int] = set()
+    kept: list[torch.Tensor] = []  # every counted tensor until the trace ends (no memory on meta)
     current: list[int | None] = [None]
 
-    def pack(tensor: torch.Tensor) -> Any:  # kept (no memory on meta): a freed storage's address is not reused
+    def pack(tensor: torch.Tensor) -> Any:
         key = tensor.untyped_storage()._cdata
         if key in params or key in seen:
             return tensor
+        # held here, not only by the graph: a branch whose graph is dropped mid-trace (an output nothing uses)
+        # frees its saved tensors whenever the garbage collector runs, and a new storage at a freed address
+        # would be taken for one already counted
+        kept.append(tensor)
         seen.add(key)
         size = tensor.untyped_storage().nbytes()
         trace.largest = max(trace.largest, size)
