@@ -109,9 +109,8 @@ def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
 
     ``storage`` names parameters kept in a smaller dtype (a LoRA run's frozen base in ``train.base_dtype``): each is
     cast as it is read, frozen, and its first values as the file gave them go to the report's ``heads``, so the
-    float32 tensor never exists. ``host_keys`` names parameters made on the CPU instead (pinned when ``device`` is
-    a GPU): the frozen weights ``train.offload`` keeps in host memory (:func:`osctl.train.offload.offloaded_keys`),
-    which the offloader then adopts without a copy."""
+    float32 tensor never exists. ``host_keys`` names parameters made on the CPU instead: the frozen weights
+    ``train.offload`` keeps in host memory (:func:`osctl.train.offload.offloaded_keys`), never on the device."""
     device = torch.device(device)
     slots = state_slots(model)
     storage = storage or {}
@@ -119,7 +118,8 @@ def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
         module, attr, is_param = slots[key]
         old = (module._parameters if is_param else module._buffers)[attr]
         assert old is not None
-        value = torch.empty(old.shape, dtype=storage.get(key, old.dtype), **_placement(key in host_keys, device))
+        value = torch.empty(old.shape, dtype=storage.get(key, old.dtype),
+                            device="cpu" if key in host_keys else device)
         with torch.no_grad():
             value.copy_(stored)  # a copy: the mapped file is never written
         if key in storage:
@@ -133,14 +133,6 @@ def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
             if buffer is not None and buffer.device != device:
                 module._buffers[attr] = buffer.to(device)
     return plan.report
-
-
-def _placement(on_host: bool, device: torch.device) -> dict[str, Any]:
-    """``torch.empty`` arguments for a tensor :func:`materialise` makes: on ``device``, or with ``on_host`` on the
-    CPU, pinned when ``device`` is a GPU (so the offloader's copies in are asynchronous)."""
-    if not on_host:
-        return {"device": device}
-    return {"device": torch.device("cpu"), "pin_memory": device.type == "cuda"}
 
 
 def fill_shards(model: nn.Module, plan: LeanPlan, *, chunk_bytes: int = LOAD_CHUNK_BYTES,

@@ -356,12 +356,13 @@ def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_t
     Lean loading (:mod:`osctl.train.lean_load`: safetensors weights, ``train.pretrained`` or ``model.path``) holds
     one chunk of mapped file pages (at least the largest tensor) besides the model's own memory: on a GPU, where
     the strategy loads straight on the device (single, DDP, DeepSpeed) or each process fills only its own shards
-    there (FSDP, full fine-tuning and LoRA: :func:`osctl.train.lean_load.loads_sharded`), that chunk is all, plus
-    with ``train.offload``
-    the frozen weights of the ``offload_blocks`` offloaded blocks (in ``train.base_dtype``), read into pinned host
-    memory where they stay; sharded on the CPU, this process's float32 shards (1/``world_size`` of the model) come
-    on top; on the CPU otherwise the whole model, a LoRA base's block linears in
-    ``train.base_dtype`` (cast as they are read). Otherwise the model is built in float32 on the CPU and what
+    there (FSDP, full fine-tuning and LoRA: :func:`osctl.train.lean_load.loads_sharded`), that chunk is all; with
+    ``train.offload`` the frozen weights of the ``offload_blocks`` offloaded blocks (in ``train.base_dtype``) are
+    read into host memory, where they stay, and the offloader then moves them into one exact-size buffer per
+    block, one block at a time (:class:`osctl.train.offload.HostSlab`): those weights plus the larger of a chunk
+    and a block. Sharded on the CPU, this process's float32 shards (1/``world_size`` of the model) come on top of
+    the chunk; on the CPU otherwise the whole model, a LoRA base's block linears in ``train.base_dtype`` (cast as
+    they are read). Otherwise the model is built in float32 on the CPU and what
     reading its weights holds at once comes on top (:func:`_loading_extra`)."""
     from osctl.train.lean_load import lean_source, loads_on_device, loads_sharded
     from osctl.train.weights import LOAD_CHUNK_BYTES
@@ -384,11 +385,12 @@ def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_t
     base_dtype = recipe.train.base_dtype if recipe.train.lora is not None else "fp32"
     if device_type == "cuda" and loads_on_device(recipe, strategy):
         if offload_blocks:
-            offloaded = parameter_bytes(model, base_dtype, offload_blocks)[2]
-            return offloaded + chunk, (f"{offload_blocks} offloaded blocks' frozen weights read into pinned host "
-                                       f"memory, where they stay: {_gb(offloaded)} with base_dtype {base_dtype}; plus "
-                                       f"{_gb(chunk)} of the weights read at a time, everything else straight to "
-                                       "the device (built on the meta device)")
+            _, _, offloaded, block = parameter_bytes(model, base_dtype, offload_blocks)
+            return offloaded + max(chunk, block), (
+                f"{offload_blocks} offloaded blocks' frozen weights read into host memory, where they stay: "
+                f"{_gb(offloaded)} with base_dtype {base_dtype}; plus {_gb(chunk)} of the weights read at a time, "
+                f"or one block ({_gb(block)}) moving into its page-locked buffer; everything else straight to the "
+                "device (built on the meta device)")
         return chunk, f"built on the meta device, weights read {_gb(chunk)} at a time straight to the device"
     if base_dtype != "fp32":
         stored = sum(parameter_bytes(model, base_dtype, 0)[0].values())

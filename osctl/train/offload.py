@@ -1,9 +1,10 @@
 """Frozen transformer blocks kept in host memory and streamed to the device (``train.offload``).
 
 The frozen parameters of the last N blocks (a LoRA run's base; the adapter stays on the device) live on
-the CPU, pinned when the device is a GPU; on the device each holds an empty placeholder. A lean load reads
-them straight into (pinned) host memory and the offloader adopts those tensors as they are; offloading
-happens before the strategy moves the model, so the device never holds the whole model. A block's
+the CPU, one host buffer of exactly their size per block (:class:`HostSlab`), page-locked when the device is
+a GPU; on the device each holds an empty placeholder. A lean load reads them straight into host memory, and
+offloading happens before the strategy moves the model, so the device never holds the whole model; the
+offloader copies each block into its buffer and lets the loaded tensors go, one block at a time. A block's
 forward pre-hook copies its weights in (on a side CUDA stream, prefetching the next offloaded block while
 this one computes), and its forward hook drops them again. Backward needs them once more:
 
@@ -21,6 +22,7 @@ same: every forward copies the weights in and releases them after, which the tes
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,62 @@ import torch
 from osctl.errors import ConfigError
 
 SUPPORTED_STRATEGIES = ("single", "ddp")
+#: each weight starts at a multiple of this many bytes inside its block's host buffer (any dtype's alignment)
+WEIGHT_ALIGNMENT = 256
+#: host buffers are whole pages of their own, so page-locking one never touches another's pages
+PAGE_BYTES = 4096
+#: host buffers page-locked with CUDA, kept for the life of the process: registered memory must not be freed
+#: while registered, and offloaded weights live as long as the run
+_REGISTERED: list[torch.Tensor] = []
+_log = logging.getLogger(__name__)
+
+
+class HostSlab:
+    """The frozen weights of one offloaded block in one host buffer of exactly their size (rounded to whole pages),
+    page-locked with ``cudaHostRegister`` when the device is a GPU, so its copies in are asynchronous.
+
+    Why not ``Tensor.pin_memory()``: torch's caching host allocator rounds every pinned allocation up to a power of
+    two (a 141 MB weight takes 256 MB), so offloaded weights pinned one by one can take up to twice their size in
+    host memory, which the memory plan would not show."""
+
+    def __init__(self, tensors: list[torch.Tensor], *, pin: bool) -> None:
+        offsets, size = [], 0
+        for tensor in tensors:
+            offsets.append(size)
+            size += -(-tensor.numel() * tensor.element_size() // WEIGHT_ALIGNMENT) * WEIGHT_ALIGNMENT
+        self.buffer = _page_aligned_buffer(size)
+        self.views: list[torch.Tensor] = []
+        with torch.no_grad():
+            for tensor, offset in zip(tensors, offsets, strict=True):
+                nbytes = tensor.numel() * tensor.element_size()
+                view = self.buffer[offset:offset + nbytes].view(tensor.dtype).view(tensor.shape)
+                view.copy_(tensor)
+                self.views.append(view)
+        self.pinned = pin and _page_lock(self.buffer)
+
+
+def _page_aligned_buffer(size: int) -> torch.Tensor:
+    """``size`` bytes (rounded up to whole pages) of host memory starting on a page boundary, in pages no other
+    allocation shares."""
+    rounded = -(-size // PAGE_BYTES) * PAGE_BYTES
+    raw = torch.empty(rounded + PAGE_BYTES, dtype=torch.uint8)
+    start = -raw.data_ptr() % PAGE_BYTES
+    return raw[start:start + rounded]
+
+
+def _page_lock(buffer: torch.Tensor) -> bool:
+    """Page-lock ``buffer`` for the GPU (``cudaHostRegister``: exactly its pages); False, with a warning, where CUDA
+    refuses (the copies in are then synchronous, the results the same)."""
+    if buffer.numel() == 0:
+        return False
+    cudart = torch.cuda.cudart()
+    error = cudart.cudaHostRegister(buffer.data_ptr(), buffer.numel(), 0)
+    if error != cudart.cudaError.success:
+        _log.warning("train.offload: could not page-lock %d MiB of host memory (%s); offloaded blocks are copied "
+                     "in synchronously", buffer.numel() >> 20, error)
+        return False
+    _REGISTERED.append(buffer)
+    return True
 
 
 @dataclass
@@ -45,7 +103,8 @@ class _Marker:
 @dataclass
 class _Block:
     params: list[torch.nn.Parameter]
-    homes: list[torch.Tensor]
+    homes: list[torch.Tensor]  # views of ``slab``
+    slab: HostSlab
     onloaded: bool = False
     pending: int = 0  # markers saved in forward and not yet unpacked in backward
     ready: Any = None  # CUDA event of a prefetch in flight
@@ -65,11 +124,11 @@ class BlockOffloader:
         self._handles: list[Any] = []
         for index, module in enumerate(blocks):
             params = [p for p in module.parameters() if not p.requires_grad]
-            homes = []
-            for param in params:
-                homes.append(_host_home(param, self.device))
+            slab = HostSlab([p.data.detach().to("cpu") for p in params], pin=self.device.type == "cuda")
+            for param in params:  # the weights' own tensors go: host memory holds them once, in the slabs
                 param.data = torch.empty(0, dtype=param.dtype, device=self.device)
-            self.blocks.append(_Block(params, homes))
+            homes = slab.views
+            self.blocks.append(_Block(params, homes, slab))
             names = {id(p): n for n, p in module.named_parameters()}
             self._handles.append(module.register_state_dict_post_hook(
                 self._state_hook({names[id(p)]: h for p, h in zip(params, homes, strict=True)})))
@@ -177,17 +236,6 @@ class BlockOffloader:
         for index in range(len(self.blocks)):
             self.onload(index)
             self.blocks[index].pending = 0
-
-
-def _host_home(param: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The host tensor ``param``'s weights live in while offloaded: its own tensor when it is on the CPU already
-    (and pinned, when ``device`` is a GPU: a lean load placed it there, :func:`offloaded_keys`), so the weights
-    are never held twice; otherwise a host copy, pinned for a GPU (fast, asynchronous copies in)."""
-    data = param.data.detach()
-    if data.device.type == "cpu" and (device.type != "cuda" or data.is_pinned()):
-        return data
-    home = data.to("cpu")
-    return home.pin_memory() if device.type == "cuda" else home
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -80,7 +80,7 @@ def test_an_offload_plan_counts_the_offloaded_blocks_in_host_ram_while_loading(r
     lines = json.loads(plan(recipe, *lora, "--set", "train.offload={blocks: auto}", "--device-memory", "1MB").output)
     offloaded = re.fullmatch(r"4 blocks' frozen weights in host memory \((.+)\)", lines["offload"])
     assert offloaded, lines["offload"]
-    assert f"(4 offloaded blocks' frozen weights read into pinned host memory, where they stay: {offloaded[1]} with " \
+    assert f"(4 offloaded blocks' frozen weights read into host memory, where they stay: {offloaded[1]} with " \
            "base_dtype fp32;" in lines["host RAM while loading"]
     plain = json.loads(plan(recipe, *lora).output)["host RAM while loading"]
     assert "weights read" in plain and "straight to the device" in plain and "offloaded" not in plain

@@ -81,11 +81,12 @@ def test_offloaded_blocks_stream_in_and_the_step_is_unchanged(tmp_path, checkpoi
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-def test_a_lean_loaded_offload_run_adopts_the_loaded_weights(tmp_path, monkeypatch):
+def test_a_lean_loaded_offload_run_keeps_the_offloaded_weights_in_host_memory(tmp_path, monkeypatch):
     """LoRA + offload from ``train.pretrained`` safetensors, loaded lean (meta build, filled from the file): the
-    offloaded blocks' weights are made once, in host memory, and the offloader's homes ARE those tensors (no
-    second host copy), holding the file's values; offloading comes before the strategy's move, which sees each
-    offloaded weight only as an empty placeholder; and the run trains bit for bit like the one without offload."""
+    offloaded blocks' weights are read into host memory (never the device), the offloader keeps them in one host
+    buffer per block of exactly their size, holding the file's values; offloading comes before the strategy's
+    move, which sees each offloaded weight only as an empty placeholder; and the run trains bit for bit like the
+    one without offload."""
     import osctl.train.lean_load as lean_load
     from osctl.plugin_manager import default_registry
     from osctl.recipe.load import load_recipe
@@ -126,9 +127,20 @@ def test_a_lean_loaded_offload_run_adopts_the_loaded_weights(tmp_path, monkeypat
     params = [p for block in offloader.blocks for p in block.params]
     homes = [h for block in offloader.blocks for h in block.homes]
     assert len(homes) == len(host)  # every weight the loader put in host memory, and only those
-    assert {h.untyped_storage().data_ptr() for h in homes} == {t.untyped_storage().data_ptr() for t in host.values()}
+    assert all(tensor.device.type == "cpu" for tensor in host.values())
     saved = load_file(file)
     assert all(torch.equal(tensor, saved[key]) for key, tensor in host.items())
+    state = parts.strategy.module.state_dict()  # an offloaded weight shows its home (under peft's name if adapted)
+
+    def shown(key: str) -> torch.Tensor:
+        layer, name = key.rsplit(".", 1)
+        return state[key] if key in state else state[f"{layer}.base_layer.{name}"]
+
+    assert all(torch.equal(shown(key), saved[key]) for key in host)
+    for block in offloader.blocks:  # one buffer per block, of exactly its weights (aligned, whole pages)
+        assert {h.untyped_storage().data_ptr() for h in block.homes} == {block.slab.buffer.untyped_storage().data_ptr()}
+        assert block.slab.buffer.numel() < sum(h.numel() * h.element_size() for h in block.homes) + \
+            256 * len(block.homes) + 4096
     assert all(p.numel() == 0 for p in params)
     moved = moves.sizes_moved(params)
     assert len(moved) == len(params) and set(moved) == {0}  # the strategy's move took placeholders only

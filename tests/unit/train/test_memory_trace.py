@@ -88,7 +88,7 @@ def test_a_loading_peak_above_every_step_decides_the_verdict() -> None:
 
 def test_offload_loading_holds_the_offloaded_blocks_frozen_weights_and_a_chunk(tmp_path) -> None:
     """``train.offload`` loading lean on a GPU: host RAM while loading is the offloaded blocks' frozen weights (in
-    ``train.base_dtype``: they are read into pinned host memory, where they stay) plus one chunk of the file;
+    ``train.base_dtype``: they are read into host memory, where they stay) plus the larger of a chunk and a block;
     nothing more with no block offloaded, and the whole model where the run loads on the CPU."""
     from types import SimpleNamespace
 
@@ -121,7 +121,7 @@ def test_offload_loading_holds_the_offloaded_blocks_frozen_weights_and_a_chunk(t
     per_block = 16 * 16 * 2 + 3 * 16 * 4  # the linear's weight in bf16; its bias and the norm's two in float32
     peak, note = host_loading(recipe, model, strategy="single", offload_blocks=3)
     assert peak == 3 * per_block + chunk
-    assert note.startswith("3 offloaded blocks' frozen weights read into pinned host memory") and " with base_dtype bf16;" in note
+    assert note.startswith("3 offloaded blocks' frozen weights read into host memory") and " with base_dtype bf16;" in note
     assert host_loading(recipe, model, strategy="ddp", offload_blocks=3)[0] == peak
     assert host_loading(recipe, model, strategy="single", offload_blocks=0)[0] == chunk  # all to the device
     whole = sum(p.numel() * 4 for p in model.parameters()) - 4 * 16 * 16 * 2  # block linears' weights in bf16

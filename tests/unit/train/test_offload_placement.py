@@ -1,5 +1,5 @@
 """``train.offload`` before the strategy moves the model: one count decides which blocks stay in host memory, the
-offloader adopts their weights where they are (no second host copy), and the strategy's move then takes only the
+offloader keeps their weights in one exact-size host buffer per block, and the strategy's move then takes only the
 rest. On a CPU box the device and the host are one memory, so the strategy's move is watched instead
 (:class:`tests.move_helpers.ParameterMoves`): it must see each offloaded weight only as an empty placeholder."""
 
@@ -77,8 +77,8 @@ def test_the_count_is_decided_once_and_refuses_other_strategies():
 @pytest.mark.parametrize("base_dtype", ["fp32", "bf16"])
 def test_the_strategy_moves_only_what_offload_leaves_on_the_device(base_dtype):
     """Offloaded before ``prepare``: the strategy's move sees each offloaded weight only as an empty placeholder
-    (never its weights), in its home's dtype; each home is the very tensor the weight held (same storage, no
-    copy) and still holds its values; copying a block in gives the home's dtype and shape."""
+    (never its weights), in its home's dtype; each block's homes are views of one host buffer of exactly their
+    size holding their values; copying a block in gives the home's dtype and shape."""
     model = lora_like(base_dtype)
     values = {name: p.detach().clone() for name, p in model.named_parameters()}
     held = {name: p.data for name, p in model.named_parameters()}  # keeps the storages alive: pointers stay unique
@@ -93,9 +93,15 @@ def test_the_strategy_moves_only_what_offload_leaves_on_the_device(base_dtype):
     moved = moves.sizes_moved([params[name] for name in offloaded])
     assert len(moved) == len(offloaded) == 8 and set(moved) == {0}  # Module.to took each, empty
     offloader = model._osctl_offloader
-    homes = [home for block in offloader.blocks for home in block.homes]
-    assert {h.untyped_storage().data_ptr() for h in homes} == \
-        {held[name].untyped_storage().data_ptr() for name in offloaded}  # adopted, not copied
+    buffers = []
+    for block in offloader.blocks:  # one page-aligned buffer per block, of its weights' aligned sizes
+        assert {h.untyped_storage().data_ptr() for h in block.homes} == {block.slab.buffer.untyped_storage().data_ptr()}
+        sizes = sum(-(-h.numel() * h.element_size() // 256) * 256 for h in block.homes)
+        assert block.slab.buffer.numel() == -(-sizes // 4096) * 4096 and block.slab.buffer.data_ptr() % 4096 == 0
+        assert not block.slab.pinned  # page-locked only for a GPU
+        buffers.append(block.slab.buffer.untyped_storage().data_ptr())
+    assert len(set(buffers)) == 2
+    assert not {b for b in buffers} & {held[name].untyped_storage().data_ptr() for name in offloaded}
     state = model.state_dict()  # shows each placeholder's home
     for name, param in model.named_parameters():
         if name in offloaded:
