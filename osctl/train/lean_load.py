@@ -18,7 +18,7 @@ state-dict loading hooks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -136,7 +136,8 @@ def materialise(model: nn.Module, plan: LeanPlan, *, device: torch.device | str,
 
 
 def fill_shards(model: nn.Module, plan: LeanPlan, *, chunk_bytes: int = LOAD_CHUNK_BYTES,
-                slots: dict[str, tuple[nn.Module, str, bool]] | None = None) -> LoadReport:
+                slots: dict[str, tuple[nn.Module, str, bool]] | None = None,
+                keys: AbstractSet[str] | None = None) -> LoadReport:
     """Copy the weights of ``plan`` into the tensors ``model`` already has where they live: for a parameter that
     is a DTensor (sharded by FSDP2 on the meta device, then given memory by ``to_empty``), only this rank's
     shard, sliced from the file's tensor without communication (``distribute_tensor`` with
@@ -145,12 +146,12 @@ def fill_shards(model: nn.Module, plan: LeanPlan, *, chunk_bytes: int = LOAD_CHU
 
     ``slots`` (:func:`state_slots` of the model when it was planned) finds each tensor under the key the plan
     knows, also after an adapter wrapped its layer (peft's ``<layer>.base_layer.weight``); default: ``model``'s
-    slots now."""
+    slots now. ``keys``: only these (a strategy placing the model block by block), read alone from the files."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     slots = slots if slots is not None else state_slots(model)
     with torch.no_grad():
-        for key, stored in _stored_tensors(plan, chunk_bytes):
+        for key, stored in _stored_tensors(plan, chunk_bytes, keys):
             module, attr, is_param = slots[key]
             target = (module._parameters if is_param else module._buffers)[attr]
             assert target is not None and not target.is_meta, key
@@ -179,14 +180,17 @@ def file_heads(plan: LeanPlan) -> dict[str, torch.Tensor]:
     return heads
 
 
-def _stored_tensors(plan: LeanPlan, chunk_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """(state-dict key, tensor read from its file) for every key of ``plan``, file by file, about ``chunk_bytes``
-    of data at a time (:func:`osctl.train.weights.safetensors_chunks`, the reader ``load_into`` uses)."""
+def _stored_tensors(plan: LeanPlan, chunk_bytes: int,
+                    only: AbstractSet[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(state-dict key, tensor read from its file) for every key of ``plan`` (or of ``only``), file by file, about
+    ``chunk_bytes`` of data at a time (:func:`osctl.train.weights.safetensors_chunks`, the reader ``load_into``
+    uses)."""
     from osctl.train.weights import safetensors_chunks
 
-    keys = {where: key for key, where in plan.locations.items()}
-    for file in sorted({file for file, _ in plan.locations.values()}, key=str):
-        for chunk in safetensors_chunks(file, chunk_bytes):
+    keys = {where: key for key, where in plan.locations.items() if only is None or key in only}
+    for file in sorted({file for file, _ in keys}, key=str):
+        names = None if only is None else {name for where, name in keys if where == file}
+        for chunk in safetensors_chunks(file, chunk_bytes, names):
             while chunk:  # handed out and let go one by one: nothing of a chunk is held while the next is read
                 name, tensor = chunk.popitem()
                 key = keys.get((file, name))
@@ -215,7 +219,8 @@ def state_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
 DEVICE_LOADING_STRATEGIES = ("single", "ddp", "deepspeed")
 
 #: strategies that take the model empty (``prepare_empty``): they shard it on the meta device and each rank then
-#: fills its own shards from the files (:func:`fill_shards`)
+#: fills its own shards from the files (:func:`fill_shards`); DeepSpeed does so with ZeRO-3 (it partitions the
+#: parameters block by block as they are filled), see :func:`loads_sharded`
 SHARD_LOADING_STRATEGIES = ("fsdp",)
 
 
@@ -231,9 +236,11 @@ def loads_on_device(recipe: Any, strategy: str) -> bool:
 
 def loads_sharded(recipe: Any, strategy: str) -> bool:
     """True when training gives the strategy the model empty and each rank reads only its own shards of the
-    weights (:data:`SHARD_LOADING_STRATEGIES`): full fine-tuning, and LoRA runs (the adapter is added to the empty
-    base, on the CPU, and sharded with it: see :func:`osctl.train.frozen_base.float32_placeholders`)."""
-    return strategy in SHARD_LOADING_STRATEGIES and recipe.train.offload is None
+    weights (:data:`SHARD_LOADING_STRATEGIES`, and DeepSpeed ZeRO-3): full fine-tuning, and LoRA runs (the adapter
+    is added to the empty base, on the CPU, and sharded with it: see
+    :func:`osctl.train.frozen_base.float32_placeholders`)."""
+    zero3 = strategy == "deepspeed" and recipe.parallel.zero_stage == 3
+    return (strategy in SHARD_LOADING_STRATEGIES or zero3) and recipe.train.offload is None
 
 
 def normal_load_on_cpu(recipe: Any) -> bool:
@@ -267,7 +274,27 @@ class LoadedModel:
     lean: bool  # True: built on the meta device and filled on the target device (no host copy)
     #: set when the weights are still to be read (``shards=True``): the model's parameters are on the meta device,
     #: and the strategy calls this once it has sharded and placed them, to fill each rank's shards
-    fill: Callable[[nn.Module], LoadReport] | None = None
+    fill: PendingFill | None = None
+
+
+@dataclass
+class PendingFill:
+    """The weights of a model built empty, still to be read (:func:`fill_shards`): the strategy calls it once it
+    has placed the parameters, for the whole model or ``modules`` at a time (a strategy that partitions block by
+    block); each tensor is read once, whatever the order."""
+
+    plan: LeanPlan
+    slots: dict[str, tuple[nn.Module, str, bool]]  # as planned: a LoRA adapter renames the layers it wraps
+    chunk_bytes: int = LOAD_CHUNK_BYTES
+    done: set[str] = field(default_factory=set)
+
+    def __call__(self, model: nn.Module, modules: list[nn.Module] | None = None) -> LoadReport:
+        owners = None if modules is None else {id(m) for root in modules for m in root.modules()}
+        keys = {key for key, (module, _, _) in self.slots.items()
+                if key in self.plan.locations and key not in self.done and (owners is None or id(module) in owners)}
+        fill_shards(model, self.plan, chunk_bytes=self.chunk_bytes, slots=self.slots, keys=keys)
+        self.done |= keys
+        return self.plan.report
 
 
 def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, device: torch.device | str,
@@ -312,9 +339,7 @@ def build_loaded_model(checked: Any, registry: Any, *, weights: Path | None, dev
         return normal()
     if shards:  # a LoRA run fingerprints its base before any shard is read: the heads come from the files now
         plan.report.heads = file_heads(plan)
-        slots = state_slots(model)  # the keys as planned: a LoRA adapter renames the layers it wraps
-        return LoadedModel(model, plan.report, True,
-                           fill=lambda sharded: fill_shards(sharded, plan, chunk_bytes=chunk_bytes, slots=slots))
+        return LoadedModel(model, plan.report, True, fill=PendingFill(plan, state_slots(model), chunk_bytes))
     from osctl.train.frozen_base import storage_plan
     from osctl.train.offload import offloaded_keys
 

@@ -263,6 +263,7 @@ class MemoryPlan:
     host_load_peak: int = 0
     host_load_note: str = ""
     device_load_peak: int = 0  # device bytes before the first step, when above every step's (DeepSpeed)
+    device_load_note: str = ""
 
     @property
     def largest(self) -> StepMemory:
@@ -289,8 +290,7 @@ class MemoryPlan:
         out.append(("memory peak (largest bucket)", f"{t}x{h}x{w}: {largest.line()}"))
         out.append(("host RAM while loading", f"{_gb(self.host_load_peak)} ({self.host_load_note})"))
         if self.device_load_peak > largest.total:
-            out.append(("device memory while loading", f"{_gb(self.device_load_peak)} (DeepSpeed moves the whole "
-                        "float32 model to each device before it partitions it, beside the frozen components)"))
+            out.append(("device memory while loading", f"{_gb(self.device_load_peak)} ({self.device_load_note})"))
         if self.offload_blocks:
             out.append(("offload", f"{self.offload_blocks} blocks' frozen weights in host memory "
                         f"({_gb(largest.offloaded)})"))
@@ -306,9 +306,10 @@ class MemoryPlan:
         """Why the run does not fit and what would make it fit."""
         largest = self.largest
         if self.device_load_peak > largest.total:
-            return (f"does not fit: loading needs {_gb(self.device_load_peak)} per process (DeepSpeed moves the whole "
-                    f"float32 model to each device first) but the device has {_gb(self.device_bytes or 0)}; try "
-                    "parallel.strategy: fsdp (each process loads only its own shards), or train.lora")
+            return (f"does not fit: loading needs {_gb(self.device_load_peak)} per process ({self.device_load_note}) "
+                    f"but the device has {_gb(self.device_bytes or 0)}; try parallel.strategy: fsdp or "
+                    "parallel.zero_stage: 3 with safetensors weights (each process loads only its own shards), or "
+                    "train.lora")
         t, h, w = largest.bucket
         return (f"does not fit: the {t}x{h}x{w} bucket needs {_gb(largest.total)} per process but the device has "
                 f"{_gb(self.device_bytes or 0)}; try " + "; ".join(knobs(largest, recipe, self.device_bytes or 0)))
@@ -340,13 +341,32 @@ def plan_memory(checked: Any, model: torch.nn.Module, *, buckets: list[tuple[int
             per_bucket = estimate(blocks)
     host_load_peak, host_load_note = host_loading(recipe, model, strategy=strategy, device_type=device_type,
                                                   world_size=world_size, offload_blocks=blocks)
-    # DeepSpeed's engine gets the model on the device whole (osctl_builtin's deepspeed strategy), beside the frozen
-    # components built before it; FSDP fills only each process's shards there (or, for weights the lean path does
-    # not take, shards a host copy block by block as it moves it), single/DDP keep it whole anyway (less
-    # train.offload's blocks, never there)
-    device_load = frozen_components + sum(p.numel() * 4 for p in model.parameters()) if strategy == "deepspeed" else 0
+    device_load, device_load_note = deepspeed_loading_peak(recipe, model, strategy=strategy, world_size=world_size,
+                                                           frozen_components=frozen_components)
     return MemoryPlan(per_bucket=per_bucket, device_bytes=device_bytes, offload_blocks=blocks,
-                      host_load_peak=host_load_peak, host_load_note=host_load_note, device_load_peak=device_load)
+                      host_load_peak=host_load_peak, host_load_note=host_load_note, device_load_peak=device_load,
+                      device_load_note=device_load_note)
+
+
+def deepspeed_loading_peak(recipe: Any, model: torch.nn.Module, *, strategy: str, world_size: int,
+                           frozen_components: int) -> tuple[int, str]:
+    """Device bytes while a DeepSpeed run loads, and what they are (0 for other strategies: FSDP fills only each process's shards on
+    the device, or shards a host copy block by block as it moves it; single/DDP hold the model whole anyway, less
+    ``train.offload``'s blocks, never there). Beside the frozen components built before it: ZeRO-3 loading lean
+    (:func:`osctl.train.lean_load.loads_sharded`) partitions block by block as it fills, so its partitions plus one
+    float32 block; otherwise the engine gets the whole float32 model on the device before it partitions it."""
+    from osctl.train.lean_load import lean_source, loads_sharded
+
+    if strategy != "deepspeed":
+        return 0, ""
+    whole = sum(p.numel() * 4 for p in model.parameters())
+    if loads_sharded(recipe, strategy) and lean_source(recipe) is not None:
+        block = max((sum(p.numel() * 4 for p in b.parameters()) for b in block_modules(model)), default=whole)
+        return frozen_components + -(-whole // max(1, world_size)) + block, (
+            "ZeRO-3 partitions the model block by block as it reads it: this process's partitions plus one float32 "
+            "block, beside the frozen components")
+    return frozen_components + whole, ("DeepSpeed moves the whole float32 model to each device before it "
+                                       "partitions it, beside the frozen components")
 
 
 def host_loading(recipe: Any, model: torch.nn.Module, *, strategy: str, device_type: str = "cuda",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,8 +153,10 @@ def read_model_state(model: torch.nn.Module, source: Path) -> dict[str, torch.Te
     return state
 
 
-def safetensors_chunks(file: Path, chunk_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
-    """The tensors of ``file``, a few at a time (about ``chunk_bytes`` each, one tensor at least).
+def safetensors_chunks(file: Path, chunk_bytes: int,
+                       names: AbstractSet[str] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """The tensors of ``file`` (or those ``names`` names), a few at a time (about ``chunk_bytes`` each, one tensor
+    at least).
 
     Each chunk is read through its own ``safe_open``, which maps the file: closing it before the next chunk
     keeps the mapped pages of the file from adding up in the process's memory.
@@ -163,7 +166,7 @@ def safetensors_chunks(file: Path, chunk_bytes: int) -> Iterator[dict[str, torch
     from osctl.ckpt.headers import read_header
     from osctl.ckpt.torch_files import first_line
 
-    infos = list(read_header(file).tensors.values())
+    infos = [info for info in read_header(file).tensors.values() if names is None or info.name in names]
     start = 0
     while start < len(infos):
         stop, size = start, 0

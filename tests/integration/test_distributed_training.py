@@ -128,14 +128,14 @@ def test_strategy_matches_one_process_and_resumes_exactly(strategy, tmp_path, do
 
 
 def launch_sharded_loading(folder: Path, extra: list[str]) -> dict[str, Any]:
-    """fsdp runs from train.pretrained safetensors (a one-step seed run's checkpoint), with ``extra`` settings:
-    ``sharded`` (sharded on the meta device, each rank filling only its shards) and ``old`` (loaded whole on the CPU,
-    then sharded), 4 steps each, and ``first`` (2 steps) ``resumed`` to 4. Checks what every such comparison
+    """Runs from train.pretrained safetensors (a one-step seed run's checkpoint) with ``extra`` settings (the
+    strategy: fsdp or ZeRO-3, and more): ``sharded`` (built on the meta device, each rank filling only its shards)
+    and ``old`` (loaded whole, then sharded), 4 steps each, and ``first`` (2 steps) ``resumed`` to 4. Checks what every such comparison
     needs (the loading notes; the same losses and gradient norms; the resumed run continues exactly) and returns
     rank 0's results for the test's own checks of what was saved."""
     steps = ["train.checkpointing_steps=2", "train.gradient_accumulation_steps=2"]
     pretrained = f"train.pretrained={folder / 'seed' / 'out' / 'checkpoint-1' / 'model'}"
-    sets = [*STRATEGIES["fsdp"], *extra, *steps, pretrained]
+    sets = [*extra, *steps, pretrained]
     jobs = [
         {"kind": "train", "name": "seed", "sets": [*STRATEGIES["fsdp"], "train.max_steps=1",
                                                    "train.checkpointing_steps=1"], "batch": 2},
@@ -159,7 +159,18 @@ def test_fsdp_sharded_loading_equals_the_host_copy_and_resumes(tmp_path):
     """An fsdp run from train.pretrained safetensors, sharded on the meta device with each rank filling only its
     shards, trains bit for bit like the same run loaded whole on the CPU and then sharded; and it resumes exactly
     (the resumed run loads checkpoint-2/model the same sharded way, then its DCP state)."""
-    results = launch_sharded_loading(tmp_path, [])
+    results = launch_sharded_loading(tmp_path, STRATEGIES["fsdp"])
+    for kind in ("model", "model_ema"):
+        assert_close_weights(weights(results["sharded"], 4, kind), weights(results["old"], 4, kind), atol=0.0)
+    assert_close_weights(weights(results["resumed"], 4), weights(results["sharded"], 4), atol=0.0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_zero3_partitioned_loading_equals_the_whole_model_and_resumes(tmp_path, precision):
+    """ZeRO-3 from train.pretrained safetensors: the model built on the meta device and partitioned block by block
+    as each rank reads it (cast to the compute dtype first, as the engine casts a whole model) trains bit for bit
+    like the engine partitioning the whole model itself, and resumes exactly."""
+    results = launch_sharded_loading(tmp_path, [*STRATEGIES["zero3"], f"train.mixed_precision={precision}"])
     for kind in ("model", "model_ema"):
         assert_close_weights(weights(results["sharded"], 4, kind), weights(results["old"], 4, kind), atol=0.0)
     assert_close_weights(weights(results["resumed"], 4), weights(results["sharded"], 4), atol=0.0)

@@ -79,7 +79,7 @@ def test_fsdp_lora_from_sharded_empty_base_equals_the_host_copy_and_resumes(tmp_
     base from the files as the host-copy path does from memory, and trains and resumes bit for bit like it."""
     from osctl.train.lora import OSCTL_META_KEY, read_metadata
 
-    results = launch_sharded_loading(tmp_path, LORA)
+    results = launch_sharded_loading(tmp_path, [*STRATEGIES["fsdp"], *LORA])
     sharded, old = results["sharded"], results["old"]
 
     def fingerprint(run: dict) -> str:

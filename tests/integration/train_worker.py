@@ -5,8 +5,8 @@ job of the spec in order on every rank and rank 0 writes ``results.json`` beside
 ``{"kind": "train" | "grads", "name": ..., "dir": folder (default: name), "sets": [recipe overrides],
 "batch": per-replica batch, "draws": "per_sample" | "native", "invalid_tail": padded trailing latent
 frames per clip (cycled), "fail_rank" with "fail_at_step" (raise) or "hang_at_step" (sleep),
-"expect_error": a message the job must fail with, "old_load": true to load an fsdp run's weights the way
-runs did before sharded loading (the whole model on the CPU, then sharded)}``.
+"expect_error": a message the job must fail with, "old_load": true to load an fsdp or ZeRO-3 run's weights
+the way runs did before sharded loading (the whole model built first, then sharded or partitioned)}``.
 
 Per-sample draws make runs with different layouts comparable: a 2-rank data-parallel run and one
 process with the doubled batch see the same clips, but each rank draws timesteps and noise from
@@ -82,7 +82,7 @@ def setup(job: dict[str, Any], root: Path, rank: int, world: int) -> Any:
     if job.get("old_load"):
         from unittest import mock
 
-        with mock.patch("osctl.train.lean_load.SHARD_LOADING_STRATEGIES", ()):
+        with mock.patch("osctl.train.run.loads_sharded", lambda recipe, strategy: False):
             parts = setup_training(checked, registry, options)
     else:
         parts = setup_training(checked, registry, options)

@@ -152,21 +152,61 @@ class DeepSpeedStrategy:
         self._boundary = True
         self._stepped = False
 
-    def prepare(self, model: torch.nn.Module, *, optimizer_factory: Any, lr_scheduler_factory: Any) -> None:
-        """Build the engine: ZeRO-wrapped optimizer (DeepSpeed's CPU AdamW when offloading), LR scheduler."""
-        import deepspeed
-
+    def _config(self) -> dict[str, Any]:
+        """The engine config for this run (:func:`deepspeed_config`)."""
         from osctl.parallel.layout import ParallelLayout
 
         skip_shm_comm_build()
         layout = ParallelLayout.from_sections(self.train, self.parallel, world_size=dist.get_world_size())
-        config = deepspeed_config(
+        return deepspeed_config(
             precision=self.precision, zero_stage=self.zero_stage, micro_batch=layout.stream_batch,
             accumulation=layout.grad_accum, world=layout.world_size,
             max_grad_norm=self.train.max_grad_norm, offload_optimizer=self.parallel.offload_optimizer,
             offload_params=self.parallel.offload_params, extra=self.parallel.deepspeed_config,
         )
-        model = model.to(self.device, torch.float32)
+
+    def prepare(self, model: torch.nn.Module, *, optimizer_factory: Any, lr_scheduler_factory: Any) -> None:
+        """Build the engine: ZeRO-wrapped optimizer (DeepSpeed's CPU AdamW when offloading), LR scheduler."""
+        config = self._config()
+        self._initialize(model.to(self.device, torch.float32), config, optimizer_factory, lr_scheduler_factory)
+
+    def prepare_empty(self, model: torch.nn.Module, fill: Any, *, optimizer_factory: Any,
+                      lr_scheduler_factory: Any) -> None:
+        """ZeRO-3 from a model whose parameters are on the meta device: block by block (``_no_split_modules``, then
+        what is left), give the parameters memory on the device, ``fill`` them from the weight files, cast them to
+        the compute dtype as the engine would, and partition them (``deepspeed.zero.Init`` on the module, with the
+        engine's own settings), so a device holds its partitions plus one block, never the whole model; then build
+        the engine, which finds every parameter partitioned already."""
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        config = self._config()
+        # deepspeed.comm over this run's process group, as deepspeed.initialize sets it up (Init reads its world size)
+        deepspeed.comm.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
+                                        dist_init_required=False)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        block_names = set(getattr(model, "_no_split_modules", None) or ())
+        blocks = [m for m in model.modules() if m is not model and type(m).__name__ in block_names]
+        first: Any = None
+        for part in [*blocks, model]:  # the model last: what no block holds
+            params = _place_empty(part, self.device)
+            fill(model, [part])
+            if not params:
+                continue
+            for param in params:  # what the engine does to a model that is not partitioned yet
+                if param.is_floating_point() and param.dtype != dtype:
+                    param.data = param.data.to(dtype)
+            if first is None:  # one Init for all: later parts join it, as the engine converts parameters it finds
+                deepspeed.zero.Init(module=part, config_dict_or_path=config, dtype=dtype)
+                first = params[0]
+            else:
+                first.convert_to_zero_parameters(param_list=params)
+        self._initialize(model, config, optimizer_factory, lr_scheduler_factory)
+
+    def _initialize(self, model: torch.nn.Module, config: dict[str, Any], optimizer_factory: Any,
+                    lr_scheduler_factory: Any) -> None:
+        import deepspeed
+
         if self.parallel.offload_optimizer:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -297,6 +337,25 @@ class DeepSpeedStrategy:
         if path is None:
             raise ConfigError(f"{folder.parent.name} has no DeepSpeed engine state in training_state/deepspeed/; "
                               "resume with the strategy that wrote it.")
+
+
+def _place_empty(module: torch.nn.Module, device: torch.device) -> list[torch.nn.Parameter]:
+    """Give every parameter of ``module`` that is on the meta device an empty tensor on ``device`` (the caller fills
+    it) and move the buffers to ``device``; returns the parameters not partitioned yet."""
+    pending = []
+    for sub in module.modules():
+        for name, param in sub._parameters.items():
+            if param is None or hasattr(param, "ds_id"):
+                continue
+            if param.is_meta:
+                param = torch.nn.Parameter(torch.empty(param.shape, dtype=param.dtype, device=device),
+                                           requires_grad=param.requires_grad)
+                sub._parameters[name] = param
+            pending.append(param)
+        for name, buffer in sub._buffers.items():
+            if buffer is not None:
+                sub._buffers[name] = buffer.to(device)
+    return pending
 
 
 def _gather_partition(partition: torch.Tensor, param: Any) -> torch.Tensor:

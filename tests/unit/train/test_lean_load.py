@@ -174,7 +174,7 @@ def test_memory_plan_host_loading_follows_the_loading_path(tmp_path):
     def recipe(pretrained, **train):
         settings = {"lora": None, "base_dtype": "fp32", "offload": None, **train}
         return SimpleNamespace(train=SimpleNamespace(pretrained=pretrained, **settings),
-                               model=SimpleNamespace(options={}))
+                               model=SimpleNamespace(options={}), parallel=SimpleNamespace(zero_stage=2))
 
     lean = recipe(str(tmp_path / "w.safetensors"))
     assert host_loading(lean, model, strategy="ddp")[0] == file_bytes
@@ -184,6 +184,8 @@ def test_memory_plan_host_loading_follows_the_loading_path(tmp_path):
     assert host_loading(lora, model, strategy="fsdp")[0] == file_bytes
     assert host_loading(lean, model, strategy="ddp", device_type="cpu")[0] == fp32 + file_bytes
     assert host_loading(lean, model, strategy="deepspeed")[0] == file_bytes  # the engine takes it on the device
+    lean.parallel.zero_stage = 3  # partitioned block by block as it is read
+    assert host_loading(lean, model, strategy="deepspeed", device_type="cpu", world_size=2)[0] == fp32 // 2 + file_bytes
     offload = recipe(str(tmp_path / "w.safetensors"), lora=SimpleNamespace(rank=4), offload=SimpleNamespace(blocks=0))
     assert host_loading(offload, model, strategy="single")[0] == file_bytes  # no block offloaded: all to the device
     assert host_loading(offload, model, strategy="single", device_type="cpu")[0] == fp32 + file_bytes

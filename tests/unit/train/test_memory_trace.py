@@ -65,6 +65,46 @@ def test_every_family_names_its_repeated_blocks(name, preset) -> None:
     assert len([b for b in blocks if "Block" in type(b).__name__]) == layers
 
 
+def test_deepspeed_loading_peaks_by_stage_and_weights(tmp_path) -> None:
+    """ZeRO-2 (or weights the lean path does not take) gets the whole float32 model on each device before the engine
+    partitions it; ZeRO-3 from safetensors partitions block by block as it reads: this process's partitions plus
+    one float32 block. Other strategies have no loading peak of their own."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from osctl.train.memory import deepspeed_loading_peak
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(32, 32)
+
+    class Net(torch.nn.Module):
+        _no_split_modules = ["Block"]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(Block() for _ in range(4))
+            self.head = torch.nn.Linear(32, 2)
+
+    model = Net()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    whole, block = sum(p.numel() * 4 for p in model.parameters()), (32 * 32 + 32) * 4
+
+    def recipe(stage: int, pretrained: str | None) -> SimpleNamespace:
+        return SimpleNamespace(train=SimpleNamespace(pretrained=pretrained, offload=None),
+                               parallel=SimpleNamespace(zero_stage=stage), model=SimpleNamespace(options={}))
+
+    lean = str(tmp_path / "w.safetensors")
+    peak = lambda stage, weights, world=2, strategy="deepspeed": deepspeed_loading_peak(  # noqa: E731
+        recipe(stage, weights), model, strategy=strategy, world_size=world, frozen_components=100)
+    assert peak(2, lean)[0] == 100 + whole and "moves the whole float32 model" in peak(2, lean)[1]
+    assert peak(3, None)[0] == 100 + whole  # a fresh preset: the engine partitions the built model
+    assert peak(3, lean)[0] == 100 + -(-whole // 2) + block and "block by block" in peak(3, lean)[1]
+    assert peak(3, lean, strategy="fsdp") == (0, "")
+
+
 def test_a_loading_peak_above_every_step_decides_the_verdict() -> None:
     """DeepSpeed gets the whole float32 model on each device before it partitions it: when that is more than any
     step needs, the plan shows it, judges the launch by it and says what loads in less."""
@@ -74,12 +114,13 @@ def test_a_loading_peak_above_every_step_decides_the_verdict() -> None:
 
     step = StepMemory(bucket=(9, 64, 64), tokens=100, weights={"float32": 2 * GiB})
     recipe = SimpleNamespace(train=SimpleNamespace(lora=None))
-    plan = MemoryPlan(per_bucket=[step], device_bytes=3 * GiB, device_load_peak=5 * GiB)
+    plan = MemoryPlan(per_bucket=[step], device_bytes=3 * GiB, device_load_peak=5 * GiB,
+                      device_load_note="DeepSpeed moves the whole float32 model to each device")
     lines = dict(plan.lines(recipe))
     assert plan.peak == 5 * GiB and not plan.fits()
     assert lines["device memory while loading"].startswith("5.00 GB (DeepSpeed moves the whole float32 model")
-    assert lines["memory verdict"].startswith("does not fit: loading needs 5.00 GB per process")
-    assert "parallel.strategy: fsdp" in lines["memory verdict"]
+    assert lines["memory verdict"].startswith("does not fit: loading needs 5.00 GB per process (DeepSpeed moves")
+    assert "parallel.strategy: fsdp" in lines["memory verdict"] and "parallel.zero_stage: 3" in lines["memory verdict"]
     roomy = MemoryPlan(per_bucket=[step], device_bytes=6 * GiB, device_load_peak=5 * GiB)
     assert roomy.fits() and dict(roomy.lines(recipe))["memory verdict"] == "fits in 6.00 GB (1.00 GB to spare)"
     below = MemoryPlan(per_bucket=[step], device_bytes=3 * GiB, device_load_peak=1 * GiB)

@@ -83,13 +83,13 @@ def test_each_rank_fills_exactly_its_own_shards(tmp_path):
 
 
 #: one rank: a 192 MiB model (48 blocks of one 1024x1024 linear) built empty, optionally given a LoRA adapter while
-#: empty, sharded and filled 16 MiB at a time; prints the peak resident memory above the start (VmHWM)
+#: empty, sharded and filled 16 MiB at a time; prints "peak RANK BYTES", the resident memory above the start (VmHWM)
 PEAK_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from pathlib import Path
 from torch import nn
 from osctl.parallel.dist import shutdown
-from osctl.train.lean_load import fill_shards, parameters_on_meta, plan_lean_load, state_slots
+from osctl.train.lean_load import PendingFill, parameters_on_meta, plan_lean_load, state_slots
 from osctl_builtin.strategies.fsdp import FSDPStrategy
 
 def status(key):
@@ -107,7 +107,7 @@ class Model(nn.Module):
         self.blocks = nn.ModuleList([Block() for _ in range(48)])
 
 dist.init_process_group("gloo")
-folder, lora = Path(sys.argv[1]), sys.argv[2] == "lora"
+folder, lora, zero3 = Path(sys.argv[1]), sys.argv[2] == "lora", sys.argv[2] == "zero3"
 from torch.distributed.fsdp import fully_shard  # warm up: libraries and lazy imports are not the loading's memory
 from osctl.train.frozen_base import float32_placeholders
 from osctl.train.lora import AdapterSpec, add_adapter
@@ -116,6 +116,11 @@ add_adapter(warm, AdapterSpec(rank=2, alpha=2.0, target_modules=["0"], init="ran
 fully_shard(warm)
 warm(torch.ones(2, 8)).sum().backward()
 del warm
+if zero3:  # DeepSpeed's own imports and set-up are not the loading's memory either
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    deepspeed.comm.init_distributed(dist_backend=get_accelerator().communication_backend_name(), dist_init_required=False)
+    import deepspeed.runtime.zero.partition_parameters
 with open("/proc/self/clear_refs", "w") as handle:
     handle.write("5")
 before = status("VmRSS")
@@ -126,20 +131,31 @@ slots = state_slots(model)
 if lora:
     with float32_placeholders(model):
         add_adapter(model, AdapterSpec(rank=4, alpha=4.0, target_modules=["proj"], init="random"))
-strategy = FSDPStrategy(mixed_precision="fp32", device=torch.device("cpu"))
-strategy.prepare_empty(model, lambda m: fill_shards(m, plan, chunk_bytes=16 * 2**20, slots=slots),
+if zero3:
+    from osctl.recipe.schema import ParallelSection, TrainSection
+    from osctl_builtin.strategies.deepspeed_engine import DeepSpeedStrategy
+    parallel = ParallelSection(strategy="deepspeed", zero_stage=3,
+                               deepspeed_config={"zero_optimization": {"stage3_param_persistence_threshold": 0}})
+    strategy = DeepSpeedStrategy(mixed_precision="fp32", device=torch.device("cpu"), parallel=parallel,
+                                 train=TrainSection(output_dir=str(folder / "out"), mixed_precision="fp32",
+                                                    train_batch_size=1))
+    strategy._initialize = lambda *args: None  # the loading alone: the engine's fp32 optimizer copies come after
+else:
+    strategy = FSDPStrategy(mixed_precision="fp32", device=torch.device("cpu"))
+strategy.prepare_empty(model, PendingFill(plan, slots, 16 * 2**20),
                        optimizer_factory=lambda params: torch.optim.SGD([p for p in params if p.requires_grad], lr=0.1),
                        lr_scheduler_factory=lambda optimizer: None)
-print(dist.get_rank(), status("VmHWM") - before, flush=True)
+print("peak", dist.get_rank(), status("VmHWM") - before, flush=True)
 shutdown(0)
 """
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("mode", ["full", "lora", "zero3"])
 def test_each_rank_holds_its_shards_and_about_one_chunk_while_loading(tmp_path, mode):
     """Measured per process (CPU, 2 ranks): loading a 192 MiB model sharded, 16 MiB of the file at a time, peaks at
     this process's half of the model plus about a chunk, never the whole model (which the host-copy path held on
-    every rank before sharding) — for full fine-tuning and for a LoRA base given its adapter while empty."""
+    every rank before sharding) — FSDP for full fine-tuning and for a LoRA base given its adapter while empty, and
+    DeepSpeed ZeRO-3 partitioning block by block as it reads (before the engine is built)."""
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak-memory counter")
     torch.manual_seed(0)
@@ -154,7 +170,7 @@ def test_each_rank_holds_its_shards_and_about_one_chunk_while_loading(tmp_path, 
                            str(tmp_path / "peak.py"), str(tmp_path), mode], env=env, capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    peaks = dict(line.split() for line in proc.stdout.splitlines() if line[:1].isdigit())
+    peaks = dict(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("peak "))
     assert set(peaks) == {"0", "1"}
     for rank, peak in peaks.items():
         assert int(peak) < model_bytes / 2 + 2 * 16 * 2**20 + 32 * 2**20, \
