@@ -94,10 +94,11 @@ class Strategy(Protocol):
     the weights, so every rank saves its own ``ema-rank-R.pt``), ``supports_resharding`` (resuming
     on another world size works), and ``saves_ema`` with ``attach_ema(ema)`` (the strategy keeps
     the EMA inside its own state, e.g. to re-shard it; no ``ema-rank-R.pt`` is written), and
-    ``prepare_empty(model, fill, *, optimizer_factory, lr_scheduler_factory)`` for a strategy named in
-    ``osctl.train.lean_load.SHARD_LOADING_STRATEGIES``: ``prepare`` for a model whose parameters are on the meta
-    device (any that come with values, such as a LoRA adapter added to the empty base, keep them); the strategy
-    places (shards) them, then calls ``fill(model)`` to read their values where they live.
+    ``prepare_empty(model, fill, *, optimizer_factory, lr_scheduler_factory)`` for a strategy that loads sharded
+    (``osctl.train.lean_load.loads_sharded``): ``prepare`` for a model whose parameters are on the meta device
+    (any that come with values, such as a LoRA adapter added to the empty base, keep them); the strategy places
+    (shards) them, then calls ``fill(model)`` to read their values where they live, or ``fill(model, modules)``
+    for those modules' tensors alone, a part at a time (``osctl.train.lean_load.PendingFill``).
     """
 
     name: str
