@@ -42,6 +42,7 @@ import torch.distributed as dist
 from osctl.errors import ConfigError, DataError, OsctlError
 from osctl.parallel import dist as pdist
 from osctl.train.checkpoint import STATE_FILE_ADVICE
+from osctl.utils.dtypes import torch_dtype
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +185,7 @@ class DeepSpeedStrategy:
         # deepspeed.comm over this run's process group, as deepspeed.initialize sets it up (Init reads its world size)
         deepspeed.comm.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
                                         dist_init_required=False)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        dtype = torch_dtype(self.precision)  # the engine's parameter dtype (deepspeed_config enables it)
         block_names = set(getattr(model, "_no_split_modules", None) or ())
         blocks = [m for m in model.modules() if m is not model and type(m).__name__ in block_names]
         first: Any = None
