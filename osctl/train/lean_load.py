@@ -215,7 +215,7 @@ def state_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
 
 
 #: strategies that move the whole model to the process's device as it is (DeepSpeed's engine takes it there whole
-#: too, also for ZeRO-3, before partitioning: see the memory plan's "device memory while loading")
+#: too before partitioning, unless ZeRO-3 loads sharded: see :func:`loads_sharded`)
 DEVICE_LOADING_STRATEGIES = ("single", "ddp", "deepspeed")
 
 #: strategies that take the model empty (``prepare_empty``): they shard it on the meta device and each rank then
