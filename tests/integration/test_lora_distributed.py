@@ -73,13 +73,14 @@ def test_lora_under_data_and_sequence_parallelism(tmp_path):
     assert (engine / "mp_rank_00_model_states.pt").stat().st_size < 200_000  # the tiny model's weights are 0.8 MB
 
 
-def test_fsdp_lora_from_sharded_empty_base_equals_the_host_copy_and_resumes(tmp_path):
-    """An fsdp LoRA run from train.pretrained safetensors adds its adapter to the base while the base is still
-    empty (on the meta device), shards both, and each rank reads only its own base shards: it fingerprints the
-    base from the files as the host-copy path does from memory, and trains and resumes bit for bit like it."""
+@pytest.mark.parametrize("strategy", ["fsdp", "zero3"])
+def test_lora_from_a_sharded_empty_base_equals_the_host_copy_and_resumes(tmp_path, strategy):
+    """An fsdp or ZeRO-3 LoRA run from train.pretrained safetensors adds its adapter to the base while the base is
+    still empty (on the meta device), shards both, and each rank reads only its own base shards: it fingerprints
+    the base from the files as the host-copy path does from memory, and trains and resumes bit for bit like it."""
     from osctl.train.lora import OSCTL_META_KEY, read_metadata
 
-    results = launch_sharded_loading(tmp_path, [*STRATEGIES["fsdp"], *LORA])
+    results = launch_sharded_loading(tmp_path, [*STRATEGIES[strategy], *LORA])
     sharded, old = results["sharded"], results["old"]
 
     def fingerprint(run: dict) -> str:
