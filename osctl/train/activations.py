@@ -223,6 +223,8 @@ def _empty_like(spec: Any) -> Any:
 
 
 def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks in forward order (the classes its ``_no_split_modules`` names): what the trace
+    counts per block, FSDP and ZeRO-3 shard one at a time, and ``train.offload`` streams."""
     names = set(getattr(model, "_no_split_modules", None) or ())
     return [m for m in model.modules() if m is not model and type(m).__name__ in names]
 

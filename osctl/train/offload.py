@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from osctl.errors import ConfigError
+from osctl.train.activations import block_modules
 
 SUPPORTED_STRATEGIES = ("single", "ddp")
 #: each weight starts at a multiple of this many bytes inside its block's host buffer (any dtype's alignment)
@@ -238,12 +239,6 @@ class BlockOffloader:
             self.blocks[index].pending = 0
 
 
-def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The model's repeated blocks in forward order (the classes its ``_no_split_modules`` names)."""
-    names = set(getattr(model, "_no_split_modules", None) or ())
-    return [m for m in model.modules() if m is not model and type(m).__name__ in names]
-
-
 def offload_count(settings: Any, *, strategy: str, auto_blocks: int | None) -> int:
     """How many blocks ``train.offload`` (``settings``; None: no offload, 0) keeps in host memory: ``blocks``, or for
     ``auto`` the memory plan's count ``auto_blocks`` (none when no plan ran: the device memory is unknown). The one
@@ -259,7 +254,7 @@ def offload_count(settings: Any, *, strategy: str, auto_blocks: int | None) -> i
 
 def offloaded_modules(model: torch.nn.Module, count: int) -> list[torch.nn.Module]:
     """The last ``count`` transformer blocks of ``model``: the ones whose frozen weights live in host memory."""
-    found = transformer_blocks(model)
+    found = block_modules(model)
     if not found:
         raise ConfigError(f"train.offload: {type(model).__name__} names no block classes (_no_split_modules); "
                           "drop train.offload.")
@@ -289,5 +284,5 @@ def offload_blocks(model: torch.nn.Module, count: int, *, device: torch.device, 
         return "offload: no block offloaded (" + ("the plan fits without" if auto else "blocks: 0") + ")"
     track = not getattr(model, "gradient_checkpointing", False)
     model._osctl_offloader = BlockOffloader(blocks, torch.device(device), track_saved=track)
-    total = len(transformer_blocks(model))
+    total = len(block_modules(model))
     return f"offload: the frozen weights of {count}/{total} blocks live on the CPU and stream in per block"

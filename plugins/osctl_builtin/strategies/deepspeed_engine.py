@@ -41,6 +41,7 @@ import torch.distributed as dist
 
 from osctl.errors import ConfigError, DataError, OsctlError
 from osctl.parallel import dist as pdist
+from osctl.train.activations import block_modules
 from osctl.train.checkpoint import STATE_FILE_ADVICE
 from osctl.utils.dtypes import torch_dtype
 
@@ -186,10 +187,8 @@ class DeepSpeedStrategy:
         deepspeed.comm.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
                                         dist_init_required=False)
         dtype = torch_dtype(self.precision)  # the engine's parameter dtype (deepspeed_config enables it)
-        block_names = set(getattr(model, "_no_split_modules", None) or ())
-        blocks = [m for m in model.modules() if m is not model and type(m).__name__ in block_names]
         first: Any = None
-        for part in [*blocks, model]:  # the model last: what no block holds
+        for part in [*block_modules(model), model]:  # the model last: what no block holds
             params = _place_empty(part, self.device)
             fill(model, [part])
             if not params:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from osctl.errors import ConfigError
 from osctl.parallel import dist as pdist
+from osctl.train.activations import block_modules
 from osctl.train.checkpoint import restore_file
 from osctl_builtin.strategies.torch_native import SingleStrategy
 
@@ -90,10 +91,8 @@ class FSDPStrategy(SingleStrategy):
 
         model.to(torch.float32)
         policy = MixedPrecisionPolicy(param_dtype=_PARAM_DTYPES[self.precision], reduce_dtype=torch.float32)
-        block_names = set(getattr(model, "_no_split_modules", None) or ())
-        for module in model.modules():
-            if module is not model and type(module).__name__ in block_names:
-                fully_shard(module, mp_policy=policy)
+        for module in block_modules(model):
+            fully_shard(module, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
 
     def _build_optimizer(self, model: torch.nn.Module, optimizer_factory: Any, lr_scheduler_factory: Any) -> None:

@@ -205,9 +205,10 @@ def test_materialise_puts_the_host_keys_on_the_cpu_and_the_rest_on_the_device(re
     from safetensors.torch import load_file
 
     from osctl.build import build_model
+    from osctl.train.activations import block_modules
     from osctl.train.frozen_base import storage_plan
     from osctl.train.lean_load import materialise, plan_lean_load
-    from osctl.train.offload import offloaded_keys, transformer_blocks
+    from osctl.train.offload import offloaded_keys
     from osctl.train.weights import _weight_sources
 
     file, _ = trained_weights(registry, family, tmp_path)
@@ -216,7 +217,7 @@ def test_materialise_puts_the_host_keys_on_the_cpu_and_the_rest_on_the_device(re
     assert plan is not None
     host = offloaded_keys(model, 1)  # the last block (the tiny Wan has two)
     names = {id(m): n for n, m in model.named_modules()}
-    last = [names[id(block)] + "." for block in transformer_blocks(model)[-1:]]
+    last = [names[id(block)] + "." for block in block_modules(model)[-1:]]
     assert host == {k for k, _ in model.named_parameters() if k.startswith(tuple(last))} and host
     storage = storage_plan(model, "bf16")
     assert set(storage) & host and set(storage) - host  # cast weights both in host memory and on the device
